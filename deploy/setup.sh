@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian 12 machine (as root) for Jumping.
+#
+#   bash deploy/setup.sh            everything the test suite needs
+#   bash deploy/setup.sh --runtime  only what the demo needs (iproute2, ping, Python deps)
+#
+# Idempotent: what is already there is not installed again.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+mode=${1:-all}
+step() { printf '==> %s\n' "$*" >&2; }
+fail() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+[[ $(id -u) == 0 ]] || fail "run as root (network namespaces and TUN devices need it)"
+
+# command -> Debian package
+declare -A runtime=([ip]=iproute2 [ping]=iputils-ping [nft]=nftables [iperf3]=iperf3)
+declare -A testing=([tcpdump]=tcpdump [wireguard-go]=wireguard-go [wg]=wireguard-tools
+                    [etcd]=etcd-server [etcdctl]=etcd-client [kcat]=kcat [promtool]=prometheus
+                    [jq]=jq [cargo]=cargo [java]=default-jre-headless [mvn]=maven)
+missing=()
+for c in "${!runtime[@]}"; do command -v "$c" >/dev/null || missing+=("${runtime[$c]}"); done
+if [[ $mode != --runtime ]]; then
+  for c in "${!testing[@]}"; do command -v "$c" >/dev/null || missing+=("${testing[$c]}"); done
+fi
+if ((${#missing[@]})); then
+  step "apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null || fail "apt-get update failed"
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null ||
+    fail "apt-get install ${missing[*]} failed"
+else
+  step "system packages already present"
+fi
+[[ -e /dev/net/tun ]] || fail "/dev/net/tun is missing (load the tun module: modprobe tun)"
+
+py=${PYTHON:-python3}
+pkgs=("twisted>=23.10" "zope.interface>=6" "pynacl>=1.5" "cryptography>=42")
+[[ $mode != --runtime ]] && pkgs+=(tox "pytest>=8" "pytest-twisted>=1.14" "hypothesis>=6.100")
+if ! "$py" -c "import twisted, nacl, cryptography, zope.interface" 2>/dev/null ||
+   { [[ $mode != --runtime ]] && ! command -v tox >/dev/null; }; then
+  step "pip install ${pkgs[*]}"
+  "$py" -m pip install -q "${pkgs[@]}" || fail "pip install failed"
+else
+  step "Python packages already present"
+fi
+
+if [[ $mode != --runtime ]]; then
+  step "Noise test vectors"
+  bash "$root/tests/data/fetch-noise-vectors.sh" >&2 || fail "could not fetch the Noise test vectors"
+fi
+step "setup done"

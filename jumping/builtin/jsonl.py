@@ -1,0 +1,105 @@
+"""
+``jsonl`` event sink: one JSON object per line, written by a thread behind a bounded queue.
+
+``emit`` never blocks and never raises: a full queue or a failing disk drops the event and
+counts it (SPEC invariant 9). Files rotate by size (``events.jsonl`` → ``events.jsonl.1``…).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import deque
+from typing import Any
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from jumping.interfaces import IEventSink
+
+
+@implementer(IEventSink)
+class JSONLinesSink:
+    name = "jsonl"
+
+    def __init__(
+        self,
+        path: str,
+        max_queue: int = 10_000,
+        rotate_bytes: int = 64 * 1024 * 1024,
+        keep: int = 5,
+    ) -> None:
+        if not isinstance(path, str) or not path:
+            raise ValueError("jsonl: path must be a non-empty string")
+        for k, v, lo in (
+            ("max_queue", max_queue, 1),
+            ("rotate_bytes", rotate_bytes, 4096),
+            ("keep", keep, 0),
+        ):
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"jsonl: {k} must be an integer >= {lo}, got {v!r}")
+        self.path = path
+        self.max_queue = max_queue
+        self.rotate_bytes = rotate_bytes
+        self.keep = keep
+        self.dropped = 0
+        self.delivered = 0
+        self.write_errors = 0
+        self._q: deque[dict[str, Any]] = deque()
+        self._cv = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name=f"jsonl:{path}", daemon=True)
+        self._thread.start()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._q)
+
+    def emit(self, event: dict[str, Any]) -> None:
+        if len(self._q) >= self.max_queue or self._stop:
+            self.dropped += 1
+            return
+        self._q.append(event)
+        with self._cv:
+            self._cv.notify()
+
+    def _rotate(self) -> None:
+        for i in range(self.keep - 1, 0, -1):
+            src = f"{self.path}.{i}"
+            if os.path.exists(src):
+                os.replace(src, f"{self.path}.{i + 1}")
+        if self.keep:
+            os.replace(self.path, f"{self.path}.1")
+        else:
+            os.unlink(self.path)
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._q and not self._stop:
+                    self._cv.wait(0.5)
+                if self._stop and not self._q:
+                    return
+            batch: list[dict[str, Any]] = []
+            while self._q and len(batch) < 1000:
+                batch.append(self._q.popleft())
+            data = "".join(
+                json.dumps(e, sort_keys=True, separators=(",", ":")) + "\n" for e in batch
+            )
+            try:
+                if os.path.exists(self.path) and os.path.getsize(self.path) >= self.rotate_bytes:
+                    self._rotate()
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(data)
+                self.delivered += len(batch)
+            except (OSError, ValueError):
+                self.write_errors += 1
+                self.dropped += len(batch)
+
+    def close(self) -> defer.Deferred[None]:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        self._thread.join(2.0)
+        return defer.succeed(None)

@@ -1,0 +1,133 @@
+"""
+``memory`` ownership backend: one process, no setup (SPEC section 5's default).
+
+Implements the same compare-and-swap and fencing semantics as the etcd backend, so the
+shared conformance tests hold for both. Several backends can share one
+:class:`MemoryStore` to model a cluster inside one test process.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from jumping.errors import OwnershipConflict
+from jumping.interfaces import IOwnershipBackend
+
+
+class MemoryStore:
+    def __init__(self, max_sessions: int = 1_000_000) -> None:
+        self.records: dict[str, tuple[dict[str, Any], int, str]] = {}
+        self.tokens = itertools.count(1)
+        self.watchers: dict[str, list[_Watch]] = {}
+        self.max_sessions = max_sessions
+
+    def notify(self, session_id: str, token: int | None) -> None:
+        for w in list(self.watchers.get(session_id, ())):
+            w.fire(session_id, token)
+
+
+class _Watch:
+    def __init__(
+        self,
+        store: MemoryStore,
+        session_id: str,
+        callback: Callable[..., Any],
+        call_later: Callable[..., Any],
+    ) -> None:
+        self.store, self.session_id, self.callback, self.call_later = (
+            store,
+            session_id,
+            callback,
+            call_later,
+        )
+        self.active = True
+
+    def fire(self, session_id: str, token: int | None) -> None:
+        if self.active:
+            self.call_later(0, self._deliver, session_id, token)
+
+    def _deliver(self, session_id: str, token: int | None) -> None:
+        if self.active:
+            self.callback(session_id, token)
+
+    def cancel(self) -> None:
+        self.active = False
+        lst = self.store.watchers.get(self.session_id, [])
+        if self in lst:
+            lst.remove(self)
+        if not lst:
+            self.store.watchers.pop(self.session_id, None)
+
+
+@implementer(IOwnershipBackend)
+class MemoryOwnership:
+    def __init__(
+        self,
+        node_id: str = "node",
+        store: MemoryStore | None = None,
+        clock: Any = None,
+        max_sessions: int = 1_000_000,
+    ) -> None:
+        if not isinstance(max_sessions, int) or max_sessions < 1:
+            raise ValueError(
+                f"memory: max_sessions must be a positive integer, got {max_sessions!r}"
+            )
+        self.node_id = node_id
+        self.store = store or MemoryStore(max_sessions)
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
+
+    def claim(
+        self, session_id: str, record: dict[str, Any], expected_token: int | None
+    ) -> defer.Deferred[int]:
+        st = self.store
+        cur = st.records.get(session_id)
+        if expected_token is None and cur is not None:
+            return defer.fail(OwnershipConflict(f"session {session_id} is owned by {cur[2]}"))
+        if expected_token is not None and (cur is None or cur[1] != expected_token):
+            return defer.fail(
+                OwnershipConflict(f"session {session_id}: stale fencing token {expected_token}")
+            )
+        if cur is None and len(st.records) >= st.max_sessions:
+            return defer.fail(OwnershipConflict("memory ownership store is full"))
+        token = next(st.tokens)
+        st.records[session_id] = (dict(record), token, self.node_id)
+        st.notify(session_id, token)
+        return defer.succeed(token)
+
+    def renew(self, session_id: str, token: int, record: dict[str, Any]) -> defer.Deferred[int]:
+        st = self.store
+        cur = st.records.get(session_id)
+        if cur is None or cur[1] != token:
+            return defer.fail(
+                OwnershipConflict(f"session {session_id}: token {token} is no longer current")
+            )
+        new = next(st.tokens)
+        st.records[session_id] = (dict(record), new, self.node_id)
+        return defer.succeed(new)
+
+    def release(self, session_id: str, token: int) -> defer.Deferred[None]:
+        st = self.store
+        cur = st.records.get(session_id)
+        if cur is not None and cur[1] == token:
+            del st.records[session_id]
+            st.notify(session_id, None)
+        return defer.succeed(None)
+
+    def get(self, session_id: str) -> defer.Deferred[tuple[dict[str, Any], int] | None]:
+        cur = self.store.records.get(session_id)
+        return defer.succeed(None if cur is None else (dict(cur[0]), cur[1]))
+
+    def watch(self, session_id: str, callback: Callable[..., Any]) -> _Watch:
+        w = _Watch(self.store, session_id, callback, self.clock.callLater)
+        self.store.watchers.setdefault(session_id, []).append(w)
+        return w
+
+    def close(self) -> defer.Deferred[None]:
+        return defer.succeed(None)

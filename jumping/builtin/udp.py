@@ -1,0 +1,233 @@
+"""
+The built-in UDP transport (plugin name ``udp``).
+
+A gateway listener is one UDP socket; every remote address it hears from gets its own
+:class:`UDPPath` (an :class:`~jumping.interfaces.ITransport`), kept in a bounded table. A
+client path is a UDP socket of its own, so that each path has its own 4-tuple and
+a path can be bound to a chosen source address.
+
+Sending goes straight to the socket (``sendto``/``send``): no Twisted write buffering, no
+per-packet allocation beyond the datagram itself. Socket buffers are raised to
+``buffer_bytes`` (with ``SO_*BUFFORCE`` when running as root; no global sysctl is touched).
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import socket
+from collections import OrderedDict
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import DatagramProtocol
+from zope.interface import implementer
+
+from jumping.interfaces import IListener, ITransport, ITransportFactory
+
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+_SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+_ids = itertools.count(1)
+
+
+def _tune(sock: socket.socket, size: int) -> None:
+    for force, plain in ((_SO_RCVBUFFORCE, socket.SO_RCVBUF), (_SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
+        except OSError:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, plain, size)
+            except OSError:
+                pass
+
+
+def _fmt(addr: tuple[str, int]) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@implementer(ITransport)
+class UDPPath:
+    """One remote address seen by a listener (gateway side)."""
+
+    kind = "udp"
+
+    def __init__(self, listener: UDPListener, addr: tuple[str, int]) -> None:
+        self._listener = listener
+        self._sendto = listener.sock.sendto
+        self._addr = addr
+        self.local_address = listener.local_address
+        self.remote_address = (addr[0], addr[1])
+        self.transport_id = f"udp:{_fmt(self.local_address)}>{_fmt(addr)}#{next(_ids)}"
+        self.connected = True
+        self.send_errors = 0
+
+    def send(self, data: bytes) -> None:
+        if not self.connected:
+            self.send_errors += 1
+            return
+        try:
+            self._sendto(data, self._addr)
+        except OSError:
+            self.send_errors += 1
+
+    def close(self) -> None:
+        if self.connected:
+            self.connected = False
+            self._listener._forget(self)
+
+    def __repr__(self) -> str:
+        return f"<UDPPath {self.transport_id}>"
+
+
+class _ListenProtocol(DatagramProtocol):
+    def __init__(self, listener: UDPListener) -> None:
+        self.listener = listener
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:  # noqa: N802
+        listener = self.listener
+        path = listener.paths.get(addr)
+        if path is None:
+            path = listener._new_path(addr)
+        listener.receive(path, datagram)
+
+
+@implementer(IListener)
+class UDPListener:
+    def __init__(
+        self, reactor: Any, host: str, port: int, receiver: Any, max_paths: int, buffer_bytes: int
+    ) -> None:
+        self.receiver = receiver
+        self.receive = receiver.datagramReceived
+        self.max_paths = max_paths
+        self.paths: OrderedDict[Any, UDPPath] = OrderedDict()
+        self.evicted = 0
+        self._proto = _ListenProtocol(self)
+        self.port = reactor.listenUDP(port, self._proto, interface=host, maxPacketSize=65535)
+        self.sock: socket.socket = self.port.socket
+        _tune(self.sock, buffer_bytes)
+        bound = self.sock.getsockname()
+        self.local_address = (bound[0], bound[1])
+
+    def _new_path(self, addr: Any) -> UDPPath:
+        if len(self.paths) >= self.max_paths:
+            _old_addr, old = self.paths.popitem(last=False)
+            old.connected = False
+            self.evicted += 1
+        path = self.paths[addr] = UDPPath(self, addr)
+        return path
+
+    def _forget(self, path: UDPPath) -> None:
+        if self.paths.get(path._addr) is path:
+            del self.paths[path._addr]
+
+    def close(self) -> defer.Deferred[None]:
+        for path in list(self.paths.values()):
+            path.close()
+        return defer.maybeDeferred(self.port.stopListening)
+
+
+class _PathProtocol(DatagramProtocol):
+    def __init__(self, path: UDPClientPath) -> None:
+        self.path = path
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:  # noqa: N802
+        path = self.path
+        if addr[0] != path._remote[0] or addr[1] != path._remote[1]:
+            path.foreign += 1  # not from our gateway endpoint: never handed on
+            return
+        path.receive(path, datagram)
+
+
+@implementer(ITransport)
+class UDPClientPath:
+    """A UDP socket of its own from a (chosen) local address to one gateway endpoint.
+
+    The socket is deliberately *not* connected: on a connected UDP socket an ICMP "port
+    unreachable" (the gateway not up yet, a restart) surfaces as EPOLLERR, which Twisted's
+    epoll reactor treats as a lost connection. Unconnected, we send with ``sendto`` and
+    accept only datagrams from the endpoint (others are counted in ``foreign``).
+    """
+
+    kind = "udp"
+
+    def __init__(
+        self,
+        reactor: Any,
+        remote: tuple[str, int],
+        receiver: Any,
+        local: tuple[str, int] | None,
+        buffer_bytes: int,
+    ) -> None:
+        self.receiver = receiver
+        self.receive = receiver.datagramReceived
+        self.foreign = 0
+        self.send_errors = 0
+        host, lport = (local or ("", 0))[0], (local or ("", 0))[1]
+        self._proto = _PathProtocol(self)
+        self._remote = (remote[0], remote[1])
+        self.port = reactor.listenUDP(lport, self._proto, interface=host, maxPacketSize=65535)
+        self.sock: socket.socket = self.port.socket
+        _tune(self.sock, buffer_bytes)
+        self._sendto = self.sock.sendto
+        bound = self.sock.getsockname()
+        self.local_address = (bound[0], bound[1])
+        self.remote_address = self._remote
+        self.transport_id = f"udp:{_fmt(self.local_address)}>{_fmt(self._remote)}#{next(_ids)}"
+        self.connected = True
+
+    def send(self, data: bytes) -> None:
+        if not self.connected:
+            self.send_errors += 1
+            return
+        try:
+            self._sendto(data, self._remote)
+        except OSError as e:
+            self.send_errors += 1
+            if e.errno == errno.EBADF:
+                self.connected = False
+
+    def close(self) -> None:
+        if self.connected:
+            self.connected = False
+            self.port.stopListening()
+
+    def __repr__(self) -> str:
+        return f"<UDPClientPath {self.transport_id}>"
+
+
+@implementer(ITransportFactory)
+class UDPTransportFactory:
+    """``udp`` plugin. Options: ``max_paths`` (per listener), ``buffer_bytes``."""
+
+    kind = "udp"
+
+    def __init__(self, max_paths: int = 65536, buffer_bytes: int = 4 * 1024 * 1024) -> None:
+        if not isinstance(max_paths, int) or not 1 <= max_paths <= 10_000_000:
+            raise ValueError(f"udp: max_paths must be an integer in 1..10000000, got {max_paths!r}")
+        if not isinstance(buffer_bytes, int) or not 4096 <= buffer_bytes <= 1 << 30:
+            raise ValueError(
+                f"udp: buffer_bytes must be an integer in 4096..1073741824, got {buffer_bytes!r}"
+            )
+        self.max_paths = max_paths
+        self.buffer_bytes = buffer_bytes
+
+    def listen(self, reactor: Any, host: str, port: int, receiver: Any) -> UDPListener:
+        try:
+            return UDPListener(reactor, host, port, receiver, self.max_paths, self.buffer_bytes)
+        except CannotListenError as e:
+            err = e.socketError
+            raise OSError(
+                getattr(err, "errno", None) or errno.EADDRINUSE,
+                f"cannot listen on udp {host}:{port}: {getattr(err, 'strerror', None) or err}",
+            ) from None
+
+    def connect(
+        self, reactor: Any, remote: tuple[str, int], receiver: Any, local: Any = None
+    ) -> defer.Deferred[UDPClientPath]:
+        try:
+            path = UDPClientPath(reactor, remote, receiver, local, self.buffer_bytes)
+        except Exception as e:
+            return defer.fail(e)
+        return defer.succeed(path)

@@ -1,0 +1,105 @@
+"""``jumpctl``: keys, configuration checks, plugins."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from jumping.errors import ConfigError, JumpingError
+
+
+def _keygen(a: argparse.Namespace) -> int:
+    from jumping.keys import encode_key, public_path, write_keypair
+
+    pub = write_keypair(a.out)
+    print(encode_key(pub))
+    print(f"wrote {a.out} (private, mode 0600) and {public_path(a.out)}", file=sys.stderr)
+    return 0
+
+
+def _pubkey(a: argparse.Namespace) -> int:
+    from jumping.keys import encode_key, load_private_key, public_key
+
+    print(encode_key(public_key(load_private_key(a.path))))
+    return 0
+
+
+def _jsonable(v: Any) -> Any:
+    if is_dataclass(v) and not isinstance(v, type):
+        return {k: _jsonable(x) for k, x in asdict(v).items()}
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, bytes):
+        import base64
+
+        return base64.b64encode(v).decode()
+    if isinstance(v, Path):
+        return str(v)
+    return v
+
+
+def _show_config(a: argparse.Namespace) -> int:
+    from jumping.config import load_config
+    from jumping.keys import encode_key, load_private_key, public_key
+
+    cfg = load_config(a.file)
+    key = load_private_key(cfg.private_key)
+    out = _jsonable(cfg)
+    out["public_key"] = encode_key(public_key(key))
+    print(json.dumps(out, indent=2, sort_keys=True))
+    return 0
+
+
+def _plugins(a: argparse.Namespace) -> int:
+    from jumping import plugin
+    from jumping.interfaces import (
+        IEventSink,
+        IOwnershipBackend,
+        IRateLimitPolicy,
+        ITransportFactory,
+    )
+
+    for iface in (ITransportFactory, IOwnershipBackend, IRateLimitPolicy, IEventSink):
+        print(f"{plugin.human(iface)}:")
+        for name in plugin.available(iface):
+            spec = plugin.find(iface, name)
+            print(f"  {name:14} {spec.description}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jumpctl", description="Jumping VPN control tool")
+    sub = p.add_subparsers(dest="command", required=True)
+    k = sub.add_parser("keygen", help="create a private key file (0600) and its .pub")
+    k.add_argument("--out", required=True, help="path of the private key, e.g. client.key")
+    k.set_defaults(func=_keygen)
+    pk = sub.add_parser("pubkey", help="print the public key of a private key file")
+    pk.add_argument("path")
+    pk.set_defaults(func=_pubkey)
+    sc = sub.add_parser("show-config", help="validate a config file and print it resolved")
+    sc.add_argument("file")
+    sc.set_defaults(func=_show_config)
+    pl = sub.add_parser("plugins", help="list installed plugins")
+    pl.set_defaults(func=_plugins)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = parser()
+    a = p.parse_args(argv)
+    try:
+        return int(a.func(a))
+    except (JumpingError, ConfigError, OSError) as e:
+        print(f"jumpctl: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

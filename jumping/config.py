@@ -1,0 +1,322 @@
+"""
+The node configuration file (TOML; see docs/DESIGN.md), parsed into frozen dataclasses.
+
+Every problem is a :class:`~jumping.errors.ConfigError` naming the file, the table and the
+key: ``gw.toml: [tun] mtu: must be an integer in 576..9000, got 'abc'``. Paths are resolved
+relative to the config file's directory.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jumping.core.policy import Policy, PolicyError
+from jumping.errors import ConfigError
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_PLUGIN = re.compile(r"^[a-z0-9_-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class TunConfig:
+    name: str
+    address: str
+    mtu: int = 1420
+    routes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    transport: str
+    host: str
+    port: int
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    transport: str
+    host: str
+    port: int
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    public_key: bytes
+    allowed_ips: tuple[str, ...]
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    public_key: bytes
+    endpoints: tuple[EndpointConfig, ...]
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    path: Path
+    role: str
+    node_id: str
+    private_key: Path
+    tun: TunConfig
+    listen: tuple[ListenConfig, ...] = ()
+    peers: tuple[PeerConfig, ...] = ()
+    gateway: GatewayConfig | None = None
+    ownership: PluginConfig = PluginConfig("memory")
+    events: tuple[PluginConfig, ...] = ()
+    policy: Policy = Policy()
+
+
+class _Reader:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.base = path.parent
+
+    def fail(self, where: str, msg: str) -> ConfigError:
+        sep = " " if where.startswith("[") else ": "
+        return ConfigError(f"{self.path}: {where}{sep}{msg}")
+
+    def table(
+        self, data: Mapping[str, Any], key: str, where: str, required: bool = True
+    ) -> dict[str, Any]:
+        v = data.get(key)
+        if v is None:
+            if required:
+                raise self.fail(where, f"missing table [{key}]")
+            return {}
+        if not isinstance(v, dict):
+            raise self.fail(where, f"[{key}] must be a table")
+        return dict(v)
+
+    def tables(self, data: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
+        v = data.get(key, [])
+        if not isinstance(v, list) or not all(isinstance(x, dict) for x in v):
+            raise self.fail(f"[[{key}]]", "must be an array of tables")
+        return [dict(x) for x in v]
+
+    def unknown(self, d: Mapping[str, Any], allowed: set[str], where: str) -> None:
+        extra = sorted(set(d) - allowed)
+        if extra:
+            raise self.fail(
+                where, f"unknown key(s) {', '.join(extra)} (allowed: {', '.join(sorted(allowed))})"
+            )
+
+    def string(self, d: Mapping[str, Any], key: str, where: str, default: str | None = None) -> str:
+        v = d.get(key, default)
+        if v is None:
+            raise self.fail(where, f"{key}: required")
+        if not isinstance(v, str) or not v:
+            raise self.fail(where, f"{key}: must be a non-empty string, got {v!r}")
+        return v
+
+    def integer(
+        self,
+        d: Mapping[str, Any],
+        key: str,
+        where: str,
+        lo: int,
+        hi: int,
+        default: int | None = None,
+    ) -> int:
+        v = d.get(key, default)
+        if v is None:
+            raise self.fail(where, f"{key}: required")
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise self.fail(where, f"{key}: must be an integer in {lo}..{hi}, got {v!r}")
+        return v
+
+    def key(self, d: Mapping[str, Any], k: str, where: str) -> bytes:
+        text = self.string(d, k, where)
+        try:
+            raw = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise self.fail(where, f"{k}: not valid base64") from None
+        if len(raw) != 32:
+            raise self.fail(where, f"{k}: must decode to 32 bytes, got {len(raw)}")
+        return raw
+
+    def host(self, d: Mapping[str, Any], where: str) -> str:
+        h = self.string(d, "host", where)
+        try:
+            ipaddress.ip_address(h)
+        except ValueError:
+            raise self.fail(where, f"host: must be an IP address, got {h!r}") from None
+        return h
+
+    def plugin_name(
+        self, d: Mapping[str, Any], key: str, where: str, default: str | None = None
+    ) -> str:
+        n = self.string(d, key, where, default)
+        if not _PLUGIN.match(n):
+            raise self.fail(where, f"{key}: plugin names are [a-z0-9_-]+, got {n!r}")
+        return n
+
+    def path_of(self, d: Mapping[str, Any], key: str, where: str) -> Path:
+        p = Path(self.string(d, key, where))
+        return p if p.is_absolute() else (self.base / p)
+
+
+def _network(r: _Reader, value: Any, where: str, key: str) -> str:
+    if not isinstance(value, str):
+        raise r.fail(where, f"{key}: {value!r} is not a string")
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        raise r.fail(where, f"{key}: {value!r} is not an IP prefix") from None
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read config: {e.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    return parse_config(data, p)
+
+
+def parse_config(data: Mapping[str, Any], path: Path) -> NodeConfig:
+    r = _Reader(path)
+    r.unknown(
+        data,
+        {"node", "tun", "listen", "peers", "gateway", "ownership", "events", "policy"},
+        "top level",
+    )
+    node = r.table(data, "node", "top level")
+    r.unknown(node, {"role", "node_id", "private_key"}, "[node]")
+    role = r.string(node, "role", "[node]")
+    if role not in ("gateway", "client"):
+        raise r.fail("[node]", f"role: must be 'gateway' or 'client', got {role!r}")
+    node_id = r.string(node, "node_id", "[node]")
+    if not _NAME.match(node_id):
+        raise r.fail("[node]", f"node_id: must match [A-Za-z0-9_.-]{{1,64}}, got {node_id!r}")
+    private_key = r.path_of(node, "private_key", "[node]")
+
+    t = r.table(data, "tun", "top level")
+    r.unknown(t, {"name", "address", "mtu", "routes"}, "[tun]")
+    name = r.string(t, "name", "[tun]")
+    if len(name) > 15 or not re.match(r"^[A-Za-z0-9_.-]+$", name):
+        raise r.fail("[tun]", f"name: at most 15 characters [A-Za-z0-9_.-], got {name!r}")
+    address = r.string(t, "address", "[tun]")
+    try:
+        ipaddress.ip_interface(address)
+        if "/" not in address:
+            raise ValueError
+    except ValueError:
+        raise r.fail("[tun]", f"address: must be ADDRESS/PREFIX, got {address!r}") from None
+    routes = t.get("routes", [])
+    if not isinstance(routes, list):
+        raise r.fail("[tun]", "routes: must be a list of prefixes")
+    tun = TunConfig(
+        name, address, r.integer(t, "mtu", "[tun]", 576, 9000, 1420),
+        tuple(_network(r, x, "[tun]", "routes") for x in routes),
+    )  # fmt: skip
+
+    listen: list[ListenConfig] = []
+    for i, lt in enumerate(r.tables(data, "listen")):
+        where = f"[[listen]] #{i + 1}"
+        r.unknown(lt, {"transport", "host", "port", "options"}, where)
+        opts = lt.get("options", {})
+        if not isinstance(opts, dict):
+            raise r.fail(where, "options: must be a table")
+        listen.append(ListenConfig(
+            r.plugin_name(lt, "transport", where, "udp"), r.host(lt, where),
+            r.integer(lt, "port", where, 0, 65535), opts,
+        ))  # fmt: skip
+    peers: list[PeerConfig] = []
+    seen: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, int]] = []
+    for i, pt in enumerate(r.tables(data, "peers")):
+        where = f"[[peers]] #{i + 1}"
+        r.unknown(pt, {"public_key", "allowed_ips", "name"}, where)
+        ips = pt.get("allowed_ips")
+        if not isinstance(ips, list) or not ips:
+            raise r.fail(where, "allowed_ips: must be a non-empty list of prefixes")
+        nets = tuple(_network(r, x, where, "allowed_ips") for x in ips)
+        for n in nets:
+            net = ipaddress.ip_network(n)
+            for other, j in seen:
+                if net.version == other.version and net.overlaps(other):
+                    raise r.fail(where, f"allowed_ips: {n} overlaps {other} of [[peers]] #{j + 1}")
+            seen.append((net, i))
+        peers.append(PeerConfig(r.key(pt, "public_key", where), nets, str(pt.get("name", ""))))
+    gateway = None
+    if "gateway" in data:
+        g = r.table(data, "gateway", "top level")
+        r.unknown(g, {"public_key", "endpoints"}, "[gateway]")
+        eps: list[EndpointConfig] = []
+        for i, et in enumerate(r.tables(g, "endpoints")):
+            where = f"[[gateway.endpoints]] #{i + 1}"
+            r.unknown(et, {"transport", "host", "port", "options"}, where)
+            opts = et.get("options", {})
+            if not isinstance(opts, dict):
+                raise r.fail(where, "options: must be a table")
+            eps.append(EndpointConfig(
+                r.plugin_name(et, "transport", where, "udp"), r.host(et, where),
+                r.integer(et, "port", where, 1, 65535), opts,
+            ))  # fmt: skip
+        gateway = GatewayConfig(r.key(g, "public_key", "[gateway]"), tuple(eps))
+    if role == "gateway":
+        if not listen:
+            raise r.fail("top level", "a gateway needs at least one [[listen]]")
+        if not peers:
+            raise r.fail("top level", "a gateway needs at least one [[peers]]")
+    else:
+        if gateway is None or not gateway.endpoints:
+            raise r.fail(
+                "top level", "a client needs [gateway] with at least one [[gateway.endpoints]]"
+            )
+    own = r.table(data, "ownership", "top level", required=False)
+    own_name = r.plugin_name(own, "backend", "[ownership]", "memory")
+    ownership = PluginConfig(own_name, {k: v for k, v in own.items() if k != "backend"})
+    events: list[PluginConfig] = []
+    for i, et in enumerate(r.tables(data, "events")):
+        where = f"[[events]] #{i + 1}"
+        sink = r.plugin_name(et, "sink", where)
+        opts = {k: v for k, v in et.items() if k != "sink"}
+        if (
+            "path" in opts
+            and isinstance(opts["path"], str)
+            and not Path(opts["path"]).is_absolute()
+        ):
+            opts["path"] = str(r.base / opts["path"])
+        events.append(PluginConfig(sink, opts))
+    pol = r.table(data, "policy", "top level", required=False)
+    if "file" in pol:
+        if len(pol) != 1:
+            raise r.fail("[policy]", "use either file = ... or inline settings, not both")
+        ppath = r.path_of(pol, "file", "[policy]")
+        try:
+            pol = tomllib.loads(ppath.read_text())
+        except OSError as e:
+            raise r.fail("[policy]", f"file: cannot read {ppath}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise r.fail("[policy]", f"file: {ppath} is not valid TOML: {e}") from None
+    try:
+        policy = Policy.from_mapping(pol)
+    except PolicyError as e:
+        raise r.fail("[policy]", str(e)) from None
+    return NodeConfig(
+        path, role, node_id, private_key, tun, tuple(listen), tuple(peers), gateway,
+        ownership, tuple(events), policy,
+    )  # fmt: skip

@@ -1,0 +1,262 @@
+"""
+The gateway side of the core: answers handshakes (with cookies under load), owns sessions,
+routes TUN packets to sessions by destination, validates reattach proofs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from typing import Any
+
+from jumping.core import wire
+from jumping.core.fsm import Reason, State
+from jumping.core.handshake import CookieChecker, HandshakeError, Response
+from jumping.core.node import (
+    _ATTACHED,
+    _NO_SESSION,
+    _REATTACH,
+    NodeCore,
+    Peer,
+    address_bytes,
+    destination,
+)
+from jumping.core.outputs import Claim, Output, Release
+from jumping.core.session import Keypair, Session
+
+
+class GatewayCore(NodeCore):
+    """Accepts clients' handshakes; routes TUN packets to sessions by destination."""
+
+    role = "gateway"
+
+    def __init__(
+        self,
+        *,
+        peers: Sequence[Peer],
+        cookie_threshold_per_s: int = 2000,
+        **kw: Any,
+    ) -> None:
+        super().__init__(**kw)
+        self.peers = {p.public_key: p for p in peers}
+        self.cookies = CookieChecker(self.me, self.rng)
+        self.cookie_threshold = cookie_threshold_per_s
+        self._init_window = 0.0
+        self._init_count = 0
+        self.routes: dict[bytes, Session] = {}
+
+    # routing -----------------------------------------------------------------
+    def _source_allowed(self, s: Session, packet: bytes) -> bool:
+        return bool(s.peer.allows(packet))
+
+    def _set_routes(self, s: Session) -> None:
+        for n in s.peer.networks:
+            if n.num_addresses == 1:
+                self.routes[n.network_address.packed] = s
+
+    def _forget_routes(self, s: Session) -> None:
+        for key, owner in list(self.routes.items()):
+            if owner is s:
+                del self.routes[key]
+        if s in s.peer.sessions:
+            s.peer.sessions.remove(s)
+
+    def _route(self, packet: bytes) -> Session | None:
+        dst = destination(packet)
+        if dst is None:
+            return None
+        s = self.routes.get(dst)
+        if s is not None:
+            return s
+        addr = ipaddress.ip_address(dst)
+        for peer in self.peers.values():
+            if peer.sessions and any(addr in n for n in peer.networks):
+                return peer.sessions[-1]
+        return None
+
+    def seal_data(self, now: float, packet: bytes) -> tuple[Any, bytes] | None:
+        """Fast path: encrypt one TUN packet for the session owning its destination."""
+        s = self._route(packet)
+        if s is None:
+            self.drops["NO_ROUTE"] += 1
+            return None
+        kp = s.current
+        if kp is None or s.path is None or not s.owned:
+            self.drops["NO_SESSION_KEYS"] += 1
+            return None
+        data = kp.seal(kp.data_prefix, packet)
+        if data is None:
+            self.drops["COUNTER_EXHAUSTED"] += 1
+            return None
+        s.last_tx = now
+        s.tx_bytes += len(data)
+        s.tx_packets += 1
+        return s.path, data
+
+    def _under_load(self, now: float) -> bool:
+        if now - self._init_window >= 1.0:
+            self._init_window = now
+            self._init_count = 0
+        self._init_count += 1
+        return self._init_count > self.cookie_threshold
+
+    def _on_handshake(self, now: float, path: Any, t: int, data: bytes) -> None:
+        if t != wire.MessageType.HANDSHAKE_INIT:
+            self._drop("UNEXPECTED_HANDSHAKE")
+            return
+        if len(data) != wire.INIT_LEN:
+            self._drop("BAD_LENGTH")
+            return
+        mac_offset = wire.INIT.size
+        if not self.cookies.check_mac1(data, mac_offset):
+            self._drop("BAD_MAC1")
+            return
+        if self._under_load(now):
+            addr = address_bytes(path)
+            if not self.cookies.check_mac2(now, data, mac_offset, addr):
+                self.counters["cookie_replies"] += 1
+                self._drop("COOKIE_REQUIRED")
+                self._send(path, self.cookies.cookie_reply(now, data, mac_offset, addr))
+                return
+        try:
+            hs = Response(self.me, data, self.rng)
+        except HandshakeError as e:
+            self._drop(str(e.args[0]))
+            return
+        peer = self.peers.get(hs.remote_static)
+        if peer is None:
+            self._drop("UNKNOWN_PEER")
+            return
+        if hs.timestamp_ms <= peer.last_init_ms:
+            self._drop("HANDSHAKE_REPLAY")
+            return
+        peer.last_init_ms = hs.timestamp_ms
+        s = self.sessions.get(hs.session_id) if hs.session_id != _NO_SESSION else None
+        if s is not None and s.peer is not peer:
+            self._drop("SESSION_PEER_MISMATCH")
+            return
+        if s is None:
+            if len(self.sessions) >= self.max_sessions:
+                self._drop("SESSION_TABLE_FULL")
+                return
+            s = Session(self.rng(16), peer, now)
+            self.sessions[s.session_id] = s
+            live = peer.sessions
+            live.append(s)
+            if len(live) > 2:
+                old = live[0]
+                self._tell_peer_terminated(now, old, Reason.POLICY_DENIED)
+                self._transition(now, old, Reason.POLICY_DENIED, detail="superseded")
+            self.counters["sessions_created"] += 1
+        local = self._new_index()
+        message, est = hs.write(local, s.session_id, s.fsm.state_version)
+        if s.next is not None:
+            self.index.pop(s.next.local_index, None)
+            s.next.wipe()
+        kp = Keypair(
+            s, local, est.remote_index, est.send_key, est.recv_key, now,
+            self.policy.replay_window, confirmed=False,
+        )  # fmt: skip
+        s.next = kp
+        self.index[local] = kp
+        self.counters["handshakes_answered"] += 1
+        self._send(path, message, s)
+        self._schedule(s, now + self.handshake_timeout)
+
+    def _confirm(self, now: float, s: Session, kp: Keypair, path: Any) -> None:
+        if s.previous is not None:
+            self.index.pop(s.previous.local_index, None)
+            s.previous.wipe()
+        s.previous, s.current, s.next = s.current, kp, None
+        kp.confirmed = True
+        self.counters["handshakes_confirmed"] += 1
+        if s.fsm.state is State.BIRTH:
+            self._bind(now, s, path)
+            self._set_routes(s)
+            self._transition(now, s, Reason.HANDSHAKE_OK)
+            self.pending.append(
+                Claim(
+                    s.sid_hex,
+                    {
+                        "client_public_key": s.peer.public_key.hex(),
+                        "state_version": s.fsm.state_version,
+                        "owner": self.node_id,
+                    },
+                    None,
+                )
+            )
+        else:
+            self.counters["rekeys"] += 1
+
+    def claimed(
+        self, now: float, session_id: str, token: int | None, error: str | None
+    ) -> list[Output]:
+        """The ownership backend answered a ``Claim``."""
+        self._now = now
+        s = self.sessions.get(bytes.fromhex(session_id))
+        if s is None:
+            if token is not None:
+                self.pending.append(Release(session_id, token))
+            return self.take()
+        if token is not None:
+            s.owner_token = token
+            s.owned = True
+            self._emit("OWNERSHIP_CHANGE", s, None, owner=self.node_id, fencing_token=token)
+        else:
+            reason = Reason.OWNERSHIP_LOST if error == "unavailable" else Reason.OWNERSHIP_CONFLICT
+            self._tell_peer_terminated(now, s, reason)
+            self._transition(now, s, reason, detail=error or "")
+        return self.take()
+
+    def ownership_lost(self, now: float, session_id: str) -> list[Output]:
+        """The backend says we no longer own it (watch fired, lease lost): fail closed."""
+        self._now = now
+        s = self.sessions.get(bytes.fromhex(session_id))
+        if s is not None:
+            s.owned = False
+            s.owner_token = None
+            self._transition(now, s, Reason.OWNERSHIP_LOST)
+        return self.take()
+
+    def _on_session_control(
+        self, now: float, s: Session, kind: int, body: bytes, path: Any
+    ) -> None:
+        ctl = wire.Control
+        if kind == ctl.REATTACH:
+            self._on_reattach(now, s, body, path)
+        else:
+            self._drop("UNEXPECTED_CONTROL")
+
+    def _on_reattach(self, now: float, s: Session, body: bytes, path: Any) -> None:
+        p = self.policy
+        self._emit("REATTACH_ATTEMPT", s, None, transport_id=getattr(path, "transport_id", None))
+        ok = len(body) == _REATTACH.size
+        if ok:
+            ts_ms, sid = _REATTACH.unpack(body)
+            ok = sid == s.session_id and abs(now * 1000 - ts_ms) <= p.reattach_proof_max_age_ms
+        if not ok:
+            self.counters["reattach_rejected"] += 1
+            self._emit("REATTACH_RESULT", s, Reason.REATTACH_VALIDATION_FAILED.value, ok=False)
+            self._drop("REATTACH_INVALID")
+            return
+        if s.fsm.state is not State.RECOVERING:
+            if path is s.path and s.fsm.state is _ATTACHED:
+                self._control(now, s, wire.Control.REATTACH_ACK, body, path)
+                return
+            self._transition(now, s, Reason.TRANSPORT_DEAD, detail="client_reattach")
+        self._bind(now, s, path)
+        self._transition(now, s, Reason.REATTACH_OK)
+        self._emit("REATTACH_RESULT", s, Reason.REATTACH_OK.value, ok=True)
+        self._control(now, s, wire.Control.REATTACH_ACK, body, path)
+
+    def _recovering(self, now: float, s: Session) -> None:
+        # Ask the client for a reattach proof on whatever it last used (rate-limited).
+        if now - s.last_reattach_tx >= self.reattach_interval and s.current is not None:
+            s.last_reattach_tx = now
+            self._control(now, s, wire.Control.CHALLENGE, self.rng(8))
+
+    def _unusual_rx(self, now: float, s: Session, kp: Keypair, path: Any) -> None:
+        super()._unusual_rx(now, s, kp, path)
+        if s.fsm.state is State.RECOVERING and now - s.last_reattach_tx >= self.reattach_interval:
+            s.last_reattach_tx = now
+            self._control(now, s, wire.Control.CHALLENGE, self.rng(8), path)

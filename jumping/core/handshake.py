@@ -1,0 +1,208 @@
+"""
+The Jumping handshake: Noise ``IK`` over X25519 / ChaCha20-Poly1305 / BLAKE2s, framed by
+:mod:`jumping.core.wire`, with WireGuard-style MACs and cookies against floods.
+
+- ``mac1`` (keyed by the responder's public key) lets the gateway drop junk before any DH.
+- Under load the gateway answers an initiation without a valid ``mac2`` with a cookie reply
+  instead of doing the DH: the cookie is a MAC of the sender's address under a secret that
+  rotates every two minutes, so it costs the gateway no state, and a spoofed source never
+  sees it.
+
+Everything raises :class:`HandshakeError` on bad input; the node turns that into a counted
+drop. No I/O, no clock, no OS randomness: ``now`` and ``rng`` come from the caller.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nacl.bindings import (
+    crypto_aead_xchacha20poly1305_ietf_decrypt,
+    crypto_aead_xchacha20poly1305_ietf_encrypt,
+)
+from nacl.exceptions import CryptoError
+
+from jumping.core import wire
+from jumping.core.noise import HandshakeState, NoiseError, public_key
+
+PROLOGUE = b"jumping/1"
+PATTERN = "IK"
+LABEL_MAC1 = b"mac1----"
+LABEL_COOKIE = b"cookie--"
+COOKIE_SECRET_LIFETIME = 120.0
+COOKIE_LIFETIME = 120.0 - 5.0
+
+Rng = Callable[[int], bytes]
+
+
+class HandshakeError(Exception):
+    """A handshake message was malformed, unauthenticated or unexpected. ``args[0]`` is the
+    drop reason code."""
+
+
+def _hash(data: bytes) -> bytes:
+    return hashlib.blake2s(data).digest()
+
+
+def mac(key: bytes, data: bytes) -> bytes:
+    """Keyed BLAKE2s-128."""
+    return hashlib.blake2s(data, digest_size=16, key=key).digest()
+
+
+class Identity:
+    """A node's static keypair and the keys derived from its public half."""
+
+    __slots__ = ("private", "public", "mac1_key", "cookie_key")
+
+    def __init__(self, private: bytes) -> None:
+        self.private = private
+        self.public = public_key(private)
+        self.mac1_key = _hash(LABEL_MAC1 + self.public)
+        self.cookie_key = _hash(LABEL_COOKIE + self.public)
+
+
+@dataclass(frozen=True, slots=True)
+class Established:
+    """Keys and identity agreed by a completed handshake."""
+
+    send_key: bytes
+    recv_key: bytes
+    local_index: int
+    remote_index: int
+    session_id: bytes
+    state_version: int
+    remote_static: bytes
+    timestamp_ms: int
+
+
+class Initiation:
+    """The client's side of one handshake attempt."""
+
+    def __init__(
+        self,
+        me: Identity,
+        peer_public: bytes,
+        rng: Rng,
+        now: float,
+        local_index: int,
+        session_id: bytes = bytes(16),
+        state_version: int = 0,
+        cookie: bytes | None = None,
+    ) -> None:
+        self.local_index = local_index
+        self.peer_public = peer_public
+        self._my_mac1_key = me.mac1_key
+        self.started = now
+        self._hs = HandshakeState(PATTERN, True, PROLOGUE, s=me.private, rs=peer_public, rng=rng)
+        payload = wire.INIT_PAYLOAD.pack(int(now * 1000), session_id, state_version)
+        body = wire.pack_init(local_index, self._hs.write_message(payload))
+        self.mac1 = mac(_hash(LABEL_MAC1 + peer_public), body)
+        body += self.mac1
+        mac2 = mac(cookie, body) if cookie is not None else bytes(wire.MAC_LEN)
+        self.message = body + mac2
+
+    def consume_response(self, data: bytes) -> Established:
+        if len(data) != wire.RESP_LEN:
+            raise HandshakeError("BAD_LENGTH")
+        _t, _v, _r, sender, receiver, noise_msg = wire.RESP.unpack_from(data)
+        if receiver != self.local_index:
+            raise HandshakeError("UNKNOWN_INDEX")
+        # a message's mac1 is keyed by its receiver's public key: ours
+        expected = mac(self._my_mac1_key, data[: wire.RESP.size])
+        if not hmac.compare_digest(expected, data[wire.RESP.size : wire.RESP.size + 16]):
+            raise HandshakeError("BAD_MAC1")
+        try:
+            payload = self._hs.read_message(noise_msg)
+        except NoiseError:
+            raise HandshakeError("HANDSHAKE_AUTH_FAILED") from None
+        session_id, state_version = wire.RESP_PAYLOAD.unpack(payload)
+        send, recv = self._hs.split()
+        assert send.k is not None and recv.k is not None
+        return Established(
+            send.k, recv.k, self.local_index, sender, session_id, state_version,
+            self.peer_public, 0,
+        )  # fmt: skip
+
+
+def read_cookie_reply(data: bytes, peer_public: bytes, last_mac1: bytes) -> bytes:
+    """Open a cookie reply addressed to our last initiation; return the cookie."""
+    if len(data) != wire.COOKIE_LEN:
+        raise HandshakeError("BAD_LENGTH")
+    _t, _v, _r, _receiver, nonce, sealed = wire.COOKIE.unpack(data)
+    try:
+        return crypto_aead_xchacha20poly1305_ietf_decrypt(
+            sealed, last_mac1, nonce, _hash(LABEL_COOKIE + peer_public)
+        )
+    except CryptoError:
+        raise HandshakeError("BAD_COOKIE_REPLY") from None
+
+
+class CookieChecker:
+    """Gateway side of mac1/mac2 and cookie replies. Stateless per client."""
+
+    def __init__(self, me: Identity, rng: Rng) -> None:
+        self._me = me
+        self._rng = rng
+        self._secret = b""
+        self._secret_at = -1e18
+
+    def check_mac1(self, data: bytes, mac_offset: int) -> bool:
+        expected = mac(self._me.mac1_key, data[:mac_offset])
+        return hmac.compare_digest(expected, data[mac_offset : mac_offset + 16])
+
+    def _cookie(self, now: float, address: bytes) -> bytes:
+        if now - self._secret_at >= COOKIE_SECRET_LIFETIME:
+            self._secret = self._rng(32)
+            self._secret_at = now
+        return mac(self._secret, address)
+
+    def check_mac2(self, now: float, data: bytes, mac_offset: int, address: bytes) -> bool:
+        expected = mac(self._cookie(now, address), data[: mac_offset + 16])
+        return hmac.compare_digest(expected, data[mac_offset + 16 : mac_offset + 32])
+
+    def cookie_reply(self, now: float, data: bytes, mac_offset: int, address: bytes) -> bytes:
+        sender = int.from_bytes(data[4:8], "little")
+        nonce = self._rng(24)
+        sealed = crypto_aead_xchacha20poly1305_ietf_encrypt(
+            self._cookie(now, address),
+            data[mac_offset : mac_offset + 16],
+            nonce,
+            self._me.cookie_key,
+        )
+        return wire.pack_cookie_reply(sender, nonce, sealed)
+
+
+class Response:
+    """The gateway's side: read an initiation, then (once the caller has decided which
+    session it belongs to) write the response."""
+
+    def __init__(self, me: Identity, data: bytes, rng: Rng) -> None:
+        if len(data) != wire.INIT_LEN:
+            raise HandshakeError("BAD_LENGTH")
+        _t, _v, _r, self.remote_index, noise_msg = wire.INIT.unpack_from(data)
+        self._hs = HandshakeState(PATTERN, False, PROLOGUE, s=me.private, rng=rng)
+        try:
+            payload = self._hs.read_message(noise_msg)
+        except NoiseError:
+            raise HandshakeError("HANDSHAKE_AUTH_FAILED") from None
+        remote = self._hs.remote_static
+        assert remote is not None
+        self.remote_static: bytes = remote
+        self.timestamp_ms, self.session_id, self.state_version = wire.INIT_PAYLOAD.unpack(payload)
+
+    def write(
+        self, local_index: int, session_id: bytes, state_version: int
+    ) -> tuple[bytes, Established]:
+        payload = wire.RESP_PAYLOAD.pack(session_id, state_version)
+        body = wire.pack_resp(local_index, self.remote_index, self._hs.write_message(payload))
+        body += mac(_hash(LABEL_MAC1 + self.remote_static), body)
+        message = body + bytes(wire.MAC_LEN)
+        recv, send = self._hs.split()
+        assert send.k is not None and recv.k is not None
+        return message, Established(
+            send.k, recv.k, local_index, self.remote_index, session_id, state_version,
+            self.remote_static, self.timestamp_ms,
+        )  # fmt: skip

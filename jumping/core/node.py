@@ -1,0 +1,557 @@
+"""
+The sans-IO heart of a Jumping node: handshakes, sessions, the data plane and timers.
+
+Two entry styles, both pure (``now`` and bytes in, results out):
+
+- ``receive(now, path, data)`` / ``tick(now)`` / ``seal(now, packet)`` return frozen
+  outputs (:mod:`jumping.core.outputs`);
+- ``open_data(now, path, data)`` and ``seal_data(now, packet)`` are the allocation-lean data
+  plane used by the service for the common case: they return the plaintext (or the path and
+  ciphertext) directly and leave any side effect (an event, a confirmation) in ``pending``,
+  which the caller drains with ``take()`` when it is non-empty.
+
+Nothing from the network raises: every bad packet is a counted drop (``drops[reason]``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import itertools
+import struct
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+
+from jumping.core import wire
+from jumping.core.fsm import Reason, State
+from jumping.core.handshake import (
+    Identity,
+)
+from jumping.core.outputs import ArmTimer, Drop, Emit, Output, Release, Send, WriteTun
+from jumping.core.policy import Policy
+from jumping.core.session import Keypair, Session
+
+Rng = Callable[[int], bytes]
+
+_NONCE_PAD = bytes(4)
+_HDR = wire.TRANSPORT_HEADER
+_DATA = wire.MessageType.DATA
+_ATTACHED = State.ATTACHED
+_TERMINATED = State.TERMINATED
+_BOUND = (State.ATTACHED, State.VOLATILE, State.DEGRADED, State.RECOVERING)
+_REATTACH = struct.Struct("<Q16s")
+_NO_SESSION = bytes(16)
+#: state -> reasons that may end it from the timer's health checks
+_TERMINAL_NOTICE = struct.Struct("<B32s")
+
+
+class Peer:
+    """A client the gateway accepts (or the gateway a client talks to)."""
+
+    __slots__ = ("public_key", "networks", "exact", "last_init_ms", "sessions", "name")
+
+    def __init__(self, public_key: bytes, allowed_ips: Iterable[str] = (), name: str = "") -> None:
+        self.public_key = public_key
+        self.name = name or public_key.hex()[:16]
+        self.networks = tuple(ipaddress.ip_network(a, strict=False) for a in allowed_ips)
+        self.exact = frozenset(
+            n.network_address.packed for n in self.networks if n.num_addresses == 1
+        )
+        self.last_init_ms = -1
+        self.sessions: list[Session] = []
+
+    def allows(self, packet: bytes) -> bool:
+        """Is the inner packet's source address one of this peer's allowed IPs?"""
+        v = packet[0] >> 4
+        if v == 4 and len(packet) >= 20:
+            src = packet[12:16]
+        elif v == 6 and len(packet) >= 40:
+            src = packet[8:24]
+        else:
+            return False
+        if src in self.exact:
+            return True
+        addr = ipaddress.ip_address(src)
+        return any(addr in n for n in self.networks)
+
+
+def destination(packet: bytes) -> bytes | None:
+    """Destination address bytes of an IPv4/IPv6 packet, None if it is neither."""
+    v = packet[0] >> 4 if packet else 0
+    if v == 4 and len(packet) >= 20:
+        return packet[16:20]
+    if v == 6 and len(packet) >= 40:
+        return packet[24:40]
+    return None
+
+
+def address_bytes(path: Any) -> bytes:
+    """What a cookie is bound to: the path's remote address."""
+    addr = getattr(path, "remote_address", None)
+    return repr(addr).encode()
+
+
+class NodeCore:
+    """What gateways and clients share. Not used directly: see GatewayCore, ClientCore."""
+
+    role = "node"
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        private_key: bytes,
+        policy: Policy,
+        rng: Rng,
+        now: float,
+        max_sessions: int = 100_000,
+        handshake_retry_ms: int = 1000,
+        handshake_timeout_ms: int = 15_000,
+        reattach_interval_ms: int = 250,
+        stats_interval_s: float = 60.0,
+    ) -> None:
+        self.node_id = node_id
+        self.me = Identity(private_key)
+        self.policy = policy
+        self.rng = rng
+        self.max_sessions = max_sessions
+        self.handshake_retry = handshake_retry_ms / 1000.0
+        self.handshake_timeout = handshake_timeout_ms / 1000.0
+        self.reattach_interval = reattach_interval_ms / 1000.0
+        self.stats_interval = stats_interval_s
+        self.drops: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter()
+        self.index: dict[int, Keypair] = {}
+        self.sessions: dict[bytes, Session] = {}
+        self.pending: list[Output] = []
+        self.last_drop = ""
+        self._heap: list[tuple[float, int, Session]] = []
+        self._seq = itertools.count()
+        self._now = now
+
+    # ------------------------------------------------------------------ plumbing
+    def take(self) -> list[Output]:
+        """Hand over (and forget) the outputs accumulated so far."""
+        out, self.pending = self.pending, []
+        return out
+
+    def _drop(self, reason: str) -> None:
+        self.drops[reason] += 1
+        self.pending.append(Drop(reason))
+
+    def _emit(
+        self, event_type: str, s: Session | None, reason: str | None = None, **fields: Any
+    ) -> None:
+        self.pending.append(
+            Emit(
+                event_type,
+                s.sid_hex if s is not None else None,
+                s.fsm.state_version if s is not None else 0,
+                reason,
+                fields,
+            )
+        )
+
+    def _send(self, path: Any, data: bytes | None, s: Session | None = None) -> None:
+        if data is None or path is None:
+            return
+        self.pending.append(Send(path, data))
+        if s is not None:
+            s.tx_bytes += len(data)
+            s.tx_packets += 1
+
+    def _control(
+        self, now: float, s: Session, kind: int, body: bytes = b"", path: Any = None
+    ) -> None:
+        kp = s.current
+        if kp is None:
+            return
+        target = path if path is not None else s.path
+        self._send(target, kp.seal(kp.control_prefix, bytes((kind,)) + body), s)
+        s.last_tx = now
+
+    def _schedule(self, s: Session, at: float) -> None:
+        if s.deadline and s.deadline <= at:
+            return
+        s.deadline = at
+        heap = self._heap
+        if not heap or at < heap[0][0]:
+            self.pending.append(ArmTimer(at))
+        heapq.heappush(heap, (at, next(self._seq), s))
+
+    def _new_index(self) -> int:
+        while True:
+            i = int.from_bytes(self.rng(4), "little")
+            if i and i not in self.index:
+                return i
+
+    def _transition(self, now: float, s: Session, reason: Reason, **fields: Any) -> bool:
+        change = s.fsm.fire(reason)
+        if change is None:
+            self.counters["illegal_transition_refused"] += 1
+            return False
+        s.state_since = now
+        self.counters[f"transition:{reason.value}"] += 1
+        self._emit(
+            "SESSION_STATE_CHANGE",
+            s,
+            reason.value,
+            previous_state=change.previous.value,
+            new_state=change.new.value,
+            **fields,
+        )
+        if change.new is _TERMINATED:
+            self._terminated(now, s, reason)
+        else:
+            self._schedule(s, now)
+        return True
+
+    def terminate(self, now: float, session_id: bytes, reason: Reason) -> list[Output]:
+        """Operator or ownership layer ends a session explicitly."""
+        self._now = now
+        s = self.sessions.get(session_id)
+        if s is None:
+            self._drop("UNKNOWN_SESSION")
+        else:
+            self._tell_peer_terminated(now, s, reason)
+            self._transition(now, s, reason)
+        return self.take()
+
+    def _tell_peer_terminated(self, now: float, s: Session, reason: Reason) -> None:
+        if s.current is not None and s.path is not None:
+            self._control(now, s, wire.Control.TERMINATE, reason.value.encode()[:64])
+
+    def _terminated(self, now: float, s: Session, reason: Reason) -> None:
+        for kp in s.keypairs():
+            self.index.pop(kp.local_index, None)
+            kp.wipe()
+        s.current = s.previous = s.next = None
+        self.sessions.pop(s.session_id, None)
+        self._forget_routes(s)
+        self._emit(
+            "SESSION_TERMINATED",
+            s,
+            reason.value,
+            lifetime_ms=int((now - s.created) * 1000),
+            bytes_in=s.rx_bytes,
+            bytes_out=s.tx_bytes,
+            packets_in=s.rx_packets,
+            packets_out=s.tx_packets,
+        )
+        if s.owned or s.owner_token is not None:
+            self.pending.append(Release(s.sid_hex, s.owner_token))
+            s.owned = False
+
+    def _forget_routes(self, s: Session) -> None:
+        """Subclass hook."""
+
+    # ------------------------------------------------------------------ receive
+    def receive(self, now: float, path: Any, data: bytes) -> list[Output]:
+        """Any datagram from any path. Never raises; returns the outputs."""
+        self._now = now
+        try:
+            t = wire.message_type(data) if len(data) <= wire.MAX_DATAGRAM else None
+            if t is None:
+                self._drop("MALFORMED_HEADER")
+            elif t == _DATA:
+                plain = self.open_data(now, path, data)
+                if plain is not None:
+                    self.pending.append(WriteTun(plain))
+                else:
+                    self.pending.append(Drop(self.last_drop))
+            elif t == wire.MessageType.CONTROL:
+                self._on_control(now, path, data)
+            else:
+                self._on_handshake(now, path, t, data)
+        except Exception as e:  # pragma: no cover - a bug; counted so tests see it
+            self.counters["internal_error"] += 1
+            self._drop(f"INTERNAL_ERROR:{type(e).__name__}")
+        return self.take()
+
+    def _open(self, now: float, path: Any, data: bytes) -> tuple[Keypair, bytes] | None:
+        drops = self.drops
+        try:
+            _t, v, r, idx, counter = _HDR.unpack_from(data)
+        except struct.error:
+            drops["SHORT_PACKET"] += 1
+            self.last_drop = "SHORT_PACKET"
+            return None
+        if v != wire.VERSION or r:
+            drops["MALFORMED_HEADER"] += 1
+            self.last_drop = "MALFORMED_HEADER"
+            return None
+        kp = self.index.get(idx)
+        if kp is None:
+            drops["UNKNOWN_INDEX"] += 1
+            self.last_drop = "UNKNOWN_INDEX"
+            return None
+        replay = kp.replay
+        if not replay.check(counter):
+            drops["REPLAY"] += 1
+            self.last_drop = "REPLAY"
+            return None
+        aead = kp.recv_aead
+        if aead is None:
+            drops["KEY_WIPED"] += 1
+            self.last_drop = "KEY_WIPED"
+            return None
+        try:
+            plain = aead.decrypt(_NONCE_PAD + data[8:16], data[16:], data[:16])
+        except InvalidTag:
+            drops["AUTH_FAILED"] += 1
+            self.last_drop = "AUTH_FAILED"
+            return None
+        if not replay.update(counter):
+            drops["REPLAY"] += 1
+            self.last_drop = "REPLAY"
+            return None
+        s = kp.session
+        s.last_rx = now
+        s.rx_bytes += len(data)
+        s.rx_packets += 1
+        if kp is not s.current or path is not s.path or s.fsm.state is not _ATTACHED:
+            self._unusual_rx(now, s, kp, path)
+        return kp, plain
+
+    def open_data(self, now: float, path: Any, data: bytes) -> bytes | None:
+        """Fast path for one DATA datagram: the inner packet, or None (counted drop)."""
+        opened = self._open(now, path, data)
+        if opened is None:
+            return None
+        kp, plain = opened
+        s = kp.session
+        if not plain:
+            self.drops["EMPTY_DATA"] += 1
+            self.last_drop = "EMPTY_DATA"
+            return None
+        if not s.owned:
+            self.drops["NOT_OWNER"] += 1
+            self.last_drop = "NOT_OWNER"
+            return None
+        if not self._source_allowed(s, plain):
+            self.drops["SOURCE_NOT_ALLOWED"] += 1
+            self.last_drop = "SOURCE_NOT_ALLOWED"
+            return None
+        return plain
+
+    def _source_allowed(self, s: Session, packet: bytes) -> bool:
+        return True
+
+    def seal_data(self, now: float, packet: bytes) -> tuple[Any, bytes] | None:
+        """Fast path for one TUN packet: (path, datagram) or None (queued or counted drop)."""
+        raise NotImplementedError
+
+    def seal(self, now: float, packet: bytes) -> list[Output]:
+        """``seal_data`` as outputs."""
+        self._now = now
+        r = self.seal_data(now, packet)
+        if r is not None:
+            self.pending.append(Send(r[0], r[1]))
+        return self.take()
+
+    def _unusual_rx(self, now: float, s: Session, kp: Keypair, path: Any) -> None:
+        """A packet authenticated under a non-current keypair, from another path, or while
+        not ATTACHED: confirmations, grace-window packets, first binding."""
+        if kp is s.next:
+            self._confirm(now, s, kp, path)
+        elif kp is s.previous:
+            self.counters["rx_previous_keypair"] += 1
+        if s.path is None and s.fsm.state is not _TERMINATED:
+            s.path = path
+        elif path is not s.path:
+            self.counters["rx_off_path"] += 1
+        if s.fsm.state is not _ATTACHED:
+            self._schedule(s, now)
+
+    def _confirm(self, now: float, s: Session, kp: Keypair, path: Any) -> None:
+        """Gateway: the client used the keys we answered with: they become current."""
+
+    # ------------------------------------------------------------------ control
+    def _on_control(self, now: float, path: Any, data: bytes) -> None:
+        opened = self._open(now, path, data)
+        if opened is None:
+            self.pending.append(Drop(self.last_drop))
+            return
+        kp, plain = opened
+        s = kp.session
+        if not plain:
+            self._drop("EMPTY_CONTROL")
+            return
+        kind, body = plain[0], plain[1:]
+        ctl = wire.Control
+        if kind == ctl.KEEPALIVE:
+            return
+        if kind == ctl.PROBE:
+            self._control(now, s, ctl.PROBE_REPLY, body[:64], path)
+        elif kind == ctl.PROBE_REPLY:
+            self.counters["probe_replies"] += 1
+        elif kind == ctl.TERMINATE:
+            self._peer_terminated(now, s, body)
+        else:
+            self._on_session_control(now, s, kind, body, path)
+
+    def _on_session_control(
+        self, now: float, s: Session, kind: int, body: bytes, path: Any
+    ) -> None:
+        self._drop("UNEXPECTED_CONTROL")
+
+    def _peer_terminated(self, now: float, s: Session, body: bytes) -> None:
+        try:
+            reason = Reason(body.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            reason = Reason.SECURITY_FAILURE
+        if s.fsm.target(reason) is not _TERMINATED:
+            reason = Reason.OPERATOR_TERMINATED
+        self._transition(now, s, reason, detail="peer_terminated")
+
+    def _on_handshake(self, now: float, path: Any, t: int, data: bytes) -> None:
+        self._drop("UNEXPECTED_HANDSHAKE")
+
+    # ------------------------------------------------------------------ timers
+    def tick(self, now: float) -> list[Output]:
+        """Run every timer that is due; ends with an ``ArmTimer`` for the next one."""
+        self._now = now
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            at, _seq, s = heapq.heappop(heap)
+            if at != s.deadline or s.fsm.state is _TERMINATED:
+                continue
+            s.deadline = 0.0
+            try:
+                self._on_timer(now, s)
+            except Exception as e:  # pragma: no cover - a bug; counted
+                self.counters["internal_error"] += 1
+                self._drop(f"INTERNAL_ERROR:{type(e).__name__}")
+        while heap and (heap[0][0] != heap[0][2].deadline or heap[0][2].fsm.terminated):
+            heapq.heappop(heap)
+        self._node_timers(now)
+        if heap:
+            self.pending.append(ArmTimer(heap[0][0]))
+        return self.take()
+
+    def next_deadline(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+    def _node_timers(self, now: float) -> None:
+        """Subclass hook for node-wide timers."""
+
+    def _on_timer(self, now: float, s: Session) -> None:
+        p = self.policy
+        if now - s.created >= p.session_max_lifetime_s:
+            self._tell_peer_terminated(now, s, Reason.SESSION_LIFETIME_EXCEEDED)
+            self._transition(now, s, Reason.SESSION_LIFETIME_EXCEEDED)
+            return
+        grace = p.rekey_grace_ms / 1000.0
+        cur = s.current
+        if s.previous is not None and cur is not None and now - cur.created >= grace:
+            self.index.pop(s.previous.local_index, None)
+            s.previous.wipe()
+            s.previous = None
+        if s.fsm.state is State.BIRTH:
+            self._birth_timer(now, s)
+        else:
+            self._health(now, s)
+        if s.fsm.terminated:
+            return
+        hb = p.heartbeat_interval_ms / 1000.0
+        if s.current is not None and s.path is not None and now - s.last_tx >= hb:
+            self._control(now, s, wire.Control.KEEPALIVE)
+        if now - s.stats_at >= self.stats_interval and s.fsm.state in _BOUND:
+            s.stats_at = now
+            self._emit(
+                "SESSION_STATS", s, None, bytes_in=s.rx_bytes, bytes_out=s.tx_bytes,
+                packets_in=s.rx_packets, packets_out=s.tx_packets,
+                transport_id=getattr(s.path, "transport_id", None),
+            )  # fmt: skip
+        self._schedule(s, self._next_timer(now, s))
+
+    def _next_timer(self, now: float, s: Session) -> float:
+        p = self.policy
+        hb = p.heartbeat_interval_ms / 1000.0
+        st = s.fsm.state
+        at = min(
+            s.last_tx + hb, s.stats_at + self.stats_interval, s.created + p.session_max_lifetime_s
+        )
+        if st is _ATTACHED:
+            at = min(at, s.last_rx + p.heartbeat_timeout_ms / 1000.0)
+        elif st is not State.BIRTH:
+            at = min(at, now + min(hb, self.reattach_interval))
+        else:
+            at = min(at, now + self.handshake_retry / 4)
+        if s.previous is not None and s.current is not None:
+            at = min(at, s.current.created + p.rekey_grace_ms / 1000.0)
+        return max(at, now + 0.001)
+
+    def _birth_timer(self, now: float, s: Session) -> None:
+        if now - s.created >= self.handshake_timeout:
+            self._transition(now, s, Reason.HANDSHAKE_FAIL)
+
+    def _health(self, now: float, s: Session) -> None:
+        """SPEC section 1 health transitions, from what was heard on the active path."""
+        p = self.policy
+        st = s.fsm.state
+        silence = now - s.last_rx
+        hb = p.heartbeat_interval_ms / 1000.0
+        if st is _ATTACHED:
+            if silence >= p.dead_after_ms / 1000.0:
+                self._transition(now, s, Reason.TRANSPORT_DEAD, silence_ms=int(silence * 1000))
+            elif silence >= p.heartbeat_timeout_ms / 1000.0:
+                self._transition(now, s, Reason.HEARTBEAT_TIMEOUT, silence_ms=int(silence * 1000))
+        elif st is State.VOLATILE or st is State.DEGRADED:
+            if silence >= p.dead_after_ms / 1000.0:
+                self._transition(now, s, Reason.TRANSPORT_DEAD, silence_ms=int(silence * 1000))
+            elif s.last_rx - s.state_since >= hb and silence < hb:
+                self._transition(now, s, Reason.HEALTH_RECOVERED)
+            elif st is State.VOLATILE and now - s.state_since >= p.volatile_to_degraded_ms / 1000:
+                self._transition(now, s, Reason.VOLATILE_PERSISTED)
+        elif st is State.RECOVERING:
+            if now - s.state_since >= p.recovery_window_ms / 1000.0:
+                self._tell_peer_terminated(now, s, Reason.RECOVERY_WINDOW_EXCEEDED)
+                self._transition(now, s, Reason.RECOVERY_WINDOW_EXCEEDED)
+            else:
+                self._recovering(now, s)
+
+    def _recovering(self, now: float, s: Session) -> None:
+        """Subclass hook: what to do while RECOVERING (client: send reattach proofs)."""
+
+    def _bind(self, now: float, s: Session, path: Any) -> None:
+        old = s.path
+        s.path = path
+        s.attach_count += 1
+        if old is None:
+            self._emit(
+                "TRANSPORT_ATTACHED", s, None,
+                transport_id=getattr(path, "transport_id", None),
+                transport_kind=getattr(path, "kind", None),
+            )  # fmt: skip
+        elif old is not path:
+            self._emit(
+                "TRANSPORT_SWITCH", s, None,
+                old_transport_id=getattr(old, "transport_id", None),
+                old_transport_kind=getattr(old, "kind", None),
+                new_transport_id=getattr(path, "transport_id", None),
+                new_transport_kind=getattr(path, "kind", None),
+                switch_latency_ms=int((now - s.state_since) * 1000),
+            )  # fmt: skip
+
+    def path_lost(self, now: float, path: Any) -> list[Output]:
+        """A transport died (closed/reset): sessions bound to it notice at once."""
+        self._now = now
+        for s in list(self.sessions.values()):
+            if s.path is path and s.fsm.state in (_ATTACHED, State.VOLATILE, State.DEGRADED):
+                self._transition(now, s, Reason.TRANSPORT_DEAD, detail="transport_lost")
+        return self.take()
+
+    # ------------------------------------------------------------------ introspection
+    def session_count(self) -> int:
+        return len(self.sessions)
+
+    def state_counts(self) -> Counter[str]:
+        return Counter(s.fsm.state.value for s in self.sessions.values())
+
+
+def _reattach_body(now: float, s: Session) -> bytes:
+    return _REATTACH.pack(int(now * 1000), s.session_id)

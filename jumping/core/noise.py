@@ -1,0 +1,341 @@
+"""
+The Noise Protocol Framework (revision 34) for ``25519_ChaChaPoly_BLAKE2s``.
+
+Handshake patterns are data (token lists), so one :class:`HandshakeState` runs every
+one-way and interactive fundamental pattern and their ``pskN`` modifiers; the published
+cacophony and snow test vectors check it (``tests/core/test_noise_vectors.py``).
+
+No I/O, no OS randomness: ephemeral keys come from the injected ``rng`` (or are given, for
+test vectors).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable, Sequence
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base
+
+DHLEN = 32
+HASHLEN = 32
+BLOCKLEN = 64
+MAX_MESSAGE = 65535
+MAX_NONCE = 2**64 - 1
+
+Rng = Callable[[int], bytes]
+
+
+class NoiseError(Exception):
+    """Any handshake or transport failure: bad length, bad tag, out of turn, bad key."""
+
+
+def public_key(private: bytes) -> bytes:
+    if len(private) != DHLEN:
+        raise NoiseError("private key must be 32 bytes")
+    return bytes(crypto_scalarmult_base(private))
+
+
+def generate_keypair(rng: Rng) -> tuple[bytes, bytes]:
+    private = rng(DHLEN)
+    return private, public_key(private)
+
+
+def dh(private: bytes, public: bytes) -> bytes:
+    try:
+        out = bytes(crypto_scalarmult(private, public))
+    except Exception:
+        raise NoiseError("invalid public key") from None
+    if not any(out):
+        raise NoiseError("DH produced the all-zero value (low-order point)")
+    return out
+
+
+def _hash(data: bytes) -> bytes:
+    return hashlib.blake2s(data).digest()
+
+
+def _hmac(key: bytes, data: bytes) -> bytes:
+    return hmac.new(key, data, hashlib.blake2s).digest()
+
+
+def hkdf(ck: bytes, ikm: bytes, n: int) -> tuple[bytes, ...]:
+    temp = _hmac(ck, ikm)
+    out1 = _hmac(temp, b"\x01")
+    out2 = _hmac(temp, out1 + b"\x02")
+    if n == 2:
+        return out1, out2
+    return out1, out2, _hmac(temp, out2 + b"\x03")
+
+
+class CipherState:
+    __slots__ = ("k", "n", "_aead")
+
+    def __init__(self, k: bytes | None = None) -> None:
+        self.n = 0
+        self.k: bytes | None = None
+        self._aead: ChaCha20Poly1305 | None = None
+        if k is not None:
+            self.initialize_key(k)
+
+    def initialize_key(self, k: bytes) -> None:
+        self.k = k
+        self.n = 0
+        self._aead = ChaCha20Poly1305(k)
+
+    def _nonce(self) -> bytes:
+        if self.n >= MAX_NONCE:
+            raise NoiseError("nonce exhausted")
+        return b"\x00\x00\x00\x00" + self.n.to_bytes(8, "little")
+
+    def encrypt_with_ad(self, ad: bytes, plaintext: bytes) -> bytes:
+        if self._aead is None:
+            return plaintext
+        ct = self._aead.encrypt(self._nonce(), plaintext, ad)
+        self.n += 1
+        return ct
+
+    def decrypt_with_ad(self, ad: bytes, ciphertext: bytes) -> bytes:
+        if self._aead is None:
+            return ciphertext
+        try:
+            pt = self._aead.decrypt(self._nonce(), ciphertext, ad)
+        except InvalidTag:
+            raise NoiseError("authentication failed") from None
+        self.n += 1
+        return pt
+
+    def rekey(self) -> None:
+        if self._aead is None:
+            raise NoiseError("no key to rekey")
+        k = self._aead.encrypt(b"\xff" * 12, bytes(32), b"")[:32]
+        n = self.n
+        self.initialize_key(k)
+        self.n = n
+
+
+class SymmetricState:
+    __slots__ = ("ck", "h", "cipher")
+
+    def __init__(self, protocol_name: bytes) -> None:
+        if len(protocol_name) <= HASHLEN:
+            self.h = protocol_name.ljust(HASHLEN, b"\x00")
+        else:
+            self.h = _hash(protocol_name)
+        self.ck = self.h
+        self.cipher = CipherState()
+
+    def mix_key(self, ikm: bytes) -> None:
+        self.ck, temp_k = hkdf(self.ck, ikm, 2)
+        self.cipher.initialize_key(temp_k)
+
+    def mix_hash(self, data: bytes) -> None:
+        self.h = _hash(self.h + data)
+
+    def mix_key_and_hash(self, ikm: bytes) -> None:
+        self.ck, temp_h, temp_k = hkdf(self.ck, ikm, 3)
+        self.mix_hash(temp_h)
+        self.cipher.initialize_key(temp_k)
+
+    def encrypt_and_hash(self, plaintext: bytes) -> bytes:
+        ct = self.cipher.encrypt_with_ad(self.h, plaintext)
+        self.mix_hash(ct)
+        return ct
+
+    def decrypt_and_hash(self, ciphertext: bytes) -> bytes:
+        pt = self.cipher.decrypt_with_ad(self.h, ciphertext)
+        self.mix_hash(ciphertext)
+        return pt
+
+    def split(self) -> tuple[CipherState, CipherState]:
+        k1, k2 = hkdf(self.ck, b"", 2)
+        return CipherState(k1), CipherState(k2)
+
+
+# (pre-messages initiator, pre-messages responder, message token lists); "->" messages are
+# the even-numbered ones, sent by the initiator.
+PATTERNS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[tuple[str, ...], ...]]] = {
+    "N": ((), ("s",), (("e", "es"),)),
+    "K": (("s",), ("s",), (("e", "es", "ss"),)),
+    "X": ((), ("s",), (("e", "es", "s", "ss"),)),
+    "NN": ((), (), (("e",), ("e", "ee"))),
+    "NK": ((), ("s",), (("e", "es"), ("e", "ee"))),
+    "NX": ((), (), (("e",), ("e", "ee", "s", "es"))),
+    "XN": ((), (), (("e",), ("e", "ee"), ("s", "se"))),
+    "XK": ((), ("s",), (("e", "es"), ("e", "ee"), ("s", "se"))),
+    "XX": ((), (), (("e",), ("e", "ee", "s", "es"), ("s", "se"))),
+    "KN": (("s",), (), (("e",), ("e", "ee", "se"))),
+    "KK": (("s",), ("s",), (("e", "es", "ss"), ("e", "ee", "se"))),
+    "KX": (("s",), (), (("e",), ("e", "ee", "se", "s", "es"))),
+    "IN": ((), (), (("e", "s"), ("e", "ee", "se"))),
+    "IK": ((), ("s",), (("e", "es", "s", "ss"), ("e", "ee", "se"))),
+    "IX": ((), (), (("e", "s"), ("e", "ee", "se", "s", "es"))),
+}
+
+
+def parse_pattern(name: str) -> tuple[tuple[str, ...], tuple[str, ...], list[list[str]]]:
+    """``"IKpsk2"`` → the pattern with its psk tokens placed (Noise section 9.2)."""
+    base = name
+    mods: list[int] = []
+    if "psk" in name:
+        base, _, rest = name.partition("psk")
+        for part in ("psk" + rest).split("+"):
+            if not part.startswith("psk") or not part[3:].isdigit():
+                raise NoiseError(f"unsupported modifier in {name!r}")
+            mods.append(int(part[3:]))
+    if base not in PATTERNS:
+        raise NoiseError(f"unsupported pattern {name!r}")
+    pre_i, pre_r, msgs = PATTERNS[base]
+    messages = [list(m) for m in msgs]
+    for m in mods:
+        if m == 0:
+            messages[0].insert(0, "psk")
+        elif m <= len(messages):
+            messages[m - 1].append("psk")
+        else:
+            raise NoiseError(f"psk{m} beyond the pattern's messages")
+    return pre_i, pre_r, messages
+
+
+class HandshakeState:
+    def __init__(
+        self,
+        pattern: str,
+        initiator: bool,
+        prologue: bytes = b"",
+        s: bytes | None = None,
+        rs: bytes | None = None,
+        psks: Sequence[bytes] = (),
+        rng: Rng | None = None,
+        e: bytes | None = None,
+        re: bytes | None = None,
+    ) -> None:
+        self.protocol_name = f"Noise_{pattern}_25519_ChaChaPoly_BLAKE2s"
+        pre_i, pre_r, self._messages = parse_pattern(pattern)
+        self._psk_mode = "psk" in pattern
+        self.initiator = initiator
+        self.ss = SymmetricState(self.protocol_name.encode())
+        self.ss.mix_hash(prologue)
+        self.s = s
+        self.s_pub = public_key(s) if s is not None else None
+        self.e = e
+        self.e_pub = public_key(e) if e is not None else None
+        self.rs = rs
+        self.re = re
+        self.psks = list(psks)
+        self._rng = rng
+        self._turn = 0
+        for tokens, mine in ((pre_i, initiator), (pre_r, not initiator)):
+            for token in tokens:
+                if token == "s":
+                    key = self.s_pub if mine else self.rs
+                elif token == "e":
+                    key = self.e_pub if mine else self.re
+                else:  # pragma: no cover - patterns are data above
+                    raise NoiseError(f"bad pre-message token {token}")
+                if key is None:
+                    raise NoiseError(f"pre-message key {token!r} missing")
+                self.ss.mix_hash(key)
+                if token == "e" and self._psk_mode:
+                    self.ss.mix_key(key)
+
+    @property
+    def complete(self) -> bool:
+        return self._turn >= len(self._messages)
+
+    @property
+    def handshake_hash(self) -> bytes:
+        return self.ss.h
+
+    @property
+    def remote_static(self) -> bytes | None:
+        return self.rs
+
+    def _my_turn(self) -> bool:
+        return (self._turn % 2 == 0) == self.initiator
+
+    def _dh(self, token: str) -> bytes:
+        # token "xy": x is the initiator's key, y the responder's
+        a, b = token[0], token[1]
+        mine, theirs = (a, b) if self.initiator else (b, a)
+        priv = self.e if mine == "e" else self.s
+        pub = self.re if theirs == "e" else self.rs
+        if priv is None or pub is None:
+            raise NoiseError(f"missing key for {token}")
+        return dh(priv, pub)
+
+    def _next_psk(self) -> bytes:
+        if not self.psks:
+            raise NoiseError("psk required")
+        psk = self.psks.pop(0)
+        if len(psk) != 32:
+            raise NoiseError("psk must be 32 bytes")
+        return psk
+
+    def write_message(self, payload: bytes = b"") -> bytes:
+        if self.complete or not self._my_turn():
+            raise NoiseError("not our turn to write")
+        out = bytearray()
+        for token in self._messages[self._turn]:
+            if token == "e":
+                if self.e is None:
+                    if self._rng is None:
+                        raise NoiseError("no rng for the ephemeral key")
+                    self.e, self.e_pub = generate_keypair(self._rng)
+                assert self.e_pub is not None
+                out += self.e_pub
+                self.ss.mix_hash(self.e_pub)
+                if self._psk_mode:
+                    self.ss.mix_key(self.e_pub)
+            elif token == "s":
+                if self.s_pub is None:
+                    raise NoiseError("no static key")
+                out += self.ss.encrypt_and_hash(self.s_pub)
+            elif token == "psk":
+                self.ss.mix_key_and_hash(self._next_psk())
+            else:
+                self.ss.mix_key(self._dh(token))
+        out += self.ss.encrypt_and_hash(payload)
+        if len(out) > MAX_MESSAGE:
+            raise NoiseError("message too long")
+        self._turn += 1
+        return bytes(out)
+
+    def read_message(self, message: bytes) -> bytes:
+        if self.complete or self._my_turn():
+            raise NoiseError("not our turn to read")
+        if len(message) > MAX_MESSAGE:
+            raise NoiseError("message too long")
+        pos = 0
+        for token in self._messages[self._turn]:
+            if token == "e":
+                if len(message) - pos < DHLEN:
+                    raise NoiseError("message too short")
+                self.re = bytes(message[pos : pos + DHLEN])
+                pos += DHLEN
+                self.ss.mix_hash(self.re)
+                if self._psk_mode:
+                    self.ss.mix_key(self.re)
+            elif token == "s":
+                n = DHLEN + (16 if self.ss.cipher.k is not None else 0)
+                if len(message) - pos < n:
+                    raise NoiseError("message too short")
+                self.rs = self.ss.decrypt_and_hash(bytes(message[pos : pos + n]))
+                pos += n
+            elif token == "psk":
+                self.ss.mix_key_and_hash(self._next_psk())
+            else:
+                self.ss.mix_key(self._dh(token))
+        rest = bytes(message[pos:])
+        if self.ss.cipher.k is not None and len(rest) < 16:
+            raise NoiseError("message too short")
+        payload = self.ss.decrypt_and_hash(rest)
+        self._turn += 1
+        return payload
+
+    def split(self) -> tuple[CipherState, CipherState]:
+        if not self.complete:
+            raise NoiseError("handshake not complete")
+        return self.ss.split()

@@ -1,0 +1,65 @@
+"""
+What the core asks its caller to do. Frozen: the core never gets a callback.
+
+The service executes them in order: ``Send`` on the named path, ``WriteTun`` to the TUN
+device, ``Emit`` to the event pipeline, ``ArmTimer`` to call ``tick`` again, ``Claim`` and
+``Release`` against the ownership backend. ``Drop`` is informational (already counted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Union
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    path: Any
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WriteTun:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """One SIEM event (SPEC section 6) minus what the pipeline adds (schema, ts, node, seq)."""
+
+    event_type: str
+    session_id: str | None
+    state_version: int
+    reason_code: str | None
+    fields: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ArmTimer:
+    """Call ``tick`` no later than ``at`` (seconds, the caller's clock)."""
+
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Ask the ownership backend for this session; answer with ``NodeCore.claimed``."""
+
+    session_id: str
+    record: Mapping[str, Any]
+    token: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    session_id: str
+    token: int | None
+
+
+Output = Union[Send, WriteTun, Emit, ArmTimer, Drop, Claim, Release]

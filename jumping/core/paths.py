@@ -1,0 +1,154 @@
+"""
+Per-path measurements and deterministic candidate selection (SPEC sections 1 and 3).
+
+Each candidate path of a client has a :class:`PathStats`: an RFC 6298 RTT estimator fed by
+authenticated probe replies, a fixed-size ring of recent probes for the loss ratio over
+``loss_window_ms``, consecutive probe losses, and when it was last heard from. All bounded.
+
+:func:`select` is the whole selection rule: lowest score wins, the active path is kept
+unless a candidate beats it by the hysteresis factor, ties go to the lowest transport id.
+Same inputs, same choice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from jumping.core.policy import Policy
+
+RING = 64  # probes remembered per path (bounds memory and the loss estimate)
+MAX_OUTSTANDING = 16
+
+
+class PathStats:
+    __slots__ = (
+        "path",
+        "srtt",
+        "rttvar",
+        "samples",
+        "ring_sent",
+        "ring_acked",
+        "ring_pos",
+        "outstanding",
+        "consecutive_lost",
+        "last_rx",
+        "last_probe_tx",
+        "failures",
+        "validated",
+        "added",
+    )
+
+    def __init__(self, path: object, now: float) -> None:
+        self.path = path
+        self.srtt: float | None = None
+        self.rttvar = 0.0
+        self.samples = 0
+        self.ring_sent = [0.0] * RING
+        self.ring_acked = [True] * RING
+        self.ring_pos = 0
+        self.outstanding: dict[int, tuple[float, int]] = {}
+        self.consecutive_lost = 0
+        self.last_rx = -1e18
+        self.last_probe_tx = -1e18
+        self.failures = 0
+        self.validated = False
+        self.added = now
+
+    @property
+    def transport_id(self) -> str:
+        return str(getattr(self.path, "transport_id", id(self.path)))
+
+    def probe_sent(self, now: float, probe_id: int) -> None:
+        if len(self.outstanding) >= MAX_OUTSTANDING:
+            oldest = min(self.outstanding, key=lambda k: self.outstanding[k][0])
+            self._lost(oldest)
+        pos = self.ring_pos
+        self.ring_sent[pos] = now
+        self.ring_acked[pos] = False
+        self.outstanding[probe_id] = (now, pos)
+        self.ring_pos = (pos + 1) % RING
+        self.last_probe_tx = now
+
+    def _lost(self, probe_id: int) -> None:
+        self.outstanding.pop(probe_id, None)
+        self.consecutive_lost += 1
+
+    def probe_reply(self, now: float, probe_id: int) -> float | None:
+        """Record an authenticated reply; returns the RTT sample (s) or None if unknown."""
+        entry = self.outstanding.pop(probe_id, None)
+        self.last_rx = now
+        if entry is None:
+            return None
+        sent, pos = entry
+        self.ring_acked[pos] = True
+        self.consecutive_lost = 0
+        self.validated = True
+        rtt = max(now - sent, 1e-6)
+        if self.srtt is None:
+            self.srtt, self.rttvar = rtt, rtt / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+        self.samples += 1
+        return rtt
+
+    def heard(self, now: float) -> None:
+        """Any authenticated packet arrived on this path."""
+        self.last_rx = now
+
+    def expire(self, now: float, timeout: float) -> int:
+        """Count probes unanswered for ``timeout`` as lost; returns how many."""
+        late = [pid for pid, (sent, _pos) in self.outstanding.items() if now - sent >= timeout]
+        for pid in late:
+            self._lost(pid)
+        return len(late)
+
+    def loss(self, now: float, window: float) -> float:
+        sent = acked = 0
+        for t, ok in zip(self.ring_sent, self.ring_acked, strict=True):
+            if t and now - t <= window:
+                sent += 1
+                acked += ok
+        return 0.0 if sent == 0 else (sent - acked) / sent
+
+    def pto(self, policy: Policy) -> float:
+        """QUIC-style probe timeout: max(srtt + 4 rttvar, floor) x multiplier, seconds."""
+        floor = policy.probe_timeout_floor_ms / 1000.0
+        base = floor if self.srtt is None else max(self.srtt + 4 * self.rttvar, floor)
+        return base * policy.probe_timeout_multiplier
+
+    def alive(self, now: float, policy: Policy) -> bool:
+        return (
+            self.validated
+            and getattr(self.path, "connected", True)
+            and now - self.last_rx < policy.dead_after_ms / 1000.0
+            and self.consecutive_lost < policy.max_consecutive_drops
+        )
+
+    def score(self, now: float, policy: Policy) -> float:
+        """Lower is better: RTT (ms) inflated by loss and recent failures."""
+        rtt_ms = (self.srtt if self.srtt is not None else 0.1) * 1000.0 + 1.0
+        loss = self.loss(now, policy.loss_window_ms / 1000.0)
+        return rtt_ms * (1.0 + 10.0 * loss) * (1.0 + 0.5 * min(self.failures, 10))
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    transport_id: str
+    score: float
+    alive: bool
+
+
+def select(active: str | None, candidates: Sequence[Candidate], hysteresis: float) -> str | None:
+    """The transport id to use, or None if no candidate is alive."""
+    alive = sorted((c for c in candidates if c.alive), key=lambda c: (c.score, c.transport_id))
+    if not alive:
+        return None
+    best = alive[0]
+    current = next((c for c in alive if c.transport_id == active), None)
+    if current is None or best.transport_id == current.transport_id:
+        return best.transport_id
+    if best.score * hysteresis < current.score:
+        return best.transport_id
+    return current.transport_id

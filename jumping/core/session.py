@@ -1,0 +1,145 @@
+"""
+One session's state: keypairs, FSM, active path, counters and its timers' bookkeeping.
+
+A :class:`Keypair` is one handshake's keys (one per direction) with its own counter and
+replay window. A session holds at most three: ``current``, ``previous`` (kept for
+``rekey_grace_ms`` so packets in flight during a rekey are not lost, then wiped) and, on the
+gateway, ``next`` (answered but not yet confirmed by the client's first packet).
+
+Memory per session is bounded: a fixed number of keypairs, one replay window each, a fixed
+set of counters (SPEC invariant 7).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from jumping.core import wire
+from jumping.core.fsm import SessionFSM
+from jumping.core.replay import ReplayWindow
+
+_NONCE_PAD = bytes(4)
+_QWORD = wire.TRANSPORT_HEADER
+
+
+class Keypair:
+    __slots__ = (
+        "local_index",
+        "remote_index",
+        "send_aead",
+        "recv_aead",
+        "send_counter",
+        "replay",
+        "created",
+        "confirmed",
+        "session",
+        "data_prefix",
+        "control_prefix",
+    )
+
+    def __init__(
+        self,
+        session: Session,
+        local_index: int,
+        remote_index: int,
+        send_key: bytes,
+        recv_key: bytes,
+        now: float,
+        replay_bits: int,
+        confirmed: bool,
+    ) -> None:
+        self.session = session
+        self.local_index = local_index
+        self.remote_index = remote_index
+        self.send_aead: ChaCha20Poly1305 | None = ChaCha20Poly1305(send_key)
+        self.recv_aead: ChaCha20Poly1305 | None = ChaCha20Poly1305(recv_key)
+        self.send_counter = 0
+        self.replay = ReplayWindow(replay_bits)
+        self.created = now
+        self.confirmed = confirmed
+        ri = remote_index.to_bytes(4, "little")
+        self.data_prefix = wire.DATA_PREFIX + ri
+        self.control_prefix = wire.CONTROL_PREFIX + ri
+
+    def seal(self, prefix: bytes, plaintext: bytes) -> bytes | None:
+        """Encrypt one message; None if the keypair is wiped or its counter is exhausted."""
+        aead = self.send_aead
+        c = self.send_counter
+        if aead is None or c >= wire.COUNTER_LIMIT:
+            return None
+        self.send_counter = c + 1
+        cb = c.to_bytes(8, "little")
+        header = prefix + cb
+        return header + aead.encrypt(_NONCE_PAD + cb, plaintext, header)
+
+    def wipe(self) -> None:
+        """Forget the keys. Python cannot zero the AEAD objects' memory; dropping the only
+        references is what we can do (documented in SECURITY notes)."""
+        self.send_aead = None
+        self.recv_aead = None
+
+
+class Session:
+    """Per-session state. The node core drives it; it holds data, not policy."""
+
+    __slots__ = (
+        "session_id",
+        "sid_hex",
+        "peer",
+        "fsm",
+        "current",
+        "previous",
+        "next",
+        "path",
+        "created",
+        "last_rx",
+        "last_tx",
+        "state_since",
+        "rx_bytes",
+        "tx_bytes",
+        "rx_packets",
+        "tx_packets",
+        "deadline",
+        "handshake",
+        "handshake_started",
+        "handshake_attempts",
+        "last_handshake_tx",
+        "last_reattach_tx",
+        "stats_at",
+        "owner_token",
+        "owned",
+        "attach_count",
+    )
+
+    def __init__(self, session_id: bytes, peer: Any, now: float, state_version: int = 0) -> None:
+        self.session_id = session_id
+        self.sid_hex = session_id.hex()
+        self.peer = peer
+        self.fsm = SessionFSM(state_version)
+        self.current: Keypair | None = None
+        self.previous: Keypair | None = None
+        self.next: Keypair | None = None
+        self.path: Any = None
+        self.created = now
+        self.last_rx = now
+        self.last_tx = now
+        self.state_since = now
+        self.rx_bytes = 0
+        self.tx_bytes = 0
+        self.rx_packets = 0
+        self.tx_packets = 0
+        self.deadline = 0.0
+        self.handshake: Any = None
+        self.handshake_started = 0.0
+        self.handshake_attempts = 0
+        self.last_handshake_tx = -1e18
+        self.last_reattach_tx = -1e18
+        self.stats_at = now
+        self.owner_token: int | None = None
+        self.owned = False
+        self.attach_count = 0
+
+    def keypairs(self) -> tuple[Keypair, ...]:
+        return tuple(k for k in (self.current, self.previous, self.next) if k is not None)

@@ -1,0 +1,248 @@
+"""
+The contracts between Jumping's sans-IO core, its Twisted service and its plugins.
+
+Every plugin Jumping loads (built in or third party) provides one of these
+interfaces; :func:`jumping.plugin.load` finds it by name through
+``twisted.plugin.getPlugins`` and checks it with ``verifyObject`` before use.
+``jumping.testing.conformance`` holds one test mixin per interface that every
+implementation runs.
+
+Nothing here imports the reactor: these are descriptions, not code.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class IJumpingPlugin(Interface):
+    """
+    What ``twisted/plugins/jumping_*.py`` drop-ins provide: a named factory.
+
+    Drop-ins stay tiny (no heavy imports); the factory imports the real code.
+    """
+
+    name = Attribute("Plugin name as used in configuration files, e.g. ``'udp'``. [a-z0-9_-]+")
+    provides = Attribute(
+        "The interface the object returned by :meth:`build` provides, e.g. ``ITransportFactory``."
+    )
+    description = Attribute("One line shown by ``jumpctl plugins``.")
+
+    def build(**options):  # type: ignore[no-untyped-def]
+        """
+        Create the plugin object from its configuration section.
+
+        :param options: the keys of the plugin's configuration section, already parsed
+            (strings, numbers, booleans, lists). Unknown keys must raise ``ValueError``
+            naming the key, so a typo is never silently ignored.
+        :return: an object providing :attr:`provides`.
+        """
+
+
+class IDatagramReceiver(Interface):
+    """
+    Whoever consumes what a transport receives: the node service.
+    """
+
+    def datagramReceived(transport, data):  # type: ignore[no-untyped-def]
+        """
+        One datagram (or one de-framed frame for stream transports) arrived.
+
+        Called on the reactor thread. Must not raise.
+
+        :param transport: the :class:`ITransport` the data arrived on. Stream and
+            connected transports pass themselves; a listening datagram transport passes the
+            per-remote-address path object it keeps for that address.
+        :param bytes data: the payload, never larger than 65535 bytes.
+        """
+
+    def transportLost(transport, reason):  # type: ignore[no-untyped-def]
+        """
+        The transport can no longer send or receive (socket closed, connection reset).
+
+        :param transport: the :class:`ITransport` that died.
+        :param str reason: a short machine-readable cause, e.g. ``'closed'``, ``'reset'``.
+        """
+
+
+class ITransport(Interface):
+    """
+    One path a session can be bound to: a UDP 4-tuple, a TCP connection, a QUIC path.
+
+    A transport carries opaque datagrams; framing (for stream transports) is its business.
+    """
+
+    transport_id = Attribute(
+        "``str`` unique among this node's live transports and never reused while the node "
+        "runs, e.g. ``'udp:10.0.0.1:51820>10.0.0.2:40000'``. Selection breaks ties on it."
+    )
+    kind = Attribute("``'udp'``, ``'tcp'`` or ``'quic'``.")
+    local_address = Attribute("``(host, port)`` this end sends from, as strings/ints.")
+    remote_address = Attribute("``(host, port)`` of the far end.")
+    connected = Attribute("``bool``: False once the transport is closed or lost.")
+
+    def send(data):  # type: ignore[no-untyped-def]
+        """
+        Send one datagram to the remote address.
+
+        Never raises for network conditions (unreachable, buffer full): those are counted
+        in :attr:`send_errors` and the datagram is dropped, as the network would.
+
+        :param bytes data: at most 65535 bytes.
+        """
+
+    send_errors = Attribute("``int``: datagrams dropped by :meth:`send` so far.")
+
+    def close():  # type: ignore[no-untyped-def]
+        """
+        Stop using this path. Idempotent. :attr:`connected` becomes False.
+        """
+
+
+class ITransportFactory(Interface):
+    """
+    Creates transports of one kind: listeners on a gateway, outgoing paths on a client.
+    """
+
+    kind = Attribute("``'udp'``, ``'tcp'`` or ``'quic'``.")
+
+    def listen(reactor, host, port, receiver):  # type: ignore[no-untyped-def]
+        """
+        Listen for datagrams/connections on ``host:port``.
+
+        :param reactor: the reactor to use.
+        :param str host: local address to bind (``'0.0.0.0'`` for all).
+        :param int port: local port; 0 for any.
+        :param receiver: an :class:`IDatagramReceiver`; every remote address gets its own
+            :class:`ITransport` (a per-address path object for datagram transports).
+        :return: an :class:`IListener`.
+        :raise OSError: the address cannot be bound (e.g. port in use); raised at once,
+            nothing is left half-open.
+        """
+
+    def connect(reactor, remote, receiver, local=None):  # type: ignore[no-untyped-def]
+        """
+        Open an outgoing path to ``remote``.
+
+        :param remote: ``(host, port)`` of the gateway endpoint.
+        :param receiver: the :class:`IDatagramReceiver` for what arrives on this path.
+        :param local: optional ``(host, port)`` to bind (choose the source address).
+        :return: a ``Deferred`` firing with the :class:`ITransport` once it can send.
+        """
+
+
+class IListener(Interface):
+    """A listening endpoint returned by :meth:`ITransportFactory.listen`."""
+
+    local_address = Attribute("``(host, port)`` actually bound (port resolved if 0 was asked).")
+
+    def close():  # type: ignore[no-untyped-def]
+        """Stop listening and close every path created by this listener. Returns a Deferred."""
+
+
+class IOwnershipBackend(Interface):
+    """
+    Who owns which session, cluster-wide (SPEC section 5).
+
+    Every method returns a ``Deferred`` and never blocks the reactor thread. A fencing
+    token is a positive ``int`` that strictly increases each time ownership of a session
+    changes hands; every mutation carries the caller's token and is refused if it is stale.
+    """
+
+    node_id = Attribute("``str``: this node's identity in the cluster.")
+
+    def claim(session_id, record, expected_token):  # type: ignore[no-untyped-def]
+        """
+        Take ownership of ``session_id`` by compare-and-swap.
+
+        :param str session_id: hex session id.
+        :param dict record: the ownership record to store (client public key, state_version,
+            owner node id...); JSON-serialisable.
+        :param expected_token: ``None`` to create (fails if the session exists), or the
+            fencing token of the record the caller read (fails if it changed since).
+        :return: Deferred firing with the new fencing token (int).
+        :raise OwnershipConflict: (errback) the CAS failed: someone else holds it or the
+            token is stale.
+        :raise OwnershipUnavailable: (errback) the backend cannot be reached.
+        """
+
+    def renew(session_id, token, record):  # type: ignore[no-untyped-def]
+        """
+        Update the owned record (e.g. a new state_version) under fencing.
+
+        :return: Deferred firing with the (possibly new) token; errback
+            ``OwnershipConflict`` if ``token`` is no longer current (the caller lost it).
+        """
+
+    def release(session_id, token):  # type: ignore[no-untyped-def]
+        """
+        Give ownership up. Stale tokens are ignored (the session is someone else's).
+
+        :return: Deferred firing with ``None``.
+        """
+
+    def get(session_id):  # type: ignore[no-untyped-def]
+        """
+        Read the current record.
+
+        :return: Deferred firing with ``(record, token)`` or ``None`` if nobody owns it.
+        """
+
+    def watch(session_id, callback):  # type: ignore[no-untyped-def]
+        """
+        Call ``callback(session_id, new_token_or_None)`` on the reactor thread whenever the
+        record changes or disappears, until the returned object's ``cancel()`` is called.
+        """
+
+    def close():  # type: ignore[no-untyped-def]
+        """Release the node's lease and stop. Returns a Deferred."""
+
+
+class IRateLimitPolicy(Interface):
+    """
+    Decides whether a control-plane action (a transport switch, a reattach, a handshake)
+    may happen now. Pure: no I/O, time is passed in, so the core can call it.
+    """
+
+    def check(key, now_ms):  # type: ignore[no-untyped-def]
+        """
+        May the action keyed ``key`` happen at ``now_ms``? Does not consume anything.
+
+        :param str key: what is limited, e.g. a session id or ``'*'`` for global limits.
+        :param int now_ms: the caller's clock, milliseconds.
+        :return: ``None`` if allowed, else a reason code string (``'SWITCH_RATE_LIMITED'`` or
+            ``'COOLDOWN_ACTIVE'``).
+        """
+
+    def record(key, now_ms):  # type: ignore[no-untyped-def]
+        """The action keyed ``key`` happened at ``now_ms``: consume one allowance."""
+
+    def forget(key):  # type: ignore[no-untyped-def]
+        """Drop all state for ``key`` (the session ended). Keeps memory bounded."""
+
+    tracked = Attribute("``int``: keys currently holding state (bounded by the policy).")
+
+
+class IEventSink(Interface):
+    """
+    Where SIEM events (SPEC section 6) go: a JSON-lines file, Kafka, syslog.
+
+    :meth:`emit` is called on the reactor thread and must never block nor raise: a slow,
+    full or dead sink drops events and counts them (SPEC invariant 9).
+    """
+
+    name = Attribute("``str``: the sink plugin's name.")
+    dropped = Attribute("``int``: events dropped so far (queue full, write failed).")
+    delivered = Attribute("``int``: events handed to the destination so far.")
+    queue_depth = Attribute("``int``: events accepted but not yet delivered.")
+
+    def emit(event):  # type: ignore[no-untyped-def]
+        """
+        Queue one event for delivery.
+
+        :param dict event: a complete event (schema, ts_ms, event_type, seq, ...), JSON-ready.
+            The sink must not mutate it.
+        """
+
+    def close():  # type: ignore[no-untyped-def]
+        """Flush what can be flushed within a short bound and stop. Returns a Deferred."""

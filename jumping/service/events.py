@@ -1,0 +1,74 @@
+"""
+Turn the core's ``Emit`` outputs into SIEM events (SPEC section 6) and fan them out.
+
+Each event gets the base fields, a gap-free per-node ``seq`` and ``prev_hash``: a keyed
+BLAKE2s over the previous event's canonical JSON, so a consumer holding the chain key can
+detect lost, reordered or altered events (``jumpctl audit`` verifies it). Sinks are
+``IEventSink`` plugins; a sink that raises is counted and never stops the others or the
+session (SPEC invariant 9).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from jumping.core.outputs import Emit
+
+SCHEMA = "jumping.event/1"
+
+
+def canonical(event: dict[str, Any]) -> bytes:
+    return json.dumps(event, sort_keys=True, separators=(",", ":")).encode()
+
+
+def chain_hash(key: bytes, event: dict[str, Any]) -> str:
+    return hashlib.blake2s(canonical(event), key=key[:32]).hexdigest()
+
+
+class EventPipeline:
+    def __init__(
+        self,
+        node_id: str,
+        sinks: Sequence[Any],
+        chain_key: bytes,
+        policy_version: Callable[[], str],
+        clock: Callable[[], float],
+    ) -> None:
+        self.node_id = node_id
+        self.sinks = list(sinks)
+        self.chain_key = chain_key
+        self.policy_version = policy_version
+        self.clock = clock
+        self.seq = 0
+        self.prev_hash = "0" * 64
+        self.sink_errors = 0
+        self.by_type: dict[str, int] = {}
+
+    def emit(self, e: Emit) -> dict[str, Any]:
+        event: dict[str, Any] = {
+            "schema": SCHEMA,
+            "ts_ms": int(self.clock() * 1000),
+            "event_type": e.event_type,
+            "session_id": e.session_id,
+            "node_id": self.node_id,
+            "policy_version": self.policy_version(),
+            "state_version": e.state_version,
+            "reason_code": e.reason_code,
+            "seq": self.seq,
+            "prev_hash": self.prev_hash,
+        }
+        for k, v in e.fields.items():
+            if k not in event:
+                event[k] = v
+        self.seq += 1
+        self.prev_hash = chain_hash(self.chain_key, event)
+        self.by_type[e.event_type] = self.by_type.get(e.event_type, 0) + 1
+        for sink in self.sinks:
+            try:
+                sink.emit(event)
+            except Exception:
+                self.sink_errors += 1
+        return event

@@ -1,0 +1,289 @@
+"""
+The reactor glue of a Jumping node: TUN, transports, timers, ownership and events around
+one sans-IO :class:`~jumping.core.node.NodeCore`.
+
+Everything that can fail on bad configuration or a busy host (key file, plugins, TUN
+device, sockets) happens in :meth:`NodeService.prepare`, before the reactor runs: a failure
+there closes what was opened and raises :class:`StartupError` with one clear line, so
+nothing is ever half-started. :meth:`startService` only starts reading and timers.
+
+Per packet the service does: read → ``core.open_data``/``core.seal_data`` → write/send,
+plus one attribute check for pending side effects. Everything else goes through
+``core.receive``/``core.tick`` and :meth:`_run` (the output executor).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from jumping import plugin
+from jumping.core import wire
+from jumping.core.client import ClientCore
+from jumping.core.gateway import GatewayCore
+from jumping.core.node import NodeCore, Peer
+from jumping.core.outputs import ArmTimer, Claim, Drop, Emit, Output, Release, Send, WriteTun
+from jumping.interfaces import IDatagramReceiver, IEventSink, IOwnershipBackend, ITransportFactory
+from jumping.keys import load_private_key
+from jumping.service.events import EventPipeline
+from jumping.service.tun import TunDevice
+
+log = Logger()
+
+_DATA = wire.MessageType.DATA
+
+
+class StartupError(Exception):
+    """The node cannot start; the message is one line for the operator."""
+
+
+@implementer(IDatagramReceiver)
+class NodeService(service.Service):
+    name = "jumping-node"
+
+    def __init__(self, config: Any, reactor: Any = None, rng: Callable[[int], bytes] = os.urandom):
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.config = config
+        self.reactor = reactor
+        self.rng = rng
+        self.core: NodeCore | None = None
+        self.tun: TunDevice | None = None
+        self.listeners: list[Any] = []
+        self.paths: list[Any] = []
+        self.sinks: list[Any] = []
+        self.ownership: Any = None
+        self.events: EventPipeline | None = None
+        self._timer: Any = None
+        self._timer_at = float("inf")
+        self.tun_drops = 0
+
+    # ------------------------------------------------------------------ startup
+    def prepare(self) -> None:
+        """Do every fallible step; on failure undo them all and raise StartupError."""
+        try:
+            self._prepare()
+        except StartupError:
+            self._close_all()
+            raise
+        except (OSError, ValueError, plugin.PluginError, Exception) as e:
+            self._close_all()
+            raise StartupError(str(e) or type(e).__name__) from e
+
+    def _prepare(self) -> None:
+        cfg = self.config
+        key = load_private_key(cfg.private_key)
+        now = self.reactor.seconds()
+        common = dict(
+            node_id=cfg.node_id, private_key=key, policy=cfg.policy, rng=self.rng, now=now
+        )
+        self.sinks = [
+            plugin.load(IEventSink, sink.name, **dict(sink.options)) for sink in cfg.events
+        ]
+        self.events = EventPipeline(
+            cfg.node_id, self.sinks, self.rng(32), lambda: str(cfg.policy.version),
+            self.reactor.seconds,
+        )  # fmt: skip
+        if cfg.role == "gateway":
+            peers = [Peer(p.public_key, p.allowed_ips, getattr(p, "name", "")) for p in cfg.peers]
+            self.core = GatewayCore(peers=peers, **common)  # type: ignore[arg-type]
+            own = cfg.ownership
+            self.ownership = plugin.load(
+                IOwnershipBackend, own.name, node_id=cfg.node_id, **dict(own.options)
+            )
+        else:
+            self.core = ClientCore(gateway_public_key=cfg.gateway.public_key, **common)  # type: ignore[arg-type]
+        tun = cfg.tun
+        self.tun = TunDevice(
+            self.reactor, tun.name, tun.address, tun.mtu, tuple(tun.routes),
+            self._tun_packet if cfg.role == "gateway" else self._tun_packet_client,
+        )  # fmt: skip
+        if cfg.role == "gateway":
+            for lc in cfg.listen:
+                factory = plugin.load(ITransportFactory, lc.transport, **dict(lc.options))
+                self.listeners.append(factory.listen(self.reactor, lc.host, lc.port, self))
+        else:
+            for ep in cfg.gateway.endpoints:
+                factory = plugin.load(ITransportFactory, ep.transport, **dict(ep.options))
+                d = factory.connect(self.reactor, (ep.host, ep.port), self)
+                failures: list[Any] = []
+                d.addCallbacks(self.paths.append, failures.append)
+                if failures:
+                    failures[0].raiseException()
+
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        if self.core is None:
+            self.prepare()
+        assert self.core is not None and self.tun is not None
+        self._open = self.core.open_data
+        self._seal = self.core.seal_data
+        self._now = self.reactor.seconds
+        self._write = self.tun.write
+        self.tun.start()
+        log.info(
+            "jumping {role} {node} up: tun {tun}, {n} transport(s)",
+            role=self.config.role,
+            node=self.config.node_id,
+            tun=self.tun.name,
+            n=len(self.listeners) + len(self.paths),
+        )
+        if isinstance(self.core, ClientCore):
+            now = self._now()
+            for p in self.paths:
+                self.core.add_path(now, p)
+            self._run(self.core.start(now))
+        self._run(self.core.tick(self._now()))
+
+    def stopService(self) -> defer.Deferred[None]:  # noqa: N802
+        super().stopService()
+        core = self.core
+        if core is not None:
+            from jumping.core.fsm import Reason
+
+            now = self.reactor.seconds()
+            for sid in list(core.sessions):
+                self._run(core.terminate(now, sid, Reason.OPERATOR_TERMINATED))
+        return self._close_all()
+
+    def _close_all(self) -> defer.Deferred[None]:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        waits: list[defer.Deferred[Any]] = []
+        for lst in (self.listeners, self.paths):
+            for t in lst:
+                try:
+                    r = t.close()
+                    if isinstance(r, defer.Deferred):
+                        waits.append(r)
+                except Exception:
+                    log.failure("closing transport")
+            lst.clear()
+        if self.tun is not None:
+            self.tun.close()
+            self.tun = None
+        for closable in [*self.sinks, self.ownership]:
+            if closable is not None:
+                try:
+                    r = closable.close()
+                    if isinstance(r, defer.Deferred):
+                        waits.append(r)
+                except Exception:
+                    log.failure("closing plugin")
+        self.sinks = []
+        self.ownership = None
+        d: defer.Deferred[None] = defer.DeferredList(waits, consumeErrors=True).addCallback(
+            lambda _: None
+        )
+        return d
+
+    # ------------------------------------------------------------------ hot paths
+    def datagramReceived(self, transport: Any, data: bytes) -> None:  # noqa: N802
+        core = self.core
+        if core is None:
+            return
+        if data and data[0] == _DATA:
+            plain = self._open(self._now(), transport, data)
+            if plain is not None:
+                self._write(plain)
+            if core.pending:
+                self._run(core.take())
+        else:
+            self._run(core.receive(self._now(), transport, data))
+
+    def _tun_packet(self, packet: bytes) -> None:
+        r = self._seal(self._now(), packet)
+        if r is not None:
+            r[0].send(r[1])
+        core = self.core
+        if core is not None and core.pending:
+            self._run(core.take())
+
+    _tun_packet_client = _tun_packet
+
+    def transportLost(self, transport: Any, reason: str) -> None:  # noqa: N802
+        if self.core is not None:
+            self._run(self.core.path_lost(self._now(), transport))
+
+    # ------------------------------------------------------------------ outputs
+    def _run(self, outputs: Iterable[Output]) -> None:
+        for out in outputs:
+            t = type(out)
+            if t is Send:
+                out.path.send(out.data)  # type: ignore[union-attr]
+            elif t is WriteTun:
+                if self.tun is not None:
+                    self.tun.write(out.data)  # type: ignore[union-attr]
+            elif t is Emit:
+                if self.events is not None:
+                    self.events.emit(out)  # type: ignore[arg-type]
+            elif t is ArmTimer:
+                self._arm(out.at)  # type: ignore[union-attr]
+            elif t is Claim:
+                self._claim(out)  # type: ignore[arg-type]
+            elif t is Release:
+                self._release(out)  # type: ignore[arg-type]
+            elif t is Drop:
+                pass
+
+    def _arm(self, at: float) -> None:
+        if self._timer is not None and self._timer.active():
+            if at >= self._timer_at:
+                return
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self.reactor.callLater(max(0.0, at - self.reactor.seconds()), self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_at = float("inf")
+        if self.core is not None:
+            self._run(self.core.tick(self.reactor.seconds()))
+
+    # ------------------------------------------------------------------ ownership
+    def _claim(self, c: Claim) -> None:
+        backend = self.ownership
+        core = self.core
+        if backend is None or not isinstance(core, GatewayCore):
+            return
+
+        def ok(token: int) -> None:
+            self._run(core.claimed(self.reactor.seconds(), c.session_id, token, None))
+
+        def failed(f: Any) -> None:
+            name = type(f.value).__name__
+            error = "unavailable" if "Unavailable" in name else "conflict"
+            log.warn("ownership claim for {sid} failed: {err}", sid=c.session_id, err=f.value)
+            self._run(core.claimed(self.reactor.seconds(), c.session_id, None, error))
+
+        backend.claim(c.session_id, dict(c.record), c.token).addCallbacks(ok, failed)
+
+    def _release(self, r: Release) -> None:
+        if self.ownership is not None and r.token is not None:
+            self.ownership.release(r.session_id, r.token).addErrback(
+                lambda f: log.warn("release {sid}: {e}", sid=r.session_id, e=f.value)
+            )
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict[str, Any]:
+        core = self.core
+        if core is None:
+            return {}
+        return {
+            "role": self.config.role,
+            "node_id": self.config.node_id,
+            "sessions": dict(core.state_counts()),
+            "drops": dict(core.drops),
+            "counters": dict(core.counters),
+            "tun_write_errors": self.tun.write_errors if self.tun else 0,
+            "events": self.events.seq if self.events else 0,
+        }

@@ -1,0 +1,105 @@
+"""
+The TUN device: :class:`twisted.pair.tuntap.TuntapPort` in TUN mode without packet info,
+plus address/MTU/route configuration through iproute2 (``ip``), which every Linux host
+running a VPN has; Twisted's tuntap only opens the device.
+
+The device exists as long as our file descriptor is open (not persistent): when the
+process stops, the kernel removes it and its routes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.pair.raw import IRawPacketProtocol
+from twisted.pair.tuntap import TuntapPort
+from zope.interface import implementer
+
+
+class TunError(Exception):
+    """The TUN device could not be opened or configured."""
+
+
+@implementer(IRawPacketProtocol)
+class TunProtocol:
+    """Hands every packet read from the device to ``on_packet`` (the node's fast path)."""
+
+    def __init__(self, on_packet: Callable[[bytes], None]) -> None:
+        self.on_packet = on_packet
+        self.transport: Any = None
+
+    def makeConnection(self, transport: Any) -> None:  # noqa: N802
+        self.transport = transport
+
+    def addProto(self, num: int, proto: Any) -> None:  # noqa: N802
+        raise NotImplementedError("TUN mode carries IP packets only")
+
+    def datagramReceived(  # type: ignore[override]  # TUN mode: no dest/source/protocol
+        self, datagram: bytes, partial: int = 0
+    ) -> None:
+        self.on_packet(datagram)
+
+
+def _ip(*args: str) -> None:
+    try:
+        r = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise TunError(f"ip {' '.join(args)}: {e}") from None
+    if r.returncode != 0:
+        raise TunError(f"ip {' '.join(args)}: {r.stderr.strip() or 'failed'}")
+
+
+class TunDevice:
+    """Open + configure; ``write`` is the hot path (errors are counted, never raised)."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        name: str,
+        address: str,
+        mtu: int,
+        routes: Sequence[str],
+        on_packet: Callable[[bytes], None],
+    ) -> None:
+        if shutil.which("ip") is None:
+            raise TunError("the 'ip' command (iproute2) is required to configure the TUN device")
+        self.protocol = TunProtocol(on_packet)
+        self.port = TuntapPort(name.encode(), self.protocol, maxPacketSize=65536, reactor=reactor)
+        try:
+            self.port._bindSocket()
+        except Exception as e:
+            raise TunError(f"cannot open TUN device {name!r}: {e}") from None
+        self.name = self.port.interface.decode()
+        self.write_errors = 0
+        self._fd = self.port.fileno()
+        try:
+            _ip("addr", "add", address, "dev", self.name)
+            _ip("link", "set", "dev", self.name, "mtu", str(mtu), "up")
+            for route in routes:
+                _ip("route", "replace", route, "dev", self.name)
+        except TunError:
+            self.close()
+            raise
+
+    def start(self) -> None:
+        self.protocol.makeConnection(self.port)
+        self.port.startReading()
+
+    def write(self, packet: bytes) -> None:
+        try:
+            self.port.write(packet)
+        except OSError:
+            self.write_errors += 1
+
+    def close(self) -> None:
+        try:
+            self.port.stopReading()
+        except Exception:
+            pass
+        try:
+            self.port.connectionLost(None)
+        except Exception:
+            pass

@@ -1,0 +1,215 @@
+"""
+A seeded, deterministic simulated network driving real core instances with a virtual clock.
+
+``SimNet`` wires one :class:`~jumping.core.node.ClientCore` to one
+:class:`~jumping.core.node.GatewayCore` over any number of simulated links (each a pair of
+path objects, one per side), with per-link delay, loss and blackholing. Nothing here sleeps
+or touches the OS: the same seed gives the same run, packet for packet.
+
+Shipped in the package so plugin authors and later tests (jumping scenarios, invariants)
+reuse it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from jumping.core.client import ClientCore
+from jumping.core.gateway import GatewayCore
+from jumping.core.node import NodeCore, Peer
+from jumping.core.noise import public_key
+from jumping.core.outputs import ArmTimer, Claim, Emit, Output, Release, Send, WriteTun
+from jumping.core.policy import Policy
+
+START = 1_800_000_000.0  # a fixed "wall clock" origin, seconds
+
+
+class SimPath:
+    """What the core sees as a transport: attributes only (the core never calls it)."""
+
+    def __init__(self, transport_id: str, local: tuple[str, int], remote: tuple[str, int]):
+        self.transport_id = transport_id
+        self.kind = "udp"
+        self.local_address = local
+        self.remote_address = remote
+        self.connected = True
+        self.send_errors = 0
+
+    def __repr__(self) -> str:
+        return f"<SimPath {self.transport_id}>"
+
+
+@dataclass
+class Link:
+    name: str
+    client_side: SimPath
+    gateway_side: SimPath
+    delay: float = 0.010
+    loss: float = 0.0
+    up: bool = True
+    delivered: int = 0
+    lost: int = 0
+
+
+@dataclass
+class NodeLog:
+    tun: list[bytes] = field(default_factory=list)
+    events: list[Emit] = field(default_factory=list)
+    drops: list[str] = field(default_factory=list)
+
+
+def seeded_rng(seed: int) -> Callable[[int], bytes]:
+    r = random.Random(seed)
+    return r.randbytes
+
+
+class SimNet:
+    def __init__(
+        self,
+        seed: int = 0,
+        policy: Policy | None = None,
+        links: int = 1,
+        client_ips: tuple[str, ...] = ("10.99.0.2/32",),
+        **core_options: Any,
+    ) -> None:
+        self.seed = seed
+        self.random = random.Random(seed)
+        self.now = START
+        self.policy = policy or Policy()
+        rng = seeded_rng(seed)
+        self.gateway_key = rng(32)
+        self.client_key = rng(32)
+        self.gateway = GatewayCore(
+            peers=[Peer(public_key(self.client_key), client_ips)],
+            node_id="gw1", private_key=self.gateway_key, policy=self.policy,
+            rng=seeded_rng(seed + 1), now=self.now, **core_options,
+        )  # fmt: skip
+        self.links: list[Link] = []
+        for i in range(links):
+            c = SimPath(f"sim:c{i}", (f"10.201.{i + 1}.1", 40000), (f"10.201.{i + 1}.2", 51820))
+            g = SimPath(f"sim:g{i}", (f"10.201.{i + 1}.2", 51820), (f"10.201.{i + 1}.1", 40000))
+            self.links.append(Link(f"L{i}", c, g))
+        self.client = ClientCore(
+            gateway_public_key=public_key(self.gateway_key),
+            paths=[link.client_side for link in self.links],
+            node_id="c1", private_key=self.client_key, policy=self.policy,
+            rng=seeded_rng(seed + 2), now=self.now, **core_options,
+        )  # fmt: skip
+        self.log = {"client": NodeLog(), "gateway": NodeLog()}
+        self._queue: list[tuple[float, int, str, Any, bytes]] = []
+        self._timers = {"client": float("inf"), "gateway": float("inf")}
+        self._seq = itertools.count()
+        self.owner_tokens = itertools.count(1)
+
+    # ------------------------------------------------------------------ wiring
+    def core(self, side: str) -> NodeCore:
+        return self.client if side == "client" else self.gateway
+
+    def _link_of(self, path: Any) -> tuple[Link, str]:
+        for link in self.links:
+            if path is link.client_side:
+                return link, "gateway"
+            if path is link.gateway_side:
+                return link, "client"
+        raise KeyError(path)
+
+    def apply(self, side: str, outputs: list[Output]) -> None:
+        log = self.log[side]
+        for out in outputs:
+            if isinstance(out, Send):
+                link, dest = self._link_of(out.path)
+                if not link.up or (link.loss and self.random.random() < link.loss):
+                    link.lost += 1
+                    continue
+                link.delivered += 1
+                far = link.gateway_side if dest == "gateway" else link.client_side
+                heapq.heappush(
+                    self._queue, (self.now + link.delay, next(self._seq), dest, far, out.data)
+                )
+            elif isinstance(out, WriteTun):
+                log.tun.append(out.data)
+            elif isinstance(out, Emit):
+                log.events.append(out)
+            elif isinstance(out, ArmTimer):
+                self._timers[side] = min(self._timers[side], out.at)
+            elif isinstance(out, Claim):
+                token = next(self.owner_tokens)
+                assert isinstance(self.gateway, GatewayCore)
+                self.apply("gateway", self.gateway.claimed(self.now, out.session_id, token, None))
+            elif isinstance(out, Release):
+                pass
+            else:
+                log.drops.append(out.reason)  # Drop
+
+    def start(self) -> None:
+        self.apply("client", self.client.start(self.now))
+
+    def inject(self, side: str, path: Any, data: bytes) -> list[Output]:
+        """Deliver raw bytes to a core now (an attacker, a fuzzer)."""
+        out = self.core(side).receive(self.now, path, data)
+        self.apply(side, out)
+        return out
+
+    def send_inner(self, side: str, packet: bytes) -> None:
+        self.apply(side, self.core(side).seal(self.now, packet))  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ time
+    def run_until(self, t: float) -> None:
+        while True:
+            nxt = min(
+                self._queue[0][0] if self._queue else float("inf"),
+                self._timers["client"],
+                self._timers["gateway"],
+            )
+            if nxt > t:
+                break
+            self.now = max(self.now, nxt)
+            if self._queue and self._queue[0][0] <= self.now:
+                _at, _s, dest, path, data = heapq.heappop(self._queue)
+                self.apply(dest, self.core(dest).receive(self.now, path, data))
+                continue
+            for side in ("client", "gateway"):
+                if self._timers[side] <= self.now:
+                    self._timers[side] = float("inf")
+                    self.apply(side, self.core(side).tick(self.now))
+        self.now = max(self.now, t)
+
+    def run_for(self, seconds: float) -> None:
+        self.run_until(self.now + seconds)
+
+    # ------------------------------------------------------------------ views
+    def states(self) -> tuple[str | None, str | None]:
+        c = self.client.session
+        gs = list(self.gateway.sessions.values())
+        return (
+            c.fsm.state.value if c is not None else None,
+            gs[-1].fsm.state.value if gs else None,
+        )
+
+    def events(self, side: str, event_type: str | None = None) -> list[Emit]:
+        return [e for e in self.log[side].events if event_type in (None, e.event_type)]
+
+
+def ipv4(src: str, dst: str, payload: bytes = b"x" * 64, proto: int = 17) -> bytes:
+    """A minimal IPv4 packet (checksums not computed: the tunnel does not look at them)."""
+
+    def a(s: str) -> bytes:
+        return bytes(int(p) for p in s.split("."))
+
+    total = 20 + 8 + len(payload)
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 1, 0, 64, proto, 0, a(src), a(dst))
+    return header + struct.pack("!HHHH", 1000, 2000, 8 + len(payload), 0) + payload
+
+
+def capture(net: SimNet, side: str, packet: bytes) -> bytes:
+    """Encrypt ``packet`` on ``side`` and return the datagram instead of delivering it."""
+    out = net.core(side).seal(net.now, packet)  # type: ignore[attr-defined]
+    sends = [o for o in out if isinstance(o, Send)]
+    assert len(sends) == 1, out
+    return sends[0].data

@@ -1,0 +1,238 @@
+"""Client and gateway cores talking over the seeded simulated network (virtual clock)."""
+
+from __future__ import annotations
+
+import pytest
+
+from jumping.core import wire
+from jumping.core.client import ClientCore
+from jumping.core.fsm import Reason, State
+from jumping.core.gateway import GatewayCore
+from jumping.core.node import Peer
+from jumping.core.noise import public_key
+from jumping.core.outputs import Send
+from jumping.core.policy import Policy
+from jumping.testing.sim import SimNet, SimPath, capture, ipv4, seeded_rng
+
+UP = ipv4("10.99.0.2", "10.99.0.1", b"hello gateway")
+DOWN = ipv4("10.99.0.1", "10.99.0.2", b"hello client")
+
+
+def attached(seed: int = 1, **kw: object) -> SimNet:
+    net = SimNet(seed=seed, **kw)  # type: ignore[arg-type]
+    net.start()
+    net.run_for(0.5)
+    assert net.states() == ("ATTACHED", "ATTACHED")
+    return net
+
+
+def reasons(net: SimNet, side: str) -> list[str | None]:
+    return [e.reason_code for e in net.events(side, "SESSION_STATE_CHANGE")]
+
+
+def test_handshake_attaches_both_sides_with_one_session_id() -> None:
+    net = attached()
+    c = net.client.session
+    g = next(iter(net.gateway.sessions.values()))
+    assert c is not None and c.session_id == g.session_id and c.session_id != bytes(16)
+    assert reasons(net, "client") == ["HANDSHAKE_OK"]
+    assert reasons(net, "gateway") == ["HANDSHAKE_OK"]
+    assert [e.event_type for e in net.events("gateway")][:3] == [
+        "TRANSPORT_ATTACHED",
+        "SESSION_STATE_CHANGE",
+        "OWNERSHIP_CHANGE",
+    ]
+    assert g.owned and g.owner_token == 1
+
+
+def test_data_flows_both_ways() -> None:
+    net = attached()
+    net.send_inner("client", UP)
+    net.run_for(0.1)
+    assert net.log["gateway"].tun == [UP]
+    net.send_inner("gateway", DOWN)
+    net.run_for(0.1)
+    assert net.log["client"].tun == [DOWN]
+
+
+def test_wire_overhead_and_no_session_id_in_clear() -> None:
+    net = attached()
+    sid = net.client.session.session_id  # type: ignore[union-attr]
+    data = capture(net, "client", UP)
+    assert len(data) == len(UP) + wire.OVERHEAD
+    assert sid not in data and UP not in data
+
+
+def test_gateway_drops_spoofed_inner_source() -> None:
+    net = attached()
+    net.send_inner("client", ipv4("10.99.0.7", "10.99.0.1"))
+    net.run_for(0.1)
+    assert net.log["gateway"].tun == []
+    assert net.gateway.drops["SOURCE_NOT_ALLOWED"] == 1
+
+
+def test_replayed_and_tampered_packets_are_counted_drops() -> None:
+    net = attached()
+    data = capture(net, "client", UP)
+    g = next(iter(net.gateway.sessions.values()))
+    path = net.links[0].gateway_side
+    net.inject("gateway", path, data)
+    version = g.fsm.state_version
+    net.inject("gateway", path, data)
+    assert net.gateway.drops["REPLAY"] == 1
+    forged = bytearray(capture(net, "client", UP))
+    forged[-1] ^= 1
+    net.inject("gateway", path, bytes(forged))
+    assert net.gateway.drops["AUTH_FAILED"] == 1
+    assert net.log["gateway"].tun == [UP]
+    assert g.fsm.state is State.ATTACHED and g.fsm.state_version == version
+
+
+def test_idle_session_stays_attached_on_heartbeats() -> None:
+    net = attached()
+    net.run_for(30)
+    assert net.states() == ("ATTACHED", "ATTACHED")
+    assert reasons(net, "client") == ["HANDSHAKE_OK"]
+    # ~2 keepalives per second each way
+    assert 40 <= net.links[0].delivered <= 200
+
+
+def test_rekey_keeps_identity_and_bounds_keypairs() -> None:
+    policy = Policy.from_mapping({"rekey_after_s": 10, "rekey_grace_ms": 2000})
+    net = attached(policy=policy)
+    sid = net.client.session.session_id  # type: ignore[union-attr]
+    first = net.client.session.current  # type: ignore[union-attr]
+    net.run_for(35)
+    s = net.client.session
+    assert s is not None and s.session_id == sid
+    assert net.client.counters["rekeys"] >= 3 and net.gateway.counters["rekeys"] >= 3
+    assert s.current is not first and first is not None and first.send_aead is None
+    assert len(net.gateway.index) <= 3 and len(net.client.index) <= 2
+    assert reasons(net, "client") == ["HANDSHAKE_OK"]
+    net.send_inner("client", UP)
+    net.run_for(0.1)
+    assert net.log["gateway"].tun[-1] == UP
+
+
+def test_blackhole_then_restore_reattaches_same_session() -> None:
+    net = attached()
+    sid = net.client.session.session_id  # type: ignore[union-attr]
+    net.links[0].up = False
+    net.run_for(4.0)
+    assert net.states() == ("RECOVERING", "RECOVERING")
+    net.links[0].up = True
+    net.run_for(1.0)
+    assert net.states() == ("ATTACHED", "ATTACHED")
+    assert net.client.session.session_id == sid  # type: ignore[union-attr]
+    assert reasons(net, "client") == [
+        "HANDSHAKE_OK",
+        "HEARTBEAT_TIMEOUT",
+        "TRANSPORT_DEAD",
+        "REATTACH_OK",
+    ]
+    assert reasons(net, "gateway")[-1] == "REATTACH_OK"
+
+
+def test_recovery_window_bounds_recovering_then_new_session_is_explicit() -> None:
+    net = attached()
+    old = net.client.session.session_id  # type: ignore[union-attr]
+    net.links[0].up = False
+    net.run_for(15)
+    assert "RECOVERY_WINDOW_EXCEEDED" in reasons(net, "client")
+    assert "RECOVERY_WINDOW_EXCEEDED" in reasons(net, "gateway")
+    terminated = net.events("client", "SESSION_TERMINATED")
+    assert terminated and terminated[0].session_id == old.hex()
+    net.links[0].up = True
+    net.run_for(3)
+    assert net.states() == ("ATTACHED", "ATTACHED")
+    assert net.client.session.session_id != old  # type: ignore[union-attr]
+
+
+def test_state_versions_strictly_increase_in_events() -> None:
+    net = attached()
+    net.links[0].up = False
+    net.run_for(15)
+    net.links[0].up = True
+    net.run_for(3)
+    for side in ("client", "gateway"):
+        per: dict[str | None, list[int]] = {}
+        for e in net.events(side, "SESSION_STATE_CHANGE"):
+            per.setdefault(e.session_id, []).append(e.state_version)
+        for versions in per.values():
+            assert versions == sorted(set(versions))
+
+
+def test_unknown_client_is_rejected_before_any_session() -> None:
+    net = attached()
+    stranger = ClientCore(
+        gateway_public_key=public_key(net.gateway_key), paths=[net.links[0].client_side],
+        node_id="x", private_key=b"\x07" * 32, policy=net.policy, rng=seeded_rng(99), now=net.now,
+    )  # fmt: skip
+    init = [o for o in stranger.start(net.now) if isinstance(o, Send)][0].data
+    before = len(net.gateway.sessions)
+    net.inject("gateway", net.links[0].gateway_side, init)
+    assert net.gateway.drops["UNKNOWN_PEER"] == 1 and len(net.gateway.sessions) == before
+
+
+def test_replayed_initiation_is_dropped() -> None:
+    net = SimNet(seed=3)
+    init = [o for o in net.client.start(net.now) if isinstance(o, Send)][0].data
+    path = net.links[0].gateway_side
+    net.inject("gateway", path, init)
+    net.inject("gateway", path, init)
+    assert net.gateway.drops["HANDSHAKE_REPLAY"] == 1
+    assert len(net.gateway.sessions) == 1
+
+
+def test_cookie_reply_under_load_then_handshake_with_mac2() -> None:
+    net = SimNet(seed=4)
+    assert isinstance(net.gateway, GatewayCore)
+    net.gateway.cookie_threshold = 0
+    net.start()
+    net.run_for(0.2)
+    assert net.gateway.counters["cookie_replies"] == 1
+    assert net.client.counters["cookies_received"] == 1
+    assert net.states() == ("BIRTH", None)
+    net.run_for(2.0)
+    assert net.states() == ("ATTACHED", "ATTACHED")
+
+
+def test_same_seed_same_run() -> None:
+    def run(seed: int) -> list[tuple[str, str | None, int]]:
+        net = attached(seed)
+        net.links[0].loss = 0.3
+        net.run_for(20)
+        return [(e.event_type, e.reason_code, e.state_version) for e in net.log["client"].events]
+
+    assert run(7) == run(7)
+
+
+def test_handshake_fails_explicitly_when_gateway_never_answers() -> None:
+    net = SimNet(seed=5)
+    net.links[0].up = False
+    net.start()
+    net.run_for(16)
+    assert reasons(net, "client") == ["HANDSHAKE_FAIL"]
+    assert net.client.counters["handshakes_sent"] >= 10
+
+
+def test_gateway_with_no_keys_does_not_route() -> None:
+    rng = seeded_rng(1)
+    gw = GatewayCore(
+        peers=[Peer(public_key(rng(32)), ["10.99.0.2/32"])], node_id="g",
+        private_key=rng(32), policy=Policy(), rng=rng, now=0.0,
+    )  # fmt: skip
+    assert gw.seal_data(0.0, DOWN) is None and gw.drops["NO_ROUTE"] == 1
+    out = gw.receive(0.0, SimPath("p", ("a", 1), ("b", 2)), b"")
+    assert gw.drops["MALFORMED_HEADER"] == 1 and len(out) == 1
+
+
+@pytest.mark.parametrize("reason", [Reason.OPERATOR_TERMINATED, Reason.OWNERSHIP_LOST])
+def test_explicit_termination_tells_the_peer(reason: Reason) -> None:
+    net = attached()
+    sid = net.client.session.session_id  # type: ignore[union-attr]
+    net.apply("gateway", net.gateway.terminate(net.now, sid, reason))
+    net.run_for(0.1)
+    assert reasons(net, "gateway")[-1] == reason.value
+    assert reasons(net, "client")[-1] == reason.value
+    assert net.client.session is None or net.client.session.session_id != sid

@@ -1,0 +1,103 @@
+# vpn-jumping.sh - adapter for ../shared/bench/peers: Jumping gateway (jg) and client (jc)
+# under twistd. Use from the peers directory:
+#   VPN=jumping VPN_ADAPTER=/path/to/repo/tests/bench/vpn-jumping.sh ./throughput.sh out.jsonl
+# Our daemons take their whole configuration at start, so vpn_start only makes keys and
+# vpn_configure writes the configs and starts both daemons (startup_ms in handshakes.sh
+# therefore covers key generation only; configure_ms covers daemon start-up).
+# shellcheck shell=bash
+
+JUMPING_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+VPN_PORT=${JUMPING_PORT:-51820}
+J_CIF=jbc0
+J_GIF=jbg0
+J_PY=${JUMPING_PYTHON:-python3}
+VPN_PIDS=()
+J_DIR=
+
+vpn_check() { need_cmds "$J_PY" ip; "$J_PY" -c "import twisted, nacl, cryptography" || die "python deps missing (bash $JUMPING_ROOT/deploy/setup.sh --runtime)"; }
+vpn_version() { (cd "$JUMPING_ROOT" && echo "jumping-$(git rev-parse --short HEAD 2>/dev/null || echo src)"); }
+
+j_twistd() { command -v twistd || echo "$(dirname "$(command -v "$J_PY")")/twistd"; }
+
+vpn_start() {
+  [[ -n $J_DIR && -s $J_DIR/c.key ]] && return 0
+  J_DIR=$(mktemp -d /tmp/jumping-bench.XXXXXX)
+  CLEANUP_HOOKS+=(j_rm_dir)
+  PYTHONPATH=$JUMPING_ROOT "$J_PY" -m jumping.cli keygen --out "$J_DIR/c.key" >/dev/null 2>&1
+  PYTHONPATH=$JUMPING_ROOT "$J_PY" -m jumping.cli keygen --out "$J_DIR/g.key" >/dev/null 2>&1
+}
+j_rm_dir() { [[ -n $J_DIR ]] && rm -rf "$J_DIR"; J_DIR=; }
+
+vpn_configure() {  # vpn_configure ENDPOINT_IP
+  local ep=$1 d=${RUN_DIR:-/tmp} i
+  cat >"$J_DIR/g.toml" <<T
+[node]
+role = "gateway"
+node_id = "bench-gw"
+private_key = "g.key"
+[tun]
+name = "$J_GIF"
+address = "$IN_G/$IN_PREFIX"
+[[listen]]
+transport = "udp"
+host = "0.0.0.0"
+port = $VPN_PORT
+[[peers]]
+public_key = "$(cat "$J_DIR/c.pub")"
+allowed_ips = ["$IN_C/32"]
+[[events]]
+sink = "jsonl"
+path = "$d/jumping-gateway-events.jsonl"
+T
+  cat >"$J_DIR/c.toml" <<T
+[node]
+role = "client"
+node_id = "bench-client"
+private_key = "c.key"
+[tun]
+name = "$J_CIF"
+address = "$IN_C/$IN_PREFIX"
+routes = ["$S_NET"]
+[gateway]
+public_key = "$(cat "$J_DIR/g.pub")"
+[[gateway.endpoints]]
+transport = "udp"
+host = "$ep"
+port = $VPN_PORT
+[[events]]
+sink = "jsonl"
+path = "$d/jumping-client-events.jsonl"
+T
+  rm -f "$d/jumping-client-events.jsonl" "$d/jumping-gateway-events.jsonl"
+  bg_ns $NS_G "$d/jumping-gateway.log" env PYTHONPATH="$JUMPING_ROOT" "$(j_twistd)" -n --pidfile= --logfile=- jumping gateway --config "$J_DIR/g.toml"
+  VPN_PIDS+=("$LAST_PID")
+  wait_listen $NS_G "$VPN_PORT" 10 u || die "jumping gateway did not listen (see $d/jumping-gateway.log)"
+  bg_ns $NS_C "$d/jumping-client.log" env PYTHONPATH="$JUMPING_ROOT" "$(j_twistd)" -n --pidfile= --logfile=- jumping client --config "$J_DIR/c.toml"
+  # client first in VPN_PIDS, as the harness expects
+  VPN_PIDS=("$LAST_PID" "${VPN_PIDS[@]}")
+  for ((i = 0; i < 500; i++)); do
+    grep -q '"new_state":"ATTACHED"' "$d/jumping-client-events.jsonl" 2>/dev/null && return 0
+    sleep 0.02
+  done
+  die "jumping tunnel did not attach (see $d/jumping-*.log)"
+}
+
+vpn_up() { vpn_start; vpn_configure "$1"; }
+
+vpn_down() {
+  local p
+  for p in "${VPN_PIDS[@]}"; do stop_pid "$p"; done
+  VPN_PIDS=()
+}
+
+vpn_set_endpoint() { :; }  # the client finds its paths itself (see the jumping issue)
+
+vpn_rehandshake() {  # restart the client: a brand-new session on the next packet
+  local d=${RUN_DIR:-/tmp} i
+  stop_pid "${VPN_PIDS[0]}"
+  rm -f "$d/jumping-client-events.jsonl"
+  bg_ns $NS_C "$d/jumping-client.log" env PYTHONPATH="$JUMPING_ROOT" "$(j_twistd)" -n --pidfile= --logfile=- jumping client --config "$J_DIR/c.toml"
+  VPN_PIDS[0]=$LAST_PID
+}
+
+vpn_show() { cat "${RUN_DIR:-/tmp}"/jumping-*-events.jsonl 2>/dev/null | tail -n 20; }

@@ -5,6 +5,7 @@ opened; initiates handshakes and rekeys, sends reattach proofs while recovering.
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -14,7 +15,14 @@ from jumping.core.fsm import Reason, State
 from jumping.core.handshake import HandshakeError, Initiation, read_cookie_reply
 from jumping.core.node import _NO_SESSION, NodeCore, Peer, _reattach_body
 from jumping.core.outputs import ArmTimer, Output
+from jumping.core.paths import Candidate, PathStats, select
+from jumping.core.ratelimit import SwitchLimiter
 from jumping.core.session import Keypair, Session
+
+_BOUND = (State.ATTACHED, State.VOLATILE, State.DEGRADED, State.RECOVERING)
+_ATTACHED = State.ATTACHED
+#: probe body: id, then zero padding so probes and replies have one fixed size
+_PROBE = struct.Struct("<I28s")
 
 
 class ClientCore(NodeCore):
@@ -29,9 +37,18 @@ class ClientCore(NodeCore):
         paths: Sequence[Any] = (),
         restart_backoff_ms: int = 1000,
         queue_limit: int = 256,
+        probe_interval_ms: int = 1000,
+        switch_limiter: Any = None,
         **kw: Any,
     ) -> None:
         super().__init__(**kw)
+        self.stats: dict[Any, PathStats] = {p: PathStats(p, self._now) for p in paths}
+        self.probe_interval = probe_interval_ms / 1000.0
+        self.probe_seq = 0
+        self.switch_limiter: Any = switch_limiter or SwitchLimiter(
+            self.policy.max_switches_per_min, self.policy.switch_cooldown_ms
+        )
+        self._denied_at = -1e18
         self.gateway = Peer(gateway_public_key, name="gateway")
         self.paths: list[Any] = list(paths)
         self.session: Session | None = None
@@ -46,6 +63,7 @@ class ClientCore(NodeCore):
         self._now = now
         if path not in self.paths:
             self.paths.append(path)
+            self.stats[path] = PathStats(path, now)
         return self.take()
 
     def start(self, now: float) -> list[Output]:
@@ -179,6 +197,12 @@ class ClientCore(NodeCore):
         s.last_tx = now
         s.tx_bytes += len(data)
         s.tx_packets += 1
+        if s.first_unacked <= s.last_rx:
+            # first packet since we last heard the gateway: the probe-timeout clock starts
+            s.first_unacked = now
+            at = now + s.pto
+            if not s.deadline or s.deadline > at:
+                self._schedule(s, at)
         if kp.send_counter >= self.policy.rekey_after_messages:
             self._schedule(s, now)
         return s.path, data
@@ -190,6 +214,10 @@ class ClientCore(NodeCore):
             self._initiate(now, s)
 
     def _on_timer(self, now: float, s: Session) -> None:
+        if s.fsm.state in _BOUND:
+            self._paths_timer(now, s)
+        if s.fsm.terminated:
+            return
         super()._on_timer(now, s)
         if s.fsm.terminated or s.fsm.state is State.BIRTH:
             return
@@ -200,28 +228,204 @@ class ClientCore(NodeCore):
         if (too_old or too_many) and now - s.last_handshake_tx >= self.handshake_retry:
             self._initiate(now, s)
 
-    def _recovering(self, now: float, s: Session) -> None:
-        if now - s.last_reattach_tx < self.reattach_interval or s.current is None:
+    def _next_timer(self, now: float, s: Session) -> float:
+        at = super()._next_timer(now, s)
+        if s.fsm.state in _BOUND:
+            hb = self.policy.heartbeat_interval_ms / 1000.0
+            for path in self.paths:
+                st = self.stats[path]
+                interval = hb if path is s.path else self.probe_interval
+                at = min(at, st.last_probe_tx + interval)
+            if s.first_unacked > s.last_rx:
+                at = min(at, s.first_unacked + s.pto)
+        return max(at, now + 0.001)
+
+    # candidates -------------------------------------------------------------------
+    def _probe(self, now: float, s: Session, path: Any, st: PathStats) -> None:
+        self.probe_seq = (self.probe_seq + 1) & 0xFFFFFFFF
+        st.probe_sent(now, self.probe_seq)
+        self._control(now, s, wire.Control.PROBE, _PROBE.pack(self.probe_seq, b""), path)
+
+    def _best(self, now: float, exclude: Any = None) -> Any:
+        p = self.policy
+        cands = [
+            (self.stats[x].score(now, p), self.stats[x].transport_id, i)
+            for i, x in enumerate(self.paths)
+            if x is not exclude and self.stats[x].alive(now, p)
+        ]
+        return self.paths[min(cands)[2]] if cands else None
+
+    def _paths_timer(self, now: float, s: Session) -> None:
+        p = self.policy
+        hb = p.heartbeat_interval_ms / 1000.0
+        active = s.path
+        for path in self.paths:
+            st = self.stats[path]
+            st.expire(now, max(st.pto(p), hb))
+            if not getattr(path, "connected", True):
+                continue
+            interval = hb if path is active else self.probe_interval
+            if s.suspect_since:
+                interval = min(interval, max(st.pto(p) / 3, 0.02))
+            if now - st.last_probe_tx >= interval:
+                self._probe(now, s, path, st)
+        ast = self.stats.get(active)
+        if ast is not None and ast.srtt is not None:
+            s.pto = ast.pto(p)
+        state = s.fsm.state
+        if state is State.RECOVERING:
             return
+        waiting = s.first_unacked > s.last_rx
+        if waiting and now - s.first_unacked >= s.pto:
+            if not s.suspect_since:
+                s.suspect_since = now
+                self.counters["pto_suspect"] += 1
+                for path in self.paths:
+                    if path is not active and getattr(path, "connected", True):
+                        self._probe(now, s, path, self.stats[path])
+            alt = self._best(now, exclude=active)
+            if alt is not None:
+                self._failover(
+                    now, s, alt, Reason.TRANSPORT_DEAD,
+                    detail="probe_timeout", silence_ms=int((now - s.last_rx) * 1000),
+                )  # fmt: skip
+                return
+        elif not waiting:
+            s.suspect_since = 0.0
+        if ast is None:
+            return
+        if state is _ATTACHED:
+            window = p.loss_window_ms / 1000.0
+            loss = ast.loss(now, window)
+            if ast.consecutive_lost >= p.max_consecutive_drops:
+                self._policy_event(s, "max_consecutive_drops", p.max_consecutive_drops,
+                                   ast.consecutive_lost)  # fmt: skip
+                self._transition(now, s, Reason.CONSECUTIVE_DROPS_EXCEEDED)
+            elif loss >= p.loss_volatile_threshold and ast.probes_in(now, window) >= 4:
+                self._policy_event(s, "loss_volatile_threshold", p.loss_volatile_threshold,
+                                   round(loss, 3))  # fmt: skip
+                self._transition(now, s, Reason.LOSS_THRESHOLD_EXCEEDED)
+        if s.fsm.state in (State.ATTACHED, State.VOLATILE, State.DEGRADED):
+            cands = [
+                Candidate(self.stats[x].transport_id, self.stats[x].score(now, p),
+                          self.stats[x].alive(now, p) or x is active)
+                for x in self.paths if getattr(x, "connected", True)
+            ]  # fmt: skip
+            chosen = select(ast.transport_id, cands, p.hysteresis)
+            if chosen is not None and chosen != ast.transport_id:
+                target = next(x for x in self.paths if self.stats[x].transport_id == chosen)
+                self._failover(now, s, target, Reason.POLICY_FORCED_RECOVERY, detail="better_path")
+
+    def _healthy(self, now: float, s: Session) -> bool:
+        st = self.stats.get(s.path)
+        p = self.policy
+        return st is None or (
+            st.consecutive_lost == 0
+            and st.loss(now, p.loss_window_ms / 1000.0) < p.loss_volatile_threshold
+        )
+
+    def _policy_event(self, s: Session, name: str, threshold: float, observed: float) -> None:
+        self._emit(
+            "POLICY_EVENT", s, None, policy_name=name, threshold_value=threshold,
+            observed_value=observed,
+        )  # fmt: skip
+
+    def _failover(self, now: float, s: Session, target: Any, reason: Reason, **fields: Any) -> bool:
+        """Move the session's one binding to ``target`` and prove the session there."""
+        if target is s.path:
+            return False
+        now_ms = int(now * 1000)
+        denied = self.switch_limiter.check(s.sid_hex, now_ms)
+        if denied is not None:
+            self.counters["switch_denied"] += 1
+            if now - self._denied_at >= self.policy.switch_cooldown_ms / 1000.0:
+                self._denied_at = now  # one event per cooldown, not one per timer tick
+                self._emit(
+                    "TRANSPORT_SWITCH_DENIED", s, denied,
+                    old_transport_id=getattr(s.path, "transport_id", None),
+                    new_transport_id=getattr(target, "transport_id", None),
+                )  # fmt: skip
+            if s.fsm.state is State.RECOVERING:
+                self._transition(now, s, Reason(denied))
+            return False
+        if s.fsm.state is not State.RECOVERING and not self._transition(now, s, reason, **fields):
+            return False
+        self.switch_limiter.record(s.sid_hex, now_ms)
+        if s.bound_before is None:
+            s.bound_before = s.path
+        s.path = target
+        s.last_rx = now
+        s.first_unacked = 0.0
+        s.suspect_since = 0.0
+        self._send_reattach(now, s)
+        return True
+
+    def _send_reattach(self, now: float, s: Session) -> None:
+        s.reattach_sent = now
         s.last_reattach_tx = now
-        body = _reattach_body(now, s)
-        candidates = self.paths or ([s.path] if s.path is not None else [])
-        for path in candidates:
-            self._control(now, s, wire.Control.REATTACH, body, path)
-        self._emit("REATTACH_ATTEMPT", s, None, candidates=len(candidates))
+        self._control(now, s, wire.Control.REATTACH, _reattach_body(now, s))
+        self._emit("REATTACH_ATTEMPT", s, None, transport_id=getattr(s.path, "transport_id", None))
+
+    def _recovering(self, now: float, s: Session) -> None:
+        if s.current is None:
+            return
+        p = self.policy
+        st = self.stats.get(s.path)
+        timeout = max(3 * (st.pto(p) if st else 0.15), 0.3)
+        if now - s.reattach_sent >= timeout:
+            if st is not None:
+                st.failures += 1
+            alt = self._best(now, exclude=s.path)
+            if alt is not None and self._failover(now, s, alt, Reason.TRANSPORT_DEAD):
+                return
+        if now - s.last_reattach_tx >= self.reattach_interval:
+            s.last_reattach_tx = now
+            self._control(now, s, wire.Control.REATTACH, _reattach_body(now, s))
+
+    def path_lost(self, now: float, path: Any) -> list[Output]:
+        self._now = now
+        st = self.stats.get(path)
+        if st is not None:
+            st.failures += 1
+        s = self.session
+        if s is not None and s.path is path and s.fsm.state in _BOUND:
+            alt = self._best(now, exclude=path)
+            if alt is None or not self._failover(
+                now, s, alt, Reason.TRANSPORT_DEAD, detail="transport_lost"
+            ):
+                return super().path_lost(now, path)
+        return self.take()
+
+    def _unusual_rx(
+        self, now: float, s: Session, kp: Keypair, path: Any, control: bytes | None = None
+    ) -> None:
+        super()._unusual_rx(now, s, kp, path, control)
+        st = self.stats.get(path)
+        if st is not None:
+            st.heard(now)
 
     def _on_session_control(
         self, now: float, s: Session, kind: int, body: bytes, path: Any
     ) -> None:
         ctl = wire.Control
-        if kind == ctl.REATTACH_ACK:
-            if s.fsm.state is State.RECOVERING:
+        if kind == ctl.PROBE_REPLY:
+            st = self.stats.get(path)
+            if st is not None and len(body) >= 4:
+                st.probe_reply(now, _PROBE.unpack_from(body)[0])
+        elif kind == ctl.REATTACH_ACK:
+            if s.fsm.state is State.RECOVERING and path is s.path:
+                st = self.stats.get(path)
+                if st is not None:
+                    st.fresh_start()
                 self._bind(now, s, path)
+                s.last_rx = now
                 self._transition(now, s, Reason.REATTACH_OK)
                 self._emit("REATTACH_RESULT", s, Reason.REATTACH_OK.value, ok=True)
+            else:
+                self.counters["stale_reattach_ack"] += 1
         elif kind == ctl.CHALLENGE:
-            # The gateway lost track of our path: prove the session from where we are.
-            self._control(now, s, ctl.REATTACH, _reattach_body(now, s), path)
+            # path validation: answer on the path the challenge came from
+            self._control(now, s, ctl.RESPONSE, body[:16], path)
         else:
             self._drop("UNEXPECTED_CONTROL")
 

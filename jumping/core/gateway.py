@@ -5,6 +5,7 @@ routes TUN packets to sessions by destination, validates reattach proofs.
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 from collections.abc import Sequence
 from typing import Any
@@ -13,7 +14,6 @@ from jumping.core import wire
 from jumping.core.fsm import Reason, State
 from jumping.core.handshake import CookieChecker, HandshakeError, Response
 from jumping.core.node import (
-    _ATTACHED,
     _NO_SESSION,
     _REATTACH,
     NodeCore,
@@ -22,6 +22,7 @@ from jumping.core.node import (
     destination,
 )
 from jumping.core.outputs import Claim, Output, Release
+from jumping.core.ratelimit import GlobalBucket, SwitchLimiter
 from jumping.core.session import Keypair, Session
 
 
@@ -35,6 +36,7 @@ class GatewayCore(NodeCore):
         *,
         peers: Sequence[Peer],
         cookie_threshold_per_s: int = 2000,
+        switch_limiter: Any = None,
         **kw: Any,
     ) -> None:
         super().__init__(**kw)
@@ -44,6 +46,10 @@ class GatewayCore(NodeCore):
         self._init_window = 0.0
         self._init_count = 0
         self.routes: dict[bytes, Session] = {}
+        self.switch_limiter: Any = switch_limiter or SwitchLimiter(
+            self.policy.max_switches_per_min, self.policy.switch_cooldown_ms
+        )
+        self.control_bucket = GlobalBucket()
 
     # routing -----------------------------------------------------------------
     def _source_allowed(self, s: Session, packet: bytes) -> bool:
@@ -224,8 +230,42 @@ class GatewayCore(NodeCore):
         ctl = wire.Control
         if kind == ctl.REATTACH:
             self._on_reattach(now, s, body, path)
+        elif kind == ctl.RESPONSE:
+            self._on_response(now, s, body, path)
         else:
             self._drop("UNEXPECTED_CONTROL")
+
+    # path validation ------------------------------------------------------------
+    # A path is used for the session only after the client answered a challenge sent on
+    # it (return routability). Until then we send on it at most AMPLIFICATION x what we
+    # received from it: a forged or rewritten source address can't make us a reflector.
+    def _challenge(self, now: float, s: Session, path: Any, why: str, received: int) -> None:
+        ch = s.challenge
+        if ch is None or ch.path is not path:
+            if not self.control_bucket.take(now):
+                self._drop("CONTROL_PLANE_LIMIT")
+                return
+            ch = s.challenge = _Challenge(path, why, now, self.rng(8))
+            self.counters["path_challenges"] += 1
+        ch.received += received
+        if why == "reattach":
+            ch.why = "reattach"
+        if now - ch.sent_at < CHALLENGE_RETRY and ch.sent:
+            return
+        cost = wire.OVERHEAD + 1 + len(ch.nonce)
+        if ch.sent + cost > AMPLIFICATION * ch.received or ch.attempts >= CHALLENGE_ATTEMPTS:
+            self.counters["anti_amplification_limited"] += 1
+            return
+        ch.sent += cost
+        ch.sent_at = now
+        ch.attempts += 1
+        self._control(now, s, wire.Control.CHALLENGE, ch.nonce, path)
+
+    def _off_path(self, now: float, s: Session, path: Any) -> None:
+        if s.fsm.state is State.BIRTH or s.fsm.terminated:
+            return
+        # NAT rebinding or a client that moved without telling us: validate, then maybe switch
+        self._challenge(now, s, path, "rebinding", wire.OVERHEAD + 1)
 
     def _on_reattach(self, now: float, s: Session, body: bytes, path: Any) -> None:
         p = self.policy
@@ -237,26 +277,64 @@ class GatewayCore(NodeCore):
         if not ok:
             self.counters["reattach_rejected"] += 1
             self._emit("REATTACH_RESULT", s, Reason.REATTACH_VALIDATION_FAILED.value, ok=False)
+            self._emit(
+                "SECURITY_EVENT", s, None, violation_type="INVALID_PROOF", count=1,
+                window_ms=0, transport_id=getattr(path, "transport_id", None),
+            )  # fmt: skip
             self._drop("REATTACH_INVALID")
             return
+        if path is s.path:
+            if s.fsm.state is State.RECOVERING:
+                self._transition(now, s, Reason.REATTACH_OK)
+                self._emit("REATTACH_RESULT", s, Reason.REATTACH_OK.value, ok=True)
+            self._control(now, s, wire.Control.REATTACH_ACK, body, path)
+            return
+        self._challenge(now, s, path, "reattach", wire.OVERHEAD + 1 + len(body))
+
+    def _on_response(self, now: float, s: Session, body: bytes, path: Any) -> None:
+        ch = s.challenge
+        if ch is None or ch.path is not path or not hmac.compare_digest(body, ch.nonce):
+            self._drop("UNEXPECTED_RESPONSE")
+            return
+        s.challenge = None
+        if ch.why == "rebinding" and s.last_rx >= ch.started and path is not s.path:
+            # the old path is alive too: a second live path is not a reason to move
+            self.counters["offpath_ignored_live_active"] += 1
+            return
+        denied = self.switch_limiter.check(s.sid_hex, int(now * 1000))
+        if denied is not None:
+            self.counters["switch_denied"] += 1
+            self._emit(
+                "TRANSPORT_SWITCH_DENIED", s, denied,
+                transport_id=getattr(path, "transport_id", None),
+            )  # fmt: skip
+            return
+        self.switch_limiter.record(s.sid_hex, int(now * 1000))
         if s.fsm.state is not State.RECOVERING:
-            if path is s.path and s.fsm.state is _ATTACHED:
-                self._control(now, s, wire.Control.REATTACH_ACK, body, path)
-                return
-            self._transition(now, s, Reason.TRANSPORT_DEAD, detail="client_reattach")
-        self._bind(now, s, path)
+            self._transition(now, s, Reason.TRANSPORT_DEAD, detail=f"client_{ch.why}")
+        self._bind(now, s, path, latency_ms=int((now - ch.started) * 1000))
+        s.last_rx = now
         self._transition(now, s, Reason.REATTACH_OK)
         self._emit("REATTACH_RESULT", s, Reason.REATTACH_OK.value, ok=True)
-        self._control(now, s, wire.Control.REATTACH_ACK, body, path)
+        self._control(
+            now, s, wire.Control.REATTACH_ACK, _REATTACH.pack(int(now * 1000), s.session_id), path
+        )
 
-    def _recovering(self, now: float, s: Session) -> None:
-        # Ask the client for a reattach proof on whatever it last used (rate-limited).
-        if now - s.last_reattach_tx >= self.reattach_interval and s.current is not None:
-            s.last_reattach_tx = now
-            self._control(now, s, wire.Control.CHALLENGE, self.rng(8))
 
-    def _unusual_rx(self, now: float, s: Session, kp: Keypair, path: Any) -> None:
-        super()._unusual_rx(now, s, kp, path)
-        if s.fsm.state is State.RECOVERING and now - s.last_reattach_tx >= self.reattach_interval:
-            s.last_reattach_tx = now
-            self._control(now, s, wire.Control.CHALLENGE, self.rng(8), path)
+CHALLENGE_RETRY = 0.1
+CHALLENGE_ATTEMPTS = 8
+AMPLIFICATION = 3
+
+
+class _Challenge:
+    __slots__ = ("path", "why", "started", "nonce", "sent_at", "sent", "received", "attempts")
+
+    def __init__(self, path: Any, why: str, now: float, nonce: bytes) -> None:
+        self.path = path
+        self.why = why
+        self.started = now
+        self.nonce = nonce
+        self.sent_at = 0.0
+        self.sent = 0
+        self.received = 0
+        self.attempts = 0

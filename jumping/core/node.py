@@ -39,6 +39,8 @@ Rng = Callable[[int], bytes]
 _NONCE_PAD = bytes(4)
 _HDR = wire.TRANSPORT_HEADER
 _DATA = wire.MessageType.DATA
+_CONTROL = wire.MessageType.CONTROL
+_PROBING = (bytes((wire.Control.PROBE,)), bytes((wire.Control.PROBE_REPLY,)))
 _ATTACHED = State.ATTACHED
 _TERMINATED = State.TERMINATED
 _BOUND = (State.ATTACHED, State.VOLATILE, State.DEGRADED, State.RECOVERING)
@@ -309,11 +311,14 @@ class NodeCore:
             self.last_drop = "REPLAY"
             return None
         s = kp.session
-        s.last_rx = now
         s.rx_bytes += len(data)
         s.rx_packets += 1
-        if kp is not s.current or path is not s.path or s.fsm.state is not _ATTACHED:
-            self._unusual_rx(now, s, kp, path)
+        if path is s.path:
+            s.last_rx = now  # health is judged on what the *active* path delivers
+            if kp is not s.current or s.fsm.state is not _ATTACHED:
+                self._unusual_rx(now, s, kp, path, plain)
+        else:
+            self._unusual_rx(now, s, kp, path, plain if data[0] == _CONTROL else None)
         return kp, plain
 
     def open_data(self, now: float, path: Any, data: bytes) -> bytes | None:
@@ -352,7 +357,9 @@ class NodeCore:
             self.pending.append(Send(r[0], r[1]))
         return self.take()
 
-    def _unusual_rx(self, now: float, s: Session, kp: Keypair, path: Any) -> None:
+    def _unusual_rx(
+        self, now: float, s: Session, kp: Keypair, path: Any, control: bytes | None = None
+    ) -> None:
         """A packet authenticated under a non-current keypair, from another path, or while
         not ATTACHED: confirmations, grace-window packets, first binding."""
         if kp is s.next:
@@ -361,13 +368,20 @@ class NodeCore:
             self.counters["rx_previous_keypair"] += 1
         if s.path is None and s.fsm.state is not _TERMINATED:
             s.path = path
+            s.last_rx = now
         elif path is not s.path:
             self.counters["rx_off_path"] += 1
+            s.offpath_rx = now
+            if control is None or control[:1] not in _PROBING:
+                self._off_path(now, s, path)
         if s.fsm.state is not _ATTACHED:
             self._schedule(s, now)
 
     def _confirm(self, now: float, s: Session, kp: Keypair, path: Any) -> None:
         """Gateway: the client used the keys we answered with: they become current."""
+
+    def _off_path(self, now: float, s: Session, path: Any) -> None:
+        """An authenticated packet arrived on a path the session is not bound to."""
 
     # ------------------------------------------------------------------ control
     def _on_control(self, now: float, path: Any, data: bytes) -> None:
@@ -386,8 +400,6 @@ class NodeCore:
             return
         if kind == ctl.PROBE:
             self._control(now, s, ctl.PROBE_REPLY, body[:64], path)
-        elif kind == ctl.PROBE_REPLY:
-            self.counters["probe_replies"] += 1
         elif kind == ctl.TERMINATE:
             self._peer_terminated(now, s, body)
         else:
@@ -503,7 +515,7 @@ class NodeCore:
         elif st is State.VOLATILE or st is State.DEGRADED:
             if silence >= p.dead_after_ms / 1000.0:
                 self._transition(now, s, Reason.TRANSPORT_DEAD, silence_ms=int(silence * 1000))
-            elif s.last_rx - s.state_since >= hb and silence < hb:
+            elif s.last_rx - s.state_since >= hb and silence < hb and self._healthy(now, s):
                 self._transition(now, s, Reason.HEALTH_RECOVERED)
             elif st is State.VOLATILE and now - s.state_since >= p.volatile_to_degraded_ms / 1000:
                 self._transition(now, s, Reason.VOLATILE_PERSISTED)
@@ -514,11 +526,16 @@ class NodeCore:
             else:
                 self._recovering(now, s)
 
+    def _healthy(self, now: float, s: Session) -> bool:
+        """Subclass hook: do the active path's measurements allow HEALTH_RECOVERED?"""
+        return True
+
     def _recovering(self, now: float, s: Session) -> None:
         """Subclass hook: what to do while RECOVERING (client: send reattach proofs)."""
 
-    def _bind(self, now: float, s: Session, path: Any) -> None:
-        old = s.path
+    def _bind(self, now: float, s: Session, path: Any, latency_ms: int | None = None) -> None:
+        old = s.bound_before if s.bound_before is not None else s.path
+        s.bound_before = None
         s.path = path
         s.attach_count += 1
         if old is None:
@@ -534,7 +551,9 @@ class NodeCore:
                 old_transport_kind=getattr(old, "kind", None),
                 new_transport_id=getattr(path, "transport_id", None),
                 new_transport_kind=getattr(path, "kind", None),
-                switch_latency_ms=int((now - s.state_since) * 1000),
+                switch_latency_ms=(
+                    latency_ms if latency_ms is not None else int((now - s.state_since) * 1000)
+                ),
             )  # fmt: skip
 
     def path_lost(self, now: float, path: Any) -> list[Output]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from jumping.core.policy import Policy
 
+IN_FLIGHT, ACKED, LOST = 0, 1, 2
 RING = 64  # probes remembered per path (bounds memory and the loss estimate)
 MAX_OUTSTANDING = 16
 
@@ -28,7 +29,7 @@ class PathStats:
         "rttvar",
         "samples",
         "ring_sent",
-        "ring_acked",
+        "ring_state",
         "ring_pos",
         "outstanding",
         "consecutive_lost",
@@ -45,7 +46,7 @@ class PathStats:
         self.rttvar = 0.0
         self.samples = 0
         self.ring_sent = [0.0] * RING
-        self.ring_acked = [True] * RING
+        self.ring_state = [ACKED] * RING  # per probe: IN_FLIGHT, ACKED or LOST
         self.ring_pos = 0
         self.outstanding: dict[int, tuple[float, int]] = {}
         self.consecutive_lost = 0
@@ -65,13 +66,15 @@ class PathStats:
             self._lost(oldest)
         pos = self.ring_pos
         self.ring_sent[pos] = now
-        self.ring_acked[pos] = False
+        self.ring_state[pos] = IN_FLIGHT
         self.outstanding[probe_id] = (now, pos)
         self.ring_pos = (pos + 1) % RING
         self.last_probe_tx = now
 
     def _lost(self, probe_id: int) -> None:
-        self.outstanding.pop(probe_id, None)
+        entry = self.outstanding.pop(probe_id, None)
+        if entry is not None:
+            self.ring_state[entry[1]] = LOST
         self.consecutive_lost += 1
 
     def probe_reply(self, now: float, probe_id: int) -> float | None:
@@ -81,7 +84,7 @@ class PathStats:
         if entry is None:
             return None
         sent, pos = entry
-        self.ring_acked[pos] = True
+        self.ring_state[pos] = ACKED
         self.consecutive_lost = 0
         self.validated = True
         rtt = max(now - sent, 1e-6)
@@ -92,6 +95,13 @@ class PathStats:
             self.srtt = 0.875 * self.srtt + 0.125 * rtt
         self.samples += 1
         return rtt
+
+    def fresh_start(self) -> None:
+        """The session was (re)bound to this path: judge it on what happens from now on."""
+        self.ring_sent = [0.0] * RING
+        self.ring_state = [ACKED] * RING
+        self.outstanding.clear()
+        self.consecutive_lost = 0
 
     def heard(self, now: float) -> None:
         """Any authenticated packet arrived on this path."""
@@ -105,12 +115,18 @@ class PathStats:
         return len(late)
 
     def loss(self, now: float, window: float) -> float:
-        sent = acked = 0
-        for t, ok in zip(self.ring_sent, self.ring_acked, strict=True):
+        """Lost / (acked + lost) over probes sent in the window; in-flight ones don't count."""
+        acked = lost = 0
+        for t, state in zip(self.ring_sent, self.ring_state, strict=True):
             if t and now - t <= window:
-                sent += 1
-                acked += ok
-        return 0.0 if sent == 0 else (sent - acked) / sent
+                if state == ACKED:
+                    acked += 1
+                elif state == LOST:
+                    lost += 1
+        return 0.0 if acked + lost == 0 else lost / (acked + lost)
+
+    def probes_in(self, now: float, window: float) -> int:
+        return sum(1 for t in self.ring_sent if t and now - t <= window)
 
     def pto(self, policy: Policy) -> float:
         """QUIC-style probe timeout: max(srtt + 4 rttvar, floor) x multiplier, seconds."""
@@ -128,7 +144,9 @@ class PathStats:
 
     def score(self, now: float, policy: Policy) -> float:
         """Lower is better: RTT (ms) inflated by loss and recent failures."""
-        rtt_ms = (self.srtt if self.srtt is not None else 0.1) * 1000.0 + 1.0
+        # +10 ms: a base cost per path, so that sub-millisecond jitter between two good
+        # paths never crosses the hysteresis factor (no flapping between equals)
+        rtt_ms = (self.srtt if self.srtt is not None else 0.1) * 1000.0 + 10.0
         loss = self.loss(now, policy.loss_window_ms / 1000.0)
         return rtt_ms * (1.0 + 10.0 * loss) * (1.0 + 0.5 * min(self.failures, 10))
 

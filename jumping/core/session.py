@@ -111,6 +111,13 @@ class Session:
         "owner_token",
         "owned",
         "attach_count",
+        "first_unacked",
+        "pto",
+        "suspect_since",
+        "bound_before",
+        "reattach_sent",
+        "challenge",
+        "offpath_rx",
     )
 
     def __init__(self, session_id: bytes, peer: Any, now: float, state_version: int = 0) -> None:
@@ -140,6 +147,13 @@ class Session:
         self.owner_token: int | None = None
         self.owned = False
         self.attach_count = 0
+        self.first_unacked = 0.0  # client: first data sent after we last heard the gateway
+        self.pto = 0.15  # client: current probe timeout of the active path, seconds
+        self.suspect_since = 0.0
+        self.bound_before: Any = None  # the path before a recovery (for TRANSPORT_SWITCH)
+        self.reattach_sent = 0.0
+        self.challenge: Any = None  # gateway: pending path validation
+        self.offpath_rx = 0.0
 
     def keypairs(self) -> tuple[Keypair, ...]:
         return tuple(k for k in (self.current, self.previous, self.next) if k is not None)

@@ -124,12 +124,10 @@ def test_blackhole_then_restore_reattaches_same_session() -> None:
     net.run_for(1.0)
     assert net.states() == ("ATTACHED", "ATTACHED")
     assert net.client.session.session_id == sid  # type: ignore[union-attr]
-    assert reasons(net, "client") == [
-        "HANDSHAKE_OK",
-        "HEARTBEAT_TIMEOUT",
-        "TRANSPORT_DEAD",
-        "REATTACH_OK",
-    ]
+    got = reasons(net, "client")
+    assert got[0] == "HANDSHAKE_OK" and got[2:] == ["TRANSPORT_DEAD", "REATTACH_OK"], got
+    # lost heartbeat probes or silence, whichever the detector saw first
+    assert got[1] in ("LOSS_THRESHOLD_EXCEEDED", "CONSECUTIVE_DROPS_EXCEEDED", "HEARTBEAT_TIMEOUT")
     assert reasons(net, "gateway")[-1] == "REATTACH_OK"
 
 

@@ -1,0 +1,81 @@
+"""
+Switch rate limits (SPEC invariant 6): at most ``max_per_min`` switches in any 60 s window
+and at least ``cooldown_ms`` between two, per key; plus a global control-plane bucket.
+
+Pure and bounded: a key keeps at most ``max_per_min`` timestamps; at most ``max_keys``
+keys are tracked (least recently used evicted). Provides ``IRateLimitPolicy``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+
+from zope.interface import implementer
+
+from jumping.interfaces import IRateLimitPolicy
+
+WINDOW_MS = 60_000
+
+
+@implementer(IRateLimitPolicy)
+class SwitchLimiter:
+    def __init__(
+        self, max_per_min: int = 8, cooldown_ms: int = 1500, max_keys: int = 100_000
+    ) -> None:
+        for name, v, lo in (("max_per_min", max_per_min, 1), ("cooldown_ms", cooldown_ms, 1),
+                            ("max_keys", max_keys, 1)):  # fmt: skip
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        self.max_per_min = max_per_min
+        self.cooldown_ms = cooldown_ms
+        self.max_keys = max_keys
+        self._keys: OrderedDict[str, deque[int]] = OrderedDict()
+
+    @property
+    def tracked(self) -> int:
+        return len(self._keys)
+
+    def check(self, key: str, now_ms: int) -> str | None:
+        times = self._keys.get(key)
+        if not times:
+            return None
+        if now_ms - times[-1] < self.cooldown_ms:
+            return "COOLDOWN_ACTIVE"
+        recent = sum(1 for t in times if now_ms - t < WINDOW_MS)
+        if recent >= self.max_per_min:
+            return "SWITCH_RATE_LIMITED"
+        return None
+
+    def record(self, key: str, now_ms: int) -> None:
+        times = self._keys.get(key)
+        if times is None:
+            if len(self._keys) >= self.max_keys:
+                self._keys.popitem(last=False)
+            times = self._keys[key] = deque(maxlen=self.max_per_min)
+        else:
+            self._keys.move_to_end(key)
+        times.append(now_ms)
+
+    def forget(self, key: str) -> None:
+        self._keys.pop(key, None)
+
+
+class GlobalBucket:
+    """A token bucket for node-wide control-plane work (reattach validations, probes to
+    unvalidated paths): ``rate`` per second, bursts up to ``burst``."""
+
+    def __init__(self, rate: float = 1000.0, burst: float = 2000.0) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.at = 0.0
+        self.denied = 0
+
+    def take(self, now: float, n: float = 1.0) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= n:
+            self.tokens -= n
+            return True
+        self.denied += 1
+        return False

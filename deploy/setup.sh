@@ -35,7 +35,7 @@ fi
 
 py=${PYTHON:-python3}
 pkgs=("twisted>=23.10" "zope.interface>=6" "pynacl>=1.5" "cryptography>=42")
-[[ $mode != --runtime ]] && pkgs+=(tox "pytest>=8" "pytest-twisted>=1.14" "hypothesis>=6.100")
+[[ $mode != --runtime ]] && pkgs+=(tox "pytest>=8" "pytest-twisted>=1.14" "hypothesis>=6.100" "jsonschema>=4")
 if ! "$py" -c "import twisted, nacl, cryptography, zope.interface" 2>/dev/null ||
    { [[ $mode != --runtime ]] && ! command -v tox >/dev/null; }; then
   step "pip install ${pkgs[*]}"

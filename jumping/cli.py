@@ -88,6 +88,11 @@ def parser() -> argparse.ArgumentParser:
     sc.set_defaults(func=_show_config)
     pl = sub.add_parser("plugins", help="list installed plugins")
     pl.set_defaults(func=_plugins)
+    from jumping import audit
+
+    au = sub.add_parser("audit", help="rebuild session timelines from events, check the invariants")
+    audit.add_arguments(au)
+    au.set_defaults(func=audit.run)
     return p
 
 

@@ -81,6 +81,8 @@ class NodeConfig:
     ownership: PluginConfig = PluginConfig("memory")
     events: tuple[PluginConfig, ...] = ()
     policy: Policy = Policy()
+    event_chain_key: Path | None = None
+    address_privacy: str = "full"
 
 
 class _Reader:
@@ -204,7 +206,9 @@ def parse_config(data: Mapping[str, Any], path: Path) -> NodeConfig:
         "top level",
     )
     node = r.table(data, "node", "top level")
-    r.unknown(node, {"role", "node_id", "private_key"}, "[node]")
+    r.unknown(
+        node, {"role", "node_id", "private_key", "event_chain_key", "address_privacy"}, "[node]"
+    )
     role = r.string(node, "role", "[node]")
     if role not in ("gateway", "client"):
         raise r.fail("[node]", f"role: must be 'gateway' or 'client', got {role!r}")
@@ -212,6 +216,10 @@ def parse_config(data: Mapping[str, Any], path: Path) -> NodeConfig:
     if not _NAME.match(node_id):
         raise r.fail("[node]", f"node_id: must match [A-Za-z0-9_.-]{{1,64}}, got {node_id!r}")
     private_key = r.path_of(node, "private_key", "[node]")
+    chain_key = r.path_of(node, "event_chain_key", "[node]") if "event_chain_key" in node else None
+    privacy = r.string(node, "address_privacy", "[node]", "full")
+    if privacy not in ("full", "truncated", "hash"):
+        raise r.fail("[node]", f"address_privacy: must be full, truncated or hash, got {privacy!r}")
 
     t = r.table(data, "tun", "top level")
     r.unknown(t, {"name", "address", "mtu", "routes"}, "[tun]")
@@ -318,5 +326,5 @@ def parse_config(data: Mapping[str, Any], path: Path) -> NodeConfig:
         raise r.fail("[policy]", str(e)) from None
     return NodeConfig(
         path, role, node_id, private_key, tun, tuple(listen), tuple(peers), gateway,
-        ownership, tuple(events), policy,
+        ownership, tuple(events), policy, chain_key, privacy,
     )  # fmt: skip

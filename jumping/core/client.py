@@ -156,6 +156,8 @@ class ClientCore(NodeCore):
         s.last_rx = now
         s.handshake_attempts = 0
         if s.fsm.state is State.BIRTH:
+            for st in self.stats.values():
+                st.fresh_start()  # a new session judges its paths from now on
             self._bind(now, s, path)
             self._transition(now, s, Reason.HANDSHAKE_OK)
         else:
@@ -324,6 +326,15 @@ class ClientCore(NodeCore):
             and st.loss(now, p.loss_window_ms / 1000.0) < p.loss_volatile_threshold
         )
 
+    def _stats_fields(self, now: float, s: Session) -> dict[str, Any]:
+        st = self.stats.get(s.path)
+        if st is None:
+            return {}
+        return {
+            "rtt_ms": round(st.srtt * 1000, 3) if st.srtt is not None else None,
+            "loss": round(st.loss(now, self.policy.loss_window_ms / 1000.0), 3),
+        }
+
     def _policy_event(self, s: Session, name: str, threshold: float, observed: float) -> None:
         self._emit(
             "POLICY_EVENT", s, None, policy_name=name, threshold_value=threshold,
@@ -346,6 +357,8 @@ class ClientCore(NodeCore):
                     new_transport_id=getattr(target, "transport_id", None),
                 )  # fmt: skip
             if s.fsm.state is State.RECOVERING:
+                # stay on the current path for another dead_after period before trying again
+                s.last_rx = now
                 self._transition(now, s, Reason(denied))
             return False
         if s.fsm.state is not State.RECOVERING and not self._transition(now, s, reason, **fields):
@@ -372,7 +385,7 @@ class ClientCore(NodeCore):
         p = self.policy
         st = self.stats.get(s.path)
         timeout = max(3 * (st.pto(p) if st else 0.15), 0.3)
-        if now - s.reattach_sent >= timeout:
+        if now - max(s.reattach_sent, s.state_since) >= timeout:
             if st is not None:
                 st.failures += 1
             alt = self._best(now, exclude=s.path)
@@ -420,7 +433,13 @@ class ClientCore(NodeCore):
                 self._bind(now, s, path)
                 s.last_rx = now
                 self._transition(now, s, Reason.REATTACH_OK)
-                self._emit("REATTACH_RESULT", s, Reason.REATTACH_OK.value, ok=True)
+                self._emit(
+                    "REATTACH_RESULT",
+                    s,
+                    Reason.REATTACH_OK.value,
+                    ok=True,
+                    transport_id=getattr(path, "transport_id", None),
+                )
             else:
                 self.counters["stale_reattach_ack"] += 1
         elif kind == ctl.CHALLENGE:

@@ -50,6 +50,7 @@ class GatewayCore(NodeCore):
             self.policy.max_switches_per_min, self.policy.switch_cooldown_ms
         )
         self.control_bucket = GlobalBucket()
+        self._denied_at: dict[bytes, float] = {}
 
     # routing -----------------------------------------------------------------
     def _source_allowed(self, s: Session, packet: bytes) -> bool:
@@ -277,10 +278,6 @@ class GatewayCore(NodeCore):
         if not ok:
             self.counters["reattach_rejected"] += 1
             self._emit("REATTACH_RESULT", s, Reason.REATTACH_VALIDATION_FAILED.value, ok=False)
-            self._emit(
-                "SECURITY_EVENT", s, None, violation_type="INVALID_PROOF", count=1,
-                window_ms=0, transport_id=getattr(path, "transport_id", None),
-            )  # fmt: skip
             self._drop("REATTACH_INVALID")
             return
         if path is s.path:
@@ -304,10 +301,18 @@ class GatewayCore(NodeCore):
         denied = self.switch_limiter.check(s.sid_hex, int(now * 1000))
         if denied is not None:
             self.counters["switch_denied"] += 1
-            self._emit(
-                "TRANSPORT_SWITCH_DENIED", s, denied,
-                transport_id=getattr(path, "transport_id", None),
-            )  # fmt: skip
+            if (
+                now - self._denied_at.get(s.session_id, -1e18)
+                >= self.policy.switch_cooldown_ms / 1000
+            ):
+                self._denied_at[s.session_id] = now  # one event per cooldown per session
+                if len(self._denied_at) > 4 * self.max_sessions:
+                    self._denied_at.clear()
+                self._emit(
+                    "TRANSPORT_SWITCH_DENIED", s, denied,
+                    old_transport_id=getattr(s.path, "transport_id", None),
+                    new_transport_id=getattr(path, "transport_id", None),
+                )  # fmt: skip
             return
         self.switch_limiter.record(s.sid_hex, int(now * 1000))
         if s.fsm.state is not State.RECOVERING:

@@ -50,6 +50,16 @@ _NO_SESSION = bytes(16)
 _TERMINAL_NOTICE = struct.Struct("<B32s")
 
 
+#: drop reasons that are evidence of an attack, by SIEM violation type (SPEC section 6)
+SECURITY_VIOLATIONS: dict[str, tuple[str, ...]] = {
+    "REPLAY_DETECTED": ("REPLAY", "HANDSHAKE_REPLAY"),
+    "INVALID_PROOF": ("AUTH_FAILED", "REATTACH_INVALID", "UNEXPECTED_RESPONSE"),
+    "HANDSHAKE_FLOOD": ("BAD_MAC1", "COOKIE_REQUIRED", "HANDSHAKE_AUTH_FAILED"),
+    "UNKNOWN_PEER": ("UNKNOWN_PEER",),
+    "SPOOFED_INNER_SOURCE": ("SOURCE_NOT_ALLOWED",),
+}
+
+
 class Peer:
     """A client the gateway accepts (or the gateway a client talks to)."""
 
@@ -114,6 +124,7 @@ class NodeCore:
         handshake_timeout_ms: int = 15_000,
         reattach_interval_ms: int = 250,
         stats_interval_s: float = 60.0,
+        security_interval_s: float = 10.0,
     ) -> None:
         self.node_id = node_id
         self.me = Identity(private_key)
@@ -131,6 +142,9 @@ class NodeCore:
         self.pending: list[Output] = []
         self.last_drop = ""
         self._heap: list[tuple[float, int, Session]] = []
+        self.security_interval = security_interval_s
+        self._security_at = now
+        self._security_seen: dict[str, int] = {}
         self._seq = itertools.count()
         self._now = now
 
@@ -427,7 +441,12 @@ class NodeCore:
         """Run every timer that is due; ends with an ``ArmTimer`` for the next one."""
         self._now = now
         heap = self._heap
+        budget = 4 * len(self.sessions) + 64  # a bug can't turn one tick into a livelock
         while heap and heap[0][0] <= now:
+            budget -= 1
+            if budget < 0:
+                self.counters["timer_budget_exhausted"] += 1
+                break
             at, _seq, s = heapq.heappop(heap)
             if at != s.deadline or s.fsm.state is _TERMINATED:
                 continue
@@ -448,7 +467,20 @@ class NodeCore:
         return self._heap[0][0] if self._heap else None
 
     def _node_timers(self, now: float) -> None:
-        """Subclass hook for node-wide timers."""
+        """Node-wide timers: aggregated security events (a flood is a few events with
+        counts, never one event per packet)."""
+        if now - self._security_at >= self.security_interval:
+            window_ms = int((now - self._security_at) * 1000)
+            self._security_at = now
+            for violation, reasons in SECURITY_VIOLATIONS.items():
+                total = sum(self.drops.get(r, 0) for r in reasons)
+                delta = total - self._security_seen.get(violation, 0)
+                if delta > 0:
+                    self._security_seen[violation] = total
+                    self._emit(
+                        "SECURITY_EVENT", None, None, violation_type=violation, count=delta,
+                        window_ms=window_ms,
+                    )  # fmt: skip
 
     def _on_timer(self, now: float, s: Session) -> None:
         p = self.policy
@@ -477,6 +509,7 @@ class NodeCore:
                 "SESSION_STATS", s, None, bytes_in=s.rx_bytes, bytes_out=s.tx_bytes,
                 packets_in=s.rx_packets, packets_out=s.tx_packets,
                 transport_id=getattr(s.path, "transport_id", None),
+                **self._stats_fields(now, s),
             )  # fmt: skip
         self._schedule(s, self._next_timer(now, s))
 
@@ -525,6 +558,10 @@ class NodeCore:
                 self._transition(now, s, Reason.RECOVERY_WINDOW_EXCEEDED)
             else:
                 self._recovering(now, s)
+
+    def _stats_fields(self, now: float, s: Session) -> dict[str, Any]:
+        """Subclass hook: path measurements for SESSION_STATS (RTT, loss)."""
+        return {}
 
     def _healthy(self, now: float, s: Session) -> bool:
         """Subclass hook: do the active path's measurements allow HEALTH_RECOVERED?"""

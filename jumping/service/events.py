@@ -12,12 +12,38 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from jumping.core.outputs import Emit
 
 SCHEMA = "jumping.event/1"
+_V4 = re.compile(r"(?<![\d.])(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(?![\d.])")
+_V6 = re.compile(r"\[([0-9a-fA-F:]+)\]")
+_ADDRESS_FIELDS = ("transport_id", "address")
+
+
+def privacy_filter(mode: str, key: bytes) -> Callable[[str], str]:
+    """How addresses inside event strings are shown: full, truncated (/24, /48) or a keyed
+    hash (stable per key, so a SIEM can still correlate without learning the address)."""
+    if mode == "full":
+        return lambda text: text
+
+    def hashed(addr: str) -> str:
+        return "h-" + hashlib.blake2s(addr.encode(), key=key[:32], digest_size=6).hexdigest()
+
+    def v4(m: re.Match[str]) -> str:
+        if mode == "hash":
+            return hashed(m.group(0))
+        return f"{m.group(1)}.{m.group(2)}.{m.group(3)}.0"
+
+    def v6(m: re.Match[str]) -> str:
+        if mode == "hash":
+            return "[" + hashed(m.group(1)) + "]"
+        return "[" + ":".join(m.group(1).split(":")[:3]) + "::]"
+
+    return lambda text: _V6.sub(v6, _V4.sub(v4, text))
 
 
 def canonical(event: dict[str, Any]) -> bytes:
@@ -36,7 +62,10 @@ class EventPipeline:
         chain_key: bytes,
         policy_version: Callable[[], str],
         clock: Callable[[], float],
+        address_privacy: str = "full",
     ) -> None:
+        self.hide = privacy_filter(address_privacy, chain_key)
+        self.privacy = address_privacy
         self.node_id = node_id
         self.sinks = list(sinks)
         self.chain_key = chain_key
@@ -62,6 +91,8 @@ class EventPipeline:
         }
         for k, v in e.fields.items():
             if k not in event:
+                if self.privacy != "full" and isinstance(v, str) and k.endswith(_ADDRESS_FIELDS):
+                    v = self.hide(v)
                 event[k] = v
         self.seq += 1
         self.prev_hash = chain_hash(self.chain_key, event)

@@ -88,9 +88,12 @@ class NodeService(service.Service):
         self.sinks = [
             plugin.load(IEventSink, sink.name, **dict(sink.options)) for sink in cfg.events
         ]
+        # the chain key: from a 0600 key file if configured (so `jumpctl audit --chain-key`
+        # can verify the chain), else all-zero (detects accidents, not a forger)
+        chain_key = load_private_key(cfg.event_chain_key) if cfg.event_chain_key else bytes(32)
         self.events = EventPipeline(
-            cfg.node_id, self.sinks, self.rng(32), lambda: str(cfg.policy.version),
-            self.reactor.seconds,
+            cfg.node_id, self.sinks, chain_key, lambda: str(self.core.policy.version if self.core else cfg.policy.version),
+            self.reactor.seconds, cfg.address_privacy,
         )  # fmt: skip
         if cfg.role == "gateway":
             peers = [Peer(p.public_key, p.allowed_ips, getattr(p, "name", "")) for p in cfg.peers]

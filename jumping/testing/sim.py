@@ -106,6 +106,10 @@ class SimNet:
         self._timers = {"client": float("inf"), "gateway": float("inf")}
         self._seq = itertools.count()
         self.owner_tokens = itertools.count(1)
+        self._calls: list[tuple[float, int, Callable[[], None]]] = []
+        self.echo = False  # gateway answers every inner packet it receives (an echo server)
+        self.delivered: dict[str, list[float]] = {"client": [], "gateway": []}
+        self.checker: Any = None
 
     # ------------------------------------------------------------------ wiring
     def core(self, side: str) -> NodeCore:
@@ -123,7 +127,10 @@ class SimNet:
         log = self.log[side]
         for out in outputs:
             if isinstance(out, Send):
-                link, dest = self._link_of(out.path)
+                try:
+                    link, dest = self._link_of(out.path)
+                except KeyError:  # a stale path (old NAT mapping): the network drops it
+                    continue
                 if not link.up or (link.loss and self.random.random() < link.loss):
                     link.lost += 1
                     continue
@@ -134,6 +141,9 @@ class SimNet:
                 )
             elif isinstance(out, WriteTun):
                 log.tun.append(out.data)
+                self.delivered[side].append(self.now)
+                if self.echo and side == "gateway":
+                    self.apply("gateway", self.gateway.seal(self.now, ECHO))
             elif isinstance(out, Emit):
                 log.events.append(out)
             elif isinstance(out, ArmTimer):
@@ -160,16 +170,44 @@ class SimNet:
         self.apply(side, self.core(side).seal(self.now, packet))  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ time
+    def call_at(self, at: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._calls, (at, next(self._seq), fn))
+
+    def traffic(self, until: float, interval: float = 0.002) -> None:
+        """The client sends one inner packet every ``interval`` until ``until``."""
+
+        def send() -> None:
+            self.send_inner("client", PROBE_PACKET)
+            if self.now + interval < until:
+                self.call_at(self.now + interval, send)
+
+        self.call_at(self.now, send)
+
+    def rebind(self, i: int) -> SimPath:
+        """NAT rebinding on link ``i``: the gateway sees the client from a new address."""
+        link = self.links[i]
+        old = link.gateway_side
+        host, port = old.remote_address
+        new = SimPath(f"{old.transport_id}'", old.local_address, (host, port + 1))
+        link.gateway_side = new
+        return new
+
     def run_until(self, t: float) -> None:
         while True:
             nxt = min(
                 self._queue[0][0] if self._queue else float("inf"),
                 self._timers["client"],
                 self._timers["gateway"],
+                self._calls[0][0] if self._calls else float("inf"),
             )
             if nxt > t:
                 break
             self.now = max(self.now, nxt)
+            if self.checker is not None:
+                self.checker.step(self)
+            if self._calls and self._calls[0][0] <= self.now:
+                heapq.heappop(self._calls)[2]()
+                continue
             if self._queue and self._queue[0][0] <= self.now:
                 _at, _s, dest, path, data = heapq.heappop(self._queue)
                 self.apply(dest, self.core(dest).receive(self.now, path, data))
@@ -196,6 +234,12 @@ class SimNet:
         return [e for e in self.log[side].events if event_type in (None, e.event_type)]
 
 
+def gaps(times: list[float], after: float) -> float:
+    """Largest interval between consecutive deliveries from ``after`` on (seconds)."""
+    ts = [t for t in times if t >= after - 1.0]
+    return max((b - a for a, b in zip(ts, ts[1:], strict=False)), default=float("inf"))
+
+
 def ipv4(src: str, dst: str, payload: bytes = b"x" * 64, proto: int = 17) -> bytes:
     """A minimal IPv4 packet (checksums not computed: the tunnel does not look at them)."""
 
@@ -213,3 +257,7 @@ def capture(net: SimNet, side: str, packet: bytes) -> bytes:
     sends = [o for o in out if isinstance(o, Send)]
     assert len(sends) == 1, out
     return sends[0].data
+
+
+PROBE_PACKET = ipv4("10.99.0.2", "10.99.0.1", b"p" * 36)
+ECHO = ipv4("10.99.0.1", "10.99.0.2", b"e" * 36)

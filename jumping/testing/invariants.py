@@ -1,0 +1,103 @@
+"""
+A reference model of the SPEC section 2 invariants, checked against what the cores did.
+
+``InvariantChecker.step(net)`` is called after every simulation step; it reads the cores'
+state and the events emitted since the last step and records every violation (it never
+raises, so a run can report all of them). Checked:
+
+1. one active binding per session (and the binding only changes through a switch event);
+3. ``state_version`` strictly increases per (node, session); every transition is legal;
+5. RECOVERING lasts at most ``recovery_window_ms`` (+ one timer granularity);
+6. switches: at most ``max_switches_per_min`` in any 60 s window, ``switch_cooldown_ms`` apart;
+8/10. nothing happens to a session after TERMINATED; no internal error in the core.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from jumping.core.fsm import is_legal
+from jumping.core.policy import Policy
+
+SLACK = 0.3  # seconds of timer granularity allowed on time bounds
+
+
+@dataclass
+class InvariantChecker:
+    policy: Policy
+    violations: list[str] = field(default_factory=list)
+    transitions: int = 0
+    switches: int = 0
+    _seen: dict[str, int] = field(default_factory=dict)
+    _closed: set[tuple[str, str]] = field(default_factory=set)
+    _version: dict[tuple[str, str], int] = field(default_factory=dict)
+    _state: dict[tuple[str, str], str] = field(default_factory=dict)
+    _recovering_since: dict[tuple[str, str], float] = field(default_factory=dict)
+    _switch_times: dict[tuple[str, str], deque[float]] = field(
+        default_factory=lambda: defaultdict(deque)
+    )
+
+    def _bad(self, now: float, msg: str) -> None:
+        if len(self.violations) < 1000:
+            self.violations.append(f"t={now:.3f}: {msg}")
+
+    def step(self, net: Any) -> None:
+        now = net.now
+        for side in ("client", "gateway"):
+            log = net.log[side].events
+            start = self._seen.get(side, 0)
+            for e in log[start:]:
+                self._event(now, side, e)
+            self._seen[side] = len(log)
+            core = net.core(side)
+            if core.counters.get("internal_error"):
+                self._bad(now, f"{side}: internal error in the core")
+        for key, since in self._recovering_since.items():
+            if now - since > self.policy.recovery_window_ms / 1000.0 + SLACK:
+                self._bad(now, f"{key}: RECOVERING for {now - since:.3f}s")
+        # at most one session per client key is live on the gateway with a binding that the
+        # client is also using, and each session has exactly one path object or none
+        for s in net.gateway.sessions.values():
+            if isinstance(s.path, (list, tuple, set)):
+                self._bad(now, "gateway session bound to several paths")
+
+    def _event(self, now: float, side: str, e: Any) -> None:
+        key = (side, e.session_id or "")
+        if key[1] and self._state.get(key) == "TERMINATED":
+            if e.event_type == "SESSION_TERMINATED" and key not in self._closed:
+                self._closed.add(key)  # exactly one summary follows the final transition
+            else:
+                self._bad(now, f"{key}: {e.event_type} after TERMINATED")
+        if e.event_type == "SESSION_STATE_CHANGE":
+            self.transitions += 1
+            prev, new, reason = e.fields["previous_state"], e.fields["new_state"], e.reason_code
+            if not is_legal(prev, new, reason):
+                self._bad(now, f"{key}: illegal {prev} -{reason}-> {new}")
+            last = self._state.get(key)
+            if last is not None and last != prev:
+                self._bad(now, f"{key}: previous_state {prev} but was {last}")
+            v = self._version.get(key)
+            if v is not None and e.state_version <= v:
+                self._bad(now, f"{key}: state_version {e.state_version} after {v}")
+            self._version[key] = e.state_version
+            self._state[key] = new
+            if new == "RECOVERING":
+                self._recovering_since[key] = now
+            else:
+                self._recovering_since.pop(key, None)
+        elif e.event_type == "TRANSPORT_SWITCH":
+            self.switches += 1
+            times = self._switch_times[key]
+            p = self.policy
+            # the limit binds switch *decisions*: a client decides when it enters RECOVERING
+            # (the event reports the latency since), a gateway when the path is validated
+            at = now - e.fields.get("switch_latency_ms", 0) / 1000.0 if side == "client" else now
+            if times and at - times[-1] < p.switch_cooldown_ms / 1000.0 - 0.002:
+                self._bad(now, f"{key}: switches {at - times[-1]:.3f}s apart")
+            times.append(at)
+            while times and at - times[0] >= 60.0:
+                times.popleft()
+            if len(times) > p.max_switches_per_min:
+                self._bad(now, f"{key}: {len(times)} switches within 60 s")

@@ -47,6 +47,7 @@ class EndpointConfig:
     host: str
     port: int
     options: Mapping[str, Any] = field(default_factory=dict)
+    bind: str | None = None
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,11 @@ def _network(r: _Reader, value: Any, where: str, key: str) -> str:
         raise r.fail(where, f"{key}: {value!r} is not an IP prefix") from None
 
 
+def load_policy(config_path: str | Path) -> Policy:
+    """Only the policy of a config file (SIGHUP reload): ConfigError if anything is wrong."""
+    return load_config(config_path).policy
+
+
 def load_config(path: str | Path) -> NodeConfig:
     p = Path(path)
     try:
@@ -275,13 +281,20 @@ def parse_config(data: Mapping[str, Any], path: Path) -> NodeConfig:
         eps: list[EndpointConfig] = []
         for i, et in enumerate(r.tables(g, "endpoints")):
             where = f"[[gateway.endpoints]] #{i + 1}"
-            r.unknown(et, {"transport", "host", "port", "options"}, where)
+            r.unknown(et, {"transport", "host", "port", "options", "bind"}, where)
+            bind = None
+            if "bind" in et:
+                bind = r.string(et, "bind", where)
+                try:
+                    ipaddress.ip_address(bind)
+                except ValueError:
+                    raise r.fail(where, f"bind: must be a local IP address, got {bind!r}") from None
             opts = et.get("options", {})
             if not isinstance(opts, dict):
                 raise r.fail(where, "options: must be a table")
             eps.append(EndpointConfig(
                 r.plugin_name(et, "transport", where, "udp"), r.host(et, where),
-                r.integer(et, "port", where, 1, 65535), opts,
+                r.integer(et, "port", where, 1, 65535), opts, bind,
             ))  # fmt: skip
         gateway = GatewayConfig(r.key(g, "public_key", "[gateway]"), tuple(eps))
     if role == "gateway":

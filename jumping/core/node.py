@@ -601,6 +601,23 @@ class NodeCore:
                 self._transition(now, s, Reason.TRANSPORT_DEAD, detail="transport_lost")
         return self.take()
 
+    def set_policy(self, now: float, policy: Policy) -> list[Output]:
+        """Apply a validated policy atomically; every later event carries its version."""
+        self._now = now
+        old = self.policy
+        self.policy = policy
+        limiter = getattr(self, "switch_limiter", None)
+        if limiter is not None and hasattr(limiter, "cooldown_ms"):
+            limiter.max_per_min = policy.max_switches_per_min
+            limiter.cooldown_ms = policy.switch_cooldown_ms
+        self._emit(
+            "POLICY_RELOADED", None, None, previous_version=old.version,
+            new_version=policy.version, policy_digest=policy.digest(),
+        )  # fmt: skip
+        for s in self.sessions.values():
+            self._schedule(s, now)
+        return self.take()
+
     # ------------------------------------------------------------------ introspection
     def session_count(self) -> int:
         return len(self.sessions)

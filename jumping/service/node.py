@@ -15,6 +15,7 @@ plus one attribute check for pending side effects. Everything else goes through
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -65,6 +66,7 @@ class NodeService(service.Service):
         self._timer: Any = None
         self._timer_at = float("inf")
         self.tun_drops = 0
+        self.policy_rejections = 0
 
     # ------------------------------------------------------------------ startup
     def prepare(self) -> None:
@@ -116,7 +118,8 @@ class NodeService(service.Service):
         else:
             for ep in cfg.gateway.endpoints:
                 factory = plugin.load(ITransportFactory, ep.transport, **dict(ep.options))
-                d = factory.connect(self.reactor, (ep.host, ep.port), self)
+                local = (ep.bind, 0) if getattr(ep, "bind", None) else None
+                d = factory.connect(self.reactor, (ep.host, ep.port), self, local=local)
                 failures: list[Any] = []
                 d.addCallbacks(self.paths.append, failures.append)
                 if failures:
@@ -145,6 +148,31 @@ class NodeService(service.Service):
                 self.core.add_path(now, p)
             self._run(self.core.start(now))
         self._run(self.core.tick(self._now()))
+        try:
+            signal.signal(signal.SIGHUP, self._on_sighup)
+        except ValueError:  # not the main thread (tests)
+            pass
+
+    def _on_sighup(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self.reload_policy)
+
+    def reload_policy(self) -> bool:
+        """Re-read the policy from the config file: applied whole, or rejected whole."""
+        from jumping.config import load_policy
+        from jumping.errors import ConfigError
+
+        if self.core is None:
+            return False
+        try:
+            policy = load_policy(self.config.path)
+        except (ConfigError, OSError) as e:
+            log.error("policy reload rejected, keeping version {v}: {e}",
+                      v=self.core.policy.version, e=str(e))  # fmt: skip
+            self.policy_rejections += 1
+            return False
+        self._run(self.core.set_policy(self.reactor.seconds(), policy))
+        log.info("policy version {v} applied", v=policy.version)
+        return True
 
     def stopService(self) -> defer.Deferred[None]:  # noqa: N802
         super().stopService()

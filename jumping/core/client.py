@@ -66,6 +66,14 @@ class ClientCore(NodeCore):
             self.stats[path] = PathStats(path, now)
         return self.take()
 
+    def remove_path(self, now: float, path: Any) -> list[Output]:
+        """A path is gone for good (its connection closed): forget it as a candidate."""
+        self._now = now
+        if path in self.paths:
+            self.paths.remove(path)
+        self.stats.pop(path, None)
+        return self.take()
+
     def start(self, now: float) -> list[Output]:
         """Begin a new session (first start, or after the previous one terminated)."""
         self._now = now

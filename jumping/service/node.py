@@ -38,6 +38,7 @@ from jumping.service.tun import TunDevice
 log = Logger()
 
 _DATA = wire.MessageType.DATA
+RECONNECT_DELAY = 1.0
 
 
 class StartupError(Exception):
@@ -66,6 +67,7 @@ class NodeService(service.Service):
         self._timer: Any = None
         self._timer_at = float("inf")
         self.tun_drops = 0
+        self._endpoint_of: dict[Any, tuple[Any, Any]] = {}
         self.policy_rejections = 0
 
     # ------------------------------------------------------------------ startup
@@ -118,11 +120,10 @@ class NodeService(service.Service):
         else:
             for ep in cfg.gateway.endpoints:
                 factory = plugin.load(ITransportFactory, ep.transport, **dict(ep.options))
-                local = (ep.bind, 0) if getattr(ep, "bind", None) else None
-                d = factory.connect(self.reactor, (ep.host, ep.port), self, local=local)
                 failures: list[Any] = []
-                d.addCallbacks(self.paths.append, failures.append)
-                if failures:
+                d = self._connect(ep, factory)
+                d.addErrback(failures.append)
+                if failures:  # failed at once (bad bind address...): a configuration error
                     failures[0].raiseException()
 
     def startService(self) -> None:  # noqa: N802
@@ -242,8 +243,42 @@ class NodeService(service.Service):
     _tun_packet_client = _tun_packet
 
     def transportLost(self, transport: Any, reason: str) -> None:  # noqa: N802
-        if self.core is not None:
-            self._run(self.core.path_lost(self._now(), transport))
+        core = self.core
+        if core is not None:
+            self._run(core.path_lost(self.reactor.seconds(), transport))
+        if transport in self.paths:
+            self.paths.remove(transport)
+            if isinstance(core, ClientCore):
+                self._run(core.remove_path(self.reactor.seconds(), transport))
+            ep = self._endpoint_of.pop(transport, None)
+            if ep is not None and self.running:
+                self.reactor.callLater(RECONNECT_DELAY, self._reconnect, *ep)
+
+    # ------------------------------------------------------------------ client paths
+    def _connect(self, ep: Any, factory: Any) -> defer.Deferred[Any]:
+        local = (ep.bind, 0) if getattr(ep, "bind", None) else None
+        d = factory.connect(self.reactor, (ep.host, ep.port), self, local=local)
+        d.addCallback(self._path_up, ep, factory)
+        return d
+
+    def _path_up(self, path: Any, ep: Any, factory: Any) -> Any:
+        self.paths.append(path)
+        self._endpoint_of[path] = (ep, factory)
+        if self.core is not None and self.running and isinstance(self.core, ClientCore):
+            self._run(self.core.add_path(self.reactor.seconds(), path))
+        return path
+
+    def _reconnect(self, ep: Any, factory: Any) -> None:
+        if not self.running:
+            return
+
+        def failed(f: Any) -> None:
+            log.warn("path to {h}:{p} ({t}): {e}", h=ep.host, p=ep.port, t=ep.transport,
+                     e=f.getErrorMessage())  # fmt: skip
+            if self.running:
+                self.reactor.callLater(RECONNECT_DELAY, self._reconnect, ep, factory)
+
+        self._connect(ep, factory).addErrback(failed)
 
     # ------------------------------------------------------------------ outputs
     def _run(self, outputs: Iterable[Output]) -> None:

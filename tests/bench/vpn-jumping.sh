@@ -28,6 +28,17 @@ vpn_start() {
 }
 j_rm_dir() { [[ -n $J_DIR ]] && rm -rf "$J_DIR"; J_DIR=; }
 
+# Candidates: the endpoint we are told, then every gateway address of the topology (a
+# Jumping client is configured with all its gateway's addresses; it picks and jumps itself).
+j_endpoints() {
+  local ep=$1 seen=" " a
+  for a in "$ep" "$A_G" "$B_G"; do
+    [[ $seen == *" $a "* ]] && continue
+    seen+="$a "
+    printf '[[gateway.endpoints]]\ntransport = "udp"\nhost = "%s"\nport = %s\n' "$a" "$VPN_PORT"
+  done
+}
+
 vpn_configure() {  # vpn_configure ENDPOINT_IP
   local ep=$1 d=${RUN_DIR:-/tmp} i
   cat >"$J_DIR/g.toml" <<T
@@ -60,10 +71,7 @@ address = "$IN_C/$IN_PREFIX"
 routes = ["$S_NET"]
 [gateway]
 public_key = "$(cat "$J_DIR/g.pub")"
-[[gateway.endpoints]]
-transport = "udp"
-host = "$ep"
-port = $VPN_PORT
+$(j_endpoints "$ep")
 [[events]]
 sink = "jsonl"
 path = "$d/jumping-client-events.jsonl"

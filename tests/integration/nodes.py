@@ -59,12 +59,16 @@ class Pair:
         endpoints: list[str],
         port: int = 51820,
         policy: dict[str, Any] | None = None,
+        transports: tuple[str, ...] = ("udp",),
     ) -> None:
         self.topo, self.tmp, self.cns, self.gns = topo, tmp, cns, gns
         self.port = port
         self.gw_pub = encode_key(write_keypair(tmp / "gw.key"))
         self.c_pub = encode_key(write_keypair(tmp / "c.key"))
         pol = "".join(f"{k} = {json.dumps(v)}\n" for k, v in (policy or {}).items())
+        listens = "".join(
+            f'[[listen]]\ntransport = "{t}"\nhost = "0.0.0.0"\nport = {port}\n' for t in transports
+        )
         self.gw_conf = tmp / "gw.toml"
         self.gw_conf.write_text(f"""
 [node]
@@ -74,10 +78,7 @@ private_key = "gw.key"
 [tun]
 name = "jmpg0"
 address = "10.99.0.1/24"
-[[listen]]
-transport = "udp"
-host = "0.0.0.0"
-port = {port}
+{listens}
 [[peers]]
 public_key = "{self.c_pub}"
 allowed_ips = ["10.99.0.2/32"]
@@ -87,7 +88,8 @@ path = "gw-events.jsonl"
 [policy]
 {pol}""")
         eps = "".join(
-            f'[[gateway.endpoints]]\ntransport = "udp"\nhost = "{h}"\nport = {port}\n'
+            f'[[gateway.endpoints]]\ntransport = "{t}"\nhost = "{h}"\nport = {port}\n'
+            for t in transports
             for h in endpoints
         )
         self.c_conf = tmp / "c.toml"

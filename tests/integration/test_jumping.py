@@ -189,3 +189,42 @@ def test_d_flapping_path_respects_switch_caps(two_paths) -> None:
         assert len(sw) <= 8 + 1, sw  # 8 per minute (+1 for the window's edge)
     assert received >= sent * 0.5, (sent, received)
     assert len(session_ids(pair)) == 1
+
+
+def test_c_udp_blocked_entirely_session_continues_over_tcp(tmp_path: Path) -> None:
+    with Topology("ju") as topo:
+        cns, gns = topo.ns("c"), topo.ns("g")
+        topo.link(cns, "ca", "10.201.1.1/24", gns, "ga", "10.201.1.2/24")
+        pair = Pair(topo, tmp_path, cns, gns, [A_G], transports=("udp", "tcp"))
+        try:
+            pair.start()
+            first = events(pair.c_events)[0]["transport_id"]
+            assert first.startswith("udp:")
+            block = (
+                "table inet judp {\n"
+                " chain o { type filter hook output priority 0; policy accept; udp dport 51820 drop; udp sport 51820 drop; }\n"
+                " chain i { type filter hook input priority 0; policy accept; udp dport 51820 drop; udp sport 51820 drop; }\n"
+                "}\n"
+            )
+            t = threading.Timer(
+                1.5,
+                lambda: [
+                    __import__("subprocess").run(
+                        ["ip", "netns", "exec", ns, "nft", "-f", "-"],
+                        input=block,
+                        text=True,
+                        check=True,
+                    )
+                    for ns in (cns, gns)
+                ],
+            )
+            t.start()
+            sent, received = ping_stream(topo, pair, 400, 0.01)
+            t.join()
+            assert sent - received <= 80, f"lost {sent - received} of {sent}"
+            sw = [e for e in events(pair.c_events) if e["event_type"] == "TRANSPORT_SWITCH"]
+            assert sw and sw[-1]["new_transport_kind"] == "tcp", sw
+            assert len(session_ids(pair)) == 1
+        finally:
+            pair.stop()
+            _audit(pair)

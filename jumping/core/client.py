@@ -438,9 +438,13 @@ class ClientCore(NodeCore):
                 st = self.stats.get(path)
                 if st is not None:
                     st.fresh_start()
+                moved = s.bound_before is not None and s.bound_before is not path
                 self._bind(now, s, path)
                 s.last_rx = now
                 self._transition(now, s, Reason.REATTACH_OK)
+                if moved and self.policy.rekey_on_switch:
+                    self.counters["rekey_on_switch"] += 1
+                    self._initiate(now, s)
                 self._emit(
                     "REATTACH_RESULT",
                     s,

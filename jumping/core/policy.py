@@ -42,6 +42,7 @@ class Policy:
     rekey_after_s: int = 120
     rekey_after_messages: int = 2**60
     rekey_grace_ms: int = 10000
+    rekey_on_switch: bool = False
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> Policy:
@@ -59,6 +60,12 @@ class Policy:
                     problems.append("version: must be a non-empty string or integer")
                 else:
                     values[key] = str(value)
+                continue
+            if isinstance(default, bool):
+                if not isinstance(value, bool):
+                    problems.append(f"{key}: must be true or false, got {value!r}")
+                else:
+                    values[key] = value
                 continue
             if isinstance(value, bool):
                 problems.append(f"{key}: must be a number, got {value!r}")

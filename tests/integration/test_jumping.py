@@ -228,3 +228,52 @@ def test_c_udp_blocked_entirely_session_continues_over_tcp(tmp_path: Path) -> No
         finally:
             pair.stop()
             _audit(pair)
+
+
+def test_policy_reload_on_sighup_is_atomic(tmp_path: Path) -> None:
+    import signal
+
+    with Topology("jp") as topo:
+        cns, gns = topo.ns("c"), topo.ns("g")
+        topo.link(cns, "ca", "10.201.1.1/24", gns, "ga", "10.201.1.2/24")
+        pair = Pair(topo, tmp_path, cns, gns, [A_G], policy={"version": "1"})
+        try:
+            pair.start()
+            conf = pair.gw_conf.read_text()
+            assert 'version = "1"' in conf
+            pair.gw_conf.write_text(
+                conf.replace('version = "1"', 'version = "2"\nheartbeat_interval_ms = 400')
+            )
+            assert pair.gw is not None
+            pair.gw.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not [
+                e for e in events(pair.gw_events) if e["event_type"] == "POLICY_RELOADED"
+            ]:
+                time.sleep(0.05)
+            reloaded = [e for e in events(pair.gw_events) if e["event_type"] == "POLICY_RELOADED"]
+            assert (
+                reloaded
+                and reloaded[0]["new_version"] == "2"
+                and reloaded[0]["previous_version"] == "1"
+            )
+            assert reloaded[0]["policy_version"] == "2"  # stamped with the new version
+            # an out-of-bounds policy is rejected whole: version stays 2
+            pair.gw_conf.write_text(
+                conf.replace('version = "1"', 'version = "3"\nswitch_cooldown_ms = 0')
+            )
+            pair.gw.send_signal(signal.SIGHUP)
+            time.sleep(1.0)
+            assert (
+                len([e for e in events(pair.gw_events) if e["event_type"] == "POLICY_RELOADED"])
+                == 1
+            )
+            assert "policy reload rejected" in (tmp_path / "gateway.log").read_text()
+            assert pair.gw.poll() is None
+            later = [e for e in events(pair.gw_events) if e["seq"] > reloaded[0]["seq"]]
+            ping_stream(topo, pair, 3, 0.2)
+            time.sleep(0.5)
+            later = [e for e in events(pair.gw_events) if e["seq"] > reloaded[0]["seq"]]
+            assert all(e["policy_version"] == "2" for e in later)
+        finally:
+            pair.stop()

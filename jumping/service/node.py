@@ -38,6 +38,7 @@ from jumping.service.tun import TunDevice
 log = Logger()
 
 _DATA = wire.MessageType.DATA
+_os_write = os.write
 RECONNECT_DELAY = 1.0
 
 
@@ -67,6 +68,7 @@ class NodeService(service.Service):
         self._timer: Any = None
         self._timer_at = float("inf")
         self.tun_drops = 0
+        self.tun_write_errors = 0
         self._endpoint_of: dict[Any, tuple[Any, Any]] = {}
         self.policy_rejections = 0
 
@@ -135,6 +137,7 @@ class NodeService(service.Service):
         self._seal = self.core.seal_data
         self._now = self.reactor.seconds
         self._write = self.tun.write
+        self._tun_fd = self.tun.fd
         self.tun.start()
         log.info(
             "jumping {role} {node} up: tun {tun}, {n} transport(s)",
@@ -226,7 +229,10 @@ class NodeService(service.Service):
         if data and data[0] == _DATA:
             plain = self._open(self._now(), transport, data)
             if plain is not None:
-                self._write(plain)
+                try:
+                    _os_write(self._tun_fd, plain)
+                except OSError:
+                    self.tun_write_errors += 1
             if core.pending:
                 self._run(core.take())
         else:
@@ -350,6 +356,6 @@ class NodeService(service.Service):
             "sessions": dict(core.state_counts()),
             "drops": dict(core.drops),
             "counters": dict(core.counters),
-            "tun_write_errors": self.tun.write_errors if self.tun else 0,
+            "tun_write_errors": self.tun_write_errors + (self.tun.write_errors if self.tun else 0),
             "events": self.events.seq if self.events else 0,
         }

@@ -84,6 +84,7 @@ class NodeConfig:
     policy: Policy = Policy()
     event_chain_key: Path | None = None
     address_privacy: str = "full"
+    metrics_listen: tuple[str, int] | None = None
 
 
 class _Reader:
@@ -208,7 +209,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> NodeConfig:
     r = _Reader(path)
     r.unknown(
         data,
-        {"node", "tun", "listen", "peers", "gateway", "ownership", "events", "policy"},
+        {"node", "tun", "listen", "peers", "gateway", "ownership", "events", "policy", "metrics"},
         "top level",
     )
     node = r.table(data, "node", "top level")
@@ -322,6 +323,19 @@ def parse_config(data: Mapping[str, Any], path: Path) -> NodeConfig:
         ):
             opts["path"] = str(r.base / opts["path"])
         events.append(PluginConfig(sink, opts))
+    met = r.table(data, "metrics", "top level", required=False)
+    r.unknown(met, {"listen"}, "[metrics]")
+    metrics_listen = None
+    if "listen" in met:
+        text = r.string(met, "listen", "[metrics]")
+        host, _, port = text.rpartition(":")
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+            metrics_listen = (host.strip("[]"), int(port))
+            if not 0 < metrics_listen[1] < 65536:
+                raise ValueError
+        except ValueError:
+            raise r.fail("[metrics]", f"listen: must be HOST:PORT, got {text!r}") from None
     pol = r.table(data, "policy", "top level", required=False)
     if "file" in pol:
         if len(pol) != 1:
@@ -339,5 +353,5 @@ def parse_config(data: Mapping[str, Any], path: Path) -> NodeConfig:
         raise r.fail("[policy]", str(e)) from None
     return NodeConfig(
         path, role, node_id, private_key, tun, tuple(listen), tuple(peers), gateway,
-        ownership, tuple(events), policy, chain_key, privacy,
+        ownership, tuple(events), policy, chain_key, privacy, metrics_listen,
     )  # fmt: skip

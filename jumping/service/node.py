@@ -69,6 +69,8 @@ class NodeService(service.Service):
         self._timer_at = float("inf")
         self.tun_drops = 0
         self.tun_write_errors = 0
+        self.metrics: Any = None
+        self.metrics_port: Any = None
         self._endpoint_of: dict[Any, tuple[Any, Any]] = {}
         self.policy_rejections = 0
 
@@ -115,6 +117,14 @@ class NodeService(service.Service):
             self.reactor, tun.name, tun.address, tun.mtu, tuple(tun.routes),
             self._tun_packet if cfg.role == "gateway" else self._tun_packet_client,
         )  # fmt: skip
+        if cfg.metrics_listen is not None:
+            from jumping.service.metrics import Metrics
+
+            self.metrics = Metrics(self)
+            try:
+                self.metrics_port = self.metrics.listen(self.reactor, *cfg.metrics_listen)
+            except Exception as e:
+                raise StartupError(f"cannot serve metrics on {cfg.metrics_listen}: {e}") from None
         if cfg.role == "gateway":
             for lc in cfg.listen:
                 factory = plugin.load(ITransportFactory, lc.transport, **dict(lc.options))
@@ -206,6 +216,9 @@ class NodeService(service.Service):
         if self.tun is not None:
             self.tun.close()
             self.tun = None
+        if self.metrics_port is not None:
+            waits.append(defer.maybeDeferred(self.metrics_port.stopListening))
+            self.metrics_port = None
         for closable in [*self.sinks, self.ownership]:
             if closable is not None:
                 try:
@@ -298,6 +311,9 @@ class NodeService(service.Service):
             elif t is Emit:
                 if self.events is not None:
                     self.events.emit(out)  # type: ignore[arg-type]
+                if self.metrics is not None and out.event_type == "TRANSPORT_SWITCH":  # type: ignore[union-attr]
+                    ms = out.fields.get("switch_latency_ms") or 0  # type: ignore[union-attr]
+                    self.metrics.switch_latency.observe(ms / 1000.0)
             elif t is ArmTimer:
                 self._arm(out.at)  # type: ignore[union-attr]
             elif t is Claim:

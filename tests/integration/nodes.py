@@ -60,6 +60,7 @@ class Pair:
         port: int = 51820,
         policy: dict[str, Any] | None = None,
         transports: tuple[str, ...] = ("udp",),
+        gw_extra: str = "",
     ) -> None:
         self.topo, self.tmp, self.cns, self.gns = topo, tmp, cns, gns
         self.port = port
@@ -86,7 +87,8 @@ allowed_ips = ["10.99.0.2/32"]
 sink = "jsonl"
 path = "gw-events.jsonl"
 [policy]
-{pol}""")
+{pol}{gw_extra}
+""")
         eps = "".join(
             f'[[gateway.endpoints]]\ntransport = "{t}"\nhost = "{h}"\nport = {port}\n'
             for t in transports

@@ -1,0 +1,96 @@
+"""
+Prometheus metrics, served by twisted.web (``[metrics] listen = "127.0.0.1:9477"``).
+
+Nothing is counted per packet for metrics: a custom collector reads the core's counters
+and state when Prometheus scrapes. The only observation made as things happen is the
+switch-latency histogram, fed from TRANSPORT_SWITCH events (rare by construction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+STATES = ("BIRTH", "ATTACHED", "VOLATILE", "DEGRADED", "RECOVERING")
+
+
+class NodeCollector:
+    def __init__(self, service: Any) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[Metric]:
+        svc = self.service
+        core = svc.core
+        if core is None:
+            return
+        node = svc.config.node_id
+        g = GaugeMetricFamily("jumping_sessions", "Sessions by state", labels=["node", "state"])
+        counts = core.state_counts()
+        for st in STATES:
+            g.add_metric([node, st], counts.get(st, 0))
+        yield g
+        t = CounterMetricFamily(
+            "jumping_transitions", "State transitions by reason code", labels=["node", "reason"]
+        )
+        d = CounterMetricFamily(
+            "jumping_drops", "Dropped packets by reason", labels=["node", "reason"]
+        )
+        h = CounterMetricFamily("jumping_handshakes", "Handshake messages", labels=["node", "kind"])
+        for key, value in sorted(core.counters.items()):
+            if key.startswith("transition:"):
+                t.add_metric([node, key.split(":", 1)[1]], value)
+            elif key.startswith("handshakes_"):
+                h.add_metric([node, key[len("handshakes_") :]], value)
+        for reason, value in sorted(core.drops.items()):
+            d.add_metric([node, reason], value)
+        yield t
+        yield d
+        yield h
+        r = CounterMetricFamily("jumping_replay_rejections", "Packets rejected by the replay window",
+                                labels=["node"])  # fmt: skip
+        r.add_metric([node], core.drops.get("REPLAY", 0))
+        yield r
+        q = GaugeMetricFamily("jumping_event_sink_queue_depth", "Events queued per sink",
+                              labels=["node", "sink"])  # fmt: skip
+        sd = CounterMetricFamily("jumping_event_sink_dropped", "Events dropped per sink",
+                                 labels=["node", "sink"])  # fmt: skip
+        sv = CounterMetricFamily("jumping_event_sink_delivered", "Events delivered per sink",
+                                 labels=["node", "sink"])  # fmt: skip
+        for i, sink in enumerate(svc.sinks):
+            name = f"{getattr(sink, 'name', 'sink')}{i}"
+            q.add_metric([node, name], getattr(sink, "queue_depth", 0))
+            sd.add_metric([node, name], getattr(sink, "dropped", 0))
+            sv.add_metric([node, name], getattr(sink, "delivered", 0))
+        yield q
+        yield sd
+        yield sv
+        e = CounterMetricFamily("jumping_events", "Events emitted", labels=["node"])
+        e.add_metric([node], svc.events.seq if svc.events else 0)
+        yield e
+        w = CounterMetricFamily("jumping_tun_write_errors", "Failed TUN writes", labels=["node"])
+        w.add_metric([node], svc.tun_write_errors)
+        yield w
+
+
+class Metrics:
+    def __init__(self, service: Any) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(NodeCollector(service))  # type: ignore[arg-type]
+        self.switch_latency = Histogram(
+            "jumping_switch_latency_seconds",
+            "Time from the decision to move to another transport until it carries the session",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0),
+            registry=self.registry,
+        )
+
+    def listen(self, reactor: Any, host: str, port: int) -> Any:
+        from prometheus_client.twisted import MetricsResource
+        from twisted.web.resource import Resource
+        from twisted.web.server import Site
+
+        root = Resource()
+        root.putChild(b"metrics", MetricsResource(registry=self.registry))
+        return reactor.listenTCP(port, Site(root), interface=host)

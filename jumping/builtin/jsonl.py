@@ -46,6 +46,7 @@ class JSONLinesSink:
         self.dropped = 0
         self.delivered = 0
         self.write_errors = 0
+        self._written = 0
         self._q: deque[dict[str, Any]] = deque()
         self._cv = threading.Condition()
         self._stop = False
@@ -84,18 +85,34 @@ class JSONLinesSink:
             batch: list[dict[str, Any]] = []
             while self._q and len(batch) < 1000:
                 batch.append(self._q.popleft())
-            data = "".join(
-                json.dumps(e, sort_keys=True, separators=(",", ":")) + "\n" for e in batch
-            )
             try:
-                if os.path.exists(self.path) and os.path.getsize(self.path) >= self.rotate_bytes:
-                    self._rotate()
-                with open(self.path, "a", encoding="utf-8") as f:
-                    f.write(data)
-                self.delivered += len(batch)
+                self._write(batch)
             except (OSError, ValueError):
                 self.write_errors += 1
-                self.dropped += len(batch)
+                self.dropped += len(batch) - self._written
+            self._written = 0
+
+    def _write(self, batch: list[dict[str, Any]]) -> None:
+        """Append, rotating whenever the file would exceed ``rotate_bytes``."""
+        self._written = 0
+        lines = [json.dumps(e, sort_keys=True, separators=(",", ":")) + "\n" for e in batch]
+        size = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+        i = 0
+        while i < len(lines):
+            if size >= self.rotate_bytes:
+                self._rotate()
+                size = 0
+            chunk: list[str] = []
+            while i < len(lines) and (size < self.rotate_bytes or not chunk):
+                chunk.append(lines[i])
+                size += len(lines[i])
+                i += 1
+                if size >= self.rotate_bytes:
+                    break
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write("".join(chunk))
+            self.delivered += len(chunk)
+            self._written += len(chunk)
 
     def close(self) -> defer.Deferred[None]:
         with self._cv:

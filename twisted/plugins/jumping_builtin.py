@@ -30,6 +30,12 @@ jsonl = PluginSpec(
 token_bucket = PluginSpec(
     "token-bucket",
     IRateLimitPolicy,
-    "jumping.builtin.ratelimit:TokenBucketPolicy",
+    "jumping.core.ratelimit:SwitchLimiter",
     "per-key switch cap per minute plus cooldown",
+)
+syslog = PluginSpec(
+    "syslog",
+    IEventSink,
+    "jumping.builtin.syslog:SyslogSink",
+    "RFC 5424 syslog (or CEF) over UDP or a Unix socket, for classic SIEMs",
 )

@@ -1,0 +1,116 @@
+"""Event sinks: JSON lines (rotation, full or read-only disk) and syslog, through the plugin
+loader; a sink never blocks nor raises, it drops and counts."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from jumping import plugin
+from jumping.errors import PluginError
+from jumping.interfaces import IEventSink, IOwnershipBackend, IRateLimitPolicy, ITransportFactory
+
+
+def ev(i: int) -> dict:
+    return {
+        "schema": "jumping.event/1",
+        "ts_ms": 1_800_000_000_000 + i,
+        "event_type": "SESSION_STATS",
+        "session_id": "ab" * 16,
+        "node_id": "n",
+        "policy_version": "1",
+        "state_version": 1,
+        "reason_code": None,
+        "seq": i,
+        "prev_hash": "0" * 64,
+    }
+
+
+def wait_for(cond, timeout: float = 5.0) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not cond():
+        time.sleep(0.01)
+    assert cond()
+
+
+def test_every_builtin_plugin_loads_and_verifies(tmp_path: Path) -> None:
+    assert {"udp", "tcp"} <= set(plugin.available(ITransportFactory))
+    assert plugin.available(IOwnershipBackend) == ["memory"]
+    assert {"jsonl", "syslog"} <= set(plugin.available(IEventSink))
+    lim = plugin.load(IRateLimitPolicy, "token-bucket", max_per_min=2, cooldown_ms=10)
+    assert lim.check("s", 0) is None
+    lim.record("s", 0)
+    assert lim.check("s", 5) == "COOLDOWN_ACTIVE"
+    lim.record("s", 20)
+    assert lim.check("s", 40) == "SWITCH_RATE_LIMITED"
+    with pytest.raises(PluginError, match="unknown event sink plugin 'nope'; installed: "):
+        plugin.load(IEventSink, "nope")
+    with pytest.raises(PluginError, match="jsonl"):
+        plugin.load(IEventSink, "jsonl", path=str(tmp_path / "x"), bogus=1)
+
+
+def test_jsonl_writes_rotates_and_counts(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    sink = plugin.load(IEventSink, "jsonl", path=str(path), rotate_bytes=4096, keep=2)
+    for i in range(200):
+        sink.emit(ev(i))
+    wait_for(lambda: sink.delivered == 200)
+    sink.close()
+    files = sorted(tmp_path.glob("events.jsonl*"))
+    assert len(files) == 3  # current + 2 kept
+    lines = [json.loads(x) for f in files for x in f.read_text().splitlines()]
+    assert len(lines) < 200 and lines  # the oldest rotated away, by design
+    assert sink.dropped == 0
+
+
+@pytest.mark.skipif(os.geteuid() == 0 and not Path("/dev/full").exists(), reason="no /dev/full")
+def test_jsonl_on_a_full_disk_drops_and_counts_without_blocking(tmp_path: Path) -> None:
+    sink = plugin.load(IEventSink, "jsonl", path="/dev/full", max_queue=50)
+    t = time.monotonic()
+    for i in range(10_000):
+        sink.emit(ev(i))
+    assert time.monotonic() - t < 1.0  # never blocks the caller
+    wait_for(lambda: sink.queue_depth == 0)
+    assert sink.dropped > 0 and sink.delivered == 0
+    assert sink.dropped + sink.delivered <= 10_000
+    sink.close()
+
+
+def test_jsonl_read_only_directory(tmp_path: Path) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    sink = plugin.load(IEventSink, "jsonl", path=str(ro / "sub" / "events.jsonl"))
+    for i in range(10):
+        sink.emit(ev(i))
+    wait_for(lambda: sink.dropped == 10)
+    sink.close()
+
+
+@pytest.mark.parametrize("fmt", ["rfc5424", "cef"])
+def test_syslog_sends_one_message_per_event(fmt: str) -> None:
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.settimeout(5)
+    sink = plugin.load(IEventSink, "syslog", address=f"127.0.0.1:{rx.getsockname()[1]}", format=fmt)
+    for i in range(3):
+        sink.emit(ev(i))
+    msgs = [rx.recv(65535).decode() for _ in range(3)]
+    sink.close()
+    rx.close()
+    assert all(m.startswith("<110>1 ") for m in msgs)  # facility 13, severity 6
+    if fmt == "cef":
+        assert all("CEF:0|Jumping|jumping|1|SESSION_STATS|" in m for m in msgs)
+    else:
+        assert json.loads(msgs[2].split(" - ", 2)[2])["seq"] == 2
+
+
+def test_syslog_bad_options_are_clear() -> None:
+    with pytest.raises(PluginError, match="format must be rfc5424 or cef"):
+        plugin.load(IEventSink, "syslog", format="xml")
+    with pytest.raises(PluginError, match="facility"):
+        plugin.load(IEventSink, "syslog", facility=99)

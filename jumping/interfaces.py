@@ -99,6 +99,28 @@ class ITransport(Interface):
         """
 
 
+class IBatchTransport(ITransport):
+    """
+    A transport that can hand several datagrams to the kernel at once (optional).
+
+    The node collects what one reactor wake-up produced for a path and calls
+    :meth:`send_batch` once instead of :meth:`ITransport.send` per datagram; transports
+    without it get one ``send`` per datagram. What reaches the far end is exactly what the
+    same ``send`` calls would have delivered, in the same order.
+    """
+
+    def send_batch(datagrams):  # type: ignore[no-untyped-def]
+        """
+        Send every datagram of the list, in order, as :meth:`ITransport.send` would.
+
+        Never raises for network conditions; each datagram that could not be sent adds one
+        to :attr:`ITransport.send_errors`.
+
+        :param list datagrams: ``bytes`` objects of at most 65535 bytes each; the list is
+            the caller's and must not be kept.
+        """
+
+
 class ITransportFactory(Interface):
     """
     Creates transports of one kind: listeners on a gateway, outgoing paths on a client.

@@ -9,6 +9,14 @@ a path can be bound to a chosen source address.
 Sending goes straight to the socket (``sendto``/``send``): no Twisted write buffering, no
 per-packet allocation beyond the datagram itself. Socket buffers are raised to
 ``buffer_bytes`` (with ``SO_*BUFFORCE`` when running as root; no global sysctl is touched).
+
+Batching (Linux UDP segmentation offload, ``gso = true``, the default): paths provide
+:class:`~jumping.interfaces.IBatchTransport`; ``send_batch`` hands a run of equal-size
+datagrams to the kernel in one ``sendmsg`` with ``UDP_SEGMENT``, which walks the UDP/IP
+stack once for the whole run (the datagrams on the wire are unchanged). Sockets also ask for
+``UDP_GRO``, so a run that arrives whole is read with one ``recvmsg`` and split at the
+segment size the kernel reports. Where the kernel refuses either option, the path falls
+back to one system call per datagram, counted in ``gso_fallbacks``.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import errno
 import itertools
 import socket
+import sys
 from collections import OrderedDict
 from typing import Any
 
@@ -25,13 +34,21 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from jumping.interfaces import IListener, ITransport, ITransportFactory
+from jumping.interfaces import IBatchTransport, IListener, ITransportFactory
 
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 _ids = itertools.count(1)
 _log = Logger()
 _READ_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.EMSGSIZE, errno.ECONNREFUSED)
+SOL_UDP = 17
+UDP_SEGMENT = 103  # linux/udp.h: cmsg (u16) = segment size of a GSO send
+UDP_GRO = 104  # linux/udp.h: sockopt; cmsg (int) = segment size of a coalesced read
+#: kernel limits of one GSO send (UDP_MAX_SEGMENTS is 64 on older kernels)
+GSO_MAX_SEGMENTS = 64
+GSO_MAX_BYTES = 65000
+_GRO_CMSG = socket.CMSG_SPACE(4)
+_BYTEORDER = sys.byteorder
 
 
 class LeanPort(udp.Port):
@@ -40,8 +57,31 @@ class LeanPort(udp.Port):
     own bookkeeping per datagram). Up to ``maxThroughput`` bytes per reactor wake-up."""
 
     handler: Any = None
+    gro = False
+    handler_errors = 0
+    #: reads that returned a coalesced run of several datagrams
+    coalesced_reads = 0
+    _fresh: socket.socket | None = None
+
+    def createInternetSocket(self) -> socket.socket:  # noqa: N802
+        self._fresh = skt = super().createInternetSocket()
+        return skt
+
+    def _bindSocket(self) -> None:
+        """Twisted's ``udp.Port`` leaves the socket of a failed bind to the garbage
+        collector (its traceback keeps it open); close it now: nothing is left open."""
+        try:
+            super()._bindSocket()
+        except CannotListenError:
+            if self._fresh is not None:
+                self._fresh.close()
+            raise
+        finally:
+            self._fresh = None
 
     def doRead(self) -> None:  # noqa: N802
+        if self.gro:
+            return self._read_gro()
         recv = self.socket.recvfrom
         handler = self.handler
         size = self.maxPacketSize
@@ -57,15 +97,94 @@ class LeanPort(udp.Port):
             try:
                 handler(data, addr)
             except Exception:
-                self.handler_errors = getattr(self, "handler_errors", 0) + 1
+                self.handler_errors += 1
+                _log.failure("datagram handler failed")
+
+    def _read_gro(self) -> None:
+        """Like doRead, but a coalesced run of datagrams is split at the kernel's segment
+        size before each piece goes to the handler, exactly as if read one by one."""
+        recv = self.socket.recvmsg
+        handler = self.handler
+        size = self.maxPacketSize
+        read = 0
+        while read < self.maxThroughput:
+            try:
+                data, anc, _flags, addr = recv(size, _GRO_CMSG)
+            except OSError as e:
+                if e.errno in _READ_AGAIN:
+                    return
+                raise
+            n = len(data)
+            read += n
+            try:
+                if anc:
+                    seg = int.from_bytes(anc[0][2][:4], _BYTEORDER)
+                    if 0 < seg < n:
+                        self.coalesced_reads += 1
+                        for off in range(0, n, seg):
+                            handler(data[off : off + seg], addr)
+                        continue
+                handler(data, addr)
+            except Exception:
+                self.handler_errors += 1
                 _log.failure("datagram handler failed")
 
 
-def _listen(reactor: Any, port: int, host: str, handler: Any) -> LeanPort:
+def _listen(reactor: Any, port: int, host: str, handler: Any, gso: bool) -> LeanPort:
     p = LeanPort(port, _Null(), host, 65535, reactor)
     p.handler = handler
     p.startListening()
+    if gso:
+        try:
+            p.socket.setsockopt(SOL_UDP, UDP_GRO, 1)
+            p.gro = True
+        except OSError:
+            pass  # an old kernel: datagrams arrive one by one, as without the option
     return p
+
+
+def _send_batch(path: Any, datagrams: list[bytes], addr: tuple[str, int]) -> None:
+    """Send ``datagrams`` in order: runs of equal size (the last one may be shorter) as one
+    ``UDP_SEGMENT`` ``sendmsg`` each, anything else with ``sendto``."""
+    sendto = path._sendto
+    sendmsg = path._sendmsg
+    n = len(datagrams)
+    i = 0
+    while i < n:
+        size = len(datagrams[i])
+        j = i + 1
+        total = size
+        if sendmsg is not None:
+            limit = min(n, i + GSO_MAX_SEGMENTS)
+            while j < limit and len(datagrams[j]) == size and total + size <= GSO_MAX_BYTES:
+                total += size
+                j += 1
+            if (
+                j < limit
+                and len(datagrams[j]) < size
+                and total + len(datagrams[j]) <= GSO_MAX_BYTES
+            ):
+                j += 1  # a shorter datagram may close a run
+        try:
+            if j - i == 1:
+                sendto(datagrams[i], addr)
+            else:
+                sendmsg(
+                    datagrams[i:j], [(SOL_UDP, UDP_SEGMENT, size.to_bytes(2, _BYTEORDER))], 0, addr
+                )
+        except OSError as e:
+            if j - i > 1 and e.errno in (
+                errno.EINVAL,
+                errno.EIO,
+                errno.ENOPROTOOPT,
+                errno.EMSGSIZE,
+            ):
+                # the kernel or the route cannot segment: from now on, one by one
+                path._sendmsg = sendmsg = None
+                path.gso_fallbacks += 1
+                continue
+            path.send_errors += j - i
+        i = j
 
 
 class _Null(DatagramProtocol):
@@ -88,15 +207,17 @@ def _fmt(addr: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-@implementer(ITransport)
+@implementer(IBatchTransport)
 class UDPPath:
     """One remote address seen by a listener (gateway side)."""
 
     kind = "udp"
+    gso_fallbacks = 0
 
     def __init__(self, listener: UDPListener, addr: tuple[str, int]) -> None:
         self._listener = listener
         self._sendto = listener.sock.sendto
+        self._sendmsg = listener.sock.sendmsg if listener.gso else None
         self._addr = addr
         self.local_address = listener.local_address
         self.remote_address = (addr[0], addr[1])
@@ -113,6 +234,12 @@ class UDPPath:
         except OSError:
             self.send_errors += 1
 
+    def send_batch(self, datagrams: list[bytes]) -> None:
+        if not self.connected:
+            self.send_errors += len(datagrams)
+            return
+        _send_batch(self, datagrams, self._addr)
+
     def close(self) -> None:
         if self.connected:
             self.connected = False
@@ -125,14 +252,22 @@ class UDPPath:
 @implementer(IListener)
 class UDPListener:
     def __init__(
-        self, reactor: Any, host: str, port: int, receiver: Any, max_paths: int, buffer_bytes: int
+        self,
+        reactor: Any,
+        host: str,
+        port: int,
+        receiver: Any,
+        max_paths: int,
+        buffer_bytes: int,
+        gso: bool = True,
     ) -> None:
         self.receiver = receiver
         self.receive = receiver.datagramReceived
         self.max_paths = max_paths
+        self.gso = gso
         self.paths: OrderedDict[Any, UDPPath] = OrderedDict()
         self.evicted = 0
-        self.port = _listen(reactor, port, host, self._on_datagram)
+        self.port = _listen(reactor, port, host, self._on_datagram, gso)
         self.sock: socket.socket = self.port.socket
         _tune(self.sock, buffer_bytes)
         bound = self.sock.getsockname()
@@ -162,7 +297,7 @@ class UDPListener:
         return defer.maybeDeferred(self.port.stopListening)
 
 
-@implementer(ITransport)
+@implementer(IBatchTransport)
 class UDPClientPath:
     """A UDP socket of its own from a (chosen) local address to one gateway endpoint.
 
@@ -173,6 +308,7 @@ class UDPClientPath:
     """
 
     kind = "udp"
+    gso_fallbacks = 0
 
     def __init__(
         self,
@@ -181,6 +317,7 @@ class UDPClientPath:
         receiver: Any,
         local: tuple[str, int] | None,
         buffer_bytes: int,
+        gso: bool = True,
     ) -> None:
         self.receiver = receiver
         self.receive = receiver.datagramReceived
@@ -188,10 +325,11 @@ class UDPClientPath:
         self.send_errors = 0
         host, lport = (local or ("", 0))[0], (local or ("", 0))[1]
         self._remote = (remote[0], remote[1])
-        self.port = _listen(reactor, lport, host, self._on_datagram)
+        self.port = _listen(reactor, lport, host, self._on_datagram, gso)
         self.sock: socket.socket = self.port.socket
         _tune(self.sock, buffer_bytes)
         self._sendto = self.sock.sendto
+        self._sendmsg = self.sock.sendmsg if gso else None
         bound = self.sock.getsockname()
         self.local_address = (bound[0], bound[1])
         self.remote_address = self._remote
@@ -215,6 +353,12 @@ class UDPClientPath:
             if e.errno == errno.EBADF:
                 self.connected = False
 
+    def send_batch(self, datagrams: list[bytes]) -> None:
+        if not self.connected:
+            self.send_errors += len(datagrams)
+            return
+        _send_batch(self, datagrams, self._remote)
+
     def close(self) -> None:
         if self.connected:
             self.connected = False
@@ -226,23 +370,31 @@ class UDPClientPath:
 
 @implementer(ITransportFactory)
 class UDPTransportFactory:
-    """``udp`` plugin. Options: ``max_paths`` (per listener), ``buffer_bytes``."""
+    """``udp`` plugin. Options: ``max_paths`` (per listener), ``buffer_bytes``, ``gso``
+    (segmentation/receive offload where the kernel has it; default true)."""
 
     kind = "udp"
 
-    def __init__(self, max_paths: int = 65536, buffer_bytes: int = 4 * 1024 * 1024) -> None:
+    def __init__(
+        self, max_paths: int = 65536, buffer_bytes: int = 4 * 1024 * 1024, gso: bool = True
+    ) -> None:
         if not isinstance(max_paths, int) or not 1 <= max_paths <= 10_000_000:
             raise ValueError(f"udp: max_paths must be an integer in 1..10000000, got {max_paths!r}")
         if not isinstance(buffer_bytes, int) or not 4096 <= buffer_bytes <= 1 << 30:
             raise ValueError(
                 f"udp: buffer_bytes must be an integer in 4096..1073741824, got {buffer_bytes!r}"
             )
+        if not isinstance(gso, bool):
+            raise ValueError(f"udp: gso must be true or false, got {gso!r}")
         self.max_paths = max_paths
         self.buffer_bytes = buffer_bytes
+        self.gso = gso
 
     def listen(self, reactor: Any, host: str, port: int, receiver: Any) -> UDPListener:
         try:
-            return UDPListener(reactor, host, port, receiver, self.max_paths, self.buffer_bytes)
+            return UDPListener(
+                reactor, host, port, receiver, self.max_paths, self.buffer_bytes, self.gso
+            )
         except CannotListenError as e:
             err = e.socketError
             raise OSError(
@@ -254,7 +406,7 @@ class UDPTransportFactory:
         self, reactor: Any, remote: tuple[str, int], receiver: Any, local: Any = None
     ) -> defer.Deferred[UDPClientPath]:
         try:
-            path = UDPClientPath(reactor, remote, receiver, local, self.buffer_bytes)
+            path = UDPClientPath(reactor, remote, receiver, local, self.buffer_bytes, self.gso)
         except Exception as e:
             return defer.fail(e)
         return defer.succeed(path)

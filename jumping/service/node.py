@@ -30,7 +30,13 @@ from jumping.core.client import ClientCore
 from jumping.core.gateway import GatewayCore
 from jumping.core.node import NodeCore, Peer
 from jumping.core.outputs import ArmTimer, Claim, Drop, Emit, Output, Release, Send, WriteTun
-from jumping.interfaces import IDatagramReceiver, IEventSink, IOwnershipBackend, ITransportFactory
+from jumping.interfaces import (
+    IBatchTransport,
+    IDatagramReceiver,
+    IEventSink,
+    IOwnershipBackend,
+    ITransportFactory,
+)
 from jumping.keys import load_private_key
 from jumping.service.events import EventPipeline
 from jumping.service.tun import TunDevice
@@ -40,6 +46,8 @@ log = Logger()
 _DATA = wire.MessageType.DATA
 _os_write = os.write
 RECONNECT_DELAY = 1.0
+#: datagrams sealed in one TUN wake-up and handed to a path in one send_batch, at most
+BATCH_MAX = 64
 
 
 class StartupError(Exception):
@@ -73,6 +81,8 @@ class NodeService(service.Service):
         self.metrics_port: Any = None
         self._endpoint_of: dict[Any, tuple[Any, Any]] = {}
         self.policy_rejections = 0
+        self._batch: list[bytes] = []
+        self._batch_path: Any = None
 
     # ------------------------------------------------------------------ startup
     def prepare(self) -> None:
@@ -116,6 +126,7 @@ class NodeService(service.Service):
         self.tun = TunDevice(
             self.reactor, tun.name, tun.address, tun.mtu, tuple(tun.routes),
             self._tun_packet if cfg.role == "gateway" else self._tun_packet_client,
+            self._flush,
         )  # fmt: skip
         if cfg.metrics_listen is not None:
             from jumping.service.metrics import Metrics
@@ -216,6 +227,7 @@ class NodeService(service.Service):
         if self.tun is not None:
             self.tun.close()
             self.tun = None
+        self._batch, self._batch_path = [], None
         if self.metrics_port is not None:
             waits.append(defer.maybeDeferred(self.metrics_port.stopListening))
             self.metrics_port = None
@@ -254,10 +266,31 @@ class NodeService(service.Service):
     def _tun_packet(self, packet: bytes) -> None:
         r = self._seal(self._now(), packet)
         if r is not None:
-            r[0].send(r[1])
+            path = r[0]
+            if path is self._batch_path:
+                batch = self._batch
+                batch.append(r[1])
+                if len(batch) >= BATCH_MAX:
+                    self._flush()
+            elif IBatchTransport.providedBy(path):
+                self._flush()
+                self._batch_path = path
+                self._batch.append(r[1])
+            else:
+                path.send(r[1])
         core = self.core
         if core is not None and core.pending:
             self._run(core.take())
+
+    def _flush(self) -> None:
+        """Send what the TUN read loop sealed for the current batch path (one call)."""
+        batch = self._batch
+        if batch:
+            self._batch = []
+            if len(batch) == 1:
+                self._batch_path.send(batch[0])
+            else:
+                self._batch_path.send_batch(batch)
 
     _tun_packet_client = _tun_packet
 

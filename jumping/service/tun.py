@@ -23,27 +23,37 @@ from zope.interface import implementer
 
 class LeanTuntapPort(TuntapPort):
     """TuntapPort with a tighter read loop: ``os.read`` and one call per packet, straight
-    into the node's fast path, up to ``maxThroughput`` bytes per reactor wake-up."""
+    into the node's fast path, up to ``maxThroughput`` bytes per reactor wake-up; then one
+    call to ``on_flush`` (the node sends what the wake-up produced, batched per path)."""
 
     on_packet: Any = None
+    on_flush: Any = None
+    handler_errors = 0
 
     def doRead(self) -> None:  # noqa: N802
         read_fd = os.read
         fd = self._fileno
         on_packet = self.on_packet
         read = 0
-        while read < self.maxThroughput:
-            try:
-                data = read_fd(fd, 65536)
-            except OSError as e:
-                if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
-                    return
-                raise
-            read += len(data)
-            try:
-                on_packet(data)
-            except Exception:
-                self.handler_errors = getattr(self, "handler_errors", 0) + 1
+        try:
+            while read < self.maxThroughput:
+                try:
+                    data = read_fd(fd, 65536)
+                except OSError as e:
+                    if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
+                        return
+                    raise
+                read += len(data)
+                try:
+                    on_packet(data)
+                except Exception:
+                    self.handler_errors += 1
+        finally:
+            if self.on_flush is not None:
+                try:
+                    self.on_flush()
+                except Exception:
+                    self.handler_errors += 1
 
 
 class TunError(Exception):
@@ -90,6 +100,7 @@ class TunDevice:
         mtu: int,
         routes: Sequence[str],
         on_packet: Callable[[bytes], None],
+        on_flush: Callable[[], None] | None = None,
     ) -> None:
         if shutil.which("ip") is None:
             raise TunError("the 'ip' command (iproute2) is required to configure the TUN device")
@@ -98,6 +109,7 @@ class TunDevice:
             name.encode(), self.protocol, maxPacketSize=65536, reactor=reactor
         )
         self.port.on_packet = on_packet
+        self.port.on_flush = on_flush
         try:
             self.port._bindSocket()
         except Exception as e:

@@ -65,6 +65,26 @@ class IDatagramReceiver(Interface):
         """
 
 
+class IBatchDatagramReceiver(IDatagramReceiver):
+    """
+    A receiver that also takes a run of datagrams read at once (optional for transports).
+
+    Transports that read several datagrams of one path in one system call (UDP GRO) hand
+    them over in one call, so the receiver can process them together (e.g. write the inner
+    packets to the TUN device coalesced). Equivalent to one :meth:`datagramReceived` per
+    datagram, in order.
+    """
+
+    def datagramsReceived(transport, datagrams):  # type: ignore[no-untyped-def]
+        """
+        Several datagrams arrived on ``transport``, in this order.
+
+        Called on the reactor thread. Must not raise.
+
+        :param list datagrams: ``bytes`` objects; the list is the caller's.
+        """
+
+
 class ITransport(Interface):
     """
     One path a session can be bound to: a UDP 4-tuple, a TCP connection, a QUIC path.

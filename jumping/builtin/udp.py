@@ -34,7 +34,12 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from jumping.interfaces import IBatchTransport, IListener, ITransportFactory
+from jumping.interfaces import (
+    IBatchDatagramReceiver,
+    IBatchTransport,
+    IListener,
+    ITransportFactory,
+)
 
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
@@ -57,6 +62,7 @@ class LeanPort(udp.Port):
     own bookkeeping per datagram). Up to ``maxThroughput`` bytes per reactor wake-up."""
 
     handler: Any = None
+    handler_many: Any = None
     gro = False
     handler_errors = 0
     #: reads that returned a coalesced run of several datagrams
@@ -121,8 +127,11 @@ class LeanPort(udp.Port):
                     seg = int.from_bytes(anc[0][2][:4], _BYTEORDER)
                     if 0 < seg < n:
                         self.coalesced_reads += 1
-                        for off in range(0, n, seg):
-                            handler(data[off : off + seg], addr)
+                        if self.handler_many is not None:
+                            self.handler_many([data[o : o + seg] for o in range(0, n, seg)], addr)
+                        else:
+                            for off in range(0, n, seg):
+                                handler(data[off : off + seg], addr)
                         continue
                 handler(data, addr)
             except Exception:
@@ -130,9 +139,12 @@ class LeanPort(udp.Port):
                 _log.failure("datagram handler failed")
 
 
-def _listen(reactor: Any, port: int, host: str, handler: Any, gso: bool) -> LeanPort:
+def _listen(
+    reactor: Any, port: int, host: str, handler: Any, gso: bool, handler_many: Any = None
+) -> LeanPort:
     p = LeanPort(port, _Null(), host, 65535, reactor)
     p.handler = handler
+    p.handler_many = handler_many
     p.startListening()
     if gso:
         try:
@@ -267,7 +279,8 @@ class UDPListener:
         self.gso = gso
         self.paths: OrderedDict[Any, UDPPath] = OrderedDict()
         self.evicted = 0
-        self.port = _listen(reactor, port, host, self._on_datagram, gso)
+        many = self._on_datagrams if IBatchDatagramReceiver.providedBy(receiver) else None
+        self.port = _listen(reactor, port, host, self._on_datagram, gso, many)
         self.sock: socket.socket = self.port.socket
         _tune(self.sock, buffer_bytes)
         bound = self.sock.getsockname()
@@ -278,6 +291,12 @@ class UDPListener:
         if path is None:
             path = self._new_path(addr)
         self.receive(path, data)
+
+    def _on_datagrams(self, datagrams: list[bytes], addr: Any) -> None:
+        path = self.paths.get(addr)
+        if path is None:
+            path = self._new_path(addr)
+        self.receiver.datagramsReceived(path, datagrams)
 
     def _new_path(self, addr: Any) -> UDPPath:
         if len(self.paths) >= self.max_paths:
@@ -325,7 +344,8 @@ class UDPClientPath:
         self.send_errors = 0
         host, lport = (local or ("", 0))[0], (local or ("", 0))[1]
         self._remote = (remote[0], remote[1])
-        self.port = _listen(reactor, lport, host, self._on_datagram, gso)
+        many = self._on_datagrams if IBatchDatagramReceiver.providedBy(receiver) else None
+        self.port = _listen(reactor, lport, host, self._on_datagram, gso, many)
         self.sock: socket.socket = self.port.socket
         _tune(self.sock, buffer_bytes)
         self._sendto = self.sock.sendto
@@ -341,6 +361,12 @@ class UDPClientPath:
             self.foreign += 1  # not from our gateway endpoint: never handed on
             return
         self.receive(self, data)
+
+    def _on_datagrams(self, datagrams: list[bytes], addr: Any) -> None:
+        if addr[0] != self._remote[0] or addr[1] != self._remote[1]:
+            self.foreign += len(datagrams)
+            return
+        self.receiver.datagramsReceived(self, datagrams)
 
     def send(self, data: bytes) -> None:
         if not self.connected:

@@ -31,8 +31,8 @@ from jumping.core.gateway import GatewayCore
 from jumping.core.node import NodeCore, Peer
 from jumping.core.outputs import ArmTimer, Claim, Drop, Emit, Output, Release, Send, WriteTun
 from jumping.interfaces import (
+    IBatchDatagramReceiver,
     IBatchTransport,
-    IDatagramReceiver,
     IEventSink,
     IOwnershipBackend,
     ITransportFactory,
@@ -44,7 +44,6 @@ from jumping.service.tun import TunDevice
 log = Logger()
 
 _DATA = wire.MessageType.DATA
-_os_write = os.write
 RECONNECT_DELAY = 1.0
 #: datagrams sealed in one TUN wake-up and handed to a path in one send_batch, at most
 BATCH_MAX = 64
@@ -54,7 +53,7 @@ class StartupError(Exception):
     """The node cannot start; the message is one line for the operator."""
 
 
-@implementer(IDatagramReceiver)
+@implementer(IBatchDatagramReceiver)
 class NodeService(service.Service):
     name = "jumping-node"
 
@@ -81,6 +80,7 @@ class NodeService(service.Service):
         self.metrics_port: Any = None
         self._endpoint_of: dict[Any, tuple[Any, Any]] = {}
         self.policy_rejections = 0
+        self._owner_watches: dict[str, Any] = {}  # session id -> the backend's watch
         self._batch: list[bytes] = []
         self._batch_path: Any = None
 
@@ -158,7 +158,7 @@ class NodeService(service.Service):
         self._seal = self.core.seal_data
         self._now = self.reactor.seconds
         self._write = self.tun.write
-        self._tun_fd = self.tun.fd
+        self._write_many = self.tun.write_many
         self.tun.start()
         log.info(
             "jumping {role} {node} up: tun {tun}, {n} transport(s)",
@@ -231,6 +231,9 @@ class NodeService(service.Service):
         if self.metrics_port is not None:
             waits.append(defer.maybeDeferred(self.metrics_port.stopListening))
             self.metrics_port = None
+        for w in self._owner_watches.values():
+            w.cancel()
+        self._owner_watches.clear()
         for closable in [*self.sinks, self.ownership]:
             if closable is not None:
                 try:
@@ -254,14 +257,32 @@ class NodeService(service.Service):
         if data and data[0] == _DATA:
             plain = self._open(self._now(), transport, data)
             if plain is not None:
-                try:
-                    _os_write(self._tun_fd, plain)
-                except OSError:
-                    self.tun_write_errors += 1
+                self._write(plain)
             if core.pending:
                 self._run(core.take())
         else:
             self._run(core.receive(self._now(), transport, data))
+
+    def datagramsReceived(self, transport: Any, datagrams: list[bytes]) -> None:  # noqa: N802
+        """A run of datagrams from one path read at once: the inner packets are written to
+        the TUN device together (coalesced where they are one TCP flow)."""
+        core = self.core
+        if core is None:
+            return
+        now = self._now()
+        open_data = self._open
+        plains = []
+        for data in datagrams:
+            if data and data[0] == _DATA:
+                plain = open_data(now, transport, data)
+                if plain is not None:
+                    plains.append(plain)
+            else:
+                self._run(core.receive(now, transport, data))
+        if plains:
+            self._write_many(plains)
+        if core.pending:
+            self._run(core.take())
 
     def _tun_packet(self, packet: bytes) -> None:
         r = self._seal(self._now(), packet)
@@ -378,6 +399,7 @@ class NodeService(service.Service):
             return
 
         def ok(token: int) -> None:
+            self._watch_ownership(c.session_id)
             self._run(core.claimed(self.reactor.seconds(), c.session_id, token, None))
 
         def failed(f: Any) -> None:
@@ -388,7 +410,42 @@ class NodeService(service.Service):
 
         backend.claim(c.session_id, dict(c.record), c.token).addCallbacks(ok, failed)
 
+    def _watch_ownership(self, session_id: str) -> None:
+        """Fail closed: any change of an owned record that is not ours (another node's
+        claim, a foreign write, a deletion, the backend losing its lease: ``None``) ends the
+        session with OWNERSHIP_LOST; a split-brain marker (reason ``'conflict'``, etcd)
+        with OWNERSHIP_CONFLICT. The node never renews, so every new token is someone
+        else's; a node that starts renewing must update ``owner_token`` first."""
+        backend = self.ownership
+        old = self._owner_watches.pop(session_id, None)
+        if old is not None:
+            old.cancel()
+
+        def changed(sid: str, token: int | None, reason: str | None = None) -> None:
+            core = self.core
+            if not isinstance(core, GatewayCore):
+                return
+            s = core.sessions.get(bytes.fromhex(sid))
+            if s is None or s.owner_token is None or (token is not None and token == s.owner_token):
+                return
+            w = self._owner_watches.pop(sid, None)
+            if w is not None:
+                w.cancel()
+            log.warn("ownership of {sid} lost (token {old} -> {new}, {why})", sid=sid,
+                     old=s.owner_token, new=token, why=reason or "changed")  # fmt: skip
+            now = self.reactor.seconds()
+            if reason == "conflict":
+                self._run(core.claimed(now, sid, None, "split_brain"))
+            else:
+                self._run(core.ownership_lost(now, sid))
+
+        if backend is not None:
+            self._owner_watches[session_id] = backend.watch(session_id, changed)
+
     def _release(self, r: Release) -> None:
+        w = self._owner_watches.pop(r.session_id, None)
+        if w is not None:
+            w.cancel()
         if self.ownership is not None and r.token is not None:
             self.ownership.release(r.session_id, r.token).addErrback(
                 lambda f: log.warn("release {sid}: {e}", sid=r.session_id, e=f.value)
@@ -407,4 +464,5 @@ class NodeService(service.Service):
             "counters": dict(core.counters),
             "tun_write_errors": self.tun_write_errors + (self.tun.write_errors if self.tun else 0),
             "events": self.events.seq if self.events else 0,
+            "ownership_healthy": bool(getattr(self.ownership, "healthy", True)),
         }

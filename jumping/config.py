@@ -85,6 +85,8 @@ class NodeConfig:
     event_chain_key: Path | None = None
     address_privacy: str = "full"
     metrics_listen: tuple[str, int] | None = None
+    #: the IRateLimitPolicy plugin that limits transport switches per session
+    rate_limit: PluginConfig = PluginConfig("token-bucket")
 
 
 class _Reader:
@@ -209,7 +211,18 @@ def parse_config(data: Mapping[str, Any], path: Path) -> NodeConfig:
     r = _Reader(path)
     r.unknown(
         data,
-        {"node", "tun", "listen", "peers", "gateway", "ownership", "events", "policy", "metrics"},
+        {
+            "node",
+            "tun",
+            "listen",
+            "peers",
+            "gateway",
+            "ownership",
+            "events",
+            "policy",
+            "metrics",
+            "rate_limit",
+        },
         "top level",
     )
     node = r.table(data, "node", "top level")
@@ -311,6 +324,9 @@ def parse_config(data: Mapping[str, Any], path: Path) -> NodeConfig:
     own = r.table(data, "ownership", "top level", required=False)
     own_name = r.plugin_name(own, "backend", "[ownership]", "memory")
     ownership = PluginConfig(own_name, {k: v for k, v in own.items() if k != "backend"})
+    rl = r.table(data, "rate_limit", "top level", required=False)
+    rl_name = r.plugin_name(rl, "policy", "[rate_limit]", "token-bucket")
+    rate_limit = PluginConfig(rl_name, {k: v for k, v in rl.items() if k != "policy"})
     events: list[PluginConfig] = []
     for i, et in enumerate(r.tables(data, "events")):
         where = f"[[events]] #{i + 1}"
@@ -353,5 +369,5 @@ def parse_config(data: Mapping[str, Any], path: Path) -> NodeConfig:
         raise r.fail("[policy]", str(e)) from None
     return NodeConfig(
         path, role, node_id, private_key, tun, tuple(listen), tuple(peers), gateway,
-        ownership, tuple(events), policy, chain_key, privacy, metrics_listen,
+        ownership, tuple(events), policy, chain_key, privacy, metrics_listen, rate_limit,
     )  # fmt: skip

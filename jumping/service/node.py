@@ -35,6 +35,7 @@ from jumping.interfaces import (
     IBatchTransport,
     IEventSink,
     IOwnershipBackend,
+    IRateLimitPolicy,
     ITransportFactory,
 )
 from jumping.keys import load_private_key
@@ -113,6 +114,13 @@ class NodeService(service.Service):
             cfg.node_id, self.sinks, chain_key, lambda: str(self.core.policy.version if self.core else cfg.policy.version),
             self.reactor.seconds, cfg.address_privacy,
         )  # fmt: skip
+        rl = cfg.rate_limit
+        rl_options = dict(rl.options)
+        if rl.name == "token-bucket":
+            # the built-in takes its caps from the policy unless the table sets them
+            rl_options.setdefault("max_per_min", cfg.policy.max_switches_per_min)
+            rl_options.setdefault("cooldown_ms", cfg.policy.switch_cooldown_ms)
+        common["switch_limiter"] = plugin.load(IRateLimitPolicy, rl.name, **rl_options)
         if cfg.role == "gateway":
             peers = [Peer(p.public_key, p.allowed_ips, getattr(p, "name", "")) for p in cfg.peers]
             self.core = GatewayCore(peers=peers, **common)  # type: ignore[arg-type]

@@ -110,6 +110,7 @@ class MemoryOwnership:
             )
         new = next(st.tokens)
         st.records[session_id] = (dict(record), new, self.node_id)
+        st.notify(session_id, new)  # the token changed: watchers holding the old one must know
         return defer.succeed(new)
 
     def release(self, session_id: str, token: int) -> defer.Deferred[None]:

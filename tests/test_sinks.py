@@ -114,3 +114,29 @@ def test_syslog_bad_options_are_clear() -> None:
         plugin.load(IEventSink, "syslog", format="xml")
     with pytest.raises(PluginError, match="facility"):
         plugin.load(IEventSink, "syslog", facility=99)
+
+
+@pytest.mark.parametrize("name", ["jsonl", "syslog"])
+def test_an_event_that_is_not_json_is_dropped_alone_and_the_sink_lives_on(
+    name: str, tmp_path: Path
+) -> None:
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.settimeout(2)
+    opts = (
+        {"path": str(tmp_path / "e.jsonl")}
+        if name == "jsonl"
+        else {"address": f"127.0.0.1:{rx.getsockname()[1]}"}
+    )
+    sink = plugin.load(IEventSink, name, **opts)
+    try:
+        bad = dict(ev(1), extra=object())  # json.dumps raises TypeError
+        for e in (ev(0), bad, ev(2)):
+            sink.emit(e)
+        wait_for(lambda: sink.delivered + sink.dropped == 3)
+        assert (sink.delivered, sink.dropped) == (2, 1)
+        sink.emit(ev(3))  # the writer thread is still alive
+        wait_for(lambda: sink.delivered == 3)
+    finally:
+        sink.close()
+        rx.close()

@@ -43,7 +43,8 @@ class JSONLinesSink:
         self.max_queue = max_queue
         self.rotate_bytes = rotate_bytes
         self.keep = keep
-        self.dropped = 0
+        self.overflow = 0  # dropped on the reactor thread (queue full, closed)
+        self.write_dropped = 0  # dropped on the writer thread (write failed, not JSON)
         self.delivered = 0
         self.write_errors = 0
         self._written = 0
@@ -57,9 +58,14 @@ class JSONLinesSink:
     def queue_depth(self) -> int:
         return len(self._q)
 
+    @property
+    def dropped(self) -> int:
+        # two counters, each written by one thread only: no update is ever lost
+        return self.overflow + self.write_dropped
+
     def emit(self, event: dict[str, Any]) -> None:
         if len(self._q) >= self.max_queue or self._stop:
-            self.dropped += 1
+            self.overflow += 1
             return
         self._q.append(event)
         with self._cv:
@@ -87,15 +93,21 @@ class JSONLinesSink:
                 batch.append(self._q.popleft())
             try:
                 self._write(batch)
-            except (OSError, ValueError):
+            except Exception:  # a full or read-only disk, anything: never kill the thread
                 self.write_errors += 1
-                self.dropped += len(batch) - self._written
+                self.write_dropped += len(batch) - self._written
             self._written = 0
 
     def _write(self, batch: list[dict[str, Any]]) -> None:
         """Append, rotating whenever the file would exceed ``rotate_bytes``."""
         self._written = 0
-        lines = [json.dumps(e, sort_keys=True, separators=(",", ":")) + "\n" for e in batch]
+        lines = []
+        for e in batch:
+            try:
+                lines.append(json.dumps(e, sort_keys=True, separators=(",", ":")) + "\n")
+            except (TypeError, ValueError):
+                self.write_dropped += 1  # not JSON-serialisable: this event only
+                self._written += 1
         size = os.path.getsize(self.path) if os.path.exists(self.path) else 0
         i = 0
         while i < len(lines):

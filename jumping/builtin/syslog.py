@@ -91,7 +91,8 @@ class SyslogSink:
         self.app = app_name
         self.host = socket.gethostname()
         self.max_queue = max_queue
-        self.dropped = 0
+        self.overflow = 0  # dropped on the reactor thread (queue full, closed)
+        self.send_dropped = 0  # dropped on the sender thread (send failed, bad event)
         self.delivered = 0
         self._q: deque[dict[str, Any]] = deque()
         self._cv = threading.Condition()
@@ -104,9 +105,14 @@ class SyslogSink:
     def queue_depth(self) -> int:
         return len(self._q)
 
+    @property
+    def dropped(self) -> int:
+        # two counters, each written by one thread only: no update is ever lost
+        return self.overflow + self.send_dropped
+
     def emit(self, event: dict[str, Any]) -> None:
         if self._stop or len(self._q) >= self.max_queue:
-            self.dropped += 1
+            self.overflow += 1
             return
         self._q.append(event)
         with self._cv:
@@ -126,8 +132,8 @@ class SyslogSink:
                         self._fmt(event, self.facility, self.app, self.host), self._addr
                     )
                     self.delivered += 1
-                except (OSError, ValueError, TypeError):
-                    self.dropped += 1
+                except Exception:  # never kill the thread
+                    self.send_dropped += 1
 
     def close(self) -> defer.Deferred[None]:
         with self._cv:

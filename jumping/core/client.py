@@ -82,7 +82,10 @@ class ClientCore(NodeCore):
 
     def _start(self, now: float) -> None:
         self.restart_at = None
-        s = Session(_NO_SESSION, self.gateway, now)
+        # a provisional, random SessionID until the gateway assigns the real one: a
+        # handshake that fails is reported under an id of its own, never under a shared
+        # placeholder that a later attempt would reuse
+        s = Session(self.rng(16), self.gateway, now)
         s.owned = True
         self.session = s
         self.sessions[s.session_id] = s
@@ -99,7 +102,8 @@ class ClientCore(NodeCore):
         cookie = self.cookie[0] if self.cookie and now - self.cookie[1] < 115.0 else None
         hs = Initiation(
             self.me, self.gateway.public_key, self.rng, now, local,
-            s.session_id, s.fsm.state_version, cookie,
+            _NO_SESSION if s.fsm.state is State.BIRTH else s.session_id,
+            s.fsm.state_version, cookie,
         )  # fmt: skip
         self.handshakes[local] = (s, hs)
         s.handshake = hs

@@ -39,6 +39,13 @@ j_endpoints() {
   done
 }
 
+# JUMPING_POLICY="probe_timeout_multiplier = 2; heartbeat_interval_ms = 250" overrides policy
+# values on both daemons (the defaults are SPEC section 3's); empty = defaults.
+j_policy() {
+  [[ -n ${JUMPING_POLICY:-} ]] || return 0
+  printf '[policy]\n%s\n' "${JUMPING_POLICY//; /$'\n'}"
+}
+
 vpn_configure() {  # vpn_configure ENDPOINT_IP
   local ep=$1 d=${RUN_DIR:-/tmp} i
   cat >"$J_DIR/g.toml" <<T
@@ -59,6 +66,7 @@ allowed_ips = ["$IN_C/32"]
 [[events]]
 sink = "jsonl"
 path = "$d/jumping-gateway-events.jsonl"
+$(j_policy)
 T
   cat >"$J_DIR/c.toml" <<T
 [node]
@@ -75,6 +83,7 @@ $(j_endpoints "$ep")
 [[events]]
 sink = "jsonl"
 path = "$d/jumping-client-events.jsonl"
+$(j_policy)
 T
   rm -f "$d/jumping-client-events.jsonl" "$d/jumping-gateway-events.jsonl"
   bg_ns $NS_G "$d/jumping-gateway.log" env PYTHONPATH="$JUMPING_ROOT" "$(j_twistd)" -n --pidfile= --logfile=- jumping gateway --config "$J_DIR/g.toml"

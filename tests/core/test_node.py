@@ -214,6 +214,25 @@ def test_handshake_fails_explicitly_when_gateway_never_answers() -> None:
     assert net.client.counters["handshakes_sent"] >= 10
 
 
+def test_failed_handshakes_are_reported_under_ids_of_their_own() -> None:
+    """A session that never got its SessionID from the gateway still has a unique id in
+    its events: the next attempt never reuses it (no event 'after TERMINATED')."""
+    net = SimNet(seed=5)
+    net.links[0].up = False
+    net.start()
+    net.run_for(40)  # fails, backs off, starts again, fails again
+    fails = [e for e in net.events("client", "SESSION_STATE_CHANGE")]
+    assert [e.reason_code for e in fails][:2] == ["HANDSHAKE_FAIL", "HANDSHAKE_FAIL"]
+    ids = [e.session_id for e in fails]
+    assert len(set(ids)) == len(ids)
+    assert bytes(16).hex() not in ids
+    net.links[0].up = True
+    net.run_for(20)
+    ok = net.events("client", "SESSION_STATE_CHANGE")[-1]
+    assert ok.reason_code == "HANDSHAKE_OK"
+    assert ok.session_id == net.gateway.sessions[bytes.fromhex(ok.session_id)].sid_hex
+
+
 def test_gateway_with_no_keys_does_not_route() -> None:
     rng = seeded_rng(1)
     gw = GatewayCore(

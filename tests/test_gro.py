@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import struct
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -141,3 +142,54 @@ def test_any_mix_round_trips_in_order(
                          ident=ids[f]))  # fmt: skip
         seqs[f] = (seqs[f] + size) & 0xFFFFFFFF
     assert roundtrip(pkts) == pkts
+
+
+# ---------------------------------------------------------------- reads: segment()
+def test_segment_undoes_coalesce_exactly() -> None:
+    """What the kernel would hand us with TSO on (one super-packet) is cut back into the
+    very segments that made it, checksums complete."""
+    from jumping.service.gro import segment
+
+    for pkts in (flow(44, last=501), flow(2), flow(10, seq=0xFFFFFFFF - 3000, psh_last=False)):
+        writes = coalesce(pkts)
+        assert len(writes) == 1
+        frame = b"".join(bytes(b) for b in writes[0])
+        assert segment(frame) == pkts
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 45), st.integers(1, 1400), st.integers(1, 1400), st.booleans())
+def test_segment_matches_the_reference_segmenter(n: int, mss: int, last: int, psh: bool) -> None:
+    from jumping.service.gro import segment
+
+    pkts = flow(n, mss=mss, last=min(last, mss), psh_last=psh)
+    for bufs in coalesce(pkts):
+        frame = b"".join(bytes(b) for b in bufs)
+        assert segment(frame) == gso_segment(bufs)
+
+
+def test_segment_completes_a_pending_checksum_and_passes_plain_packets() -> None:
+    from jumping.service.gro import segment
+
+    udp = bytearray(tcp4(0, b"payload!", proto=17))  # any L4: the checksum is at +16 here
+    good = bytes(udp)
+    # what the kernel hands over with NEEDS_CSUM: the field holds the pseudo-header sum
+    pseudo = csum(good[12:20] + struct.pack("!BBH", 0, 17, len(good) - 20))
+    udp[36:38] = pseudo.to_bytes(2, "big")
+    hdr = struct.pack("<BBHHHH", 1, 0, 0, 0, 20, 16)
+    assert segment(hdr + bytes(udp)) == [good]
+    assert segment(PLAIN + good) == [good]
+
+
+def test_segment_refuses_what_it_cannot_honour() -> None:
+    from jumping.service.gro import OffloadError, segment
+
+    pkt = flow(1)[0]
+    for hdr in (
+        struct.pack("<BBHHHH", 1, 4, 52, 1368, 40, 16),  # GSO TCPv6 on an IPv4 packet
+        struct.pack("<BBHHHH", 1, 3, 52, 1368, 20, 6),  # UDP fragmentation offload
+        struct.pack("<BBHHHH", 1, 1, 52, 0, 20, 16),  # gso_size 0
+        struct.pack("<BBHHHH", 1, 0, 0, 0, 5000, 16),  # checksum start past the end
+    ):
+        with pytest.raises(OffloadError):
+            segment(hdr + pkt)

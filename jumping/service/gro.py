@@ -1,5 +1,8 @@
 """
-Receive-side coalescing for TUN writes (userspace GRO), as wireguard-go does it.
+Offloads for a TUN device opened with ``IFF_VNET_HDR``, as wireguard-go does them.
+
+Writes (userspace GRO): :func:`coalesce`.
+Reads (userspace TSO): :func:`segment`.
 
 A run of decrypted inner packets is turned into ``writev`` buffer lists for a TUN device
 opened with ``IFF_VNET_HDR``: consecutive in-order segments of one IPv4 TCP flow become one
@@ -14,6 +17,12 @@ fragmentation, TCP with only ACK (and PSH on the last), the same addresses, port
 number, window, TTL, TOS, DF bit and TCP options, sequence numbers contiguous, IP ids
 incrementing by one (as the kernel will number the segments), every payload the size of the
 first (the last may be shorter), at most 64 KiB in all.
+
+With TSO enabled on the device, the kernel hands us TCP super-packets (up to 64 KiB) and
+packets whose checksum is left to us; :func:`segment` cuts a super-packet into MTU-sized
+segments exactly as the kernel's software GSO would (sequence numbers, IP ids, lengths,
+flags, full checksums) and completes pending checksums, so the tunnel carries ordinary,
+complete IP packets.
 
 Pure functions: bytes in, buffer lists out (no I/O), so they are tested directly.
 """
@@ -117,4 +126,87 @@ def coalesce(packets: list[bytes]) -> list[list[bytes | bytearray | memoryview]]
         closed = True
         out.append([PLAIN, p])
     flush()
+    return out
+
+
+_GSO_NONE = 0
+_VNET_UNPACK = _VNET.unpack_from
+_FIN_PSH = 0x09
+_CWR = 0x80
+_PACK_H = struct.Struct("!H").pack_into
+_PACK_I = struct.Struct("!I").pack_into
+
+
+def _sum(data: bytes | bytearray | memoryview) -> int:
+    """Ones-complement sum of ``data`` as 16-bit big-endian words, not folded (mod 0xFFFF
+    is taken by the caller): one big-integer conversion instead of a Python loop."""
+    n = int.from_bytes(data, "big")
+    return n << 8 if len(data) & 1 else n
+
+
+def _finish(total: int) -> int:
+    """The checksum field for a ones-complement sum."""
+    s = total % 0xFFFF
+    if s == 0 and total:
+        s = 0xFFFF
+    return ~s & 0xFFFF
+
+
+class OffloadError(ValueError):
+    """A packet from the device with a header we cannot honour (counted, dropped)."""
+
+
+def segment(frame: bytes) -> list[bytes]:
+    """Inner packets for one read from a TUN device with a virtio_net_hdr in front."""
+    flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = _VNET_UNPACK(frame)
+    pkt = frame[VNET_HDR_LEN:]
+    if gso_type == _GSO_NONE:
+        if flags & _NEEDS_CSUM:
+            end = csum_start + csum_offset + 2
+            if end > len(pkt) or csum_start >= len(pkt):
+                raise OffloadError("checksum offsets outside the packet")
+            b = bytearray(pkt)
+            # the field holds the pseudo-header sum; the kernel left the rest to us
+            b[csum_start + csum_offset : end] = _finish(_sum(memoryview(b)[csum_start:])).to_bytes(
+                2, "big"
+            )
+            return [bytes(b)]
+        return [pkt]
+    if gso_type != _GSO_TCPV4 or len(pkt) < 40 or pkt[0] >> 4 != 4 or pkt[9] != 6:
+        raise OffloadError(f"unsupported GSO type {gso_type}")
+    ihl = (pkt[0] & 0x0F) * 4
+    thl = (pkt[ihl + 12] >> 4) * 4
+    hl = ihl + thl
+    if gso_size <= 0 or hl > len(pkt) or thl < 20:
+        raise OffloadError("malformed TCP super-packet")
+    header = bytearray(pkt[:hl])
+    ip_id = (header[4] << 8) | header[5]
+    seq = int.from_bytes(header[ihl + 4 : ihl + 8], "big")
+    tcp_flags = header[ihl + 13]
+    pseudo_addr = _sum(header[12:20])
+    out = []
+    payload = memoryview(pkt)[hl:]
+    n = len(payload)
+    first = True
+    for off in range(0, n, gso_size):
+        chunk = payload[off : off + gso_size]
+        last = off + gso_size >= n
+        h = bytearray(header)
+        size = hl + len(chunk)
+        _PACK_H(h, 2, size)
+        _PACK_H(h, 4, (ip_id + off // gso_size) & 0xFFFF)
+        h[10:12] = b"\0\0"
+        _PACK_H(h, 10, _finish(_sum(h[:ihl])))
+        _PACK_I(h, ihl + 4, (seq + off) & 0xFFFFFFFF)
+        f = tcp_flags
+        if not last:
+            f &= ~_FIN_PSH
+        if not first:
+            f &= ~_CWR
+        h[ihl + 13] = f
+        h[ihl + 16 : ihl + 18] = b"\0\0"
+        total = pseudo_addr + 6 + (size - ihl) + _sum(h[ihl:]) + _sum(chunk)
+        _PACK_H(h, ihl + 16, _finish(total))
+        out.append(bytes(h) + chunk)
+        first = False
     return out

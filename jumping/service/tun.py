@@ -10,6 +10,7 @@ process stops, the kernel removes it and its routes.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
 import subprocess
@@ -20,9 +21,14 @@ from twisted.pair.raw import IRawPacketProtocol
 from twisted.pair.tuntap import TunnelFlags, TuntapPort
 from zope.interface import implementer
 
-from jumping.service.gro import PLAIN, VNET_HDR_LEN, coalesce
+from jumping.service.gro import PLAIN, VNET_HDR_LEN, OffloadError, coalesce, segment
 
 _writev = os.writev
+TUNSETOFFLOAD = 0x400454D0
+#: checksum offload + TCPv4 segmentation offload: the kernel may hand us 64 KiB TCP
+#: super-packets, which :func:`~jumping.service.gro.segment` cuts (no TSO6: IPv6 segments
+#: come one by one, as without offloads)
+TUN_F_CSUM, TUN_F_TSO4 = 0x01, 0x02
 
 
 class LeanTuntapPort(TuntapPort):
@@ -41,24 +47,39 @@ class LeanTuntapPort(TuntapPort):
             mode = mode | TunnelFlags.IFF_VNET_HDR
         return super()._openTunnel(name, mode)
 
+    #: reads that carried a TCP super-packet or a checksum left to us; frames refused
+    offloaded_reads = 0
+    offload_errors = 0
+
     def doRead(self) -> None:  # noqa: N802
         read_fd = os.read
         fd = self._fileno
         on_packet = self.on_packet
-        skip = VNET_HDR_LEN if self.vnet_hdr else 0
+        vnet = self.vnet_hdr
         read = 0
         try:
             while read < self.maxThroughput:
                 try:
-                    data = read_fd(fd, 65536)
+                    data = read_fd(fd, 65600)
                 except OSError as e:
                     if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
                         return
                     raise
                 read += len(data)
                 try:
-                    # no offloads are enabled for reads: the header is all zeros
-                    on_packet(data[skip:] if skip else data)
+                    if not vnet:
+                        on_packet(data)
+                    elif data[1] == 0 and not data[0] & 1:  # no GSO, checksum complete
+                        on_packet(data[VNET_HDR_LEN:])
+                    else:
+                        self.offloaded_reads += 1
+                        try:
+                            packets = segment(data)
+                        except OffloadError:
+                            self.offload_errors += 1
+                            continue
+                        for p in packets:
+                            on_packet(p)
                 except Exception:
                     self.handler_errors += 1
         finally:
@@ -132,6 +153,11 @@ class TunDevice:
         except Exception as e:
             raise TunError(f"cannot open TUN device {name!r}: {e}") from None
         self.name = self.port.interface.decode()
+        if vnet_hdr:
+            try:
+                fcntl.ioctl(self.port.fileno(), TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4)
+            except OSError:
+                pass  # no offloads: packets come one by one, checksums complete
         self.write_errors = 0
         self.fd = self.port.fileno()
         try:

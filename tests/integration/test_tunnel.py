@@ -97,6 +97,7 @@ def test_handshake_ping_transfer_and_no_plaintext_on_the_wire(tunnel, tmp_path: 
     src.write_bytes(payload)
     outer = _capture(topo, pair.gns, "ga", tmp_path / "outer.pcap")
     inner = _capture(topo, pair.gns, "jmpg0", tmp_path / "inner.pcap")
+    c_inner = _capture(topo, pair.cns, "jmpc0", tmp_path / "client-inner.pcap")
     server = topo.popen(pair.gns, "python3", "-c", SERVER, log=tmp_path / "server.out")
     time.sleep(0.3)
     sent = topo.run(pair.cns, "python3", "-c", CLIENT, str(src), timeout=60)
@@ -104,6 +105,7 @@ def test_handshake_ping_transfer_and_no_plaintext_on_the_wire(tunnel, tmp_path: 
     time.sleep(0.5)
     topo.stop(outer)
     topo.stop(inner)
+    topo.stop(c_inner)
     digest = hashlib.sha256(payload).hexdigest()
     assert sent.stdout.strip() == digest
     assert (tmp_path / "server.out").read_text().split() == [str(len(payload)), digest]
@@ -120,6 +122,10 @@ def test_handshake_ping_transfer_and_no_plaintext_on_the_wire(tunnel, tmp_path: 
     # inner capture holds packets larger than the tunnel MTU (captures see GSO packets
     # before the kernel cuts them)
     assert max(_pcap_lengths(inner_bytes)) > 4 * 1420, "no coalesced TUN write was seen"
+    # and the client's kernel handed its TUN device TCP super-packets (TSO), which the
+    # client cut into segments itself: the transfer above proves they were cut right
+    c_inner_bytes = (tmp_path / "client-inner.pcap").read_bytes()
+    assert max(_pcap_lengths(c_inner_bytes)) > 4 * 1420, "no TSO super-packet was read"
 
 
 def _pcap_lengths(pcap: bytes) -> list[int]:

@@ -31,6 +31,8 @@ class TunConfig:
     address: str
     mtu: int = 1420
     routes: tuple[str, ...] = ()
+    #: TUN offloads (IFF_VNET_HDR): TSO super-packets in, coalesced TCP runs out
+    offload: bool = True
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,12 @@ class _Reader:
             raise self.fail(where, f"{key}: required")
         if not isinstance(v, str) or not v:
             raise self.fail(where, f"{key}: must be a non-empty string, got {v!r}")
+        return v
+
+    def boolean(self, d: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
+        v = d.get(key, default)
+        if not isinstance(v, bool):
+            raise self.fail(where, f"{key}: must be true or false, got {v!r}")
         return v
 
     def integer(
@@ -242,7 +250,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> NodeConfig:
         raise r.fail("[node]", f"address_privacy: must be full, truncated or hash, got {privacy!r}")
 
     t = r.table(data, "tun", "top level")
-    r.unknown(t, {"name", "address", "mtu", "routes"}, "[tun]")
+    r.unknown(t, {"name", "address", "mtu", "routes", "offload"}, "[tun]")
     name = r.string(t, "name", "[tun]")
     if len(name) > 15 or not re.match(r"^[A-Za-z0-9_.-]+$", name):
         raise r.fail("[tun]", f"name: at most 15 characters [A-Za-z0-9_.-], got {name!r}")
@@ -259,6 +267,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> NodeConfig:
     tun = TunConfig(
         name, address, r.integer(t, "mtu", "[tun]", 576, 9000, 1420),
         tuple(_network(r, x, "[tun]", "routes") for x in routes),
+        r.boolean(t, "offload", "[tun]", True),
     )  # fmt: skip
 
     listen: list[ListenConfig] = []

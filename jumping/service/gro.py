@@ -183,30 +183,31 @@ def segment(frame: bytes) -> list[bytes]:
     ip_id = (header[4] << 8) | header[5]
     seq = int.from_bytes(header[ihl + 4 : ihl + 8], "big")
     tcp_flags = header[ihl + 13]
-    pseudo_addr = _sum(header[12:20])
+    # Checksums are sums of 16-bit words, so each is a constant part (computed once, with
+    # the fields that change per segment zeroed) plus those fields.
+    for i in (2, 3, 4, 5, 10, 11, ihl + 4, ihl + 5, ihl + 6, ihl + 7, ihl + 13, ihl + 16, ihl + 17):
+        header[i] = 0
+    ip_base = _sum(header[:ihl])
+    tcp_base = _sum(header[12:20]) + 6 + _sum(header[ihl:])  # pseudo header + TCP header
     out = []
     payload = memoryview(pkt)[hl:]
     n = len(payload)
-    first = True
-    for off in range(0, n, gso_size):
+    join = b"".join
+    for k, off in enumerate(range(0, n, gso_size)):
         chunk = payload[off : off + gso_size]
-        last = off + gso_size >= n
-        h = bytearray(header)
         size = hl + len(chunk)
-        _PACK_H(h, 2, size)
-        _PACK_H(h, 4, (ip_id + off // gso_size) & 0xFFFF)
-        h[10:12] = b"\0\0"
-        _PACK_H(h, 10, _finish(_sum(h[:ihl])))
-        _PACK_I(h, ihl + 4, (seq + off) & 0xFFFFFFFF)
-        f = tcp_flags
-        if not last:
-            f &= ~_FIN_PSH
-        if not first:
+        ident = (ip_id + k) & 0xFFFF
+        s = (seq + off) & 0xFFFFFFFF
+        f = tcp_flags if off + gso_size >= n else tcp_flags & ~_FIN_PSH
+        if k:
             f &= ~_CWR
+        h = bytearray(header)
+        _PACK_H(h, 2, size)
+        _PACK_H(h, 4, ident)
+        _PACK_H(h, 10, _finish(ip_base + size + ident))
+        _PACK_I(h, ihl + 4, s)
         h[ihl + 13] = f
-        h[ihl + 16 : ihl + 18] = b"\0\0"
-        total = pseudo_addr + 6 + (size - ihl) + _sum(h[ihl:]) + _sum(chunk)
-        _PACK_H(h, ihl + 16, _finish(total))
-        out.append(bytes(h) + chunk)
-        first = False
+        total = tcp_base + (size - ihl) + (s >> 16) + (s & 0xFFFF) + f
+        _PACK_H(h, ihl + 16, _finish(total + _sum(chunk)))
+        out.append(join((h, chunk)))
     return out

@@ -134,7 +134,7 @@ class NodeService(service.Service):
         self.tun = TunDevice(
             self.reactor, tun.name, tun.address, tun.mtu, tuple(tun.routes),
             self._tun_packet if cfg.role == "gateway" else self._tun_packet_client,
-            self._flush,
+            self._flush, tun.offload,
         )  # fmt: skip
         if cfg.metrics_listen is not None:
             from jumping.service.metrics import Metrics

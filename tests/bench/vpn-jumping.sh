@@ -56,6 +56,7 @@ private_key = "g.key"
 [tun]
 name = "$J_GIF"
 address = "$IN_G/$IN_PREFIX"
+offload = ${JUMPING_OFFLOAD:-true}
 [[listen]]
 transport = "udp"
 host = "0.0.0.0"
@@ -76,6 +77,7 @@ private_key = "c.key"
 [tun]
 name = "$J_CIF"
 address = "$IN_C/$IN_PREFIX"
+offload = ${JUMPING_OFFLOAD:-true}
 routes = ["$S_NET"]
 [gateway]
 public_key = "$(cat "$J_DIR/g.pub")"

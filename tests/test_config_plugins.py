@@ -94,3 +94,15 @@ def test_bad_option_is_a_clear_error(tmp_path: Path) -> None:
 def test_bad_plugin_name_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"\[rate_limit\] policy: plugin names"):
         load_config(_config(tmp_path, '[rate_limit]\npolicy = "Token Bucket"\n'))
+
+
+def test_tun_offload_is_a_boolean(tmp_path: Path) -> None:
+    conf = _config(tmp_path, "")
+    text = conf.read_text().replace(
+        'address = "10.99.0.2/24"', 'address = "10.99.0.2/24"\noffload = "yes"'
+    )
+    conf.write_text(text)
+    with pytest.raises(ConfigError, match=r"\[tun\] offload: must be true or false, got 'yes'"):
+        load_config(conf)
+    conf.write_text(text.replace('"yes"', "false"))
+    assert load_config(conf).tun.offload is False

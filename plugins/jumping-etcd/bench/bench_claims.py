@@ -1,0 +1,157 @@
+"""
+Claims per second, claim latency (p50/p99) and etcd storage per session for the ``etcd``
+ownership backend: N sessions (default 10 000) spread over 3 backends ("gateways"), each
+keeping ``--window`` claims in flight, against a real 3-member cluster.
+
+    python3 plugins/jumping-etcd/bench/bench_claims.py                 # own cluster on tmpfs
+    python3 plugins/jumping-etcd/bench/bench_claims.py --data-dir /var/tmp/etcd-bench  # disk
+    python3 plugins/jumping-etcd/bench/bench_claims.py --endpoints http://127.0.0.1:23791,...
+
+Without ``--endpoints`` it starts a cluster with deploy/cluster/etcd.sh (ports 23791-23796)
+and stops it at the end. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[3]
+ETCD_SH = REPO / "deploy" / "cluster" / "etcd.sh"
+
+
+def db_size(endpoints: str) -> tuple[int, int]:
+    """(dbSize, dbSizeInUse) of the first member, bytes."""
+    out = subprocess.run(
+        ["etcdctl", "--endpoints", endpoints.split(",")[0], "endpoint", "status", "-w", "json"],
+        capture_output=True, text=True, check=True, env={**os.environ, "ETCDCTL_API": "3"},
+    ).stdout  # fmt: skip
+    st = json.loads(out)[0]["Status"]
+    return int(st["dbSize"]), int(st.get("dbSizeInUse", st["dbSize"]))
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(p / 100 * len(values)))]
+
+
+async def run(args: argparse.Namespace, endpoints: str) -> dict[str, Any]:
+    from jumping_etcd.backend import EtcdOwnership
+    from twisted.internet import defer
+
+    eps = endpoints.split(",")
+    # each gateway prefers a different member, as gateways spread over a cluster would
+    backends = [
+        EtcdOwnership(
+            node_id=f"gw{i + 1}",
+            endpoints=eps[i % len(eps) :] + eps[: i % len(eps)],
+            threads=args.window,
+            max_sessions=args.sessions,
+        )  # fmt: skip
+        for i in range(3)
+    ]
+    sids = [secrets.token_hex(16) for _ in range(args.sessions)]
+    latencies: list[float] = []
+    before = db_size(endpoints)
+
+    async def gateway(b: Any, mine: list[str]) -> None:
+        queue = list(reversed(mine))
+
+        async def worker() -> None:
+            while queue:
+                s = queue.pop()
+                rec = {"client_public_key": secrets.token_hex(32), "state_version": 1,
+                       "owner": b.node_id}  # fmt: skip
+                t = time.perf_counter()
+                await b.claim(s, rec, None)
+                latencies.append(time.perf_counter() - t)
+
+        await defer.gatherResults(
+            [defer.ensureDeferred(worker()) for _ in range(args.window)], consumeErrors=True
+        )
+
+    t0 = time.perf_counter()
+    await defer.gatherResults(
+        [defer.ensureDeferred(gateway(b, sids[i::3])) for i, b in enumerate(backends)],
+        consumeErrors=True,
+    )
+    elapsed = time.perf_counter() - t0
+    after = db_size(endpoints)
+    got = await backends[0].get(sids[0])
+    key = backends[0].prefix + sids[0]
+    value = subprocess.run(
+        ["etcdctl", "--endpoints", endpoints, "get", key, "--print-value-only"],
+        capture_output=True, check=True, env={**os.environ, "ETCDCTL_API": "3"},
+    ).stdout.rstrip(b"\n")  # fmt: skip
+    for b in backends:
+        await b.close()
+    assert got is not None and len(latencies) == args.sessions
+    return {
+        "sessions": args.sessions,
+        "gateways": 3,
+        "window_per_gateway": args.window,
+        "claims_per_s": round(args.sessions / elapsed),
+        "elapsed_s": round(elapsed, 2),
+        "latency_ms": {
+            "p50": round(statistics.median(latencies) * 1000, 2),
+            "p99": round(pct(latencies, 99) * 1000, 2),
+            "max": round(max(latencies) * 1000, 2),
+        },
+        "bytes_per_session": {
+            "key_plus_value": len(key) + len(value),
+            "db_size_delta": round((after[0] - before[0]) / args.sessions, 1),
+            "db_in_use_delta": round((after[1] - before[1]) / args.sessions, 1),
+        },
+        "data_dir": args.data_dir or "(given endpoints)",
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sessions", type=int, default=10_000)
+    ap.add_argument("--window", type=int, default=8, help="claims in flight per gateway")
+    ap.add_argument("--endpoints", help="use this cluster instead of starting one")
+    ap.add_argument("--data-dir", help="where the started cluster keeps its data")
+    args = ap.parse_args()
+    from twisted.internet import defer, task
+
+    started = None
+    endpoints = args.endpoints
+    if endpoints is None:
+        shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+        started = Path(args.data_dir or tempfile.mkdtemp(prefix="jumping-bench-", dir=shm))
+        args.data_dir = str(started)
+        subprocess.run(["bash", str(ETCD_SH), "start", str(started)], check=True,
+                       capture_output=True)  # fmt: skip
+        endpoints = subprocess.run(["bash", str(ETCD_SH), "endpoints"], check=True,
+                                   capture_output=True, text=True).stdout.strip()  # fmt: skip
+    try:
+        result: dict[str, Any] = {}
+
+        async def go(reactor: Any) -> None:
+            result.update(await run(args, endpoints))
+
+        task.react(lambda r: defer.ensureDeferred(go(r)))
+    except SystemExit as e:
+        if e.code:
+            raise
+    finally:
+        if started is not None:
+            subprocess.run(["bash", str(ETCD_SH), "stop", str(started)], capture_output=True)
+            shutil.rmtree(started, ignore_errors=True)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,687 @@
+"""
+``etcd`` ownership backend: who owns which session, cluster-wide, on a real etcd v3 cluster
+(SPEC section 5).
+
+- One lease per node (TTL ``ttl`` seconds), kept alive by a dedicated thread every
+  ``ttl / 3``. Every session key the node owns is attached to it, so when the node dies its
+  sessions are freed by etcd within the TTL.
+- One key per session, ``<prefix><session_id>``, value a JSON envelope ``{"v": 1, "node":
+  owner node_id, "op": "claim"|"renew"|"conflict", "w": write nonce, "record": {...}}``.
+- ``claim`` is a transaction comparing the key's ``create_revision == 0`` (new session) or
+  ``mod_revision == expected_token`` (hand-over); ``renew``/``release`` compare
+  ``mod_revision == token``. The key's ``mod_revision`` after the put is the fencing token:
+  it changes on every write by anyone, so a stale holder's next mutation fails.
+- One prefix watch stream per node (a thread) feeds every ``watch`` callback on the reactor
+  thread.
+- Fail closed: the keep-alive thread counts a renewal only when a linearizable read right
+  after it succeeds (a leader that lost its quorum keeps renewing leases until it steps
+  down). The reactor checks the deadline (send time of the last counted renewal + TTL,
+  minus a guard of min(1 s, TTL/5)) every ``check_interval``; once it passes (quorum lost,
+  etcd unreachable, lease revoked) the backend becomes un``healthy``, forgets every token,
+  and calls every watch callback with ``None`` (reason ``'lease_lost'``) — before etcd
+  itself can expire the lease and let another node claim the sessions. It then keeps
+  trying to grant a new lease; once it has one it revokes the old one and is ``healthy``
+  again (the lost sessions stay lost).
+- Split brain (SPEC section 5: two claims for one session with the same ``state_version``).
+  Two claims cannot both succeed: etcd serialises transactions, and each compares the key's
+  revision, so exactly one commits. The loser sees the winner's record in the failure branch
+  of the same transaction; if it carries the same ``state_version`` from another node, the
+  loser writes the marker key ``<key>.conflict`` (own lease, 2 TTLs) and fails with
+  :class:`OwnershipConflict`; the winner's watch fires with ``None`` and reason
+  ``'conflict'``. Both sides terminate with ``OWNERSHIP_CONFLICT``; claims of that id fail
+  while the marker lives.
+
+Blocking etcd calls run in a bounded :class:`~twisted.python.threadpool.ThreadPool`
+(``threads`` workers, at most ``max_pending`` calls queued or running), each bounded by
+``timeout`` seconds per member tried.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from jumping.errors import OwnershipConflict, OwnershipUnavailable
+from jumping.interfaces import IOwnershipBackend
+from jumping_etcd.client import Cluster, b64, parse_endpoints, short, unb64, url
+
+log = Logger()
+_SID = re.compile(r"[0-9a-f]{1,128}\Z")
+_NODE = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
+MARKER = ".conflict"  # suffix of the split-brain marker key next to a session's key
+
+
+def _prefix_end(prefix: str) -> bytes:
+    b = bytearray(prefix.encode())
+    b[-1] += 1
+    return bytes(b)
+
+
+class _Own:
+    """What this node knows about one session it claims or owns (bounded by max_sessions)."""
+
+    __slots__ = ("token", "pending", "nonces", "changed")
+
+    def __init__(self) -> None:
+        self.token: int | None = None
+        self.pending = 0
+        self.nonces: deque[str] = deque(maxlen=4)
+        # last foreign change seen by the watch: (revision, token or None, reason or None)
+        self.changed: tuple[int, int | None, str | None] | None = None
+
+
+class _Watch:
+    def __init__(self, backend: EtcdOwnership, session_id: str, callback: Callable[..., Any]):
+        self.backend, self.session_id, self.callback = backend, session_id, callback
+        self.active = True
+        try:
+            inspect.signature(callback).bind(session_id, None, None)
+            self.with_reason = True
+        except (TypeError, ValueError):
+            self.with_reason = False
+
+    def deliver(self, session_id: str, token: int | None, reason: str | None) -> None:
+        if not self.active:
+            return
+        try:
+            if self.with_reason:
+                self.callback(session_id, token, reason)
+            else:
+                self.callback(session_id, token)
+        except Exception:
+            log.failure("etcd ownership watch callback for {sid}", sid=session_id)
+
+    def cancel(self) -> None:
+        if self.active:
+            self.active = False
+            lst = self.backend._watchers.get(self.session_id, [])
+            if self in lst:
+                lst.remove(self)
+            if not lst:
+                self.backend._watchers.pop(self.session_id, None)
+                self.backend._forget(self.session_id)
+
+
+@implementer(IOwnershipBackend)
+class EtcdOwnership:
+    """
+    :param str node_id: this gateway's id (set by the node from its configuration).
+    :param endpoints: ``'http://127.0.0.1:2379,...'`` or a list of URLs: the cluster members.
+    :param int ttl: lease TTL in seconds (2..3600): a dead or partitioned node's sessions
+        are freed after at most this long, and it stops serving them before that.
+    :param float timeout: seconds per etcd request and member tried.
+    :param str prefix: key prefix of the session records.
+    :param int threads: worker threads for etcd requests.
+    :param int max_pending: etcd requests queued or running at most; more fail at once with
+        ``OwnershipUnavailable``.
+    :param int max_sessions: sessions this node tracks at most.
+    :raise OwnershipUnavailable: no member reachable at start (the node refuses to start).
+    :raise ValueError: a bad option (one line naming it).
+    """
+
+    def __init__(
+        self,
+        node_id: str = "node",
+        endpoints: Any = "http://127.0.0.1:2379",
+        ttl: int = 5,
+        timeout: float = 2.0,
+        prefix: str = "/jumping/sessions/",
+        threads: int = 8,
+        max_pending: int = 10_000,
+        max_sessions: int = 1_000_000,
+        check_interval: float = 0.1,
+        reactor: Any = None,
+    ) -> None:
+        if not isinstance(node_id, str) or not _NODE.match(node_id):
+            raise ValueError(f"etcd: node_id must match [A-Za-z0-9_.-]{{1,64}}, got {node_id!r}")
+        if not isinstance(ttl, int) or isinstance(ttl, bool) or not 2 <= ttl <= 3600:
+            raise ValueError(f"etcd: ttl must be an integer number of seconds 2..3600, got {ttl!r}")
+        if not isinstance(timeout, int | float) or not 0.05 <= timeout <= 60:
+            raise ValueError(f"etcd: timeout must be 0.05..60 seconds, got {timeout!r}")
+        if not isinstance(prefix, str) or not prefix.startswith("/") or not prefix.endswith("/"):
+            raise ValueError(f"etcd: prefix must start and end with '/', got {prefix!r}")
+        for name, v in (("threads", threads), ("max_pending", max_pending),
+                        ("max_sessions", max_sessions)):  # fmt: skip
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"etcd: {name} must be a positive integer, got {v!r}")
+        if not isinstance(check_interval, int | float) or not 0.01 <= check_interval <= ttl / 4:
+            raise ValueError(f"etcd: check_interval must be 0.01..ttl/4 s, got {check_interval!r}")
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.node_id = node_id
+        self.ttl = ttl
+        self.prefix = prefix
+        self.max_pending = max_pending
+        self.max_sessions = max_sessions
+        self.cluster = Cluster(parse_endpoints(endpoints), float(timeout))
+        #: seconds before etcd's own expiry at which we give the lease up (fail closed early)
+        self.guard = min(1.0, ttl / 5)
+        self.interval = ttl / 3  # keep-alive period
+        self._probe = b64(prefix + ".quorum-probe")  # read (never written) to prove a quorum
+
+        # refuse to start without a reachable cluster (clear one-line error)
+        t0 = time.monotonic()
+        try:
+            self._lease_id, revision = self._grant()
+        except OwnershipUnavailable as e:
+            eps = ", ".join(url(ep) for ep in self.cluster.endpoints)
+            raise OwnershipUnavailable(f"etcd: cannot start, cluster {eps} unusable: {e}") from None
+        self._valid_until = t0 + ttl
+        self._lease_gone = False
+        self._need_lease = False
+        self.healthy = True
+        self.lost = 0  # times the lease was lost (everything reported lost)
+        self.keepalive_failures = 0
+        self.watch_restarts = 0
+        self._epoch = 0
+        self._inflight = 0
+        self._closed = False
+        self._interest: dict[str, _Own] = {}
+        self._watchers: dict[str, list[_Watch]] = {}
+        self._chains: dict[str, defer.Deferred[None]] = {}  # session id -> its last call
+        self._stop = threading.Event()
+        self._watch_resp: Any = None
+
+        self.pool = ThreadPool(minthreads=0, maxthreads=threads, name=f"etcd-{node_id}")
+        self.pool.start()
+        self._trigger = reactor.addSystemEventTrigger("during", "shutdown", self._stop_threads)
+        threading.Thread(target=self._keepalive_loop, name=f"etcd-keepalive-{node_id}",
+                         daemon=True).start()  # fmt: skip
+        threading.Thread(target=self._watch_loop, args=(revision + 1,),
+                         name=f"etcd-watch-{node_id}", daemon=True).start()  # fmt: skip
+        self._checker = LoopingCall(self._check_lease)
+        self._checker.clock = reactor
+        self._checker.start(check_interval, now=False)
+
+    # ------------------------------------------------------------------ helpers
+    def _key(self, session_id: str) -> str:
+        if not isinstance(session_id, str) or not _SID.match(session_id):
+            raise ValueError(f"etcd: session id must be lowercase hex, got {session_id!r}")
+        return self.prefix + session_id
+
+    def _value(self, op: str, nonce: str, record: Any) -> str:
+        env = {"v": 1, "node": self.node_id, "op": op, "w": nonce, "record": record}
+        return b64(json.dumps(env, separators=(",", ":"), sort_keys=True))
+
+    @staticmethod
+    def _envelope(kv: dict[str, Any]) -> dict[str, Any]:
+        """The stored JSON envelope; anything else (written by someone else) is flagged."""
+        try:
+            env = json.loads(unb64(kv.get("value", "")))
+        except ValueError:
+            env = None
+        if (
+            not isinstance(env, dict)
+            or env.get("v") != 1
+            or not isinstance(env.get("record"), dict)
+        ):
+            return {"op": "foreign", "record": {"malformed": True}, "w": None}
+        return env
+
+    def _run(
+        self, fn: Callable[..., Any], *args: Any, key: str | None = None
+    ) -> defer.Deferred[Any]:
+        """Run ``fn(*args)`` in the pool. Calls with the same ``key`` (a session id) run one
+        after the other, in the order they were made: a node's operations on one session
+        take effect in program order (a get() made before a release() sees the record)."""
+        if self._closed:
+            return defer.fail(OwnershipUnavailable("etcd: backend closed"))
+        if self._inflight >= self.max_pending:
+            return defer.fail(
+                OwnershipUnavailable(f"etcd: {self._inflight} requests in flight, refusing more")
+            )
+        self._inflight += 1
+        result: defer.Deferred[Any] = defer.Deferred()
+        finished: defer.Deferred[None] = defer.Deferred()
+        gate = None
+        if key is not None:
+            gate = self._chains.get(key)
+            self._chains[key] = finished
+
+        def finish(r: Any) -> None:
+            self._inflight -= 1
+            if key is not None and self._chains.get(key) is finished:
+                del self._chains[key]
+            finished.callback(None)
+            result.callback(r)
+
+        def start(_: Any = None) -> None:
+            deferToThreadPool(self.reactor, self.pool, fn, *args).addBoth(finish)
+
+        if gate is None:
+            start()
+        else:
+            gate.addCallback(start)
+        return result
+
+    def _grant(self) -> tuple[int, int]:
+        r = self.cluster.call("lease/grant", {"TTL": self.ttl, "ID": 0})
+        if r.get("error") or "ID" not in r:
+            raise OwnershipUnavailable(f"etcd: lease grant refused: {r.get('error', r)}")
+        return int(r["ID"]), int(r["header"]["revision"])
+
+    def _txn(self, key: str, compare: dict[str, Any], success: dict[str, Any]) -> Any:
+        k = b64(key)
+        return self.cluster.call("kv/txn", {
+            "compare": [{"key": k, "result": "EQUAL", **compare}],
+            "success": [success],
+            "failure": [{"request_range": {"key": k}}],
+        })  # fmt: skip
+
+    @staticmethod
+    def _current(r: dict[str, Any]) -> dict[str, Any] | None:
+        for resp in r.get("responses", ()):
+            kvs = resp.get("response_range", {}).get("kvs")
+            if kvs:
+                return dict(kvs[0])
+        return None
+
+    def _forget(self, session_id: str) -> None:
+        st = self._interest.get(session_id)
+        if st is not None and st.token is None and st.pending == 0:
+            del self._interest[session_id]
+
+    # ------------------------------------------------------------------ IOwnershipBackend
+    def claim(
+        self, session_id: str, record: dict[str, Any], expected_token: int | None
+    ) -> defer.Deferred[int]:
+        try:
+            key = self._key(session_id)
+            value_record = json.loads(json.dumps(record))
+        except (ValueError, TypeError) as e:
+            return defer.fail(e)
+        if not self.healthy:
+            return defer.fail(OwnershipUnavailable("etcd: lease lost, not claiming (fail closed)"))
+        st = self._interest.get(session_id)
+        if st is None:
+            if len(self._interest) >= self.max_sessions:
+                return defer.fail(OwnershipConflict("etcd: max_sessions sessions already tracked"))
+            st = self._interest[session_id] = _Own()
+        nonce = os.urandom(8).hex()
+        st.nonces.append(nonce)
+        st.pending += 1
+        epoch = self._epoch
+        d = self._run(self._claim_sync, key, self._value("claim", nonce, value_record), nonce,
+                      expected_token, self._lease_id, value_record, key=session_id)  # fmt: skip
+
+        def done(result: Any) -> Any:
+            st.pending -= 1
+            if isinstance(result, tuple) and result[0] == "ok":
+                if epoch != self._epoch or self._interest.get(session_id) is not st:
+                    self._forget(session_id)
+                    raise OwnershipUnavailable(f"etcd: lease lost while claiming {session_id}")
+                st.token = result[1]
+                return result[1]
+            self._forget(session_id)
+            if isinstance(result, tuple):
+                raise OwnershipConflict(result[1])
+            return result  # a Failure (OwnershipUnavailable...)
+
+        return d.addBoth(done)
+
+    def _claim_sync(
+        self, key: str, value: str, nonce: str, expected: int | None, lease: int, record: Any
+    ) -> tuple[str, Any]:
+        if expected is None:
+            compare: dict[str, Any] = {"target": "CREATE", "create_revision": "0"}
+        else:
+            compare = {"target": "MOD", "mod_revision": str(int(expected))}
+        put = {"request_put": {"key": b64(key), "value": value, "lease": str(lease)}}
+        mk = b64(key + MARKER)
+        r = self.cluster.call("kv/txn", {
+            "compare": [
+                {"key": b64(key), "result": "EQUAL", **compare},
+                {"key": mk, "result": "EQUAL", "target": "CREATE", "create_revision": "0"},
+            ],
+            "success": [put],
+            "failure": [{"request_range": {"key": b64(key)}}, {"request_range": {"key": mk}}],
+        })  # fmt: skip
+        if r.get("succeeded"):
+            return ("ok", int(r["header"]["revision"]))
+        responses = r.get("responses", [])
+        if len(responses) > 1 and responses[1].get("response_range", {}).get("kvs"):
+            return ("conflict", f"session {key}: split brain detected before, id burned")
+        kv = self._current({"responses": responses[:1]})
+        if kv is None:
+            return ("conflict", f"session {key}: gone (stale token {expected})")
+        env = self._envelope(kv)
+        if env.get("w") == nonce:  # a fail-over retry of our own committed write
+            return ("ok", int(kv["mod_revision"]))
+        owner = env.get("node", "?")
+        theirs = env.get("record", {}).get("state_version")
+        if (
+            env.get("op") in ("claim", "renew")
+            and owner != self.node_id
+            and theirs is not None
+            and theirs == record.get("state_version")
+        ):
+            self._mark_conflict(key, env)
+            return ("conflict", f"session {key}: split brain with {owner} "
+                                f"(same state_version {theirs}); both sides terminate")  # fmt: skip
+        if expected is None:
+            return ("conflict", f"session {key} is owned by {owner}")
+        return ("conflict", f"session {key}: stale fencing token {expected}")
+
+    def _mark_conflict(self, key: str, env: dict[str, Any]) -> None:
+        """Write the split-brain marker ``<key>.conflict`` (if nobody did yet): the winner's
+        watch fires with reason ``'conflict'``, so it terminates too. The marker has its own
+        lease and expires after 2 TTLs; until then the session id cannot be claimed again.
+        The winner's record is left as it is (the winner releases it when it terminates)."""
+        try:
+            lease = self.cluster.call("lease/grant", {"TTL": max(2 * self.ttl, 10), "ID": 0})["ID"]
+            marker = {"conflict": True, "owner": env.get("node"), "detected_by": self.node_id,
+                      "state_version": env.get("record", {}).get("state_version")}  # fmt: skip
+            value = self._value("conflict", os.urandom(8).hex(), marker)
+            mk = key + MARKER
+            put = {"request_put": {"key": b64(mk), "value": value, "lease": str(lease)}}
+            self._txn(mk, {"target": "CREATE", "create_revision": "0"}, put)
+        except (OwnershipUnavailable, KeyError) as e:
+            log.warn("etcd: could not mark split brain on {key}: {e}", key=key, e=e)
+
+    def renew(self, session_id: str, token: int, record: dict[str, Any]) -> defer.Deferred[int]:
+        try:
+            key = self._key(session_id)
+            value_record = json.loads(json.dumps(record))
+        except (ValueError, TypeError) as e:
+            return defer.fail(e)
+        if not self.healthy:
+            return defer.fail(OwnershipUnavailable("etcd: lease lost, not renewing (fail closed)"))
+        st = self._interest.get(session_id)
+        if st is None or st.token is None or st.token != token:
+            # tokens are only honoured by the backend that obtained them, in the lease epoch
+            # they were obtained in: a node that lost its lease cannot resurrect a session
+            return defer.fail(
+                OwnershipConflict(f"session {session_id}: token {token} is no longer current")
+            )
+        nonce = os.urandom(8).hex()
+        st.nonces.append(nonce)
+        st.pending += 1
+        epoch = self._epoch
+        value = self._value("renew", nonce, value_record)
+        put = {"request_put": {"key": b64(key), "value": value, "lease": str(self._lease_id)}}
+
+        def call() -> tuple[str, Any]:
+            r = self._txn(key, {"target": "MOD", "mod_revision": str(int(token))}, put)
+            if r.get("succeeded"):
+                return ("ok", int(r["header"]["revision"]))
+            kv = self._current(r)
+            if kv is not None and self._envelope(kv).get("w") == nonce:
+                return ("ok", int(kv["mod_revision"]))
+            return ("conflict", f"session {session_id}: token {token} is no longer current")
+
+        def done(result: Any) -> Any:
+            st.pending -= 1
+            if isinstance(result, tuple) and result[0] == "ok":
+                if epoch != self._epoch or self._interest.get(session_id) is not st:
+                    raise OwnershipUnavailable(f"etcd: lease lost while renewing {session_id}")
+                if st.token == token:
+                    st.token = result[1]
+                return result[1]
+            if isinstance(result, tuple):
+                if st.token == token:
+                    st.token = None
+                    self._forget(session_id)
+                raise OwnershipConflict(result[1])
+            return result
+
+        return self._run(call, key=session_id).addBoth(done)
+
+    def release(self, session_id: str, token: int) -> defer.Deferred[None]:
+        try:
+            key = self._key(session_id)
+        except ValueError as e:
+            return defer.fail(e)
+        st = self._interest.get(session_id)
+        if st is not None and st.token == token:
+            st.token = None
+            self._forget(session_id)
+
+        def call() -> None:
+            self._txn(key, {"target": "MOD", "mod_revision": str(int(token))},
+                      {"request_delete_range": {"key": b64(key)}})  # fmt: skip
+
+        return self._run(call, key=session_id)
+
+    def get(self, session_id: str) -> defer.Deferred[tuple[dict[str, Any], int] | None]:
+        try:
+            key = self._key(session_id)
+        except ValueError as e:
+            return defer.fail(e)
+
+        def call() -> tuple[dict[str, Any], int] | None:
+            r = self.cluster.call("kv/range", {"key": b64(key)})
+            kvs = r.get("kvs")
+            if not kvs:
+                return None
+            env = self._envelope(kvs[0])
+            return dict(env["record"]), int(kvs[0]["mod_revision"])
+
+        return self._run(call, key=session_id)
+
+    def watch(self, session_id: str, callback: Callable[..., Any]) -> _Watch:
+        """
+        ``callback(session_id, token_or_None)`` on the reactor thread after every write of
+        the record (claim, renew, a foreign write: the new token), its deletion (release,
+        lease expiry: ``None``), a split-brain marker (``None``), and when this node's lease
+        is lost (``None`` for every watched session). Callbacks that accept a third
+        argument also get the reason: ``None``, ``'conflict'`` or ``'lease_lost'``.
+        """
+        self._key(session_id)
+        w = _Watch(self, session_id, callback)
+        self._watchers.setdefault(session_id, []).append(w)
+        st = self._interest.get(session_id)
+        if st is not None and st.changed is not None and st.token is not None:
+            rev, token, reason = st.changed
+            if rev > st.token:  # changed between our claim and this registration
+                self.reactor.callLater(0, w.deliver, session_id, token, reason)
+        return w
+
+    def close(self) -> defer.Deferred[None]:
+        """Revoke the lease (frees every session of this node at once) and stop."""
+        if self._closed:
+            return defer.succeed(None)
+        lease = self._lease_id
+        d = self._run(self.cluster.call, "kv/lease/revoke", {"ID": str(lease)})
+        self._closed = True
+        if self._checker.running:
+            self._checker.stop()
+        self._stop.set()
+        self._close_watch_stream()
+
+        def finish(r: Any) -> None:
+            if isinstance(r, Exception) or hasattr(r, "getErrorMessage"):
+                log.warn("etcd: lease revoke at close failed: {e}", e=getattr(r, "value", r))
+            try:
+                self.reactor.removeSystemEventTrigger(self._trigger)
+            except (ValueError, KeyError):
+                pass
+            # ThreadPool.stop joins its workers: not on the reactor thread
+            threading.Thread(target=self.pool.stop, daemon=True).start()
+
+        return d.addBoth(finish)
+
+    def _stop_threads(self) -> None:
+        self._stop.set()
+        self._close_watch_stream()
+        self.pool.stop()
+
+    # ------------------------------------------------------------------ fail closed
+    def _check_lease(self) -> None:
+        if not self.healthy or self._closed:
+            return
+        if self._lease_gone or time.monotonic() >= self._valid_until - self.guard:
+            self._lose_everything()
+
+    def _lose_everything(self) -> None:
+        overdue = time.monotonic() - (self._valid_until - self.ttl)
+        log.error(
+            "etcd: lease {lease:x} lost ({why}); failing closed: every session of this node "
+            "is reported lost", lease=self._lease_id,
+            why="revoked or expired" if self._lease_gone else f"no keep-alive for {overdue:.1f} s",
+        )  # fmt: skip
+        self.healthy = False
+        self.lost += 1
+        self._epoch += 1
+        self._interest.clear()
+        self._need_lease = True
+        for sid, ws in list(self._watchers.items()):
+            for w in list(ws):
+                w.deliver(sid, None, "lease_lost")
+
+    def _regained(self) -> None:
+        if not self._closed:
+            log.info("etcd: new lease {lease:x}; accepting claims again", lease=self._lease_id)
+            self.healthy = True
+
+    def _keepalive_loop(self) -> None:
+        while not self._stop.is_set():
+            t0 = time.monotonic()
+            if self._need_lease:
+                old = self._lease_id
+                try:
+                    self._lease_id, _ = self._grant()
+                except OwnershipUnavailable:
+                    self._stop.wait(self.interval)
+                    continue
+                self._valid_until = t0 + self.ttl
+                self._lease_gone = False
+                self._need_lease = False
+                self.reactor.callFromThread(self._regained)
+                try:  # frees the sessions we already reported lost, for other nodes
+                    self.cluster.call("kv/lease/revoke", {"ID": str(old)})
+                except OwnershipUnavailable:
+                    pass
+                continue
+            try:
+                r = self.cluster.call("lease/keepalive", {"ID": str(self._lease_id)},
+                                      timeout=self.interval)  # fmt: skip
+                granted = int(r.get("result", {}).get("TTL", 0))
+                if granted <= 0:
+                    self._lease_gone = True
+                else:
+                    # A leader that just lost its quorum still renews leases (locally) until
+                    # it steps down, up to an election timeout later. A linearizable read
+                    # needs the quorum: only when it succeeds does the lease count as renewed.
+                    self.cluster.call("kv/range", {"key": self._probe, "count_only": True},
+                                      timeout=self.interval)  # fmt: skip
+                    self._valid_until = max(self._valid_until, t0 + min(granted, self.ttl))
+            except OwnershipUnavailable:
+                self.keepalive_failures += 1
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - t0)))
+
+    # ------------------------------------------------------------------ watch
+    def _close_watch_stream(self) -> None:
+        resp = self._watch_resp
+        if resp is not None:
+            try:
+                import socket
+
+                sock = socket.fromfd(resp.raw._fp.fileno(), socket.AF_INET, socket.SOCK_STREAM)
+                sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            except Exception:
+                pass
+            try:
+                resp.close()
+            except Exception:
+                pass
+
+    def _watch_loop(self, revision: int) -> None:
+        cluster = self.cluster
+        req = {"key": b64(self.prefix), "range_end": b64(_prefix_end(self.prefix))}
+        while not self._stop.is_set():
+            i = cluster.preferred
+            c = cluster.client(i)
+            try:
+                resp = c.session.post(
+                    c.get_url("watch"), json={"create_request": {**req, "start_revision": str(revision)}},
+                    stream=True, timeout=(cluster.timeout, None),
+                )  # fmt: skip
+                self._watch_resp = resp
+                if resp.status_code != 200:
+                    raise OSError(f"HTTP {resp.status_code}")
+                for line in resp.iter_lines():
+                    if self._stop.is_set():
+                        return
+                    if not line:
+                        continue
+                    res = json.loads(line).get("result")
+                    if not isinstance(res, dict):
+                        raise OSError(f"watch error: {line[:200]!r}")
+                    if res.get("compact_revision") and int(res["compact_revision"]) > revision:
+                        revision = int(res["compact_revision"])
+                        self.reactor.callFromThread(self._resync)
+                        break
+                    if res.get("canceled"):
+                        raise OSError(f"watch canceled: {res.get('cancel_reason', '')}")
+                    events = res.get("events")
+                    if events:
+                        revision = max(int(e["kv"]["mod_revision"]) for e in events) + 1
+                        self.reactor.callFromThread(self._on_events, events)
+            except Exception as e:  # stream broke: resume from `revision` on the next member
+                if self._stop.is_set():
+                    return
+                log.debug("etcd watch on {u}: {e}", u=url(cluster.endpoints[i]), e=short(e))
+            self.watch_restarts += 1
+            if cluster.preferred == i:
+                cluster.preferred = (i + 1) % len(cluster.endpoints)
+            self._stop.wait(0.2)
+
+    def _on_events(self, events: list[dict[str, Any]]) -> None:
+        plen = len(self.prefix)
+        for ev in events:
+            kv = ev["kv"]
+            sid = unb64(kv["key"]).decode(errors="replace")[plen:]
+            marker = sid.endswith(MARKER)
+            if marker:
+                if ev.get("type") == "DELETE":
+                    continue
+                sid = sid[: -len(MARKER)]
+            st = self._interest.get(sid)
+            ws = self._watchers.get(sid)
+            if st is None and not ws:
+                continue
+            rev = int(kv["mod_revision"])
+            reason: str | None = None
+            own = False
+            token: int | None = None
+            if marker:
+                reason = "conflict"
+            elif ev.get("type") != "DELETE":
+                env = self._envelope(kv)
+                own = st is not None and env.get("w") in st.nonces
+                token = rev
+            if st is not None and not own:
+                st.changed = (rev, token, reason)
+            for w in list(ws or ()):
+                w.deliver(sid, token, reason)
+
+    def _resync(self) -> None:
+        """The watch history was compacted under us: re-read what we own."""
+        for sid, st in list(self._interest.items()):
+            if st.token is None:
+                continue
+            mine = st.token
+
+            def check(cur: Any, sid: str = sid, mine: int = mine) -> None:
+                token = None if cur is None else cur[1]
+                if token != mine:
+                    for w in list(self._watchers.get(sid, ())):
+                        w.deliver(sid, token, None)
+
+            self.get(sid).addCallbacks(check, lambda f: None)

@@ -136,6 +136,12 @@ $py - "$dir/gateway-events.jsonl" <<'PY'
 import json, sys
 for line in open(sys.argv[1]):
     e = json.loads(line)
-    print(f"[demo]   #{e['seq']} {e['event_type']:22} {e.get('previous_state', '') or '':>10} -> {e.get('new_state', '') or '':10} {e.get('reason_code') or ''}")
+    if "new_state" in e:
+        what = f"{e['previous_state']} -> {e['new_state']} ({e.get('reason_code')})"
+    elif e["event_type"] == "OWNERSHIP_CHANGE":
+        what = f"owner {e.get('owner')}, fencing token {e.get('fencing_token')}"
+    else:
+        what = e.get("transport_id") or e.get("reason_code") or ""
+    print(f"[demo]   #{e['seq']} {e['event_type']:22} {what}")
 PY
 say "OK: handshake, ping and transfer through the encrypted tunnel"

@@ -212,9 +212,10 @@ class ClientCore(NodeCore):
         s.tx_bytes += len(data)
         s.tx_packets += 1
         if s.first_unacked <= s.last_rx:
-            # first packet since we last heard the gateway: the probe-timeout clock starts
+            # first packet since we last heard the gateway: the probe-timeout clock starts;
+            # at a third of it, if still nothing came back, the active path gets a probe
             s.first_unacked = now
-            at = now + s.pto
+            at = now + s.pto / 3
             if not s.deadline or s.deadline > at:
                 self._schedule(s, at)
         if kp.send_counter >= self.policy.rekey_after_messages:
@@ -251,7 +252,9 @@ class ClientCore(NodeCore):
                 interval = hb if path is s.path else self.probe_interval
                 at = min(at, st.last_probe_tx + interval)
             if s.first_unacked > s.last_rx:
-                at = min(at, s.first_unacked + s.pto)
+                active = self.stats.get(s.path)
+                asked = active is not None and active.last_probe_tx >= s.first_unacked
+                at = min(at, s.first_unacked + (s.pto if asked else s.pto / 3))
         return max(at, now + 0.001)
 
     # candidates -------------------------------------------------------------------
@@ -290,6 +293,17 @@ class ClientCore(NodeCore):
         if state is State.RECOVERING:
             return
         waiting = s.first_unacked > s.last_rx
+        if (
+            waiting
+            and ast is not None
+            and ast.last_probe_tx < s.first_unacked
+            and now - s.first_unacked >= s.pto / 3
+        ):
+            # Data does not elicit answers (a one-way flow, the last ACKs of a transfer):
+            # ask the active path for an authenticated echo, so that silence at the probe
+            # timeout means the path, not the traffic pattern.
+            self.counters["ack_probes"] += 1
+            self._probe(now, s, active, ast)
         if waiting and now - s.first_unacked >= s.pto:
             if not s.suspect_since:
                 s.suspect_since = now

@@ -20,6 +20,9 @@ from jumping.core.policy import Policy
 IN_FLIGHT, ACKED, LOST = 0, 1, 2
 RING = 64  # probes remembered per path (bounds memory and the loss estimate)
 MAX_OUTSTANDING = 16
+#: the minimum RTT is remembered this long (seconds), as BBR's min_rtt filter does: the
+#: path's propagation delay, not the queueing that the session's own traffic adds to it
+MIN_RTT_WINDOW = 10.0
 
 
 class PathStats:
@@ -27,6 +30,8 @@ class PathStats:
         "path",
         "srtt",
         "rttvar",
+        "min_rtt",
+        "min_rtt_at",
         "samples",
         "ring_sent",
         "ring_state",
@@ -44,6 +49,8 @@ class PathStats:
         self.path = path
         self.srtt: float | None = None
         self.rttvar = 0.0
+        self.min_rtt: float | None = None
+        self.min_rtt_at = 0.0
         self.samples = 0
         self.ring_sent = [0.0] * RING
         self.ring_state = [ACKED] * RING  # per probe: IN_FLIGHT, ACKED or LOST
@@ -93,6 +100,8 @@ class PathStats:
         else:
             self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
             self.srtt = 0.875 * self.srtt + 0.125 * rtt
+        if self.min_rtt is None or rtt <= self.min_rtt or now - self.min_rtt_at > MIN_RTT_WINDOW:
+            self.min_rtt, self.min_rtt_at = rtt, now
         self.samples += 1
         return rtt
 
@@ -143,10 +152,15 @@ class PathStats:
         )
 
     def score(self, now: float, policy: Policy) -> float:
-        """Lower is better: RTT (ms) inflated by loss and recent failures."""
+        """Lower is better: RTT (ms) inflated by loss and recent failures.
+
+        The RTT is the path's windowed minimum, not the smoothed one: probes on the active
+        path queue behind the session's own traffic, and a busy path must not look worse
+        than an idle twin (that would move a bulk transfer back and forth)."""
         # +10 ms: a base cost per path, so that sub-millisecond jitter between two good
         # paths never crosses the hysteresis factor (no flapping between equals)
-        rtt_ms = (self.srtt if self.srtt is not None else 0.1) * 1000.0 + 10.0
+        rtt = self.min_rtt if self.min_rtt is not None else self.srtt
+        rtt_ms = (rtt if rtt is not None else 0.1) * 1000.0 + 10.0
         loss = self.loss(now, policy.loss_window_ms / 1000.0)
         return rtt_ms * (1.0 + 10.0 * loss) * (1.0 + 0.5 * min(self.failures, 10))
 

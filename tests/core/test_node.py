@@ -253,3 +253,22 @@ def test_explicit_termination_tells_the_peer(reason: Reason) -> None:
     assert reasons(net, "gateway")[-1] == reason.value
     assert reasons(net, "client")[-1] == reason.value
     assert net.client.session is None or net.client.session.session_id != sid
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_one_way_traffic_is_not_mistaken_for_a_dead_path(seed: int) -> None:
+    """Nothing answers the client's packets (a one-way flow, the last ACKs of a transfer):
+    an echo probe at a third of the probe timeout tells a quiet path from a dead one."""
+    net = attached(seed=seed, links=2)
+    assert not net.echo
+    net.traffic(until=net.now + 2.0, interval=0.002)
+    net.run_for(4.0)
+    assert "TRANSPORT_DEAD" not in reasons(net, "client")
+    assert net.client.counters["ack_probes"] > 0
+    assert net.states() == ("ATTACHED", "ATTACHED")
+    # and a path that really dies under the same one-way traffic is still left at once
+    net.traffic(until=net.now + 2.0, interval=0.002)
+    net.run_for(0.3)
+    net.links[0].up = False
+    net.run_for(1.0)
+    assert "TRANSPORT_DEAD" in reasons(net, "client")

@@ -611,8 +611,8 @@ class NodeCore:
             limiter.max_per_min = policy.max_switches_per_min
             limiter.cooldown_ms = policy.switch_cooldown_ms
         self._emit(
-            "POLICY_RELOADED", None, None, previous_version=old.version,
-            new_version=policy.version, policy_digest=policy.digest(),
+            "POLICY_RELOADED", None, None, previous_policy_version=old.version,
+            policy_digest=policy.digest(),
         )  # fmt: skip
         for s in self.sessions.values():
             self._schedule(s, now)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from nodes import Pair, events
 
-from jumping import audit
+from jumping import audit, schema
 from jumping.testing.netns import Topology
 
 pytestmark = pytest.mark.netns
@@ -252,12 +252,9 @@ def test_policy_reload_on_sighup_is_atomic(tmp_path: Path) -> None:
             ]:
                 time.sleep(0.05)
             reloaded = [e for e in events(pair.gw_events) if e["event_type"] == "POLICY_RELOADED"]
-            assert (
-                reloaded
-                and reloaded[0]["new_version"] == "2"
-                and reloaded[0]["previous_version"] == "1"
-            )
+            assert reloaded and reloaded[0]["previous_policy_version"] == "1"
             assert reloaded[0]["policy_version"] == "2"  # stamped with the new version
+            assert schema.validate(reloaded[0]) == []  # the published schema's field names
             # an out-of-bounds policy is rejected whole: version stays 2
             pair.gw_conf.write_text(
                 conf.replace('version = "1"', 'version = "3"\nswitch_cooldown_ms = 0')

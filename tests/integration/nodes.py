@@ -61,6 +61,7 @@ class Pair:
         policy: dict[str, Any] | None = None,
         transports: tuple[str, ...] = ("udp",),
         gw_extra: str = "",
+        c_extra: str = "",
     ) -> None:
         self.topo, self.tmp, self.cns, self.gns = topo, tmp, cns, gns
         self.port = port
@@ -110,7 +111,8 @@ public_key = "{self.gw_pub}"
 sink = "jsonl"
 path = "c-events.jsonl"
 [policy]
-{pol}""")
+{pol}{c_extra}
+""")
         self.gw_events = tmp / "gw-events.jsonl"
         self.c_events = tmp / "c-events.jsonl"
         self.gw: subprocess.Popen[bytes] | None = None

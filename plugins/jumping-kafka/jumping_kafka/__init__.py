@@ -1,0 +1,1 @@
+"""Kafka event sink for Jumping (plugin name ``kafka``)."""

@@ -1,0 +1,330 @@
+"""
+``kafka`` event sink: SIEM events to an Apache Kafka topic (kafka-python).
+
+- :meth:`KafkaSink.emit` runs on the reactor thread: it checks one bound and puts the event
+  on a ``queue.SimpleQueue``, nothing else. It never blocks on the network and never raises
+  (SPEC invariant 9). One daemon thread owns the ``KafkaProducer``, serialises and sends.
+- The bound covers every event accepted and not yet acknowledged: those in our queue *and*
+  those inside the producer (batched, in flight, being retried). Past ``max_queue`` new
+  events are dropped and counted; so are records the broker never acknowledged within
+  ``delivery_timeout_ms``.
+- Records are keyed by ``session_id`` (``node_id`` for node-wide events, whose session_id
+  is null), so one session's events land in one partition, in order: ``acks=all`` with
+  the idempotent producer (or one request in flight on clients without it).
+- A broker that is down at start neither blocks nor fails the node: the producer is built
+  in the thread and rebuilt with backoff; once built, kafka-python reconnects by itself
+  (``reconnect_backoff_max_ms``).
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from jumping.interfaces import IEventSink
+
+log = Logger()
+_STOP = object()
+
+# plugin option -> (type, lower bound); all of them go to KafkaProducer under the same name
+_INT_OPTIONS = {
+    "linger_ms": 0,
+    "batch_size": 1,
+    "delivery_timeout_ms": 1000,
+    "request_timeout_ms": 1000,
+    "max_block_ms": 0,
+    "reconnect_backoff_max_ms": 50,
+}
+_STR_OPTIONS = (
+    "client_id",
+    "compression_type",
+    "security_protocol",
+    "ssl_cafile",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "sasl_mechanism",
+    "sasl_plain_username",
+    "sasl_plain_password",
+)
+
+
+def _int(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"kafka: {name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _servers(value: Any) -> list[str]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise ValueError(f"kafka: bootstrap_servers must be 'host:port[,host:port]', got {value!r}")
+    out = []
+    for item in items:
+        host, sep, port = str(item).strip().rpartition(":")
+        if not isinstance(item, str) or not sep or not host or not port.isdigit():
+            raise ValueError(f"kafka: bootstrap server {item!r} is not host:port")
+        if not 0 < int(port) < 65536:
+            raise ValueError(f"kafka: bootstrap server {item!r}: port out of range")
+        out.append(f"{host}:{port}")
+    return out
+
+
+def _serialize(event: dict[str, Any]) -> bytes:
+    return json.dumps(event, sort_keys=True, separators=(",", ":")).encode()
+
+
+@implementer(IEventSink)
+class KafkaSink:
+    """An ``IEventSink`` writing to one Kafka topic. Options are the keys of its
+    ``[[events]]`` table (see ``plugins/jumping-kafka/README.md``)."""
+
+    name = "kafka"
+
+    def __init__(
+        self,
+        bootstrap_servers: str | list[str] = "127.0.0.1:9092",
+        topic: str = "jumping-events",
+        max_queue: int = 10_000,
+        close_timeout_ms: int = 3000,
+        **options: Any,
+    ) -> None:
+        unknown = sorted(set(options) - set(_INT_OPTIONS) - set(_STR_OPTIONS))
+        if unknown:
+            known = ", ".join(
+                ["bootstrap_servers", "topic", "max_queue", "close_timeout_ms"]
+                + sorted([*_INT_OPTIONS, *_STR_OPTIONS])
+            )
+            raise ValueError(f"kafka: unknown option(s) {', '.join(unknown)}; known: {known}")
+        if not isinstance(topic, str) or not topic or len(topic) > 249:
+            raise ValueError(f"kafka: topic must be a non-empty string, got {topic!r}")
+        self.bootstrap = _servers(bootstrap_servers)
+        self.topic = topic
+        self.max_queue = _int("max_queue", max_queue, 1)
+        self.close_timeout = _int("close_timeout_ms", close_timeout_ms, 0) / 1000
+        config: dict[str, Any] = {
+            "linger_ms": 5,
+            "delivery_timeout_ms": 30_000,
+            "request_timeout_ms": 10_000,
+            "max_block_ms": 5000,  # sender thread only: waiting for metadata of a new topic
+            "reconnect_backoff_max_ms": 1000,
+            "client_id": "jumping",
+        }
+        for k, v in options.items():
+            if k in _INT_OPTIONS:
+                config[k] = _int(k, v, _INT_OPTIONS[k])
+            elif not isinstance(v, str):
+                raise ValueError(f"kafka: {k} must be a string, got {v!r}")
+            else:
+                config[k] = v
+        if config["delivery_timeout_ms"] < config["request_timeout_ms"] + config["linger_ms"]:
+            raise ValueError("kafka: delivery_timeout_ms must be >= request_timeout_ms + linger_ms")
+        config.update(bootstrap_servers=self.bootstrap, acks="all")
+        self.config = config
+        # counters: each is written by one thread only (reads from others are fine)
+        self._full = 0  # reactor thread: dropped because the bound was reached or closed
+        self._sent = 0  # sender thread: handed to the producer
+        self._unsent = 0  # sender thread: the producer refused it, or left over at close
+        self._acked = 0  # producer I/O thread: acknowledged by the broker (acks=all)
+        self._failed = 0  # producer I/O thread: never acknowledged
+        self.reconnects = 0
+        self.connected = False
+        self.last_error = ""
+        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._stopping = False
+        self._stop_at = 0.0
+        self._final = False
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._closed: defer.Deferred[None] | None = None
+        self._thread = threading.Thread(target=self._run, name=f"kafka:{topic}", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ IEventSink
+    @property
+    def delivered(self) -> int:
+        return self._acked
+
+    @property
+    def dropped(self) -> int:
+        return self._full + self._unsent + self._failed
+
+    @property
+    def queue_depth(self) -> int:
+        """Accepted, not yet acknowledged nor dropped: in our queue or inside the producer."""
+        return max(0, self._q.qsize() + self._sent - self._acked - self._failed)
+
+    def emit(self, event: dict[str, Any]) -> None:
+        # the reactor's whole cost: a bound check and a put (C code, never waits on I/O)
+        if (
+            self._stopping
+            or self._q.qsize() + self._sent - self._acked - self._failed >= self.max_queue
+        ):
+            self._full += 1
+            return
+        self._q.put(event)
+
+    def close(self) -> defer.Deferred[None]:
+        """Send what is queued and flush, for at most ``close_timeout_ms`` (plus a bounded
+        producer shutdown), in the sender thread; the Deferred fires when it is done."""
+        with self._lock:
+            if self._closed is None:
+                self._closed = defer.Deferred()
+                self._stop_at = time.monotonic() + self.close_timeout
+                self._stopping = True
+                self._q.put(_STOP)
+                if self._done.is_set():
+                    self._closed.callback(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._closed.addBoth(lambda r: (d.callback(None), r)[1])
+        return d
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait (off the reactor) until the sender thread has finished; True if it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "queue_depth": self.queue_depth,
+            "delivered": self.delivered,
+            "dropped": self.dropped,
+            "dropped_full": self._full,
+            "dropped_unsent": self._unsent,
+            "dropped_failed": self._failed,
+            "reconnects": self.reconnects,
+            "connected": self.connected,
+            "last_error": self.last_error,
+        }
+
+    # ------------------------------------------------------------------ sender thread
+    def _ok(self, _meta: Any) -> None:
+        if self._final:  # already counted as dropped when the producer was shut down
+            return
+        self._acked += 1
+        if not self.connected:
+            self.connected = True
+            log.info(
+                "kafka sink: delivering to {servers} topic {topic}",
+                servers=self.bootstrap,
+                topic=self.topic,
+            )
+
+    def _nok(self, exc: Any) -> None:
+        if self._final:
+            return
+        self._failed += 1
+        self._down(exc)
+
+    def _down(self, exc: Any) -> None:
+        self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        if self.connected:
+            self.connected = False
+            log.warn(
+                "kafka sink: delivery failing ({error}); dropping and counting",
+                error=self.last_error,
+            )
+
+    def _producer(self) -> Any:
+        """Build the producer, retrying with backoff; None once the sink is closing."""
+        from kafka import KafkaProducer
+
+        config = dict(self.config)
+        known = KafkaProducer.DEFAULT_CONFIG
+        # ordered retries without duplicates: the idempotent producer where the client has it,
+        # and one request in flight per connection (kafka-python 2.x requires it for
+        # idempotence; without idempotence it is what keeps retries in order)
+        config["enable_idempotence"] = True
+        config["max_in_flight_requests_per_connection"] = 1
+        if "bootstrap_timeout_ms" in known:
+            config["bootstrap_timeout_ms"] = min(config["request_timeout_ms"], 3000)
+        config = {k: v for k, v in config.items() if k in known}
+        backoff = 0.2
+        while True:
+            try:
+                return KafkaProducer(**config)
+            except Exception as e:
+                self.reconnects += 1
+                self._down(e)
+                if self.reconnects == 1:
+                    log.warn(
+                        "kafka sink: cannot reach {servers} ({error}); retrying",
+                        servers=self.bootstrap,
+                        error=self.last_error,
+                    )
+            deadline = time.monotonic() + backoff
+            while time.monotonic() < deadline:
+                if self._stopping:
+                    return None
+                time.sleep(0.05)
+            backoff = min(backoff * 2, 5.0)
+
+    def _run(self) -> None:
+        producer = None
+        try:
+            while True:
+                item = self._q.get()
+                if item is _STOP:
+                    break
+                if producer is None:
+                    producer = self._producer()
+                    if producer is None:
+                        self._unsent += 1
+                        break
+                if self._stopping and time.monotonic() > self._stop_at:
+                    self._unsent += 1
+                    continue
+                key = item.get("session_id") or item.get("node_id") or ""
+                try:
+                    future = producer.send(
+                        self.topic, key=str(key).encode(), value=_serialize(item)
+                    )
+                except Exception as e:  # metadata or buffer unavailable within max_block_ms
+                    self._unsent += 1
+                    self._down(e)
+                    continue
+                self._sent += 1
+                future.add_callback(self._ok)
+                future.add_errback(self._nok)
+        except Exception as e:  # never let the thread die silently
+            log.failure("kafka sink: sender thread failed")
+            self.last_error = repr(e)
+        finally:
+            self._finish(producer)
+
+    def _finish(self, producer: Any) -> None:
+        if producer is not None:
+            try:
+                producer.flush(
+                    timeout=max(0.0, self._stop_at - time.monotonic()) if self._stopping else 1.0
+                )
+            except Exception:
+                pass
+            try:
+                producer.close(timeout=1.0)
+            except Exception:
+                pass
+        self._stopping = True
+        self._final = True
+        # whatever is still queued or never acknowledged counts as dropped
+        leftover = 0
+        while True:
+            try:
+                if self._q.get_nowait() is not _STOP:
+                    leftover += 1
+            except queue.Empty:
+                break
+        self._unsent += leftover + max(0, self._sent - self._acked - self._failed)
+        self._sent = self._acked + self._failed
+        with self._lock:
+            self._done.set()
+            if self._closed is not None:
+                from twisted.internet import reactor
+
+                reactor.callFromThread(self._closed.callback, None)  # type: ignore[attr-defined]

@@ -457,7 +457,8 @@ class ClientCore(NodeCore):
                 if st is not None:
                     st.fresh_start()
                 moved = s.bound_before is not None and s.bound_before is not path
-                self._bind(now, s, path)
+                # the switch latency runs from the switch decision (the reattach we sent)
+                self._bind(now, s, path, latency_ms=int((now - s.reattach_sent) * 1000))
                 s.last_rx = now
                 self._transition(now, s, Reason.REATTACH_OK)
                 if moved and self.policy.rekey_on_switch:

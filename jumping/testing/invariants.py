@@ -91,7 +91,7 @@ class InvariantChecker:
             self.switches += 1
             times = self._switch_times[key]
             p = self.policy
-            # the limit binds switch *decisions*: a client decides when it enters RECOVERING
+            # the limit binds switch *decisions*: a client decides when it sends the reattach
             # (the event reports the latency since), a gateway when the path is validated
             at = now - e.fields.get("switch_latency_ms", 0) / 1000.0 if side == "client" else now
             if times and at - times[-1] < p.switch_cooldown_ms / 1000.0 - 0.002:

@@ -129,6 +129,7 @@ class KafkaSink:
         self.config = config
         # counters: each is written by one thread only (reads from others are fine)
         self._full = 0  # reactor thread: dropped because the bound was reached or closed
+        self._accepted = 0  # reactor thread: put on the queue
         self._sent = 0  # sender thread: handed to the producer
         self._unsent = 0  # sender thread: the producer refused it, or left over at close
         self._acked = 0  # producer I/O thread: acknowledged by the broker (acks=all)
@@ -157,17 +158,19 @@ class KafkaSink:
 
     @property
     def queue_depth(self) -> int:
-        """Accepted, not yet acknowledged nor dropped: in our queue or inside the producer."""
-        return max(0, self._q.qsize() + self._sent - self._acked - self._failed)
+        """Accepted, not yet acknowledged nor dropped: in our queue or inside the producer.
+
+        Each counter has one writer (``_accepted`` the emitting thread, the others the
+        sender side) and only grows, so a racy read can only overstate the depth: the
+        bound holds."""
+        return self._accepted - self._acked - self._failed - self._unsent
 
     def emit(self, event: dict[str, Any]) -> None:
         # the reactor's whole cost: a bound check and a put (C code, never waits on I/O)
-        if (
-            self._stopping
-            or self._q.qsize() + self._sent - self._acked - self._failed >= self.max_queue
-        ):
+        if self._stopping or self.queue_depth >= self.max_queue:
             self._full += 1
             return
+        self._accepted += 1
         self._q.put(event)
 
     def close(self) -> defer.Deferred[None]:

@@ -313,10 +313,14 @@ class ClientCore(NodeCore):
                         self._probe(now, s, path, self.stats[path])
             alt = self._best(now, exclude=active)
             if alt is not None:
-                self._failover(
+                if self._failover(
                     now, s, alt, Reason.TRANSPORT_DEAD,
                     detail="probe_timeout", silence_ms=int((now - s.last_rx) * 1000),
-                )  # fmt: skip
+                ) and ast is not None:  # fmt: skip
+                    # a path left for silence must answer a probe again before it is a
+                    # candidate: its stats still look fresh, and going back would flap
+                    ast.validated = False
+                    ast.failures += 1
                 return
         elif not waiting:
             s.suspect_since = 0.0

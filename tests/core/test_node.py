@@ -272,3 +272,23 @@ def test_one_way_traffic_is_not_mistaken_for_a_dead_path(seed: int) -> None:
     net.links[0].up = False
     net.run_for(1.0)
     assert "TRANSPORT_DEAD" in reasons(net, "client")
+
+
+@pytest.mark.parametrize("seed", [4, 5, 6])
+def test_a_path_left_for_silence_is_not_chosen_again_until_it_answers(seed: int) -> None:
+    net = SimNet(seed=seed, links=2)
+    net.links[0].delay, net.links[1].delay = 0.001, 0.020  # the dead path looks much better
+    net.start()
+    net.run_for(3.0)
+    assert net.states() == ("ATTACHED", "ATTACHED")
+    net.traffic(until=net.now + 8.0, interval=0.002)
+    net.run_for(0.3)
+    net.links[0].up = False
+    net.run_for(5.0)  # well past the switch cooldown, the dead path's stats still recent
+    switches = net.events("client", "TRANSPORT_SWITCH")
+    assert len(switches) == 1
+    assert net.events("client", "TRANSPORT_SWITCH_DENIED") == []
+    assert "POLICY_FORCED_RECOVERY" not in reasons(net, "client")
+    net.links[0].up = True  # it answers probes again: a candidate like any other
+    net.run_for(5.0)
+    assert net.states() == ("ATTACHED", "ATTACHED")

@@ -8,11 +8,14 @@
 #
 # Layout (the root namespace is not touched): a hub namespace holds a bridge 10.210.0.1/24
 # and the etcd members (10.210.0.1:23791-23793, peers :23794-23796); gateway N lives in its
-# own namespace at 10.210.0.1N (UDP 51820, tunnel 10.99.N.1/24, node_id gwN), joined to
-# the bridge by a veth, with [ownership] backend = "etcd". Clients go in further namespaces
-# on the same bridge (10.210.0.100+) and list the three gateways as endpoints; DIR/client.key
-# and DIR/gateway*.pub are the keys to use. Namespace names carry the starting shell's pid
-# (stored in DIR/tag) so two runs never collide. Logs: DIR/gwN.log, DIR/etcd/m*.log.
+# own namespace at 10.210.0.1N (UDP 51820, tunnel 10.99.0.1/24 on every gateway, node_id
+# gwN), joined to the bridge by a veth, with [ownership] backend = "etcd". The gateways share
+# one identity key (DIR/gateway.key: the cluster's Noise responder key, as with anycast), so
+# a client can resume its session on any of them (takeover). Clients go in further
+# namespaces on the same bridge (10.210.0.100+) and list the three gateways as endpoints;
+# DIR/client.key and DIR/gateway.pub are the keys to use. Namespace names carry the
+# starting shell's pid (stored in DIR/tag) so two runs never collide. Logs: DIR/gwN.log,
+# DIR/etcd/m*.log.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 say() { printf '[gateways] %s\n' "$*" >&2; }
@@ -24,7 +27,7 @@ twistd=$(command -v twistd || echo "$($py -c 'import sys,os; print(os.path.dirna
 hub_ip=10.210.0.1
 
 cmd=${1:-}; dir=${2:-}
-[[ -n $cmd && -n $dir ]] || { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+[[ -n $cmd && -n $dir ]] || { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 stop_all() {
   local tag n
@@ -69,16 +72,16 @@ case $cmd in
     eps=$(ip netns exec "$hub" env ETCD_HOST=$hub_ip bash "$root/deploy/cluster/etcd.sh" start "$dir/etcd")
     say "keys"
     cpub=$($py -m jumping.cli keygen --out "$dir/client.key" 2>/dev/null)
+    $py -m jumping.cli keygen --out "$dir/gateway.key" >/dev/null 2>&1  # one cluster identity
     for n in 1 2 3; do
-      $py -m jumping.cli keygen --out "$dir/gateway$n.key" >/dev/null 2>&1
       cat >"$dir/gw$n.toml" <<T
 [node]
 role = "gateway"
 node_id = "gw$n"
-private_key = "gateway$n.key"
+private_key = "gateway.key"
 [tun]
 name = "jmpg$n"
-address = "10.99.$n.1/24"
+address = "10.99.0.1/24"
 [[listen]]
 transport = "udp"
 host = "0.0.0.0"

@@ -78,6 +78,9 @@ class MemoryOwnership:
                 f"memory: max_sessions must be a positive integer, got {max_sessions!r}"
             )
         self.node_id = node_id
+        #: several nodes share ownership only through a store passed in (tests): a node
+        #: with its own store can never be asked to take a session over
+        self.shared = store is not None
         self.store = store or MemoryStore(max_sessions)
         if clock is None:
             from twisted.internet import reactor as clock

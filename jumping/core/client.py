@@ -1,6 +1,8 @@
 """
 The client side of the core: one session with one gateway over the paths the service
-opened; initiates handshakes and rekeys, sends reattach proofs while recovering.
+opened; initiates handshakes and rekeys, sends reattach proofs while recovering, and resumes
+its session on another gateway of the cluster (a resume handshake carrying its SessionID and
+state_version) when its gateway died or told it OWNERSHIP_LOST.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ class ClientCore(NodeCore):
         self._initiate(now, s)
         self._schedule(s, now + self.handshake_retry / 4)
 
-    def _initiate(self, now: float, s: Session) -> None:
+    def _initiate(self, now: float, s: Session, path: Any = None) -> None:
         if not self.paths:
             self.drops["NO_PATH"] += 1
             return
@@ -109,7 +111,11 @@ class ClientCore(NodeCore):
         s.handshake = hs
         if s.handshake_attempts == 0 or s.fsm.state is not State.BIRTH:
             s.handshake_started = now
-        path = s.path if s.path is not None else self.paths[s.handshake_attempts % len(self.paths)]
+        if path is None:
+            path = s.path
+        if path is None:
+            path = self.paths[s.handshake_attempts % len(self.paths)]
+        s.resume_hs = None
         s.handshake_attempts += 1
         s.last_handshake_tx = now
         self.counters["handshakes_sent"] += 1
@@ -135,6 +141,8 @@ class ClientCore(NodeCore):
             return
         del self.handshakes[receiver]
         s.handshake = None
+        resumed = hs is s.resume_hs
+        s.resume_hs = None
         if s.fsm.state is not State.BIRTH and est.session_id != s.session_id:
             # The gateway no longer knows our session: never a silent identity reset.
             self._transition(now, s, Reason.OWNERSHIP_LOST, detail="gateway_forgot_session")
@@ -146,6 +154,9 @@ class ClientCore(NodeCore):
             s.session_id = est.session_id
             s.sid_hex = est.session_id.hex()
             self.sessions[s.session_id] = s
+        if resumed and s.fsm.state is State.RECOVERING:
+            self._resumed(now, s, est, path)
+            return
         self._install(now, s, est, path)
 
     def _adopt_new_session(self, now: float, est: Any, path: Any, hs: Initiation) -> None:
@@ -322,6 +333,19 @@ class ClientCore(NodeCore):
                     ast.validated = False
                     ast.failures += 1
                 return
+            silence = now - s.last_rx
+            if silence >= max(4 * s.pto, p.heartbeat_timeout_ms / 2000) and (
+                self._resume_candidates(s)
+            ):
+                # no path left to our gateway but other gateways of the cluster: recover
+                # now (resume there) rather than after dead_after_ms, while the dead
+                # gateway's ownership record still exists
+                if self._transition(
+                    now, s, Reason.TRANSPORT_DEAD, detail="probe_timeout",
+                    silence_ms=int(silence * 1000),
+                ):  # fmt: skip
+                    self._resume(now, s)
+                return
         elif not waiting:
             s.suspect_since = 0.0
         if ast is None:
@@ -415,15 +439,111 @@ class ClientCore(NodeCore):
         p = self.policy
         st = self.stats.get(s.path)
         timeout = max(3 * (st.pto(p) if st else 0.15), 0.3)
+        if s.resuming is not None:
+            # our gateway lost the session: only another gateway can take it over
+            if now - s.last_handshake_tx >= timeout:
+                self._resume(now, s)
+            return
         if now - max(s.reattach_sent, s.state_since) >= timeout:
             if st is not None:
                 st.failures += 1
             alt = self._best(now, exclude=s.path)
             if alt is not None and self._failover(now, s, alt, Reason.TRANSPORT_DEAD):
                 return
+            if alt is None and now - s.last_handshake_tx >= timeout:
+                # no validated path left to our gateway: try the other gateways
+                self._resume(now, s)
         if now - s.last_reattach_tx >= self.reattach_interval:
             s.last_reattach_tx = now
             self._control(now, s, wire.Control.REATTACH, _reattach_body(now, s))
+
+    # takeover ----------------------------------------------------------------------
+    def _resume_candidates(self, s: Session) -> list[Any]:
+        """Paths to another gateway: after OWNERSHIP_LOST every path not to the gateway that
+        lost the session; otherwise the paths that never answered a probe of this session
+        (a gateway that does not know it yet), to another address than the active one."""
+        if s.resuming is not None:
+            return [
+                x for x in self.paths
+                if getattr(x, "connected", True) and _host(x) != s.resuming
+            ]  # fmt: skip
+        here = _host(s.path)
+        return [
+            x for x in self.paths
+            if getattr(x, "connected", True) and not self.stats[x].validated
+            and (here is None or _host(x) != here)
+        ]  # fmt: skip
+
+    def _resume(self, now: float, s: Session) -> bool:
+        """Send a resume handshake (our SessionID and state_version, fresh keys) on the next
+        candidate gateway; its answer (``_resumed``) moves the session there."""
+        cands = self._resume_candidates(s)
+        if not cands:
+            s.last_handshake_tx = now  # retry later, when a path may have come up
+            return False
+        denied = self.switch_limiter.check(s.sid_hex, int(now * 1000))
+        if denied is not None:
+            self.counters["resume_rate_limited"] += 1
+            s.last_handshake_tx = now
+            return False
+        path = cands[s.resume_turn % len(cands)]
+        s.resume_turn += 1
+        self.counters["resume_attempts"] += 1
+        self._emit(
+            "REATTACH_ATTEMPT", s, None, transport_id=getattr(path, "transport_id", None),
+            mode="resume",
+        )  # fmt: skip
+        self._initiate(now, s, path)
+        s.resume_hs = s.handshake
+        return True
+
+    def _resumed(self, now: float, s: Session, est: Any, path: Any) -> None:
+        """A gateway answered our resume handshake for this SessionID: it owns the session
+        now. Install the new keys (the old gateway's are wiped), bind the path, REATTACH_OK."""
+        old = s.bound_before if s.bound_before is not None else s.path
+        old_host = _host(old)
+        self.switch_limiter.record(s.sid_hex, int(now * 1000))
+        for kp in s.keypairs():
+            self.index.pop(kp.local_index, None)
+            kp.wipe()
+        s.current = s.previous = s.next = None
+        for x in self.paths:
+            if x is not path and old_host is not None and _host(x) == old_host:
+                self.stats[x].validated = False  # that gateway no longer knows the session
+        st = self.stats.get(path)
+        if st is not None:
+            st.fresh_start()
+            st.heard(now)
+        if s.bound_before is None:
+            s.bound_before = s.path
+        self._bind(now, s, path)
+        s.resuming = None
+        s.first_unacked = 0.0
+        s.suspect_since = 0.0
+        self.counters["sessions_resumed"] += 1
+        self._install(now, s, est, path)
+        self._transition(now, s, Reason.REATTACH_OK, detail="takeover")
+        self._emit(
+            "REATTACH_RESULT", s, Reason.REATTACH_OK.value, ok=True,
+            transport_id=getattr(path, "transport_id", None), mode="resume",
+        )  # fmt: skip
+
+    def _peer_terminated(self, now: float, s: Session, body: bytes) -> None:
+        """A gateway that lost our session (fenced by another node's claim, or cut from the
+        ownership backend) tells us OWNERSHIP_LOST: resume on another gateway, within
+        recovery_window_ms, instead of starting a new session."""
+        if body == Reason.OWNERSHIP_LOST.value.encode() and s is self.session:
+            lost = _host(s.path)
+            s.resuming = lost
+            if lost is not None and self._resume_candidates(s):
+                self.counters["gateway_lost_ownership"] += 1
+                if s.fsm.state is not State.RECOVERING:
+                    self._transition(now, s, Reason.TRANSPORT_DEAD, detail="gateway_lost_ownership")
+                self._resume(now, s)
+                self._schedule(s, now)
+                return
+            s.resuming = None
+        super()._peer_terminated(now, s, body)
 
     def path_lost(self, now: float, path: Any) -> list[Output]:
         self._now = now
@@ -497,3 +617,9 @@ class ClientCore(NodeCore):
                 self._start(now)
             else:
                 self.pending.append(ArmTimer(self.restart_at))
+
+
+def _host(path: Any) -> Any:
+    """The remote host of a path (one gateway per address), None if unknown."""
+    addr = getattr(path, "remote_address", None)
+    return addr[0] if isinstance(addr, tuple) and addr else None

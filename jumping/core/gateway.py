@@ -1,13 +1,14 @@
 """
 The gateway side of the core: answers handshakes (with cookies under load), owns sessions,
-routes TUN packets to sessions by destination, validates reattach proofs.
+routes TUN packets to sessions by destination, validates reattach proofs, and takes over
+sessions another gateway of the cluster owned (``Adopt`` / :meth:`GatewayCore.adopted`).
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jumping.core import wire
@@ -21,7 +22,7 @@ from jumping.core.node import (
     address_bytes,
     destination,
 )
-from jumping.core.outputs import Claim, Output, Release
+from jumping.core.outputs import Adopt, Claim, Output, Release
 from jumping.core.ratelimit import GlobalBucket, SwitchLimiter
 from jumping.core.session import Keypair, Session
 
@@ -37,9 +38,15 @@ class GatewayCore(NodeCore):
         peers: Sequence[Peer],
         cookie_threshold_per_s: int = 2000,
         switch_limiter: Any = None,
+        adopt_sessions: bool = False,
         **kw: Any,
     ) -> None:
         super().__init__(**kw)
+        #: answer a resume (an initiation naming a SessionID this node does not know) by
+        #: asking the ownership backend to hand the session over (``Adopt``). Off for a
+        #: single node (nobody else can own a session), on with a cluster backend.
+        self.adopt_sessions = adopt_sessions
+        self._adopting: dict[bytes, tuple[Response, Peer, Any, float]] = {}
         self.peers = {p.public_key: p for p in peers}
         self.cookies = CookieChecker(self.me, self.rng)
         self.cookie_threshold = cookie_threshold_per_s
@@ -142,19 +149,35 @@ class GatewayCore(NodeCore):
         if s is not None and s.peer is not peer:
             self._drop("SESSION_PEER_MISMATCH")
             return
+        if s is None and hs.session_id != _NO_SESSION and self.adopt_sessions:
+            self._request_adoption(now, hs, peer, path)
+            return
         if s is None:
-            if len(self.sessions) >= self.max_sessions:
-                self._drop("SESSION_TABLE_FULL")
+            s = self._new_session(now, peer, self.rng(16))
+            if s is None:
                 return
-            s = Session(self.rng(16), peer, now)
-            self.sessions[s.session_id] = s
-            live = peer.sessions
-            live.append(s)
-            if len(live) > 2:
-                old = live[0]
-                self._tell_peer_terminated(now, old, Reason.POLICY_DENIED)
-                self._transition(now, old, Reason.POLICY_DENIED, detail="superseded")
             self.counters["sessions_created"] += 1
+        self._answer(now, path, hs, s)
+
+    def _new_session(
+        self, now: float, peer: Peer, session_id: bytes, state_version: int = 0
+    ) -> Session | None:
+        if len(self.sessions) >= self.max_sessions:
+            self._drop("SESSION_TABLE_FULL")
+            return None
+        s = Session(session_id, peer, now, state_version)
+        self.sessions[s.session_id] = s
+        live = peer.sessions
+        live.append(s)
+        if len(live) > 2:
+            old = live[0]
+            self._tell_peer_terminated(now, old, Reason.POLICY_DENIED)
+            self._transition(now, old, Reason.POLICY_DENIED, detail="superseded")
+        return s
+
+    def _answer(self, now: float, path: Any, hs: Response, s: Session) -> None:
+        """Write the handshake response for ``s``; its keys become ``s.next`` until the
+        client's first packet under them confirms them."""
         local = self._new_index()
         message, est = hs.write(local, s.session_id, s.fsm.state_version)
         if s.next is not None:
@@ -168,7 +191,83 @@ class GatewayCore(NodeCore):
         self.index[local] = kp
         self.counters["handshakes_answered"] += 1
         self._send(path, message, s)
-        self._schedule(s, now + self.handshake_timeout)
+        if s.fsm.state is State.RECOVERING:
+            self._schedule(s, now)  # adopted: the recovery window runs from now
+        else:
+            self._schedule(s, now + self.handshake_timeout)
+
+    # takeover -------------------------------------------------------------------
+    # A client whose gateway died or was fenced sends its initiation, with its SessionID and
+    # state_version, to another gateway of the cluster. Noise has authenticated the client
+    # (fresh keys: the old ones never leave the old gateway); the session is answered only
+    # once the ownership backend handed it over by CAS on the record's fencing token.
+    def _request_adoption(self, now: float, hs: Response, peer: Peer, path: Any) -> None:
+        sid = hs.session_id
+        asked = self._adopting.get(sid)
+        if asked is None and len(self._adopting) >= ADOPTIONS_PENDING_MAX:
+            self._drop("ADOPT_BACKLOG")
+            return
+        # a newer initiation replaces the older one; one question to the backend at a time
+        # (asked again if it has not answered within the handshake timeout)
+        waiting = asked is not None and now - asked[3] < self.handshake_timeout
+        at = asked[3] if waiting and asked is not None else now
+        self._adopting[sid] = (hs, peer, path, at)
+        if waiting:
+            self.counters["adopt_coalesced"] += 1
+            return
+        self.counters["adopt_requests"] += 1
+        self.pending.append(Adopt(sid.hex(), peer.public_key.hex(), hs.state_version))
+
+    def adopted(
+        self, now: float, session_id: str, token: int | None, error: str | None
+    ) -> list[Output]:
+        """The ownership backend answered an ``Adopt``: ``token`` is our fencing token for
+        the session now, or None with ``error`` (``no_record``, ``wrong_client``,
+        ``stale_state_version``, ``conflict``, ``unavailable``...)."""
+        self._now = now
+        try:
+            sid = bytes.fromhex(session_id)
+        except ValueError:
+            self._drop("ADOPT_UNKNOWN")
+            return self.take()
+        entry = self._adopting.pop(sid, None)
+        if entry is None or sid in self.sessions:
+            if token is not None:
+                self.pending.append(Release(session_id, token))
+            self._drop("ADOPT_UNKNOWN")
+            return self.take()
+        hs, peer, path, _asked = entry
+        if token is None:
+            if error == "no_record":
+                # nobody owns it: the session is over cluster-wide. As a single gateway
+                # does, answer with a new session; the client sees the new SessionID and
+                # ends the old one explicitly (OWNERSHIP_LOST) before adopting it.
+                s = self._new_session(now, peer, self.rng(16))
+                if s is not None:
+                    self.counters["sessions_created"] += 1
+                    self._answer(now, path, hs, s)
+                return self.take()
+            self.counters[f"adopt_refused:{error}"] += 1
+            self._drop(ADOPT_DROPS.get(error or "", "ADOPT_REFUSED"))
+            return self.take()
+        s = self._new_session(now, peer, sid, hs.state_version)
+        if s is None:
+            self.pending.append(Release(session_id, token))
+            return self.take()
+        # The session arrives with its history: RECOVERING at the client's state_version
+        # (no transition here); the client's first packet under the new keys proves them
+        # and makes it ATTACHED with REATTACH_OK (SPEC section 1).
+        s.fsm.state = State.RECOVERING
+        s.state_since = now
+        s.owned = True
+        s.owner_token = token
+        self.counters["sessions_adopted"] += 1
+        self._emit(
+            "OWNERSHIP_CHANGE", s, None, owner=self.node_id, fencing_token=token,
+            detail="takeover",
+        )  # fmt: skip
+        self._answer(now, path, hs, s)
+        return self.take()
 
     def _confirm(self, now: float, s: Session, kp: Keypair, path: Any) -> None:
         if s.previous is not None:
@@ -177,7 +276,17 @@ class GatewayCore(NodeCore):
         s.previous, s.current, s.next = s.current, kp, None
         kp.confirmed = True
         self.counters["handshakes_confirmed"] += 1
-        if s.fsm.state is State.BIRTH:
+        if s.fsm.state is State.RECOVERING and s.path is None:
+            # an adopted session: the client proved the keys of its resume handshake
+            self._bind(now, s, path)
+            self._set_routes(s)
+            s.last_rx = now
+            self._transition(now, s, Reason.REATTACH_OK, detail="takeover")
+            self._emit(
+                "REATTACH_RESULT", s, Reason.REATTACH_OK.value, ok=True,
+                transport_id=getattr(path, "transport_id", None),
+            )  # fmt: skip
+        elif s.fsm.state is State.BIRTH:
             self._bind(now, s, path)
             self._set_routes(s)
             self._transition(now, s, Reason.HANDSHAKE_OK)
@@ -222,6 +331,8 @@ class GatewayCore(NodeCore):
         if s is not None:
             s.owned = False
             s.owner_token = None
+            # tell the client (if it still hears us): it resumes on another gateway
+            self._tell_peer_terminated(now, s, Reason.OWNERSHIP_LOST)
             self._transition(now, s, Reason.OWNERSHIP_LOST)
         return self.take()
 
@@ -326,6 +437,34 @@ class GatewayCore(NodeCore):
         )
 
 
+def adoption_error(
+    found: tuple[Mapping[str, Any], int] | None, client_key: str, state_version: int
+) -> str | None:
+    """Why the record ``found`` (``backend.get``'s answer) must not be handed over to the
+    initiator (hex ``client_key``, its ``state_version``), or None if it may be claimed."""
+    if found is None:
+        return "no_record"
+    record = found[0]
+    if not isinstance(record, Mapping):
+        return "bad_record"
+    key = record.get("client_public_key")
+    if not isinstance(key, str) or not hmac.compare_digest(key.encode(), client_key.encode()):
+        return "wrong_client"
+    version = record.get("state_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version > state_version:
+        return "stale_state_version"
+    return None
+
+
+#: counted drop reason of a refused takeover, by error
+ADOPT_DROPS = {
+    "wrong_client": "ADOPT_WRONG_CLIENT",
+    "bad_record": "ADOPT_WRONG_CLIENT",
+    "stale_state_version": "ADOPT_STALE_VERSION",
+    "conflict": "ADOPT_CONFLICT",
+    "unavailable": "ADOPT_UNAVAILABLE",
+}
+ADOPTIONS_PENDING_MAX = 4096
 CHALLENGE_RETRY = 0.1
 CHALLENGE_ATTEMPTS = 8
 AMPLIFICATION = 3

@@ -53,7 +53,13 @@ _TERMINAL_NOTICE = struct.Struct("<B32s")
 #: drop reasons that are evidence of an attack, by SIEM violation type (SPEC section 6)
 SECURITY_VIOLATIONS: dict[str, tuple[str, ...]] = {
     "REPLAY_DETECTED": ("REPLAY", "HANDSHAKE_REPLAY"),
-    "INVALID_PROOF": ("AUTH_FAILED", "REATTACH_INVALID", "UNEXPECTED_RESPONSE"),
+    "INVALID_PROOF": (
+        "AUTH_FAILED",
+        "REATTACH_INVALID",
+        "UNEXPECTED_RESPONSE",
+        "ADOPT_WRONG_CLIENT",
+        "ADOPT_STALE_VERSION",
+    ),
     "HANDSHAKE_FLOOD": ("BAD_MAC1", "COOKIE_REQUIRED", "HANDSHAKE_AUTH_FAILED"),
     "UNKNOWN_PEER": ("UNKNOWN_PEER",),
     "SPOOFED_INNER_SOURCE": ("SOURCE_NOT_ALLOWED",),

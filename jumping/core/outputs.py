@@ -2,8 +2,8 @@
 What the core asks its caller to do. Frozen: the core never gets a callback.
 
 The service executes them in order: ``Send`` on the named path, ``WriteTun`` to the TUN
-device, ``Emit`` to the event pipeline, ``ArmTimer`` to call ``tick`` again, ``Claim`` and
-``Release`` against the ownership backend. ``Drop`` is informational (already counted).
+device, ``Emit`` to the event pipeline, ``ArmTimer`` to call ``tick`` again, ``Claim``,
+``Adopt`` and ``Release`` against the ownership backend. ``Drop`` is informational (already counted).
 """
 
 from __future__ import annotations
@@ -57,9 +57,21 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True)
+class Adopt:
+    """Take over a session another gateway of the cluster owns (a client resumed it here):
+    read its record, check it against the authenticated initiator (``client_key``, hex) and
+    its ``state_version`` (:func:`jumping.core.gateway.adoption_error`), claim it by CAS on
+    the record's token; answer with ``GatewayCore.adopted``."""
+
+    session_id: str
+    client_key: str
+    state_version: int
+
+
+@dataclass(frozen=True, slots=True)
 class Release:
     session_id: str
     token: int | None
 
 
-Output = Union[Send, WriteTun, Emit, ArmTimer, Drop, Claim, Release]
+Output = Union[Send, WriteTun, Emit, ArmTimer, Drop, Claim, Adopt, Release]

@@ -118,6 +118,9 @@ class Session:
         "reattach_sent",
         "challenge",
         "offpath_rx",
+        "resuming",
+        "resume_hs",
+        "resume_turn",
     )
 
     def __init__(self, session_id: bytes, peer: Any, now: float, state_version: int = 0) -> None:
@@ -154,6 +157,9 @@ class Session:
         self.reattach_sent = 0.0
         self.challenge: Any = None  # gateway: pending path validation
         self.offpath_rx = 0.0
+        self.resuming: Any = None  # client: host of the gateway that lost the session
+        self.resume_hs: Any = None  # client: the pending resume initiation
+        self.resume_turn = 0  # client: rotates resume attempts over the other gateways
 
     def keypairs(self) -> tuple[Keypair, ...]:
         return tuple(k for k in (self.current, self.previous, self.next) if k is not None)

@@ -27,9 +27,19 @@ from zope.interface import implementer
 from jumping import plugin
 from jumping.core import wire
 from jumping.core.client import ClientCore
-from jumping.core.gateway import GatewayCore
+from jumping.core.gateway import GatewayCore, adoption_error
 from jumping.core.node import NodeCore, Peer
-from jumping.core.outputs import ArmTimer, Claim, Drop, Emit, Output, Release, Send, WriteTun
+from jumping.core.outputs import (
+    Adopt,
+    ArmTimer,
+    Claim,
+    Drop,
+    Emit,
+    Output,
+    Release,
+    Send,
+    WriteTun,
+)
 from jumping.interfaces import (
     IBatchDatagramReceiver,
     IBatchTransport,
@@ -128,6 +138,9 @@ class NodeService(service.Service):
             self.ownership = plugin.load(
                 IOwnershipBackend, own.name, node_id=cfg.node_id, **dict(own.options)
             )
+            # a backend shared by several nodes (etcd, a shared memory store): a client may
+            # resume here a session another gateway owned (takeover)
+            self.core.adopt_sessions = bool(getattr(self.ownership, "shared", True))
         else:
             self.core = ClientCore(gateway_public_key=cfg.gateway.public_key, **common)  # type: ignore[arg-type]
         tun = cfg.tun
@@ -380,6 +393,8 @@ class NodeService(service.Service):
                 self._arm(out.at)  # type: ignore[union-attr]
             elif t is Claim:
                 self._claim(out)  # type: ignore[arg-type]
+            elif t is Adopt:
+                self._adopt(out)  # type: ignore[arg-type]
             elif t is Release:
                 self._release(out)  # type: ignore[arg-type]
             elif t is Drop:
@@ -417,6 +432,29 @@ class NodeService(service.Service):
             self._run(core.claimed(self.reactor.seconds(), c.session_id, None, error))
 
         backend.claim(c.session_id, dict(c.record), c.token).addCallbacks(ok, failed)
+
+    def _adopt(self, a: Adopt) -> None:
+        """Take over a session another gateway owned (the client resumed it here)."""
+        backend = self.ownership
+        core = self.core
+        if not isinstance(core, GatewayCore):
+            return
+        if backend is None:
+            self._run(core.adopted(self.reactor.seconds(), a.session_id, None, "unavailable"))
+            return
+
+        def done(result: tuple[int | None, str | None]) -> None:
+            token, error = result
+            if token is not None:
+                self._watch_ownership(a.session_id)
+                log.info("session {sid} taken over (fencing token {t})", sid=a.session_id, t=token)
+            else:
+                log.warn("takeover of {sid} refused: {e}", sid=a.session_id, e=error)
+            self._run(core.adopted(self.reactor.seconds(), a.session_id, token, error))
+
+        adopt_session(backend, core.node_id, a).addCallback(done).addErrback(
+            lambda f: log.failure("takeover of {sid}", f, sid=a.session_id)
+        )
 
     def _watch_ownership(self, session_id: str) -> None:
         """Fail closed: any change of an owned record that is not ours (another node's
@@ -474,3 +512,41 @@ class NodeService(service.Service):
             "events": self.events.seq if self.events else 0,
             "ownership_healthy": bool(getattr(self.ownership, "healthy", True)),
         }
+
+
+def _ownership_error(f: Any) -> str:
+    return "unavailable" if "Unavailable" in type(f.value).__name__ else "conflict"
+
+
+def adopt_session(
+    backend: Any, node_id: str, a: Adopt
+) -> defer.Deferred[tuple[int | None, str | None]]:
+    """The takeover protocol against an ``IOwnershipBackend``: read the session's record,
+    check it belongs to the authenticated initiator and is not ahead of its state_version
+    (:func:`~jumping.core.gateway.adoption_error`), then claim it by compare-and-swap on the
+    record's fencing token, so that of two gateways adopting at once exactly one wins (the
+    other's CAS fails), and writing ``state_version + 1`` so that a replay of the same
+    resume elsewhere is refused as stale. Fires with ``(token, None)`` or ``(None, error)``; never errbacks."""
+
+    def got(found: Any) -> Any:
+        error = adoption_error(found, a.client_key, a.state_version)
+        if error is not None:
+            return (None, error)
+        record, token = found
+        new = {
+            "client_public_key": a.client_key,
+            # the version the session reaches when the takeover completes (REATTACH_OK):
+            # the same initiation replayed to a third gateway is then stale
+            "state_version": a.state_version + 1,
+            "owner": node_id,
+            "previous_owner": record.get("owner"),
+        }
+        return backend.claim(a.session_id, new, token).addCallbacks(
+            lambda t: (t, None), lambda f: (None, _ownership_error(f))
+        )
+
+    try:
+        d = backend.get(a.session_id)
+    except Exception as e:  # a backend bug must not take the node down
+        return defer.succeed((None, f"unavailable:{type(e).__name__}"))
+    return d.addCallbacks(got, lambda f: (None, _ownership_error(f)))

@@ -24,7 +24,7 @@ from jumping.core.client import ClientCore
 from jumping.core.gateway import GatewayCore
 from jumping.core.node import NodeCore, Peer
 from jumping.core.noise import public_key
-from jumping.core.outputs import ArmTimer, Claim, Emit, Output, Release, Send, WriteTun
+from jumping.core.outputs import Adopt, ArmTimer, Claim, Emit, Output, Release, Send, WriteTun
 from jumping.core.policy import Policy
 
 START = 1_800_000_000.0  # a fixed "wall clock" origin, seconds
@@ -152,6 +152,11 @@ class SimNet:
                 token = next(self.owner_tokens)
                 assert isinstance(self.gateway, GatewayCore)
                 self.apply("gateway", self.gateway.claimed(self.now, out.session_id, token, None))
+            elif isinstance(out, Adopt):  # one gateway: nobody else owns anything
+                assert isinstance(self.gateway, GatewayCore)
+                self.apply(
+                    "gateway", self.gateway.adopted(self.now, out.session_id, None, "no_record")
+                )
             elif isinstance(out, Release):
                 pass
             else:
@@ -261,3 +266,239 @@ def capture(net: SimNet, side: str, packet: bytes) -> bytes:
 
 PROBE_PACKET = ipv4("10.99.0.2", "10.99.0.1", b"p" * 36)
 ECHO = ipv4("10.99.0.1", "10.99.0.2", b"e" * 36)
+
+
+class ClusterNet:
+    """
+    A client and ``gateways`` gateways of one cluster (SPEC section 5) on the simulated
+    network: the gateways share one static identity (the client's Noise responder key) and a
+    :class:`~jumping.builtin.memory.MemoryStore`, each with its own node id and
+    ``MemoryOwnership``; the client has one path per gateway (gateway ``gwN`` at
+    10.210.0.1N). The outputs are executed as the service does (claims, takeovers through
+    :func:`jumping.service.node.adopt_session`, watches that fence the old owner).
+    ``kill(name)`` stops a gateway dead; ``fence(name)`` makes it lose its ownership
+    (its backend failing closed).
+    """
+
+    def __init__(
+        self,
+        seed: int = 0,
+        policy: Policy | None = None,
+        gateways: int = 2,
+        client_ips: tuple[str, ...] = ("10.99.0.2/32",),
+        **core_options: Any,
+    ) -> None:
+        from jumping.builtin.memory import MemoryOwnership, MemoryStore
+
+        self.seed = seed
+        self.random = random.Random(seed)
+        self.now = START
+        self.policy = policy or Policy()
+        rng = seeded_rng(seed)
+        self.gateway_key = rng(32)
+        self.client_key = rng(32)
+        self.store = MemoryStore()
+        self.gateways: dict[str, GatewayCore] = {}
+        self.backends: dict[str, Any] = {}
+        self.alive: dict[str, bool] = {}
+        self.links: list[Link] = []
+        for i in range(gateways):
+            name = f"gw{i + 1}"
+            host = f"10.210.0.{11 + i}"
+            self.gateways[name] = GatewayCore(
+                peers=[Peer(public_key(self.client_key), client_ips)], node_id=name,
+                private_key=self.gateway_key, policy=self.policy, rng=seeded_rng(seed + 10 + i),
+                now=self.now, adopt_sessions=True, **core_options,
+            )  # fmt: skip
+            self.backends[name] = MemoryOwnership(name, store=self.store, clock=self)
+            self.alive[name] = True
+            c = SimPath(f"sim:c>{name}", ("10.210.0.100", 40000 + i), (host, 51820))
+            g = SimPath(f"sim:{name}<c", (host, 51820), ("10.210.0.100", 40000 + i))
+            self.links.append(Link(name, c, g))
+        self.client = ClientCore(
+            gateway_public_key=public_key(self.gateway_key),
+            paths=[link.client_side for link in self.links],
+            node_id="c1", private_key=self.client_key, policy=self.policy,
+            rng=seeded_rng(seed + 2), now=self.now, **core_options,
+        )  # fmt: skip
+        self.log: dict[str, NodeLog] = {"client": NodeLog()}
+        self.log.update({name: NodeLog() for name in self.gateways})
+        self._queue: list[tuple[float, int, str, Any, bytes]] = []
+        self._timers = {side: float("inf") for side in self.log}
+        self._calls: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._watches: dict[tuple[str, str], Any] = {}
+        self.forwarded: list[tuple[float, str, str]] = []  # (time, gateway, session id hex)
+        self.echo = False
+        self.checks: list[Callable[[ClusterNet], None]] = []
+
+    # the memory backend's clock (its watches call back through it)
+    def callLater(self, delay: float, fn: Callable[..., Any], *args: Any) -> None:  # noqa: N802
+        heapq.heappush(self._calls, (self.now + delay, next(self._seq), lambda: fn(*args)))
+
+    def core(self, side: str) -> NodeCore:
+        return self.client if side == "client" else self.gateways[side]
+
+    def _route(self, path: Any) -> tuple[Link, str, SimPath] | None:
+        for link in self.links:
+            if path is link.client_side:
+                return link, link.name, link.gateway_side
+            if path is link.gateway_side:
+                return link, "client", link.client_side
+        return None
+
+    def apply(self, side: str, outputs: list[Output]) -> None:
+        from jumping.core.outputs import Drop
+        from jumping.service.node import adopt_session
+
+        log = self.log[side]
+        for out in outputs:
+            if isinstance(out, Send):
+                r = self._route(out.path)
+                if r is None:
+                    continue
+                link, dest, far = r
+                gw = link.name
+                if not link.up or not self.alive[gw]:
+                    link.lost += 1
+                    continue
+                link.delivered += 1
+                heapq.heappush(
+                    self._queue, (self.now + link.delay, next(self._seq), dest, far, out.data)
+                )
+            elif isinstance(out, WriteTun):
+                log.tun.append(out.data)
+                if side != "client":
+                    for sid, s in self.gateways[side].sessions.items():
+                        if s.owned:
+                            self.forwarded.append((self.now, side, sid.hex()))
+                    if self.echo:
+                        self.apply(side, self.gateways[side].seal(self.now, ECHO))
+            elif isinstance(out, Emit):
+                log.events.append(out)
+            elif isinstance(out, ArmTimer):
+                self._timers[side] = min(self._timers[side], out.at)
+            elif isinstance(out, Claim):
+                self._own(side, out.session_id,
+                          self.backends[side].claim(out.session_id, dict(out.record), out.token),
+                          "claim")  # fmt: skip
+            elif isinstance(out, Adopt):
+                self._own(side, out.session_id,
+                          adopt_session(self.backends[side], side, out), "adopt")  # fmt: skip
+            elif isinstance(out, Release):
+                w = self._watches.pop((side, out.session_id), None)
+                if w is not None:
+                    w.cancel()
+                if out.token is not None:
+                    self.backends[side].release(out.session_id, out.token)
+            elif isinstance(out, Drop):
+                log.drops.append(out.reason)
+
+    def _own(self, side: str, sid: str, d: Any, kind: str) -> None:
+        """Feed a (synchronous, memory) backend answer back into the gateway core."""
+        results: list[Any] = []
+        d.addBoth(results.append)
+        gw = self.gateways[side]
+        if kind == "claim":
+            ok = results and isinstance(results[0], int)
+            token, error = (results[0], None) if ok else (None, "conflict")
+        else:
+            token, error = results[0]
+        if token is not None:
+            self._watch(side, sid)
+        if kind == "claim":
+            self.apply(side, gw.claimed(self.now, sid, token, error))
+        else:
+            self.apply(side, gw.adopted(self.now, sid, token, error))
+
+    def _watch(self, side: str, sid: str) -> None:
+        """What ``NodeService._watch_ownership`` does: another token means we lost it."""
+
+        def changed(session_id: str, token: int | None, reason: str | None = None) -> None:
+            if not self.alive[side]:
+                return
+            gw = self.gateways[side]
+            s = gw.sessions.get(bytes.fromhex(session_id))
+            if s is None or s.owner_token is None or token == s.owner_token:
+                return
+            self.apply(side, gw.ownership_lost(self.now, session_id))
+
+        old = self._watches.pop((side, sid), None)
+        if old is not None:
+            old.cancel()
+        self._watches[(side, sid)] = self.backends[side].watch(sid, changed)
+
+    # ------------------------------------------------------------------ faults
+    def link(self, name: str) -> Link:
+        return next(link for link in self.links if link.name == name)
+
+    def kill(self, name: str) -> None:
+        """The gateway process dies: no packets, no timers; its record stays (as in etcd
+        until the lease expires)."""
+        self.alive[name] = False
+        self._timers[name] = float("inf")
+
+    def fence(self, name: str) -> None:
+        """The gateway's backend fails closed (lost lease / quorum): every owned session is
+        lost at once, the gateway stays reachable."""
+        gw = self.gateways[name]
+        for sid, s in list(gw.sessions.items()):
+            if s.owned:
+                self.apply(name, gw.ownership_lost(self.now, sid.hex()))
+
+    def owner(self) -> tuple[str, int] | None:
+        """(node id, token) of the client's session in the store."""
+        s = self.client.session
+        cur = self.store.records.get(s.sid_hex) if s is not None else None
+        return (cur[2], cur[1]) if cur is not None else None
+
+    # ------------------------------------------------------------------ time
+    def start(self) -> None:
+        self.apply("client", self.client.start(self.now))
+
+    def send_inner(self, side: str, packet: bytes) -> None:
+        self.apply(side, self.core(side).seal(self.now, packet))  # type: ignore[attr-defined]
+
+    def call_at(self, at: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._calls, (at, next(self._seq), fn))
+
+    def traffic(self, until: float, interval: float = 0.01) -> None:
+        def send() -> None:
+            self.send_inner("client", PROBE_PACKET)
+            if self.now + interval < until:
+                self.call_at(self.now + interval, send)
+
+        self.call_at(self.now, send)
+
+    def run_until(self, t: float) -> None:
+        while True:
+            nxt = min(
+                self._queue[0][0] if self._queue else float("inf"),
+                self._calls[0][0] if self._calls else float("inf"),
+                *self._timers.values(),
+            )
+            if nxt > t:
+                break
+            self.now = max(self.now, nxt)
+            for check in self.checks:
+                check(self)
+            if self._calls and self._calls[0][0] <= self.now:
+                heapq.heappop(self._calls)[2]()
+                continue
+            if self._queue and self._queue[0][0] <= self.now:
+                _at, _s, dest, path, data = heapq.heappop(self._queue)
+                if dest == "client" or self.alive[dest]:
+                    self.apply(dest, self.core(dest).receive(self.now, path, data))
+                continue
+            for side in list(self._timers):
+                if self._timers[side] <= self.now:
+                    self._timers[side] = float("inf")
+                    if side == "client" or self.alive[side]:
+                        self.apply(side, self.core(side).tick(self.now))
+        self.now = max(self.now, t)
+
+    def run_for(self, seconds: float) -> None:
+        self.run_until(self.now + seconds)
+
+    def events(self, side: str, event_type: str | None = None) -> list[Emit]:
+        return [e for e in self.log[side].events if event_type in (None, e.event_type)]

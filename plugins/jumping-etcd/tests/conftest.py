@@ -10,12 +10,16 @@ import atexit
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+# checker.py (the independent one-forwarder checker) is imported as a plain module
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 REPO = Path(__file__).resolve().parents[3]
 ETCD_SH = REPO / "deploy" / "cluster" / "etcd.sh"

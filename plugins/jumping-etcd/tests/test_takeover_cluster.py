@@ -1,0 +1,477 @@
+"""
+Session takeover on another gateway (issue 5 item 3) with real processes: three gateways
+under twistd in their own network namespaces sharing the cluster identity key and session
+ownership on a real 3-member etcd cluster (deploy/cluster/etcd.sh, run in a hub namespace as
+deploy/cluster/gateways.sh does), a client namespace listing the three gateways as
+endpoints, and a server namespace behind the gateways.
+
+(a) the owning gateway is SIGKILLed during a TCP transfer: the client resumes the same
+    SessionID on another gateway and the transfer completes (sha256 on both ends);
+(b) the owning gateway is cut from etcd with nftables but stays reachable: it fails closed
+    within the lease TTL, tells the client OWNERSHIP_LOST, and the client resumes the same
+    SessionID on another gateway.
+
+Both runs are checked by checker.py (events of all gateways + the gateways' TUN counters
+sampled from outside) and by ``jumpctl audit``.
+
+The route back to the client's inner address is announced by the test (a thread playing
+the router that follows the owning gateway's OWNERSHIP_CHANGE): anycast or BGP does that in
+a deployment; it is not Jumping's job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from checker import check, read_counters
+
+from jumping import audit
+from jumping.keys import encode_key, write_keypair
+from jumping.testing.netns import Topology, available
+
+REPO = Path(__file__).resolve().parents[3]
+ETCD_SH = REPO / "deploy" / "cluster" / "etcd.sh"
+HUB_IP = "10.210.0.1"
+SERVER_IP = "10.220.0.2"
+N = 3
+
+pytestmark = pytest.mark.netns
+
+SAMPLER = r"""
+import sys, time
+path = f"/sys/class/net/{sys.argv[1]}/statistics/rx_packets"
+out = open(sys.argv[2], "w", buffering=1)
+while True:
+    try:
+        with open(path) as f:
+            v = f.read().strip()
+    except OSError:
+        v = "-"
+    out.write(f"{time.time() * 1000:.1f} {v}\n")
+    time.sleep(0.01)
+"""
+
+SENDER = r"""
+import socket, sys, time
+data = open(sys.argv[1], "rb").read()
+c = socket.create_connection((sys.argv[2], 5001), timeout=60)
+for i in range(0, len(data), 65536):
+    c.sendall(data[i:i + 65536]); time.sleep(0.02)
+c.shutdown(socket.SHUT_WR); print(c.recv(100).decode())
+"""
+
+RECEIVER = r"""
+import hashlib, socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 5001)); s.listen(1); s.settimeout(60)
+c, _ = s.accept(); c.settimeout(60); h = hashlib.sha256(); n = 0
+while (b := c.recv(65536)):
+    h.update(b); n += len(b)
+c.sendall(h.hexdigest().encode()); print(n, h.hexdigest())
+"""
+
+
+def _twistd() -> str:
+    local = Path(sys.executable).parent / "twistd"
+    found = str(local) if local.exists() else shutil.which("twistd")
+    if not found:
+        raise RuntimeError("twistd not found next to the interpreter or on PATH")
+    return found
+
+
+def _env() -> dict[str, str]:
+    """Make twistd find jumping and jumping_etcd (and their drop-ins) where we import them."""
+    import jumping_etcd
+
+    import jumping
+
+    env = dict(os.environ)
+    extra = []
+    for mod in (jumping, jumping_etcd):
+        src = Path(mod.__file__).resolve().parents[1]  # type: ignore[arg-type]
+        if (src / "twisted" / "plugins").exists():
+            extra.append(str(src))
+    if extra:
+        env["PYTHONPATH"] = os.pathsep.join([*extra, env.get("PYTHONPATH", "")])
+    return env
+
+
+def events(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
+
+class Cluster:
+    def __init__(self, topo: Topology, tmp: Path) -> None:
+        self.topo, self.tmp = topo, tmp
+        self.hub = topo.ns("hub")
+        self.gns = {f"gw{n}": topo.ns(f"g{n}") for n in range(1, N + 1)}
+        self.cns = topo.ns("c")
+        self.sns = topo.ns("s")
+        run = topo.run
+        for br, addr in (("br0", f"{HUB_IP}/24"), ("br1", "10.220.0.1/24")):
+            run(self.hub, "ip", "link", "add", br, "type", "bridge")
+            run(self.hub, "ip", "addr", "add", addr, "dev", br)
+            run(self.hub, "ip", "link", "set", br, "up")
+
+        def plug(ns: str, ifname: str, addr: str, br: str, port: str) -> None:
+            subprocess.run(["ip", "link", "add", ifname, "netns", ns, "type", "veth", "peer",
+                            "name", port, "netns", self.hub], check=True)  # fmt: skip
+            run(self.hub, "ip", "link", "set", port, "master", br, "up")
+            run(ns, "ip", "addr", "add", addr, "dev", ifname)
+            run(ns, "ip", "link", "set", ifname, "up")
+
+        for n in range(1, N + 1):
+            ns = self.gns[f"gw{n}"]
+            plug(ns, "pub", f"10.210.0.1{n}/24", "br0", f"p{n}")
+            plug(ns, "priv", f"10.220.0.1{n}/24", "br1", f"q{n}")
+            topo.forward(ns)
+        plug(self.cns, "pub", "10.210.0.100/24", "br0", "pc")
+        plug(self.sns, "priv", f"{SERVER_IP}/24", "br1", "ps")
+        self.etcd_dir = tmp / "etcd"
+        r = run(self.hub, "env", f"ETCD_HOST={HUB_IP}", "bash", str(ETCD_SH), "start",
+                str(self.etcd_dir), timeout=60)  # fmt: skip
+        self.endpoints = r.stdout.strip().splitlines()[-1]
+        # one identity for the whole cluster (the client's Noise responder key)
+        gw_pub = encode_key(write_keypair(tmp / "gateway.key"))
+        c_pub = encode_key(write_keypair(tmp / "client.key"))
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.gw_events = {g: tmp / f"{g}-events.jsonl" for g in self.gns}
+        self.c_events = tmp / "c-events.jsonl"
+        for g in self.gns:
+            (tmp / f"{g}.toml").write_text(f"""
+[node]
+role = "gateway"
+node_id = "{g}"
+private_key = "gateway.key"
+[tun]
+name = "jmp{g}"
+address = "10.99.0.1/24"
+[[listen]]
+transport = "udp"
+host = "0.0.0.0"
+port = 51820
+[[peers]]
+public_key = "{c_pub}"
+allowed_ips = ["10.99.0.2/32"]
+[ownership]
+backend = "etcd"
+endpoints = "{self.endpoints}"
+ttl = 5
+[[events]]
+sink = "jsonl"
+path = "{g}-events.jsonl"
+""")
+        eps = "".join(
+            f'[[gateway.endpoints]]\ntransport = "udp"\nhost = "10.210.0.1{n}"\nport = 51820\n'
+            for n in range(1, N + 1)
+        )
+        (tmp / "c.toml").write_text(f"""
+[node]
+role = "client"
+node_id = "c1"
+private_key = "client.key"
+[tun]
+name = "jmpc0"
+address = "10.99.0.2/24"
+routes = ["10.220.0.0/24"]
+[gateway]
+public_key = "{gw_pub}"
+{eps}
+[[events]]
+sink = "jsonl"
+path = "c-events.jsonl"
+""")
+        self.counter_files = {g: tmp / f"{g}-rx.txt" for g in self.gns}
+        self._route_stop = threading.Event()
+        self.route_changes: list[tuple[float, str]] = []
+        self._router = threading.Thread(target=self._announce, daemon=True)
+
+    # ------------------------------------------------------------------ processes
+    def _cmd(self, role: str, name: str) -> list[str]:
+        return [_twistd(), "-n", "--pidfile=", f"--logfile={self.tmp / (name + '.log')}",
+                "jumping", role, "--config", str(self.tmp / f"{name}.toml")]  # fmt: skip
+
+    def start(self) -> None:
+        env = _env()
+        for g, ns in self.gns.items():
+            self.procs[g] = self.topo.popen(ns, *self._cmd("gateway", g), env=env,
+                                            log=self.tmp / f"{g}.out")  # fmt: skip
+            self.topo.popen(ns, sys.executable, "-c", SAMPLER, f"jmp{g}",
+                            str(self.counter_files[g]))  # fmt: skip
+        for g in self.gns:
+            self._wait_up(g)
+        self._router.start()
+        self.procs["c"] = self.topo.popen(self.cns, *self._cmd("client", "c"), env=env,
+                                          log=self.tmp / "c.out")  # fmt: skip
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.owner() is not None and self._client_attached():
+                return
+            time.sleep(0.05)
+        raise AssertionError("client not attached and owned within 20 s\n" + self.diagnostics())
+
+    def _wait_up(self, g: str) -> None:
+        log = self.tmp / f"{g}.log"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if log.exists() and " up: tun " in log.read_text():
+                return
+            if self.procs[g].poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"{g} did not start\n" + self.diagnostics())
+
+    def _client_attached(self) -> bool:
+        return any(e["event_type"] == "SESSION_STATE_CHANGE" and e["new_state"] == "ATTACHED"
+                   for e in events(self.c_events))  # fmt: skip
+
+    def owner(self) -> tuple[str, str, int, int] | None:
+        """(gateway, session id, fencing token, ts_ms) of the newest ownership claim."""
+        best = None
+        for g, path in self.gw_events.items():
+            for e in events(path):
+                if e["event_type"] == "OWNERSHIP_CHANGE" and e.get("owner") == g:
+                    tok = int(e["fencing_token"])
+                    if best is None or tok > best[2]:
+                        best = (g, e["session_id"], tok, e["ts_ms"])
+        return best
+
+    def _announce(self) -> None:
+        """The router: the route to the client's inner address follows the owner."""
+        current = None
+        while not self._route_stop.is_set():
+            o = self.owner()
+            if o is not None and o[0] != current:
+                current = o[0]
+                n = current[2:]
+                self.topo.run(self.sns, "ip", "route", "replace", "10.99.0.2/32", "via",
+                              f"10.220.0.1{n}", check=False)  # fmt: skip
+                self.route_changes.append((time.time() * 1000, current))
+            self._route_stop.wait(0.02)
+
+    def stop(self) -> None:
+        self._route_stop.set()
+        for p in self.procs.values():
+            if p.poll() is None:
+                self.topo.stop(p)
+        self.topo.run(self.hub, "env", f"ETCD_HOST={HUB_IP}", "bash", str(ETCD_SH), "stop",
+                      str(self.etcd_dir), check=False, timeout=60)  # fmt: skip
+
+    # ------------------------------------------------------------------ evidence
+    def all_gateway_events(self) -> list[dict[str, Any]]:
+        return [e for p in self.gw_events.values() for e in events(p)]
+
+    def counters(self) -> dict[str, list[tuple[float, int | None]]]:
+        return {g: read_counters(p) for g, p in self.counter_files.items() if p.exists()}
+
+    def client_sessions(self) -> set[str]:
+        return {e["session_id"] for e in events(self.c_events)
+                if e["event_type"] == "SESSION_STATE_CHANGE"}  # fmt: skip
+
+    def diagnostics(self) -> str:
+        parts = []
+        for name in [*(f"{g}.log" for g in self.gns), "c.log", "c-events.jsonl",
+                     *(f"{g}-events.jsonl" for g in self.gns)]:  # fmt: skip
+            p = self.tmp / name
+            if p.exists():
+                parts.append(f"--- {name}\n" + "\n".join(p.read_text().splitlines()[-25:]))
+        return "\n".join(parts)
+
+    def audit(self) -> None:
+        files = [str(p) for p in [*self.gw_events.values(), self.c_events] if p.exists()]
+        rc = audit.main([*files, "--no-timeline", "--tolerance-ms", "1000"])
+        assert rc == 0, "jumpctl audit found violations in this run's events"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    why = available()
+    if why:
+        pytest.skip(why)
+    if shutil.which("etcd") is None or shutil.which("nft") is None:
+        pytest.fail("etcd and nft are needed (deploy/setup.sh)")
+    with Topology("jk") as topo:
+        c = Cluster(topo, tmp_path)
+        try:
+            c.start()
+            yield c
+        finally:
+            c.stop()
+
+
+def _takeover(c: Cluster, old: str, sid: str, timeout: float) -> tuple[str, int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        o = c.owner()
+        if o is not None and o[0] != old and o[1] == sid:
+            for e in events(c.gw_events[o[0]]):
+                if e["event_type"] == "SESSION_STATE_CHANGE" and e["reason_code"] == "REATTACH_OK":
+                    return o[0], e["ts_ms"]
+        time.sleep(0.02)
+    raise AssertionError(f"no takeover of {sid} within {timeout}s\n" + c.diagnostics())
+
+
+def _checked(c: Cluster, ends: dict[str, float] | None = None) -> None:
+    problems = check(c.all_gateway_events(), c.counters(), ends)
+    assert not problems, "\n".join(problems)
+    c.audit()
+
+
+def test_a_owner_killed_during_tcp_transfer_resumes_elsewhere(cluster: Cluster) -> None:
+    c = cluster
+    o = c.owner()
+    assert o is not None
+    first, sid, token, _ = o
+    payload = os.urandom(6 * 1024 * 1024)
+    (c.tmp / "p.bin").write_bytes(payload)
+    server = c.topo.popen(c.sns, sys.executable, "-c", RECEIVER, SERVER_IP,
+                          log=c.tmp / "recv.out")  # fmt: skip
+    time.sleep(0.3)
+    sender = subprocess.Popen(
+        ["ip", "netns", "exec", c.cns, sys.executable, "-c", SENDER, str(c.tmp / "p.bin"),
+         SERVER_IP], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(1.0)
+        killed_at = time.time() * 1000
+        c.procs[first].send_signal(signal.SIGKILL)
+        second, reattached_ms = _takeover(c, first, sid, 10)
+        out, err = sender.communicate(timeout=90)
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+    assert server.wait(30) == 0, err
+    digest = hashlib.sha256(payload).hexdigest()
+    assert out.strip() == digest, (out, err)
+    assert (c.tmp / "recv.out").read_text().split() == [str(len(payload)), digest]
+    assert c.client_sessions() == {sid}, "a new session instead of a takeover"
+    new = c.owner()
+    assert new is not None and new[0] == second and new[1] == sid and new[2] > token
+    took = reattached_ms - killed_at
+    fwd = [a for a, _b in _windows_after(c.counters().get(second, []), killed_at)]
+    first_fwd = (fwd[0] - killed_at) if fwd else float("nan")
+    print(f"\n[takeover] {first} SIGKILLed -> {second} owns {sid[:8]} (token {token} -> "
+          f"{new[2]}): REATTACH_OK after {took:.0f} ms, first packet forwarded by {second} "
+          f"within {first_fwd:.0f}..{first_fwd + 10:.0f} ms")  # fmt: skip
+    c_ev = events(c.c_events)
+    assert any(e["event_type"] == "TRANSPORT_SWITCH" for e in c_ev)
+    versions = [e["state_version"] for e in c_ev if e["event_type"] == "SESSION_STATE_CHANGE"]
+    assert versions == sorted(set(versions))
+    _checked(c, ends={first: killed_at})
+
+
+def _windows_after(samples: list[tuple[float, int | None]], t: float) -> list[tuple[float, float]]:
+    from checker import windows
+
+    return [w for w in windows(samples) if w[0] >= t]
+
+
+def test_b_owner_cut_from_etcd_stops_and_client_moves(cluster: Cluster) -> None:
+    c = cluster
+    o = c.owner()
+    assert o is not None
+    first, sid, token, _ = o
+    ping = subprocess.Popen(
+        ["ip", "netns", "exec", c.cns, "ping", "-i", "0.02", "-c", "600", "-W", "1", SERVER_IP],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(1.0)
+        rules = (
+            "table inet jcut {\n"
+            " chain o { type filter hook output priority 0; policy accept;"
+            f" ip daddr {HUB_IP} tcp dport 23791-23796 drop; }}\n"
+            " chain i { type filter hook input priority 0; policy accept;"
+            f" ip saddr {HUB_IP} tcp sport 23791-23796 drop; }}\n"
+            "}\n"
+        )
+        cut_at = time.time() * 1000
+        subprocess.run(["ip", "netns", "exec", c.gns[first], "nft", "-f", "-"], input=rules,
+                       text=True, check=True, capture_output=True)  # fmt: skip
+        second, reattached_ms = _takeover(c, first, sid, 10)
+        out, _ = ping.communicate(timeout=30)
+    finally:
+        if ping.poll() is None:
+            ping.kill()
+    lost = [e for e in events(c.gw_events[first])
+            if e["event_type"] == "SESSION_TERMINATED" and e["session_id"] == sid]  # fmt: skip
+    assert lost and lost[0]["reason_code"] == "OWNERSHIP_LOST", c.diagnostics()
+    stopped = lost[0]["ts_ms"] - cut_at
+    assert stopped <= 5000, f"{first} kept the session {stopped:.0f} ms (lease TTL 5 s)"
+    # the fenced gateway forwarded nothing after it stopped (outside evidence)
+    late = _windows_after(c.counters().get(first, []), lost[0]["ts_ms"] + 50)
+    assert not late, f"{first} forwarded after losing the session: {late[:3]}"
+    assert c.client_sessions() == {sid}, "a new session instead of a takeover"
+    assert second != first
+    c_ev = events(c.c_events)
+    told = [e for e in c_ev if e["event_type"] == "SESSION_STATE_CHANGE"
+            and e.get("detail") == "gateway_lost_ownership"]  # fmt: skip
+    assert told, "the client was not told OWNERSHIP_LOST"
+    print(f"\n[fenced] {first} cut from etcd: stopped after {stopped:.0f} ms, {second} took "
+          f"{sid[:8]} over {reattached_ms - lost[0]['ts_ms']:.0f} ms later; "
+          f"ping: {out.strip().splitlines()[-2] if out.strip() else '?'}")  # fmt: skip
+    _checked(c)
+
+
+def test_checker_fails_on_a_bad_history() -> None:
+    """Hand-made: gw2 claims with a higher token but gw1 keeps forwarding afterwards, and
+    gw3 claims with a lower token while gw2 holds it."""
+    sid = "ab" * 16
+
+    def ev(node: str, ts: int, et: str, **f: Any) -> dict[str, Any]:
+        return {"node_id": node, "session_id": sid, "ts_ms": ts, "event_type": et, **f}
+
+    good_events = [
+        ev("gw1", 1000, "OWNERSHIP_CHANGE", owner="gw1", fencing_token=5),
+        ev("gw1", 3000, "SESSION_TERMINATED", reason_code="OWNERSHIP_LOST"),
+        ev("gw2", 3100, "OWNERSHIP_CHANGE", owner="gw2", fencing_token=9),
+    ]
+    gw1 = [(t, 10 + t // 100 if t <= 3000 else 40) for t in range(900, 6000, 100)]
+    gw2 = [(t, 0 if t < 3200 else t // 100) for t in range(900, 6000, 100)]
+    assert check(good_events, {"gw1": gw1, "gw2": gw2}) == []
+    # gw1 keeps forwarding until 5 s: interleaved with gw2, and without ownership
+    gw1_bad = [(t, 10 + t // 100) for t in range(900, 6000, 100)]
+    problems = check(good_events, {"gw1": gw1_bad, "gw2": gw2})
+    kinds = {p.split(":")[0] for p in problems}
+    assert {"TWO_FORWARDERS", "FORWARD_WITHOUT_OWNERSHIP"} <= kinds, problems
+    # a claim without a higher token while the other still owns it
+    bad_claim = [*good_events, ev("gw3", 4000, "OWNERSHIP_CHANGE", owner="gw3", fencing_token=7)]
+    assert any(p.startswith("TWO_OWNERS") for p in check(bad_claim, {})), "missed TWO_OWNERS"
+    # and the command line says so
+    assert _cli_rc(good_events, {"gw1": gw1_bad, "gw2": gw2}) == 1
+
+
+def _cli_rc(evs: list[dict[str, Any]], counters: dict[str, list[tuple[int, int]]]) -> int:
+    import tempfile
+
+    from checker import main
+
+    with tempfile.TemporaryDirectory() as d:
+        ep = Path(d) / "e.jsonl"
+        ep.write_text("".join(json.dumps(e) + "\n" for e in evs))
+        args = ["--events", str(ep), "--counters"]
+        for g, samples in counters.items():
+            cp = Path(d) / f"{g}.txt"
+            cp.write_text("".join(f"{t} {v}\n" for t, v in samples))
+            args.append(f"{g}={cp}")
+        return main(args)

@@ -134,6 +134,13 @@ class KafkaSink:
         self._unsent = 0  # sender thread: the producer refused it, or left over at close
         self._acked = 0  # producer I/O thread: acknowledged by the broker (acks=all)
         self._failed = 0  # producer I/O thread: never acknowledged
+        #: the producer generation: a wedged producer is replaced, and late callbacks of
+        #: the old one are ignored (what it held was already counted as dropped)
+        self._gen = 0
+        self._progress_at = time.monotonic()
+        #: no acknowledgement nor failure for this long with records pending: the producer
+        #: is wedged (kafka-python can loop on retries after a broker restart); replace it
+        self.stall_s = config["delivery_timeout_ms"] / 1000 + 5.0
         self.reconnects = 0
         self.connected = False
         self.last_error = ""
@@ -163,7 +170,7 @@ class KafkaSink:
         Each counter has one writer (``_accepted`` the emitting thread, the others the
         sender side) and only grows, so a racy read can only overstate the depth: the
         bound holds."""
-        return self._accepted - self._acked - self._failed - self._unsent
+        return max(0, self._accepted - self._acked - self._failed - self._unsent)
 
     def emit(self, event: dict[str, Any]) -> None:
         # the reactor's whole cost: a bound check and a put (C code, never waits on I/O)
@@ -207,9 +214,10 @@ class KafkaSink:
         }
 
     # ------------------------------------------------------------------ sender thread
-    def _ok(self, _meta: Any) -> None:
-        if self._final:  # already counted as dropped when the producer was shut down
+    def _ok(self, gen: int, _meta: Any) -> None:
+        if self._final or gen != self._gen:  # already counted as dropped
             return
+        self._progress_at = time.monotonic()
         self._acked += 1
         if not self.connected:
             self.connected = True
@@ -219,9 +227,10 @@ class KafkaSink:
                 topic=self.topic,
             )
 
-    def _nok(self, exc: Any) -> None:
-        if self._final:
+    def _nok(self, gen: int, exc: Any) -> None:
+        if self._final or gen != self._gen:
             return
+        self._progress_at = time.monotonic()
         self._failed += 1
         self._down(exc)
 
@@ -272,9 +281,14 @@ class KafkaSink:
         producer = None
         try:
             while True:
-                item = self._q.get()
+                try:
+                    item = self._q.get(timeout=1.0)
+                except queue.Empty:
+                    producer = self._check_stall(producer)
+                    continue
                 if item is _STOP:
                     break
+                producer = self._check_stall(producer)
                 if producer is None:
                     producer = self._producer()
                     if producer is None:
@@ -292,14 +306,35 @@ class KafkaSink:
                     self._unsent += 1
                     self._down(e)
                     continue
+                if self._sent == self._acked + self._failed:
+                    self._progress_at = time.monotonic()  # the stall clock starts now
                 self._sent += 1
-                future.add_callback(self._ok)
-                future.add_errback(self._nok)
+                future.add_callback(self._ok, self._gen)
+                future.add_errback(self._nok, self._gen)
         except Exception as e:  # never let the thread die silently
             log.failure("kafka sink: sender thread failed")
             self.last_error = repr(e)
         finally:
             self._finish(producer)
+
+    def _check_stall(self, producer: Any) -> Any:
+        """Replace a producer that holds records and has settled none for ``stall_s``."""
+        if producer is None or self._sent - self._acked - self._failed <= 0:
+            return producer
+        if time.monotonic() - self._progress_at < self.stall_s:
+            return producer
+        self._gen += 1  # from now on the old producer's callbacks count for nothing
+        pending = max(0, self._sent - self._acked - self._failed)
+        self._unsent += pending  # their fate is unknown: counted as dropped
+        self._sent -= pending
+        self.reconnects += 1
+        self._down(RuntimeError(f"no delivery progress for {self.stall_s:g}s; new producer"))
+        try:
+            producer.close(timeout=0)
+        except Exception:
+            pass
+        self._progress_at = time.monotonic()
+        return None
 
     def _finish(self, producer: Any) -> None:
         if producer is not None:

@@ -202,8 +202,54 @@ def test_broker_outage_drops_and_counts_then_delivery_resumes(broker: Broker) ->
         thread.join()
     sink.close()
     assert sink.join(15)
-    assert stats["worst"] < 0.005, f"one emit took {stats['worst'] * 1e3:.2f} ms"
+    # not a speed test (that is tests/bench/bench_kafka_sink.py): an emit that waited on the
+    # network would take the producer's max_block_ms or a reconnect, hundreds of ms at least
+    assert stats["worst"] < 0.25, f"one emit took {stats['worst'] * 1e3:.2f} ms"
     assert stats["deepest"] <= bound
     assert during["dropped"] > 0 and during["queue_depth"] <= bound
     assert sink.delivered + sink.dropped == stats["emitted"]
-    assert len(read_topic(broker.bootstrap, topic)) == sink.delivered
+    # at least what was acknowledged; at most that plus what timed out or was cut off (the
+    # broker may have written a record whose acknowledgement never came back)
+    st = sink.stats()
+    arrived = len(read_topic(broker.bootstrap, topic))
+    assert sink.delivered <= arrived <= sink.delivered + st["dropped_failed"] + st["dropped_unsent"]
+
+
+class _WedgedFuture:
+    def add_callback(self, *a: Any) -> None:
+        pass
+
+    def add_errback(self, *a: Any) -> None:
+        pass
+
+
+class _WedgedProducer:
+    """A producer that accepts records and never settles them (no broker needed)."""
+
+    closed = 0
+
+    def send(self, *a: Any, **k: Any) -> _WedgedFuture:
+        return _WedgedFuture()
+
+    def flush(self, timeout: float | None = None) -> None:
+        pass
+
+    def close(self, timeout: float | None = None) -> None:
+        _WedgedProducer.closed += 1
+
+
+def test_a_wedged_producer_is_replaced_and_what_it_held_is_counted() -> None:
+    sink = plugin.load(IEventSink, "kafka", bootstrap_servers="127.0.0.1:9", topic="t")
+    made: list[_WedgedProducer] = []
+    sink._producer = lambda: made.append(_WedgedProducer()) or made[-1]  # type: ignore[method-assign]
+    sink.stall_s = 0.3
+    for i in range(5):
+        sink.emit(event(i, sid="ab" * 16))
+    wait_for(lambda: sink.queue_depth == 0, 10, "the stalled records to be written off")
+    assert sink.reconnects >= 1 and _WedgedProducer.closed >= 1
+    assert (sink.delivered, sink.dropped) == (0, 5)
+    sink.emit(event(5, sid="ab" * 16))  # a new producer takes the next record
+    wait_for(lambda: len(made) >= 2, 10, "a new producer")
+    sink.close()
+    assert sink.join(15)
+    assert sink.delivered + sink.dropped == 6

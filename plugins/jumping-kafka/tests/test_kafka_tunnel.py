@@ -258,7 +258,7 @@ def test_broker_down_during_traffic_does_not_touch_the_session(
     # the bound held, drops were counted, and delivery resumed
     assert during["queue_depth"] <= bound and during["dropped_total"] >= 30 - bound
     assert final["delivered_total"] > during["delivered_total"]
-    # what is missing from the topic is exactly what the sink counted as dropped
+    # nothing is missing from the topic that the sink did not count as dropped
     truth = by_node_seq(events(pair.gw_events))
     got = by_node_seq(
         [
@@ -269,7 +269,9 @@ def test_broker_down_during_traffic_does_not_touch_the_session(
     )
     missing = set(truth) - set(got)
     assert set(got) <= set(truth)
-    assert len(missing) == final["dropped_total"] > 0
+    # every missing event was counted; a counted one may still have arrived (a request that
+    # timed out after the broker wrote it: at-least-once delivery cannot know)
+    assert 0 < len(missing) <= final["dropped_total"]
     down, back = report["marks_ms"]["stopping"], report["marks_ms"]["back"]
     assert all(down <= truth[k]["ts_ms"] <= back for k in missing), "dropped only while down"
     assert "POLICY_RELOADED" in {truth[k]["event_type"] for k in missing}

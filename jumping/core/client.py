@@ -155,7 +155,7 @@ class ClientCore(NodeCore):
             s.sid_hex = est.session_id.hex()
             self.sessions[s.session_id] = s
         if resumed and s.fsm.state is State.RECOVERING:
-            self._resumed(now, s, est, path)
+            self._resumed(now, s, est, path, hs.started)
             return
         self._install(now, s, est, path)
 
@@ -497,12 +497,15 @@ class ClientCore(NodeCore):
         s.resume_hs = s.handshake
         return True
 
-    def _resumed(self, now: float, s: Session, est: Any, path: Any) -> None:
+    def _resumed(self, now: float, s: Session, est: Any, path: Any, decided: float) -> None:
         """A gateway answered our resume handshake for this SessionID: it owns the session
-        now. Install the new keys (the old gateway's are wiped), bind the path, REATTACH_OK."""
+        now. Install the new keys (the old gateway's are wiped), bind the path, REATTACH_OK.
+
+        The switch was decided when that handshake was sent (``decided``, where the limiter
+        allowed it): it is counted then, and the switch latency runs from then."""
         old = s.bound_before if s.bound_before is not None else s.path
         old_host = _host(old)
-        self.switch_limiter.record(s.sid_hex, int(now * 1000))
+        self.switch_limiter.record(s.sid_hex, int(decided * 1000))
         for kp in s.keypairs():
             self.index.pop(kp.local_index, None)
             kp.wipe()
@@ -516,7 +519,7 @@ class ClientCore(NodeCore):
             st.heard(now)
         if s.bound_before is None:
             s.bound_before = s.path
-        self._bind(now, s, path)
+        self._bind(now, s, path, latency_ms=int((now - decided) * 1000))
         s.resuming = None
         s.first_unacked = 0.0
         s.suspect_since = 0.0

@@ -94,8 +94,10 @@ def test_unreachable_broker_at_start_neither_blocks_nor_raises() -> None:
         sink.emit(event(i))
         worst = max(worst, time.perf_counter() - t)
         assert sink.queue_depth <= 100
-    assert time.perf_counter() - t0 < 0.5
-    assert worst < 0.005, f"one emit took {worst * 1e3:.2f} ms"
+    # not a speed test (tests/bench/bench_kafka_sink.py is): an emit that waited for the
+    # unreachable broker would take the producer's max_block_ms (seconds)
+    assert time.perf_counter() - t0 < 2.5
+    assert worst < 0.25, f"one emit took {worst * 1e3:.2f} ms"
     assert sink.dropped >= 4900 and not sink.connected
     t = time.monotonic()
     sink.close()

@@ -297,16 +297,24 @@ class EtcdOwnership:
             del self._interest[session_id]
 
     # ------------------------------------------------------------------ IOwnershipBackend
+    def _checked(
+        self, session_id: str, record: dict[str, Any], doing: str
+    ) -> tuple[str, dict[str, Any]]:
+        """The key and a JSON-clean copy of the record; raises if either is bad, or if the
+        lease is lost (fail closed: no mutation without it)."""
+        key = self._key(session_id)
+        value_record = json.loads(json.dumps(record))
+        if not self.healthy:
+            raise OwnershipUnavailable(f"etcd: lease lost, not {doing} (fail closed)")
+        return key, value_record
+
     def claim(
         self, session_id: str, record: dict[str, Any], expected_token: int | None
     ) -> defer.Deferred[int]:
         try:
-            key = self._key(session_id)
-            value_record = json.loads(json.dumps(record))
-        except (ValueError, TypeError) as e:
+            key, value_record = self._checked(session_id, record, "claiming")
+        except (ValueError, TypeError, OwnershipUnavailable) as e:
             return defer.fail(e)
-        if not self.healthy:
-            return defer.fail(OwnershipUnavailable("etcd: lease lost, not claiming (fail closed)"))
         st = self._interest.get(session_id)
         if st is None:
             if len(self._interest) >= self.max_sessions:
@@ -395,12 +403,9 @@ class EtcdOwnership:
 
     def renew(self, session_id: str, token: int, record: dict[str, Any]) -> defer.Deferred[int]:
         try:
-            key = self._key(session_id)
-            value_record = json.loads(json.dumps(record))
-        except (ValueError, TypeError) as e:
+            key, value_record = self._checked(session_id, record, "renewing")
+        except (ValueError, TypeError, OwnershipUnavailable) as e:
             return defer.fail(e)
-        if not self.healthy:
-            return defer.fail(OwnershipUnavailable("etcd: lease lost, not renewing (fail closed)"))
         st = self._interest.get(session_id)
         if st is None or st.token is None or st.token != token:
             # tokens are only honoured by the backend that obtained them, in the lease epoch

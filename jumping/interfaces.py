@@ -184,7 +184,7 @@ class IListener(Interface):
 
 class IOwnershipBackend(Interface):
     """
-    Who owns which session, cluster-wide (SPEC section 5).
+    Who owns which session, cluster-wide (docs/protocol.md#cluster-ownership).
 
     Every method returns a ``Deferred`` and never blocks the reactor thread. A fencing
     token is a positive ``int`` that strictly increases each time ownership of a session
@@ -267,10 +267,10 @@ class IRateLimitPolicy(Interface):
 
 class IEventSink(Interface):
     """
-    Where SIEM events (SPEC section 6) go: a JSON-lines file, Kafka, syslog.
+    Where SIEM events (docs/events.md) go: a JSON-lines file, Kafka, syslog.
 
     :meth:`emit` is called on the reactor thread and must never block nor raise: a slow,
-    full or dead sink drops events and counts them (SPEC invariant 9).
+    full or dead sink drops events and counts them (invariant 9 in docs/protocol.md).
     """
 
     name = Attribute("``str``: the sink plugin's name.")

@@ -1,4 +1,4 @@
-"""The published event schema (SPEC section 6): valid, in step with the FSM, and obeyed by
+"""The published event schema (docs/events.md): valid, in step with the FSM, and obeyed by
 the events the real core emits."""
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from jumping.core.fsm import Reason, State
 
 ROOT = Path(__file__).resolve().parent.parent
 SID = "0123456789abcdef0123456789abcdef"
-SPEC_EVENT_TYPES = [
+DOCUMENTED_EVENT_TYPES = [
     "SESSION_STATE_CHANGE", "TRANSPORT_ATTACHED", "TRANSPORT_SWITCH", "TRANSPORT_SWITCH_DENIED",
     "TRANSPORT_SWITCH_FAILED", "REATTACH_ATTEMPT", "REATTACH_RESULT", "SECURITY_EVENT",
     "POLICY_EVENT", "POLICY_RELOADED", "OWNERSHIP_CHANGE", "SESSION_STATS", "SESSION_TERMINATED",
 ]  # fmt: skip
-SPEC_VIOLATIONS = [
+DOCUMENTED_VIOLATIONS = [
     "REPLAY_DETECTED", "INVALID_PROOF", "DUAL_ACTIVE_ATTEMPT", "OWNERSHIP_CONFLICT",
     "HANDSHAKE_FLOOD",
 ]  # fmt: skip
@@ -176,22 +176,22 @@ def test_enums_match_the_state_machine_exactly() -> None:
 
 
 def test_event_types_are_the_spec_list() -> None:
-    assert event_schema.event_types() == SPEC_EVENT_TYPES
+    assert event_schema.event_types() == DOCUMENTED_EVENT_TYPES
 
 
 def test_violation_types_cover_the_spec_and_the_core() -> None:
     known = set(event_schema.violation_types())
-    assert set(SPEC_VIOLATIONS) <= known
+    assert set(DOCUMENTED_VIOLATIONS) <= known
     from jumping.core import node
 
     assert set(getattr(node, "SECURITY_VIOLATIONS", {})) <= known
 
 
 def test_every_event_type_has_a_valid_example() -> None:
-    assert sorted(VALID) == sorted(SPEC_EVENT_TYPES)
+    assert sorted(VALID) == sorted(DOCUMENTED_EVENT_TYPES)
 
 
-@pytest.mark.parametrize("event_type", SPEC_EVENT_TYPES)
+@pytest.mark.parametrize("event_type", DOCUMENTED_EVENT_TYPES)
 def test_valid_examples(event_type: str) -> None:
     assert event_schema.validate(VALID[event_type]) == []
 
@@ -210,7 +210,7 @@ def test_invalid_examples(
 
 
 def test_every_event_type_has_an_invalid_example() -> None:
-    assert {t for t, _c, _m in INVALID} == set(SPEC_EVENT_TYPES)
+    assert {t for t, _c, _m in INVALID} == set(DOCUMENTED_EVENT_TYPES)
 
 
 def test_unknown_fields_are_allowed_for_forward_compatibility() -> None:
@@ -235,7 +235,7 @@ def test_docs_examples_validate() -> None:
     text = (ROOT / "docs" / "events.md").read_text()
     blocks = re.findall(r"```json\n(.*?)```", text, re.S)
     events = [json.loads(line) for b in blocks for line in b.splitlines() if line.strip()]
-    assert {e["event_type"] for e in events} == set(SPEC_EVENT_TYPES)
+    assert {e["event_type"] for e in events} == set(DOCUMENTED_EVENT_TYPES)
     for e in events:
         assert event_schema.validate(e) == [], e
 
@@ -243,7 +243,7 @@ def test_docs_examples_validate() -> None:
 def test_audit_fixtures_that_should_be_valid_are() -> None:
     path = ROOT / "tests" / "data" / "audit" / "clean.jsonl"
     events = [json.loads(line) for line in path.read_text().splitlines()]
-    assert {e["event_type"] for e in events} == set(SPEC_EVENT_TYPES)
+    assert {e["event_type"] for e in events} == set(DOCUMENTED_EVENT_TYPES)
     for e in events:
         assert event_schema.validate(e) == [], e
 

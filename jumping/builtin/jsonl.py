@@ -2,7 +2,8 @@
 ``jsonl`` event sink: one JSON object per line, written by a thread behind a bounded queue.
 
 ``emit`` never blocks and never raises: a full queue or a failing disk drops the event and
-counts it (SPEC invariant 9). Files rotate by size (``events.jsonl`` → ``events.jsonl.1``…).
+counts it (docs/protocol.md, invariant 9). Files rotate by size (``events.jsonl`` →
+``events.jsonl.1``…).
 """
 
 from __future__ import annotations

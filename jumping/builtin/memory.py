@@ -1,5 +1,5 @@
 """
-``memory`` ownership backend: one process, no setup (SPEC section 5's default).
+``memory`` ownership backend: one process, no setup, the default (docs/protocol.md).
 
 Implements the same compare-and-swap and fencing semantics as the etcd backend, so the
 shared conformance tests hold for both. Several backends can share one

@@ -1,5 +1,5 @@
 """
-The session state machine of SPEC section 1, as data.
+The session state machine (docs/protocol.md#transitions), as data.
 
 ``TRANSITIONS`` is the whole table: anything not in it is refused and counted, never
 improvised. ``table_digest()`` is pinned by a test so that a change to the table, the states
@@ -52,7 +52,7 @@ R = Reason
 _LIVE = (S.BIRTH, S.ATTACHED, S.VOLATILE, S.DEGRADED, S.RECOVERING)
 _BOUND = (S.ATTACHED, S.VOLATILE, S.DEGRADED)
 
-#: (from states, to state, reason codes) — SPEC section 1, row by row.
+#: (from states, to state, reason codes) — docs/protocol.md#transitions, row by row.
 TRANSITIONS: tuple[tuple[tuple[State, ...], State, tuple[Reason, ...]], ...] = (
     ((S.BIRTH,), S.ATTACHED, (R.HANDSHAKE_OK,)),
     ((S.BIRTH,), S.TERMINATED, (R.HANDSHAKE_FAIL,)),

@@ -256,7 +256,7 @@ class GatewayCore(NodeCore):
             return self.take()
         # The session arrives with its history: RECOVERING at the client's state_version
         # (no transition here); the client's first packet under the new keys proves them
-        # and makes it ATTACHED with REATTACH_OK (SPEC section 1).
+        # and makes it ATTACHED with REATTACH_OK (docs/protocol.md#transitions).
         s.fsm.state = State.RECOVERING
         s.state_since = now
         s.owned = True

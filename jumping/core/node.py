@@ -50,7 +50,7 @@ _NO_SESSION = bytes(16)
 _TERMINAL_NOTICE = struct.Struct("<B32s")
 
 
-#: drop reasons that are evidence of an attack, by SIEM violation type (SPEC section 6)
+#: drop reasons that are evidence of an attack, by SIEM violation type (docs/events.md)
 SECURITY_VIOLATIONS: dict[str, tuple[str, ...]] = {
     "REPLAY_DETECTED": ("REPLAY", "HANDSHAKE_REPLAY"),
     "INVALID_PROOF": (
@@ -541,7 +541,7 @@ class NodeCore:
             self._transition(now, s, Reason.HANDSHAKE_FAIL)
 
     def _health(self, now: float, s: Session) -> None:
-        """SPEC section 1 health transitions, from what was heard on the active path."""
+        """Health transitions (docs/protocol.md), from what was heard on the active path."""
         p = self.policy
         st = s.fsm.state
         silence = now - s.last_rx

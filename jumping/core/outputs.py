@@ -26,7 +26,7 @@ class WriteTun:
 
 @dataclass(frozen=True, slots=True)
 class Emit:
-    """One SIEM event (SPEC section 6) minus what the pipeline adds (schema, ts, node, seq)."""
+    """One SIEM event (docs/events.md) minus what the pipeline adds (schema, ts, node, seq)."""
 
     event_type: str
     session_id: str | None

@@ -1,5 +1,5 @@
 """
-Per-path measurements and deterministic candidate selection (SPEC sections 1 and 3).
+Per-path measurements and deterministic candidate selection (docs/protocol.md).
 
 Each candidate path of a client has a :class:`PathStats`: an RFC 6298 RTT estimator fed by
 authenticated probe replies, a fixed-size ring of recent probes for the loss ratio over

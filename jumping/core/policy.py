@@ -1,5 +1,5 @@
 """
-The session policy of SPEC section 3: every default, validated bounds, a version.
+The session policy (docs/protocol.md#policy): every default, validated bounds, a version.
 
 ``Policy.from_mapping`` either returns a complete, valid policy or raises
 :class:`PolicyError` listing every problem: a policy is never half-applied.

@@ -1,6 +1,6 @@
 """
-Switch rate limits (SPEC invariant 6): at most ``max_per_min`` switches in any 60 s window
-and at least ``cooldown_ms`` between two, per key; plus a global control-plane bucket.
+Switch rate limits (docs/protocol.md, invariant 6): at most ``max_per_min`` switches in any
+60 s window and at least ``cooldown_ms`` between two, per key; plus a global control-plane bucket.
 
 Pure and bounded: a key keeps at most ``max_per_min`` timestamps; at most ``max_keys``
 keys are tracked (least recently used evicted). Provides ``IRateLimitPolicy``.

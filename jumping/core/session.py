@@ -7,7 +7,7 @@ replay window. A session holds at most three: ``current``, ``previous`` (kept fo
 gateway, ``next`` (answered but not yet confirmed by the client's first packet).
 
 Memory per session is bounded: a fixed number of keypairs, one replay window each, a fixed
-set of counters (SPEC invariant 7).
+set of counters (invariant 7 in docs/protocol.md).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """
-The published JSON Schema of Jumping's SIEM events (SPEC section 6), ``jumping.event/1``.
+The published JSON Schema of Jumping's SIEM events (docs/events.md), ``jumping.event/1``.
 
 ``event-1.json`` is the contract; ``docs/events.md`` explains it field by field. The
 schema's enums mirror :mod:`jumping.core.fsm` exactly (a test keeps them in step), so a new

@@ -1,11 +1,11 @@
 """
-Turn the core's ``Emit`` outputs into SIEM events (SPEC section 6) and fan them out.
+Turn the core's ``Emit`` outputs into SIEM events (docs/events.md) and fan them out.
 
 Each event gets the base fields, a gap-free per-node ``seq`` and ``prev_hash``: a keyed
 BLAKE2s over the previous event's canonical JSON, so a consumer holding the chain key can
 detect lost, reordered or altered events (``jumpctl audit`` verifies it). Sinks are
 ``IEventSink`` plugins; a sink that raises is counted and never stops the others or the
-session (SPEC invariant 9).
+session (invariant 9 in docs/protocol.md).
 """
 
 from __future__ import annotations

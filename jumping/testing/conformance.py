@@ -507,7 +507,7 @@ def _is_token(t: object) -> bool:
 
 class OwnershipBackendTests:
     """
-    Conformance of an ``IOwnershipBackend`` plugin (SPEC section 5).
+    Conformance of an ``IOwnershipBackend`` plugin (docs/protocol.md#cluster-ownership).
 
     A subclass provides ``make_backends(self, n)``: ``n`` fresh backends (a list, or a
     Deferred firing with one) with distinct ``node_id`` that share one cluster/store. Each
@@ -783,7 +783,7 @@ REASONS = ("SWITCH_RATE_LIMITED", "COOLDOWN_ACTIVE")
 
 class RateLimitPolicyTests:
     """
-    Conformance of an ``IRateLimitPolicy`` plugin (SPEC invariant 6).
+    Conformance of an ``IRateLimitPolicy`` plugin (invariant 6 in docs/protocol.md).
 
     A subclass provides ``make_policy(self, *, max_per_min, cooldown_ms, max_keys)``: a
     policy allowing at most ``max_per_min`` actions per key in any 60 s window, at least
@@ -885,7 +885,7 @@ class RateLimitPolicyTests:
 
 
 def sample_event(i: int) -> dict[str, Any]:
-    """A complete, schema-valid event (SPEC section 6)."""
+    """A complete, schema-valid event (docs/events.md)."""
     return {
         "schema": "jumping.event/1",
         "ts_ms": 1_800_000_000_000 + i,
@@ -922,7 +922,7 @@ def odd_events() -> list[dict[str, Any]]:
 
 class EventSinkTests:
     """
-    Conformance of an ``IEventSink`` plugin (SPEC section 6, invariant 9).
+    Conformance of an ``IEventSink`` plugin (docs/events.md; invariant 9 of docs/protocol.md).
 
     A subclass provides:
 

@@ -1,5 +1,5 @@
 """
-A reference model of the SPEC section 2 invariants, checked against what the cores did.
+A reference model of the invariants (docs/protocol.md), checked against what the cores did.
 
 ``InvariantChecker.step(net)`` is called after every simulation step; it reads the cores'
 state and the events emitted since the last step and records every violation (it never

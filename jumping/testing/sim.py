@@ -270,7 +270,7 @@ ECHO = ipv4("10.99.0.1", "10.99.0.2", b"e" * 36)
 
 class ClusterNet:
     """
-    A client and ``gateways`` gateways of one cluster (SPEC section 5) on the simulated
+    A client and ``gateways`` gateways of one cluster (docs/protocol.md) on the simulated
     network: the gateways share one static identity (the client's Noise responder key) and a
     :class:`~jumping.builtin.memory.MemoryStore`, each with its own node id and
     ``MemoryOwnership``; the client has one path per gateway (gateway ``gwN`` at

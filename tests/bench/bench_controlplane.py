@@ -1,7 +1,7 @@
 """
-Control-plane cost of the gateway core (SPEC section 8): handshakes per second on one core,
-memory per idle session, and the cost of one state transition, from 1 000 to 100 000
-sessions on one gateway core.
+Control-plane cost of the gateway core (targets: docs/benchmarks.md): handshakes per second
+on one core, memory per idle session, and the cost of one state transition, from 1 000 to
+100 000 sessions on one gateway core.
 
     python3 tests/bench/bench_controlplane.py [--sizes 1000,10000,100000]
 

@@ -5,8 +5,8 @@ Per-packet cost of the core data plane, beside the bare AEAD it wraps.
 
 Prints JSON: µs per packet for ChaCha20-Poly1305 encrypt+decrypt alone, and for
 ``seal_data`` + ``open_data`` through real client/gateway cores (replay window, counters,
-routing, source check included). The difference is what Jumping adds per packet; SPEC
-section 8 asks for "a few microseconds at most".
+routing, source check included). The difference is what Jumping adds per packet; the
+target (docs/benchmarks.md#targets) is "a few microseconds at most".
 """
 
 from __future__ import annotations

@@ -5,7 +5,12 @@
 # Prints, per VPN and scenario: recovered count, outage and path-gap p50/p99 (ms).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-peers=${PEERS_DIR:-$(cd "$here/../../../shared/bench/peers" && pwd)}
+# The peer harness (throughput.sh, roam.sh, wireguard-go) is not part of this repository.
+if [[ -z ${PEERS_DIR:-} || ! -d $PEERS_DIR ]]; then
+  echo "$(basename "$0"): set PEERS_DIR to the peer harness directory (with throughput.sh and roam.sh); see docs/benchmarks.md" >&2
+  exit 2
+fi
+peers=$(cd "$PEERS_DIR" && pwd)
 out=${1:-/tmp/jumping-roam.jsonl}
 scen=${SCENARIOS:-"death addr-del endpoint-live"}
 (cd "$peers" && VPN=wireguard-go REPS=${WG_REPS:-5} SCENARIOS="$scen" ./roam.sh "$out")

@@ -4,7 +4,12 @@
 # Prints the ratio jumping / wireguard-go of the median tunnel Gbit/s and the CPU figures.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-peers=${PEERS_DIR:-$(cd "$here/../../../shared/bench/peers" && pwd)}
+# The peer harness (throughput.sh, roam.sh, wireguard-go) is not part of this repository.
+if [[ -z ${PEERS_DIR:-} || ! -d $PEERS_DIR ]]; then
+  echo "$(basename "$0"): set PEERS_DIR to the peer harness directory (with throughput.sh and roam.sh); see docs/benchmarks.md" >&2
+  exit 2
+fi
+peers=$(cd "$PEERS_DIR" && pwd)
 out=${1:-/tmp/jumping-throughput.jsonl}
 export SKIP_RAW=${SKIP_RAW:-1}
 (cd "$peers" && VPN=wireguard-go ./throughput.sh "$out")

@@ -1,5 +1,5 @@
 """
-Long invariant soak: random fault schedules over many seeds, every SPEC section 2
+Long invariant soak: random fault schedules over many seeds, every invariant of docs/protocol.md
 invariant checked after every simulation step.
 
     python3 tests/bench/soak_invariants.py --seeds 1000 --transitions 1000000

@@ -1,5 +1,5 @@
-# vpn-jumping.sh - adapter for ../shared/bench/peers: Jumping gateway (jg) and client (jc)
-# under twistd. Use from the peers directory:
+# vpn-jumping.sh - adapter for the peer harness ($PEERS_DIR, docs/benchmarks.md): Jumping
+# gateway (jg) and client (jc) under twistd. Use from the peers directory:
 #   VPN=jumping VPN_ADAPTER=/path/to/repo/tests/bench/vpn-jumping.sh ./throughput.sh out.jsonl
 # Our daemons take their whole configuration at start, so vpn_start only makes keys and
 # vpn_configure writes the configs and starts both daemons (startup_ms in handshakes.sh
@@ -40,7 +40,7 @@ j_endpoints() {
 }
 
 # JUMPING_POLICY="probe_timeout_multiplier = 2; heartbeat_interval_ms = 250" overrides policy
-# values on both daemons (the defaults are SPEC section 3's); empty = defaults.
+# values on both daemons (defaults: docs/protocol.md#policy); empty = defaults.
 j_policy() {
   [[ -n ${JUMPING_POLICY:-} ]] || return 0
   printf '[policy]\n%s\n' "${JUMPING_POLICY//; /$'\n'}"

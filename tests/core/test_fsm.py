@@ -1,4 +1,4 @@
-"""The transition table of SPEC section 1: pinned, total over its rows, absorbing end."""
+"""The transition table (docs/protocol.md): pinned, total over its rows, absorbing end."""
 
 from __future__ import annotations
 

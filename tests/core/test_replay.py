@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from jumping.core.replay import LIMIT, ReplayWindow
 
-DEFAULT_BITS = 8192  # SPEC: replay_window default
+DEFAULT_BITS = 8192  # docs/protocol.md#policy: replay_window default
 SMALL_BITS = 128  # the smallest window replay.py supports
 
 

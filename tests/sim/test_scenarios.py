@@ -1,5 +1,5 @@
 """
-SPEC section 7 scenarios 1-5 in the seeded simulator, with the invariant reference model
+Scenarios 1-5 of docs/benchmarks.md in the seeded simulator, with the invariant reference model
 checked after every step. Links have 10 ms one-way delay; traffic is one packet every 2 ms
 echoed by the gateway (like the peer harness's roam probes).
 """

@@ -1,4 +1,4 @@
-"""Random fault schedules (Hypothesis stateful) with every SPEC section 2 invariant checked
+"""Random fault schedules (Hypothesis stateful) with every invariant (docs/protocol.md) checked
 after every simulation step."""
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""Jumping's ``etcd`` ownership backend (SPEC section 5): see :mod:`jumping_etcd.backend`."""
+"""Jumping's ``etcd`` ownership backend (docs/protocol.md): see :mod:`jumping_etcd.backend`."""

@@ -1,6 +1,6 @@
 """
 ``etcd`` ownership backend: who owns which session, cluster-wide, on a real etcd v3 cluster
-(SPEC section 5).
+(docs/protocol.md, "Cluster ownership").
 
 - One lease per node (TTL ``ttl`` seconds), kept alive by a dedicated thread every
   ``ttl / 3``. Every session key the node owns is attached to it, so when the node dies its
@@ -22,7 +22,7 @@
   itself can expire the lease and let another node claim the sessions. It then keeps
   trying to grant a new lease; once it has one it revokes the old one and is ``healthy``
   again (the lost sessions stay lost).
-- Split brain (SPEC section 5: two claims for one session with the same ``state_version``).
+- Split brain (docs/protocol.md: two claims for one session with the same ``state_version``).
   Two claims cannot both succeed: etcd serialises transactions, and each compares the key's
   revision, so exactly one commits. The loser sees the winner's record in the failure branch
   of the same transaction; if it carries the same ``state_version`` from another node, the

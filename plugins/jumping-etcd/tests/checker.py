@@ -1,5 +1,5 @@
 """
-An independent checker of SPEC invariant 2 across a cluster: no interval in which two
+An independent checker of invariant 2 in docs/protocol.md across a cluster: no interval in which two
 gateways forwarded data for the same session.
 
 It reads two kinds of evidence that do not come from the same place:

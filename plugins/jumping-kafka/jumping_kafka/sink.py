@@ -3,7 +3,8 @@
 
 - :meth:`KafkaSink.emit` runs on the reactor thread: it checks one bound and puts the event
   on a ``queue.SimpleQueue``, nothing else. It never blocks on the network and never raises
-  (SPEC invariant 9). One daemon thread owns the ``KafkaProducer``, serialises and sends.
+  (docs/protocol.md, invariant 9). One daemon thread owns the ``KafkaProducer``,
+  serialises and sends.
 - The bound covers every event accepted and not yet acknowledged: those in our queue *and*
   those inside the producer (batched, in flight, being retried). Past ``max_queue`` new
   events are dropped and counted; so are records the broker never acknowledged within

@@ -29,6 +29,28 @@ def _pubkey(a: argparse.Namespace) -> int:
     return 0
 
 
+def _tls_cert(a: argparse.Namespace) -> int:
+    from jumping import tls
+
+    try:
+        crt, key, pin = tls.generate(a.out, a.name, a.days)
+    except ValueError as e:
+        raise JumpingError(f"tls-cert: {e}") from None
+    print(pin)
+    print(
+        f'wrote {crt} and {key} (private, mode 0600); clients pin it with pin_sha256 = "{pin}"',
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _tls_pin(a: argparse.Namespace) -> int:
+    from jumping import tls
+
+    print(tls.spki_pin(tls.load_certificates(a.path)[0]))
+    return 0
+
+
 def _jsonable(v: Any) -> Any:
     if is_dataclass(v) and not isinstance(v, type):
         return {k: _jsonable(x) for k, x in asdict(v).items()}
@@ -83,6 +105,19 @@ def parser() -> argparse.ArgumentParser:
     pk = sub.add_parser("pubkey", help="print the public key of a private key file")
     pk.add_argument("path")
     pk.set_defaults(func=_pubkey)
+    tc = sub.add_parser(
+        "tls-cert", help="create a self-signed TLS certificate + key (0600) and print its pin"
+    )
+    tc.add_argument("--out", required=True, help="base path: writes OUT.crt and OUT.key")
+    tc.add_argument(
+        "--name", action="append", required=True,
+        help="DNS name or IP address the certificate is for (repeatable; the first is its subject)",
+    )  # fmt: skip
+    tc.add_argument("--days", type=int, default=3650, help="validity (default 3650)")
+    tc.set_defaults(func=_tls_cert)
+    tp = sub.add_parser("tls-pin", help="print the SPKI SHA-256 pin of a PEM certificate")
+    tp.add_argument("path")
+    tp.set_defaults(func=_tls_pin)
     sc = sub.add_parser("show-config", help="validate a config file and print it resolved")
     sc.add_argument("file")
     sc.set_defaults(func=_show_config)

@@ -33,6 +33,9 @@ class TunConfig:
     routes: tuple[str, ...] = ()
     #: TUN offloads (IFF_VNET_HDR): TSO super-packets in, coalesced TCP runs out
     offload: bool = True
+    #: ``mtu`` was not set in the file: the node lowers it to what its smallest transport
+    #: carries (docs/plugins.md#mtu); a value set in the file is kept, or refused if too big
+    mtu_auto: bool = False
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,19 @@ def _network(r: _Reader, value: Any, where: str, key: str) -> str:
         raise r.fail(where, f"{key}: {value!r} is not an IP prefix") from None
 
 
+def _plugin_options(r: _Reader, d: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A transport's ``options`` table; a string under a key ending in ``_file`` is a path
+    and resolved relative to the config file, like every other path of the file."""
+    opts = d.get("options", {})
+    if not isinstance(opts, dict):
+        raise r.fail(where, "options: must be a table")
+    out = dict(opts)
+    for k, v in opts.items():
+        if k.endswith("_file") and isinstance(v, str) and v and not Path(v).is_absolute():
+            out[k] = str(r.base / v)
+    return out
+
+
 def load_policy(config_path: str | Path) -> Policy:
     """Only the policy of a config file (SIGHUP reload): ConfigError if anything is wrong."""
     return load_config(config_path).policy
@@ -267,16 +283,14 @@ def parse_config(data: Mapping[str, Any], path: Path) -> NodeConfig:
     tun = TunConfig(
         name, address, r.integer(t, "mtu", "[tun]", 576, 9000, 1420),
         tuple(_network(r, x, "[tun]", "routes") for x in routes),
-        r.boolean(t, "offload", "[tun]", True),
+        r.boolean(t, "offload", "[tun]", True), "mtu" not in t,
     )  # fmt: skip
 
     listen: list[ListenConfig] = []
     for i, lt in enumerate(r.tables(data, "listen")):
         where = f"[[listen]] #{i + 1}"
         r.unknown(lt, {"transport", "host", "port", "options"}, where)
-        opts = lt.get("options", {})
-        if not isinstance(opts, dict):
-            raise r.fail(where, "options: must be a table")
+        opts = _plugin_options(r, lt, where)
         listen.append(ListenConfig(
             r.plugin_name(lt, "transport", where, "udp"), r.host(lt, where),
             r.integer(lt, "port", where, 0, 65535), opts,
@@ -312,9 +326,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> NodeConfig:
                     ipaddress.ip_address(bind)
                 except ValueError:
                     raise r.fail(where, f"bind: must be a local IP address, got {bind!r}") from None
-            opts = et.get("options", {})
-            if not isinstance(opts, dict):
-                raise r.fail(where, "options: must be a table")
+            opts = _plugin_options(r, et, where)
             eps.append(EndpointConfig(
                 r.plugin_name(et, "transport", where, "udp"), r.host(et, where),
                 r.integer(et, "port", where, 1, 65535), opts, bind,

@@ -141,6 +141,23 @@ class IBatchTransport(ITransport):
         """
 
 
+class IPathMTU(Interface):
+    """
+    A transport whose paths carry datagrams smaller than 65535 bytes whole (optional).
+
+    Provided by an :class:`ITransportFactory` (what every path it opens will carry, known
+    before any is opened) and by its :class:`ITransport` objects (what this path carries
+    now, which may be less once the far end's limits are known). The node makes its tunnel
+    MTU fit the smallest factory figure and refuses a path below it as a candidate, so that
+    a jump never black-holes full-size packets (docs/plugins.md#mtu). A datagram larger than
+    the limit given to :meth:`ITransport.send` is dropped and counted in ``send_errors``.
+    """
+
+    max_datagram = Attribute(
+        "``int``: the largest datagram (a whole Jumping message) carried in one piece."
+    )
+
+
 class ITransportFactory(Interface):
     """
     Creates transports of one kind: listeners on a gateway, outgoing paths on a client.

@@ -49,6 +49,7 @@ from jumping.interfaces import (
     ITransportFactory,
 )
 from jumping.keys import load_private_key
+from jumping.service import mtu
 from jumping.service.events import EventPipeline
 from jumping.service.tun import TunDevice
 
@@ -94,6 +95,9 @@ class NodeService(service.Service):
         self._owner_watches: dict[str, Any] = {}  # session id -> the backend's watch
         self._batch: list[bytes] = []
         self._batch_path: Any = None
+        self.mtu = config.tun.mtu
+        #: client paths refused as candidates: they carry less than the tunnel MTU needs
+        self.paths_refused_mtu = 0
 
     # ------------------------------------------------------------------ startup
     def prepare(self) -> None:
@@ -144,8 +148,21 @@ class NodeService(service.Service):
         else:
             self.core = ClientCore(gateway_public_key=cfg.gateway.public_key, **common)  # type: ignore[arg-type]
         tun = cfg.tun
+        # transport plugins are built (no socket yet) before the TUN device, whose MTU must
+        # fit the smallest of them (jumping/service/mtu.py)
+        places = cfg.listen if cfg.role == "gateway" else cfg.gateway.endpoints
+        factories = [
+            (pl, plugin.load(ITransportFactory, pl.transport, **dict(pl.options))) for pl in places
+        ]
+        self.mtu = mtu.fit(
+            tun.mtu, tun.mtu_auto, tun.address,
+            [(f"transport {pl.transport!r} ({pl.host}:{pl.port})", mtu.limit_of(f))
+             for pl, f in factories],
+        )  # fmt: skip
+        if self.mtu != tun.mtu:
+            log.info("tun mtu {m}: the largest inner packet every transport carries", m=self.mtu)
         self.tun = TunDevice(
-            self.reactor, tun.name, tun.address, tun.mtu, tuple(tun.routes),
+            self.reactor, tun.name, tun.address, self.mtu, tuple(tun.routes),
             self._tun_packet if cfg.role == "gateway" else self._tun_packet_client,
             self._flush, tun.offload,
         )  # fmt: skip
@@ -158,12 +175,10 @@ class NodeService(service.Service):
             except Exception as e:
                 raise StartupError(f"cannot serve metrics on {cfg.metrics_listen}: {e}") from None
         if cfg.role == "gateway":
-            for lc in cfg.listen:
-                factory = plugin.load(ITransportFactory, lc.transport, **dict(lc.options))
+            for lc, factory in factories:
                 self.listeners.append(factory.listen(self.reactor, lc.host, lc.port, self))
         else:
-            for ep in cfg.gateway.endpoints:
-                factory = plugin.load(ITransportFactory, ep.transport, **dict(ep.options))
+            for ep, factory in factories:
                 failures: list[Any] = []
                 d = self._connect(ep, factory)
                 d.addErrback(failures.append)
@@ -356,6 +371,17 @@ class NodeService(service.Service):
         return d
 
     def _path_up(self, path: Any, ep: Any, factory: Any) -> Any:
+        limit = mtu.limit_of(path)
+        if limit is not None and limit < self.mtu + mtu.OVERHEAD:
+            # fewer bytes than its factory announced (the far end's limit): using it would
+            # black-hole full-size packets after a jump, so it is never a candidate
+            self.paths_refused_mtu += 1
+            log.error(
+                "path {t} refused: it carries datagrams of {n} bytes, the tunnel needs {need}",
+                t=getattr(path, "transport_id", path), n=limit, need=self.mtu + mtu.OVERHEAD,
+            )  # fmt: skip
+            path.close()
+            return path
         self.paths.append(path)
         self._endpoint_of[path] = (ep, factory)
         if self.core is not None and self.running and isinstance(self.core, ClientCore):
@@ -508,6 +534,8 @@ class NodeService(service.Service):
             "sessions": dict(core.state_counts()),
             "drops": dict(core.drops),
             "counters": dict(core.counters),
+            "tun_mtu": self.mtu,
+            "paths_refused_mtu": self.paths_refused_mtu,
             "tun_write_errors": self.tun_write_errors + (self.tun.write_errors if self.tun else 0),
             "events": self.events.seq if self.events else 0,
             "ownership_healthy": bool(getattr(self.ownership, "healthy", True)),

@@ -1,5 +1,7 @@
 """
-Key files: X25519 private keys as one line of base64, mode 0600, refused otherwise.
+Key files: X25519 private keys as one line of base64, mode 0600 or stricter, owned by the
+user running the node (or root), in a directory only that user can write; opened once
+without following symlinks and checked on the open descriptor (:func:`read_secret_file`).
 
 ``NAME.key`` holds the private key, ``NAME.pub`` the public key (also base64), the format
 WireGuard users know.
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import os
 import stat
 from collections.abc import Callable
@@ -18,6 +21,7 @@ from jumping.core.noise import public_key as _public_key
 from jumping.errors import KeyFileError
 
 KEY_LEN = 32
+MAX_SECRET_FILE = 4096  # bytes: a key file is one short line
 
 
 def generate_private_key(rng: Callable[[int], bytes] = os.urandom) -> bytes:
@@ -69,25 +73,107 @@ def write_keypair(
     return pub
 
 
-def load_private_key(path: str | os.PathLike[str]) -> bytes:
+def read_secret_file(path: str | os.PathLike[str], what: str = "private key") -> bytes:
+    """The bytes of a secret file, opened **once** and checked on that descriptor.
+
+    The file is opened relative to its already opened parent directory with ``O_NOFOLLOW``
+    (a symlink is refused, not followed) and ``O_NONBLOCK`` (a FIFO never blocks us); then,
+    on the descriptors, never again by name: it must be a regular file owned by the
+    effective uid or root, mode 0600 or stricter (no bit beyond ``rw`` for its owner), in a
+    directory owned by the effective uid or root that neither group nor others can write
+    (whoever can write the directory can swap the file). What is read is what was checked.
+
+    :raise KeyFileError: one line naming the file, what is wrong, and how to fix it.
+    """
     p = Path(path)
+    parent = p.parent
     try:
-        st = p.stat()
+        dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise KeyFileError(
-            f"{p}: private key file not found (create one: jumpctl keygen --out {p})"
-        ) from None
+        raise _missing(p, what) from None
     except OSError as e:
-        raise KeyFileError(f"{p}: cannot read private key: {e.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise KeyFileError(f"{p}: private key must be a regular file")
-    if st.st_mode & 0o077:
-        raise KeyFileError(
-            f"{p}: private key is accessible by group/others (mode {stat.S_IMODE(st.st_mode):04o});"
-            f" fix with: chmod 600 {p}"
-        )
+        raise KeyFileError(f"{p}: cannot open its directory: {e.strerror}") from None
     try:
-        text = p.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise KeyFileError(f"{p}: cannot read private key: {e}") from None
-    return decode_key(text, str(p))
+        _check_owner_dir(p, os.fstat(dir_fd))
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+        try:
+            fd = os.open(p.name, flags, dir_fd=dir_fd)
+        except FileNotFoundError:
+            raise _missing(p, what) from None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise KeyFileError(
+                    f"{p}: {what} is a symlink; refusing to follow it (point the "
+                    f"configuration at the file itself)"
+                ) from None
+            raise KeyFileError(f"{p}: cannot open {what}: {e.strerror}") from None
+    finally:
+        os.close(dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"{p}: {what} must be a regular file")
+        euid = os.geteuid()
+        if st.st_uid not in (euid, 0):
+            raise KeyFileError(
+                f"{p}: {what} is owned by uid {st.st_uid}, not by this user (uid {euid}) or "
+                f"root; fix with: chown {euid} {p}"
+            )
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & ~0o600:
+            raise KeyFileError(
+                f"{p}: {what} has mode {mode:04o}, must be 0600 or stricter; "
+                f"fix with: chmod 600 {p}"
+            )
+        if st.st_size > MAX_SECRET_FILE:
+            raise KeyFileError(f"{p}: {what} is too large ({st.st_size} bytes)")
+        chunks = []
+        size = 0
+        while True:
+            chunk = os.read(fd, MAX_SECRET_FILE + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_SECRET_FILE:
+                raise KeyFileError(f"{p}: {what} is too large (over {MAX_SECRET_FILE} bytes)")
+        return b"".join(chunks)
+    except OSError as e:
+        raise KeyFileError(f"{p}: cannot read {what}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _missing(p: Path, what: str) -> KeyFileError:
+    if what == "private key":
+        return KeyFileError(
+            f"{p}: private key file not found (create one: jumpctl keygen --out {p})"
+        )
+    return KeyFileError(f"{p}: {what} file not found")
+
+
+def _check_owner_dir(p: Path, st: os.stat_result) -> None:
+    d = p.parent
+    euid = os.geteuid()
+    if st.st_uid not in (euid, 0):
+        raise KeyFileError(
+            f"{p}: its directory {d} is owned by uid {st.st_uid}, not by this user "
+            f"(uid {euid}) or root: its owner could swap the key"
+        )
+    if stat.S_IMODE(st.st_mode) & 0o022:
+        raise KeyFileError(
+            f"{p}: its directory {d} is writable by group or others (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}): anyone who can write it can swap the key; "
+            f"fix with: chmod go-w {d}, or move the key"
+        )
+
+
+def load_private_key(path: str | os.PathLike[str]) -> bytes:
+    """An X25519 private key (one line of base64) from a file checked by
+    :func:`read_secret_file`."""
+    raw = read_secret_file(path)
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise KeyFileError(f"{path}: private key is not base64 text") from None
+    return decode_key(text, str(path))

@@ -29,6 +29,65 @@ def _pubkey(a: argparse.Namespace) -> int:
     return 0
 
 
+def _secret(a: argparse.Namespace) -> int:
+    from jumping.keys import write_secret
+
+    write_secret(a.out)
+    print(f'wrote {a.out} (node secret, mode 0600): set [node] secret = "{a.out}"', file=sys.stderr)
+    return 0
+
+
+def _node_secret(config: str) -> Any:
+    from jumping.config import load_config
+
+    cfg = load_config(config)
+    if cfg.secret is None:
+        raise JumpingError(f"{config}: [node] secret is not set (create one: jumpctl secret)")
+    return cfg
+
+
+def _chain_key(a: argparse.Namespace) -> int:
+    """The node's event chain key (hex), for the auditor: it verifies the chain and reveals
+    neither the node secret nor the address key."""
+    from jumping.keys import event_keys
+
+    chain, _address = event_keys(_node_secret(a.config).secret)
+    if a.out is None:
+        print(chain.hex())
+        return 0
+    import os
+
+    try:
+        fd = os.open(a.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except OSError as e:
+        raise JumpingError(f"{a.out}: cannot create: {e.strerror}") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(chain.hex() + "\n")
+    print(
+        f"wrote {a.out} (chain key, mode 0600): jumpctl audit --chain-key {a.out}", file=sys.stderr
+    )
+    return 0
+
+
+def _hash_address(a: argparse.Namespace) -> int:
+    """What an address looks like in this node's events under address_privacy = "hash"
+    (to find a known address's sessions in the SIEM); needs the node secret."""
+    import ipaddress
+
+    from jumping.keys import event_keys
+    from jumping.service.events import address_filter
+
+    _chain, address_key = event_keys(_node_secret(a.config).secret)
+    hide = address_filter("hash", address_key)
+    for text in a.address:
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            raise JumpingError(f"hash-address: {text!r} is not an IP address") from None
+        print(f"{text} {hide(text)}")
+    return 0
+
+
 def _tls_cert(a: argparse.Namespace) -> int:
     from jumping import tls
 
@@ -105,6 +164,25 @@ def parser() -> argparse.ArgumentParser:
     pk = sub.add_parser("pubkey", help="print the public key of a private key file")
     pk.add_argument("path")
     pk.set_defaults(func=_pubkey)
+    se = sub.add_parser(
+        "secret",
+        help="create a node secret file (0600): event chain and address keys derive from it",
+    )
+    se.add_argument("--out", required=True, help="path of the secret, e.g. node.secret")
+    se.set_defaults(func=_secret)
+    ck = sub.add_parser(
+        "chain-key", help="print (or write, 0600) the event chain key derived from [node] secret"
+    )
+    ck.add_argument("--config", required=True, help="the node's configuration file")
+    ck.add_argument("--out", help="write it to this new file (mode 0600) instead of printing it")
+    ck.set_defaults(func=_chain_key)
+    ha = sub.add_parser(
+        "hash-address",
+        help='show addresses as this node\'s events hash them (address_privacy = "hash")',
+    )
+    ha.add_argument("--config", required=True, help="the node's configuration file")
+    ha.add_argument("address", nargs="+")
+    ha.set_defaults(func=_hash_address)
     tc = sub.add_parser(
         "tls-cert", help="create a self-signed TLS certificate + key (0600) and print its pin"
     )

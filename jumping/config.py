@@ -87,7 +87,10 @@ class NodeConfig:
     ownership: PluginConfig = PluginConfig("memory")
     events: tuple[PluginConfig, ...] = ()
     policy: Policy = Policy()
-    event_chain_key: Path | None = None
+    #: the node secret file: the event chain key and the address key are derived from it
+    #: (:func:`jumping.keys.derive_key`); without it the chain is keyed with zeros
+    secret: Path | None = None
+    #: ``[events] address_privacy``: full, truncated or hash (needs ``secret``)
     address_privacy: str = "full"
     metrics_listen: tuple[str, int] | None = None
     #: the IRateLimitPolicy plugin that limits transport switches per session
@@ -115,10 +118,12 @@ class _Reader:
             raise self.fail(where, f"[{key}] must be a table")
         return dict(v)
 
-    def tables(self, data: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
+    def tables(
+        self, data: Mapping[str, Any], key: str, where: str | None = None
+    ) -> list[dict[str, Any]]:
         v = data.get(key, [])
         if not isinstance(v, list) or not all(isinstance(x, dict) for x in v):
-            raise self.fail(f"[[{key}]]", "must be an array of tables")
+            raise self.fail(where or f"[[{key}]]", "must be an array of tables")
         return [dict(x) for x in v]
 
     def unknown(self, d: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -189,6 +194,30 @@ class _Reader:
         return p if p.is_absolute() else (self.base / p)
 
 
+_MOVED_NODE_KEYS = {
+    "event_chain_key": "replaced by [node] secret (the chain key is derived from it; give "
+    "the auditor `jumpctl chain-key --config FILE`)",
+    "address_privacy": "moved to the [events] table: [events] address_privacy = ...",
+}
+
+
+def _events_table(r: _Reader, data: Mapping[str, Any]) -> tuple[str, list[dict[str, Any]], str]:
+    """``[events]`` (address_privacy + ``[[events.sinks]]``) or the older ``[[events]]``
+    array of sink tables (TOML allows one of the two): (privacy, sink tables, where)."""
+    ev = data.get("events")
+    if ev is None or isinstance(ev, list):
+        return "full", r.tables(data, "events"), "[[events]]"
+    if not isinstance(ev, dict):
+        raise r.fail("[events]", "must be a table (or [[events]] an array of sink tables)")
+    r.unknown(ev, {"address_privacy", "sinks"}, "[events]")
+    privacy = r.string(ev, "address_privacy", "[events]", "full")
+    if privacy not in ("full", "truncated", "hash"):
+        raise r.fail(
+            "[events]", f"address_privacy: must be full, truncated or hash, got {privacy!r}"
+        )
+    return privacy, r.tables(ev, "sinks", "[[events.sinks]]"), "[[events.sinks]]"
+
+
 def _network(r: _Reader, value: Any, where: str, key: str) -> str:
     if not isinstance(value, str):
         raise r.fail(where, f"{key}: {value!r} is not a string")
@@ -250,9 +279,10 @@ def parse_config(data: Mapping[str, Any], path: Path) -> NodeConfig:
         "top level",
     )
     node = r.table(data, "node", "top level")
-    r.unknown(
-        node, {"role", "node_id", "private_key", "event_chain_key", "address_privacy"}, "[node]"
-    )
+    for moved, hint in _MOVED_NODE_KEYS.items():
+        if moved in node:
+            raise r.fail("[node]", f"{moved}: {hint}")
+    r.unknown(node, {"role", "node_id", "private_key", "secret"}, "[node]")
     role = r.string(node, "role", "[node]")
     if role not in ("gateway", "client"):
         raise r.fail("[node]", f"role: must be 'gateway' or 'client', got {role!r}")
@@ -260,10 +290,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> NodeConfig:
     if not _NAME.match(node_id):
         raise r.fail("[node]", f"node_id: must match [A-Za-z0-9_.-]{{1,64}}, got {node_id!r}")
     private_key = r.path_of(node, "private_key", "[node]")
-    chain_key = r.path_of(node, "event_chain_key", "[node]") if "event_chain_key" in node else None
-    privacy = r.string(node, "address_privacy", "[node]", "full")
-    if privacy not in ("full", "truncated", "hash"):
-        raise r.fail("[node]", f"address_privacy: must be full, truncated or hash, got {privacy!r}")
+    secret = r.path_of(node, "secret", "[node]") if "secret" in node else None
 
     t = r.table(data, "tun", "top level")
     r.unknown(t, {"name", "address", "mtu", "routes", "offload"}, "[tun]")
@@ -349,8 +376,15 @@ def parse_config(data: Mapping[str, Any], path: Path) -> NodeConfig:
     rl_name = r.plugin_name(rl, "policy", "[rate_limit]", "token-bucket")
     rate_limit = PluginConfig(rl_name, {k: v for k, v in rl.items() if k != "policy"})
     events: list[PluginConfig] = []
-    for i, et in enumerate(r.tables(data, "events")):
-        where = f"[[events]] #{i + 1}"
+    privacy, sink_tables, sinks_where = _events_table(r, data)
+    if privacy == "hash" and secret is None:
+        raise r.fail(
+            "[events]",
+            'address_privacy = "hash" needs [node] secret: the address key is derived from '
+            "it (create one: jumpctl secret --out node.secret)",
+        )
+    for i, et in enumerate(sink_tables):
+        where = f"{sinks_where} #{i + 1}"
         sink = r.plugin_name(et, "sink", where)
         opts = {k: v for k, v in et.items() if k != "sink"}
         if (
@@ -390,5 +424,5 @@ def parse_config(data: Mapping[str, Any], path: Path) -> NodeConfig:
         raise r.fail("[policy]", str(e)) from None
     return NodeConfig(
         path, role, node_id, private_key, tun, tuple(listen), tuple(peers), gateway,
-        ownership, tuple(events), policy, chain_key, privacy, metrics_listen, rate_limit,
+        ownership, tuple(events), policy, secret, privacy, metrics_listen, rate_limit,
     )  # fmt: skip

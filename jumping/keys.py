@@ -177,3 +177,63 @@ def load_private_key(path: str | os.PathLike[str]) -> bytes:
     except UnicodeDecodeError:
         raise KeyFileError(f"{path}: private key is not base64 text") from None
     return decode_key(text, str(path))
+
+
+# --- the node secret and the keys derived from it -------------------------------------------
+#: HKDF labels (``info``): one per derived key, so no derived key says anything about another
+CHAIN_KEY_LABEL = b"jumping/1 event chain key"
+ADDRESS_KEY_LABEL = b"jumping/1 event address key"
+SECRET_LEN = 32
+
+
+def derive_key(secret: bytes, label: bytes) -> bytes:
+    """A 32-byte key for one purpose (``label``) from the node secret: HKDF-SHA256 (RFC 5869)
+    with no salt and ``info = label``. One-way: holding a derived key (the chain key given
+    to an auditor) tells nothing about the secret nor about the keys of other labels (the
+    address key)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    if len(secret) < SECRET_LEN:
+        raise ValueError(f"the node secret must be at least {SECRET_LEN} bytes")
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(secret)
+
+
+def load_node_secret(path: str | os.PathLike[str]) -> bytes:
+    """The node secret: one line of base64 of at least 32 random bytes (``jumpctl secret``),
+    in a file checked like a private key (:func:`read_secret_file`)."""
+    raw = read_secret_file(path, "node secret")
+    try:
+        secret = base64.b64decode(raw.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise KeyFileError(
+            f"{path}: node secret: not valid base64 (create one: jumpctl secret --out {path})"
+        ) from None
+    if len(secret) < SECRET_LEN:
+        raise KeyFileError(
+            f"{path}: node secret: must decode to at least {SECRET_LEN} bytes, got {len(secret)}"
+        )
+    return secret
+
+
+def write_secret(path: str | os.PathLike[str], rng: Callable[[int], bytes] = os.urandom) -> None:
+    """Create a node secret file (0600, never overwritten)."""
+    p = Path(path)
+    try:
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        raise KeyFileError(f"{p}: already exists, refusing to overwrite") from None
+    except OSError as e:
+        raise KeyFileError(f"{p}: cannot create: {e.strerror}") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(encode_key(rng(SECRET_LEN)) + "\n")
+
+
+def event_keys(secret_path: str | os.PathLike[str] | None) -> tuple[bytes, bytes | None]:
+    """(chain key, address key) of a node: both derived from its secret file, or, without
+    one, an all-zero chain key (it still detects accidents, not a forger) and no address
+    key (``address_privacy = "hash"`` is refused without a secret)."""
+    if secret_path is None:
+        return bytes(32), None
+    secret = load_node_secret(secret_path)
+    return derive_key(secret, CHAIN_KEY_LABEL), derive_key(secret, ADDRESS_KEY_LABEL)

@@ -16,7 +16,9 @@ def test_tls_cert_writes_a_0600_key_and_prints_the_pin_tls_pin_agrees(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "gw-tls"
-    assert cli.main(["tls-cert", "--out", str(out), "--name", "gw.example", "--name", "10.0.0.1"]) == 0
+    assert (
+        cli.main(["tls-cert", "--out", str(out), "--name", "gw.example", "--name", "10.0.0.1"]) == 0
+    )
     pin = capsys.readouterr().out.strip()
     crt, key = tmp_path / "gw-tls.crt", tmp_path / "gw-tls.key"
     assert os.stat(key).st_mode & 0o777 == 0o600
@@ -70,9 +72,7 @@ def test_certificate_errors_are_clear(tmp_path: Path) -> None:
         tls.load_certificates(tmp_path / "bad.crt")
 
 
-@pytest.mark.parametrize(
-    "bad", ["", "abc", "A" * 44, "sha256//" + "A" * 43, 42, None, "Zm9v" * 11]
-)
+@pytest.mark.parametrize("bad", ["", "abc", "A" * 44, "sha256//" + "A" * 43, 42, None, "Zm9v" * 11])
 def test_malformed_pins_are_refused(bad: object) -> None:
     with pytest.raises(ValueError, match="pin"):
         tls.check_pin(bad)

@@ -3,7 +3,9 @@ Turn the core's ``Emit`` outputs into SIEM events (docs/events.md) and fan them 
 
 Each event gets the base fields, a gap-free per-node ``seq`` and ``prev_hash``: a keyed
 BLAKE2s over the previous event's canonical JSON, so a consumer holding the chain key can
-detect lost, reordered or altered events (``jumpctl audit`` verifies it). Sinks are
+detect lost, reordered or altered events (``jumpctl audit`` verifies it). Addresses are
+rendered per ``[events] address_privacy`` first; the keyed hash uses a separate address key,
+so the chain key given to an auditor reveals no address. Sinks are
 ``IEventSink`` plugins; a sink that raises is counted and never stops the others or the
 session (invariant 9 in docs/protocol.md).
 """
@@ -11,6 +13,7 @@ session (invariant 9 in docs/protocol.md).
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -19,31 +22,53 @@ from typing import Any
 from jumping.core.outputs import Emit
 
 SCHEMA = "jumping.event/1"
-_V4 = re.compile(r"(?<![\d.])(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(?![\d.])")
-_V6 = re.compile(r"\[([0-9a-fA-F:]+)\]")
+ADDRESS_PRIVACY = ("full", "truncated", "hash")
+# an IPv6 address in brackets, or a dotted IPv4 address; either with an optional :port
+_ADDRESS = re.compile(
+    r"\[(?P<v6>[0-9A-Fa-f:.]+)\](?::\d{1,5})?"
+    r"|(?<![\w.])(?P<v4>\d{1,3}(?:\.\d{1,3}){3})(?::\d{1,5})?(?![\w.])"
+)
 _ADDRESS_FIELDS = ("transport_id", "address")
 
 
-def privacy_filter(mode: str, key: bytes) -> Callable[[str], str]:
-    """How addresses inside event strings are shown: full, truncated (/24, /48) or a keyed
-    hash (stable per key, so a SIEM can still correlate without learning the address)."""
+def address_filter(mode: str, address_key: bytes | None = None) -> Callable[[str], str]:
+    """How addresses inside event strings are shown (docs/events.md#address-privacy):
+
+    - ``full``: unchanged (``203.0.113.77:40000``, ``[2001:db8::9]:40000``);
+    - ``truncated``: the network, port dropped: IPv4 /24 (``203.0.113.0/24``), IPv6 /48
+      (``2001:db8:5::/48``);
+    - ``hash``: ``h:`` + the first 16 hex digits of BLAKE2s-256 keyed with the node's
+      *address key* (derived from the node secret, never the chain key) over the address's
+      4 or 16 bytes, port dropped: stable per key, so a SIEM can correlate without learning
+      the address, and without the key nobody can enumerate the 2^32 IPv4 addresses back.
+    """
+    if mode not in ADDRESS_PRIVACY:
+        raise ValueError(
+            f"address_privacy must be one of {', '.join(ADDRESS_PRIVACY)}, got {mode!r}"
+        )
     if mode == "full":
         return lambda text: text
+    if mode == "hash" and (address_key is None or len(address_key) != 32):
+        raise ValueError('address_privacy = "hash" needs a 32-byte address key (a node secret)')
 
-    def hashed(addr: str) -> str:
-        return "h-" + hashlib.blake2s(addr.encode(), key=key[:32], digest_size=6).hexdigest()
-
-    def v4(m: re.Match[str]) -> str:
+    def render(text: str) -> str | None:
+        try:
+            ip = ipaddress.ip_address(text)
+        except ValueError:
+            return None
         if mode == "hash":
-            return hashed(m.group(0))
-        return f"{m.group(1)}.{m.group(2)}.{m.group(3)}.0"
+            return "h:" + hashlib.blake2s(ip.packed, key=address_key or b"").hexdigest()[:16]
+        bits = 24 if ip.version == 4 else 48
+        return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
 
-    def v6(m: re.Match[str]) -> str:
-        if mode == "hash":
-            return "[" + hashed(m.group(1)) + "]"
-        return "[" + ":".join(m.group(1).split(":")[:3]) + "::]"
+    def one(m: re.Match[str]) -> str:
+        return render(m.group("v6") or m.group("v4")) or m.group(0)
 
-    return lambda text: _V6.sub(v6, _V4.sub(v4, text))
+    def hide(text: str) -> str:
+        whole = render(text.strip("[]"))  # a bare address (an IPv6 one has no brackets)
+        return whole if whole is not None else _ADDRESS.sub(one, text)
+
+    return hide
 
 
 def canonical(event: dict[str, Any]) -> bytes:
@@ -63,8 +88,9 @@ class EventPipeline:
         policy_version: Callable[[], str],
         clock: Callable[[], float],
         address_privacy: str = "full",
+        address_key: bytes | None = None,
     ) -> None:
-        self.hide = privacy_filter(address_privacy, chain_key)
+        self.hide = address_filter(address_privacy, address_key)
         self.privacy = address_privacy
         self.node_id = node_id
         self.sinks = list(sinks)

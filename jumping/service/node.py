@@ -48,7 +48,7 @@ from jumping.interfaces import (
     IRateLimitPolicy,
     ITransportFactory,
 )
-from jumping.keys import load_private_key
+from jumping.keys import event_keys, load_private_key
 from jumping.service import mtu
 from jumping.service.events import EventPipeline
 from jumping.service.tun import TunDevice
@@ -121,12 +121,12 @@ class NodeService(service.Service):
         self.sinks = [
             plugin.load(IEventSink, sink.name, **dict(sink.options)) for sink in cfg.events
         ]
-        # the chain key: from a 0600 key file if configured (so `jumpctl audit --chain-key`
-        # can verify the chain), else all-zero (detects accidents, not a forger)
-        chain_key = load_private_key(cfg.event_chain_key) if cfg.event_chain_key else bytes(32)
+        # the chain key and the address key, both derived from the node secret (the chain
+        # key alone goes to the auditor: `jumpctl chain-key`); without one, a zero chain key
+        chain_key, address_key = event_keys(cfg.secret)
         self.events = EventPipeline(
             cfg.node_id, self.sinks, chain_key, lambda: str(self.core.policy.version if self.core else cfg.policy.version),
-            self.reactor.seconds, cfg.address_privacy,
+            self.reactor.seconds, cfg.address_privacy, address_key,
         )  # fmt: skip
         rl = cfg.rate_limit
         rl_options = dict(rl.options)

@@ -41,6 +41,7 @@ class ClientCore(NodeCore):
         queue_limit: int = 256,
         probe_interval_ms: int = 1000,
         switch_limiter: Any = None,
+        gateway_psk: bytes | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(**kw)
@@ -51,7 +52,7 @@ class ClientCore(NodeCore):
             self.policy.max_switches_per_min, self.policy.switch_cooldown_ms
         )
         self._denied_at = -1e18
-        self.gateway = Peer(gateway_public_key, name="gateway")
+        self.gateway = Peer(gateway_public_key, name="gateway", psk=gateway_psk)
         self.paths: list[Any] = list(paths)
         self.session: Session | None = None
         self.handshakes: dict[int, tuple[Session, Initiation]] = {}
@@ -105,7 +106,7 @@ class ClientCore(NodeCore):
         hs = Initiation(
             self.me, self.gateway.public_key, self.rng, now, local,
             _NO_SESSION if s.fsm.state is State.BIRTH else s.session_id,
-            s.fsm.state_version, cookie,
+            s.fsm.state_version, cookie, self.gateway.psk,
         )  # fmt: skip
         self.handshakes[local] = (s, hs)
         s.handshake = hs

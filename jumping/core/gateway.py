@@ -179,7 +179,7 @@ class GatewayCore(NodeCore):
         """Write the handshake response for ``s``; its keys become ``s.next`` until the
         client's first packet under them confirms them."""
         local = self._new_index()
-        message, est = hs.write(local, s.session_id, s.fsm.state_version)
+        message, est = hs.write(local, s.session_id, s.fsm.state_version, s.peer.psk)
         if s.next is not None:
             self.index.pop(s.next.local_index, None)
             s.next.wipe()

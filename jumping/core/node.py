@@ -69,10 +69,20 @@ SECURITY_VIOLATIONS: dict[str, tuple[str, ...]] = {
 class Peer:
     """A client the gateway accepts (or the gateway a client talks to)."""
 
-    __slots__ = ("public_key", "networks", "exact", "last_init_ms", "sessions", "name")
+    __slots__ = ("public_key", "networks", "exact", "last_init_ms", "sessions", "name", "psk")
 
-    def __init__(self, public_key: bytes, allowed_ips: Iterable[str] = (), name: str = "") -> None:
+    def __init__(
+        self,
+        public_key: bytes,
+        allowed_ips: Iterable[str] = (),
+        name: str = "",
+        psk: bytes | None = None,
+    ) -> None:
         self.public_key = public_key
+        #: the pre-shared key both ends mix into the handshake (32 zero bytes: none)
+        self.psk = psk if psk is not None else bytes(32)
+        if len(self.psk) != 32:
+            raise ValueError("a psk must be 32 bytes")
         self.name = name or public_key.hex()[:16]
         self.networks = tuple(ipaddress.ip_network(a, strict=False) for a in allowed_ips)
         self.exact = frozenset(

@@ -48,7 +48,7 @@ from jumping.interfaces import (
     IRateLimitPolicy,
     ITransportFactory,
 )
-from jumping.keys import event_keys, load_private_key
+from jumping.keys import event_keys, load_private_key, load_psk
 from jumping.service import mtu
 from jumping.service.events import EventPipeline
 from jumping.service.tun import TunDevice
@@ -136,7 +136,10 @@ class NodeService(service.Service):
             rl_options.setdefault("cooldown_ms", cfg.policy.switch_cooldown_ms)
         common["switch_limiter"] = plugin.load(IRateLimitPolicy, rl.name, **rl_options)
         if cfg.role == "gateway":
-            peers = [Peer(p.public_key, p.allowed_ips, getattr(p, "name", "")) for p in cfg.peers]
+            peers = [
+                Peer(p.public_key, p.allowed_ips, p.name, load_psk(p.psk) if p.psk else None)
+                for p in cfg.peers
+            ]
             self.core = GatewayCore(peers=peers, **common)  # type: ignore[arg-type]
             own = cfg.ownership
             self.ownership = plugin.load(
@@ -146,7 +149,10 @@ class NodeService(service.Service):
             # resume here a session another gateway owned (takeover)
             self.core.adopt_sessions = bool(getattr(self.ownership, "shared", True))
         else:
-            self.core = ClientCore(gateway_public_key=cfg.gateway.public_key, **common)  # type: ignore[arg-type]
+            gpsk = load_psk(cfg.gateway.psk) if cfg.gateway.psk else None
+            self.core = ClientCore(
+                gateway_public_key=cfg.gateway.public_key, gateway_psk=gpsk, **common
+            )  # type: ignore[arg-type]
         tun = cfg.tun
         # transport plugins are built (no socket yet) before the TUN device, whose MTU must
         # fit the smallest of them (jumping/service/mtu.py)

@@ -15,8 +15,8 @@ from typing import Any
 from jumping.core import wire
 from jumping.core.fsm import Reason, State
 from jumping.core.handshake import HandshakeError, Initiation, read_cookie_reply
-from jumping.core.node import _NO_SESSION, NodeCore, Peer, _reattach_body
-from jumping.core.outputs import ArmTimer, Output
+from jumping.core.node import _NO_SESSION, QUEUED, NodeCore, Peer, _reattach_body
+from jumping.core.outputs import ArmTimer, Drop, Output
 from jumping.core.paths import Candidate, PathStats, select
 from jumping.core.ratelimit import SwitchLimiter
 from jumping.core.session import Keypair, Session
@@ -207,19 +207,17 @@ class ClientCore(NodeCore):
         self.cookie = (cookie, now)
         self.counters["cookies_received"] += 1
 
-    def seal_data(self, now: float, packet: bytes) -> tuple[Any, bytes] | None:
+    def _seal_data(self, now: float, packet: bytes) -> tuple[Any, bytes] | Drop:
         s = self.session
         kp = s.current if s is not None else None
         if kp is None or s is None or s.path is None:
             if len(self.queue) >= self.queue_limit:
-                self.drops["QUEUE_FULL"] += 1
-            else:
-                self.queue.append(packet)
-            return None
+                return self._count("QUEUE_FULL")
+            self.queue.append(packet)
+            return QUEUED
         data = kp.seal(kp.data_prefix, packet)
         if data is None:
-            self.drops["COUNTER_EXHAUSTED"] += 1
-            return None
+            return self._count("COUNTER_EXHAUSTED")
         s.last_tx = now
         s.tx_bytes += len(data)
         s.tx_packets += 1

@@ -21,7 +21,6 @@ import datetime
 import hashlib
 import ipaddress
 import os
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from jumping.errors import KeyFileError
+from jumping.keys import read_secret_file
 
 #: length of a pin: base64 of a 32-byte digest
 PIN_LEN = 44
@@ -48,12 +48,7 @@ def check_pin(text: Any, what: str = "pin") -> str:
     """``text`` if it is a well-formed pin (``sha256//`` prefix allowed), else ValueError."""
     if not isinstance(text, str):
         raise ValueError(f"{what}: must be a string, got {text!r}")
-    # the prefix is told by length, not by stripping: a pin may itself start with "/"
-    pin = text
-    for prefix in ("sha256//", "sha256/"):
-        if len(text) == PIN_LEN + len(prefix) and text.startswith(prefix):
-            pin = text[len(prefix) :]
-            break
+    pin = text.removeprefix("sha256//").removeprefix("sha256/")
     try:
         raw = base64.b64decode(pin, validate=True)
     except ValueError:
@@ -81,33 +76,10 @@ def load_certificates(path: str | os.PathLike[str]) -> list[x509.Certificate]:
     return certs
 
 
-def read_private_file(path: str | os.PathLike[str], what: str = "private key") -> bytes:
-    """The bytes of a secret file, refused unless it is a regular file of ours that nobody
-    else can read, checked on the open descriptor (no symlink, no race with a swap)."""
-    p = Path(path)
-    try:
-        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        raise KeyFileError(f"{p}: {what} file not found") from None
-    except OSError as e:
-        raise KeyFileError(f"{p}: cannot open {what} (a symlink?): {e.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise KeyFileError(f"{p}: {what} must be a regular file")
-        if st.st_uid != os.geteuid():
-            raise KeyFileError(f"{p}: {what} belongs to uid {st.st_uid}, not to us")
-        if st.st_mode & 0o077:
-            raise KeyFileError(
-                f"{p}: {what} is accessible by group/others (mode "
-                f"{stat.S_IMODE(st.st_mode):04o}); fix with: chmod 600 {p}"
-            )
-        return f.read()
-
-
 def load_private_key(path: str | os.PathLike[str]) -> Any:
-    """A PEM private key (EC, Ed25519, RSA), mode 0600 enforced."""
-    data = read_private_file(path, "TLS private key")
+    """A PEM private key (EC, Ed25519, RSA), checked like every secret file
+    (:func:`jumping.keys.read_secret_file`: 0600, ours, no symlink)."""
+    data = read_secret_file(path, "TLS private key")
     try:
         return serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as e:

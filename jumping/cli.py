@@ -37,6 +37,18 @@ def _secret(a: argparse.Namespace) -> int:
     return 0
 
 
+def _psk(a: argparse.Namespace) -> int:
+    from jumping.keys import write_secret
+
+    write_secret(a.out)
+    print(
+        f'wrote {a.out} (pre-shared key, mode 0600): psk = "{a.out}" in the client\'s '
+        "[gateway] and in its [[peers]] entry on every gateway",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def _node_secret(config: str) -> Any:
     from jumping.config import load_config
 
@@ -170,6 +182,11 @@ def parser() -> argparse.ArgumentParser:
     )
     se.add_argument("--out", required=True, help="path of the secret, e.g. node.secret")
     se.set_defaults(func=_secret)
+    ps = sub.add_parser(
+        "psk", help="create a pre-shared key file (0600) for one client and its gateway(s)"
+    )
+    ps.add_argument("--out", required=True, help="path, e.g. alice.psk (copy it to both ends)")
+    ps.set_defaults(func=_psk)
     ck = sub.add_parser(
         "chain-key", help="print (or write, 0600) the event chain key derived from [node] secret"
     )

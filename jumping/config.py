@@ -60,12 +60,16 @@ class PeerConfig:
     public_key: bytes
     allowed_ips: tuple[str, ...]
     name: str = ""
+    #: file holding the pre-shared key shared with this peer (both ends), or None
+    psk: Path | None = None
 
 
 @dataclass(frozen=True)
 class GatewayConfig:
     public_key: bytes
     endpoints: tuple[EndpointConfig, ...]
+    #: file holding the pre-shared key shared with the gateway, or None
+    psk: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -326,7 +330,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> NodeConfig:
     seen: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, int]] = []
     for i, pt in enumerate(r.tables(data, "peers")):
         where = f"[[peers]] #{i + 1}"
-        r.unknown(pt, {"public_key", "allowed_ips", "name"}, where)
+        r.unknown(pt, {"public_key", "allowed_ips", "name", "psk"}, where)
         ips = pt.get("allowed_ips")
         if not isinstance(ips, list) or not ips:
             raise r.fail(where, "allowed_ips: must be a non-empty list of prefixes")
@@ -337,11 +341,12 @@ def parse_config(data: Mapping[str, Any], path: Path) -> NodeConfig:
                 if net.version == other.version and net.overlaps(other):
                     raise r.fail(where, f"allowed_ips: {n} overlaps {other} of [[peers]] #{j + 1}")
             seen.append((net, i))
-        peers.append(PeerConfig(r.key(pt, "public_key", where), nets, str(pt.get("name", ""))))
+        psk = r.path_of(pt, "psk", where) if "psk" in pt else None
+        peers.append(PeerConfig(r.key(pt, "public_key", where), nets, str(pt.get("name", "")), psk))
     gateway = None
     if "gateway" in data:
         g = r.table(data, "gateway", "top level")
-        r.unknown(g, {"public_key", "endpoints"}, "[gateway]")
+        r.unknown(g, {"public_key", "endpoints", "psk"}, "[gateway]")
         eps: list[EndpointConfig] = []
         for i, et in enumerate(r.tables(g, "endpoints")):
             where = f"[[gateway.endpoints]] #{i + 1}"
@@ -358,7 +363,8 @@ def parse_config(data: Mapping[str, Any], path: Path) -> NodeConfig:
                 r.plugin_name(et, "transport", where, "udp"), r.host(et, where),
                 r.integer(et, "port", where, 1, 65535), opts, bind,
             ))  # fmt: skip
-        gateway = GatewayConfig(r.key(g, "public_key", "[gateway]"), tuple(eps))
+        gpsk = r.path_of(g, "psk", "[gateway]") if "psk" in g else None
+        gateway = GatewayConfig(r.key(g, "public_key", "[gateway]"), tuple(eps), gpsk)
     if role == "gateway":
         if not listen:
             raise r.fail("top level", "a gateway needs at least one [[listen]]")

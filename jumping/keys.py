@@ -237,3 +237,14 @@ def event_keys(secret_path: str | os.PathLike[str] | None) -> tuple[bytes, bytes
         return bytes(32), None
     secret = load_node_secret(secret_path)
     return derive_key(secret, CHAIN_KEY_LABEL), derive_key(secret, ADDRESS_KEY_LABEL)
+
+
+def load_psk(path: str | os.PathLike[str]) -> bytes:
+    """A pre-shared key: one line of base64 of exactly 32 bytes (``jumpctl psk``), in a file
+    checked like a private key. The same file content goes to both ends."""
+    raw = read_secret_file(path, "pre-shared key")
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise KeyFileError(f"{path}: pre-shared key is not base64 text") from None
+    return decode_key(text, f"{path}: pre-shared key")

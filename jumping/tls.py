@@ -48,7 +48,12 @@ def check_pin(text: Any, what: str = "pin") -> str:
     """``text`` if it is a well-formed pin (``sha256//`` prefix allowed), else ValueError."""
     if not isinstance(text, str):
         raise ValueError(f"{what}: must be a string, got {text!r}")
-    pin = text.removeprefix("sha256//").removeprefix("sha256/")
+    # the prefix is told by length, not by stripping: a pin may itself start with "/"
+    pin = text
+    for prefix in ("sha256//", "sha256/"):
+        if len(text) == PIN_LEN + len(prefix) and text.startswith(prefix):
+            pin = text[len(prefix) :]
+            break
     try:
         raw = base64.b64decode(pin, validate=True)
     except ValueError:

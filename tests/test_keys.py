@@ -144,3 +144,35 @@ def test_a_file_swapped_after_the_check_is_never_read(keyfile: Path, on_open: li
     else:
         assert swapped
         assert key != b"\x01" * 32, "read a key file other than the one checked"
+
+
+# --- pre-shared keys ---------------------------------------------------------------------
+def test_psk_files_are_32_bytes_of_base64_checked_like_keys(tmp_path: Path) -> None:
+    from jumping import cli
+
+    d = tmp_path / "k"
+    d.mkdir(mode=0o700)
+    assert cli.main(["psk", "--out", str(d / "a.psk")]) == 0
+    assert len(keys.load_psk(d / "a.psk")) == 32
+    (d / "a.psk").chmod(0o640)
+    with pytest.raises(KeyFileError, match="pre-shared key has mode 0640"):
+        keys.load_psk(d / "a.psk")
+    (d / "b.psk").write_text(keys.encode_key(b"x" * 16) + "\n")
+    (d / "b.psk").chmod(0o600)
+    with pytest.raises(KeyFileError, match="must decode to 32 bytes"):
+        keys.load_psk(d / "b.psk")
+
+
+def test_psk_config_keys_resolve_relative_to_the_config(tmp_path: Path) -> None:
+    from jumping.config import load_config
+
+    keys.write_keypair(tmp_path / "g.key")
+    pub = keys.encode_key(keys.public_key(keys.generate_private_key()))
+    conf = tmp_path / "g.toml"
+    conf.write_text(
+        f'[node]\nrole = "gateway"\nnode_id = "g"\nprivate_key = "g.key"\n'
+        f'[tun]\nname = "jg0"\naddress = "10.99.0.1/24"\n'
+        f'[[listen]]\ntransport = "udp"\nhost = "127.0.0.1"\nport = 0\n'
+        f'[[peers]]\npublic_key = "{pub}"\nallowed_ips = ["10.99.0.2/32"]\npsk = "p/a.psk"\n'
+    )
+    assert load_config(conf).peers[0].psk == tmp_path / "p" / "a.psk"

@@ -15,8 +15,8 @@ from typing import Any
 from jumping.core import wire
 from jumping.core.fsm import Reason, State
 from jumping.core.handshake import HandshakeError, Initiation, read_cookie_reply
-from jumping.core.node import _NO_SESSION, NodeCore, Peer, _reattach_body
-from jumping.core.outputs import ArmTimer, Output
+from jumping.core.node import _NO_SESSION, QUEUED, NodeCore, Peer, _reattach_body
+from jumping.core.outputs import ArmTimer, Drop, Output
 from jumping.core.paths import Candidate, PathStats, select
 from jumping.core.ratelimit import SwitchLimiter
 from jumping.core.session import Keypair, Session
@@ -41,6 +41,7 @@ class ClientCore(NodeCore):
         queue_limit: int = 256,
         probe_interval_ms: int = 1000,
         switch_limiter: Any = None,
+        gateway_psk: bytes | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(**kw)
@@ -51,7 +52,7 @@ class ClientCore(NodeCore):
             self.policy.max_switches_per_min, self.policy.switch_cooldown_ms
         )
         self._denied_at = -1e18
-        self.gateway = Peer(gateway_public_key, name="gateway")
+        self.gateway = Peer(gateway_public_key, name="gateway", psk=gateway_psk)
         self.paths: list[Any] = list(paths)
         self.session: Session | None = None
         self.handshakes: dict[int, tuple[Session, Initiation]] = {}
@@ -105,7 +106,7 @@ class ClientCore(NodeCore):
         hs = Initiation(
             self.me, self.gateway.public_key, self.rng, now, local,
             _NO_SESSION if s.fsm.state is State.BIRTH else s.session_id,
-            s.fsm.state_version, cookie,
+            s.fsm.state_version, cookie, self.gateway.psk,
         )  # fmt: skip
         self.handshakes[local] = (s, hs)
         s.handshake = hs
@@ -206,19 +207,17 @@ class ClientCore(NodeCore):
         self.cookie = (cookie, now)
         self.counters["cookies_received"] += 1
 
-    def seal_data(self, now: float, packet: bytes) -> tuple[Any, bytes] | None:
+    def _seal_data(self, now: float, packet: bytes) -> tuple[Any, bytes] | Drop:
         s = self.session
         kp = s.current if s is not None else None
         if kp is None or s is None or s.path is None:
             if len(self.queue) >= self.queue_limit:
-                self.drops["QUEUE_FULL"] += 1
-            else:
-                self.queue.append(packet)
-            return None
+                return self._count("QUEUE_FULL")
+            self.queue.append(packet)
+            return QUEUED
         data = kp.seal(kp.data_prefix, packet)
         if data is None:
-            self.drops["COUNTER_EXHAUSTED"] += 1
-            return None
+            return self._count("COUNTER_EXHAUSTED")
         s.last_tx = now
         s.tx_bytes += len(data)
         s.tx_packets += 1

@@ -22,7 +22,7 @@ from jumping.core.node import (
     address_bytes,
     destination,
 )
-from jumping.core.outputs import Adopt, Claim, Output, Release
+from jumping.core.outputs import Adopt, Claim, Drop, Output, Release
 from jumping.core.ratelimit import GlobalBucket, SwitchLimiter
 from jumping.core.session import Keypair, Session
 
@@ -88,20 +88,17 @@ class GatewayCore(NodeCore):
                 return peer.sessions[-1]
         return None
 
-    def seal_data(self, now: float, packet: bytes) -> tuple[Any, bytes] | None:
-        """Fast path: encrypt one TUN packet for the session owning its destination."""
+    def _seal_data(self, now: float, packet: bytes) -> tuple[Any, bytes] | Drop:
+        """Encrypt one TUN packet for the session owning its destination."""
         s = self._route(packet)
         if s is None:
-            self.drops["NO_ROUTE"] += 1
-            return None
+            return self._count("NO_ROUTE")
         kp = s.current
         if kp is None or s.path is None or not s.owned:
-            self.drops["NO_SESSION_KEYS"] += 1
-            return None
+            return self._count("NO_SESSION_KEYS")
         data = kp.seal(kp.data_prefix, packet)
         if data is None:
-            self.drops["COUNTER_EXHAUSTED"] += 1
-            return None
+            return self._count("COUNTER_EXHAUSTED")
         s.last_tx = now
         s.tx_bytes += len(data)
         s.tx_packets += 1
@@ -179,7 +176,7 @@ class GatewayCore(NodeCore):
         """Write the handshake response for ``s``; its keys become ``s.next`` until the
         client's first packet under them confirms them."""
         local = self._new_index()
-        message, est = hs.write(local, s.session_id, s.fsm.state_version)
+        message, est = hs.write(local, s.session_id, s.fsm.state_version, s.peer.psk)
         if s.next is not None:
             self.index.pop(s.next.local_index, None)
             s.next.wipe()

@@ -1,6 +1,14 @@
 """
-The Jumping handshake: Noise ``IK`` over X25519 / ChaCha20-Poly1305 / BLAKE2s, framed by
+The Jumping handshake: Noise ``IKpsk2`` over X25519 / ChaCha20-Poly1305 / BLAKE2s, framed by
 :mod:`jumping.core.wire`, with WireGuard-style MACs and cookies against floods.
+
+- The pre-shared key (per peer, both ends; :data:`NO_PSK`, 32 zero bytes, when none is
+  configured, as in WireGuard) is mixed in at the end of the responder's message (``psk2``):
+  the responder learns the initiator's static key from the first message, then uses that
+  peer's psk. Without the right psk the initiator cannot open the response, and no session
+  key ever confirms. With a secret psk the session keys stay secret even against an
+  attacker who later breaks X25519 (recorded traffic, a quantum computer), as long as the
+  psk itself is not disclosed.
 
 - ``mac1`` (keyed by the responder's public key) lets the gateway drop junk before any DH.
 - Under load the gateway answers an initiation without a valid ``mac2`` with a cookie reply
@@ -29,7 +37,8 @@ from jumping.core import wire
 from jumping.core.noise import HandshakeState, NoiseError, public_key
 
 PROLOGUE = b"jumping/1"
-PATTERN = "IK"
+PATTERN = "IKpsk2"
+NO_PSK = bytes(32)  # the psk of a peer without one: IKpsk2 with a known psk is IK
 LABEL_MAC1 = b"mac1----"
 LABEL_COOKIE = b"cookie--"
 COOKIE_SECRET_LIFETIME = 120.0
@@ -91,12 +100,15 @@ class Initiation:
         session_id: bytes = bytes(16),
         state_version: int = 0,
         cookie: bytes | None = None,
+        psk: bytes = NO_PSK,
     ) -> None:
         self.local_index = local_index
         self.peer_public = peer_public
         self._my_mac1_key = me.mac1_key
         self.started = now
-        self._hs = HandshakeState(PATTERN, True, PROLOGUE, s=me.private, rs=peer_public, rng=rng)
+        self._hs = HandshakeState(
+            PATTERN, True, PROLOGUE, s=me.private, rs=peer_public, psks=[psk], rng=rng
+        )
         payload = wire.INIT_PAYLOAD.pack(int(now * 1000), session_id, state_version)
         body = wire.pack_init(local_index, self._hs.write_message(payload))
         self.mac1 = mac(_hash(LABEL_MAC1 + peer_public), body)
@@ -194,8 +206,11 @@ class Response:
         self.timestamp_ms, self.session_id, self.state_version = wire.INIT_PAYLOAD.unpack(payload)
 
     def write(
-        self, local_index: int, session_id: bytes, state_version: int
+        self, local_index: int, session_id: bytes, state_version: int, psk: bytes = NO_PSK
     ) -> tuple[bytes, Established]:
+        """The response, under ``psk``: the pre-shared key of the peer the initiation came
+        from (:attr:`remote_static`)."""
+        self._hs.psks = [psk]
         payload = wire.RESP_PAYLOAD.pack(session_id, state_version)
         body = wire.pack_resp(local_index, self.remote_index, self._hs.write_message(payload))
         body += mac(_hash(LABEL_MAC1 + self.remote_static), body)

@@ -1,14 +1,21 @@
 """
 The sans-IO heart of a Jumping node: handshakes, sessions, the data plane and timers.
 
-Two entry styles, both pure (``now`` and bytes in, results out):
+Every entry point is pure (``now`` and bytes in, results out) and returns everything it
+produced; nothing is left behind for the caller to collect:
 
 - ``receive(now, path, data)`` / ``tick(now)`` / ``seal(now, packet)`` return frozen
   outputs (:mod:`jumping.core.outputs`);
-- ``open_data(now, path, data)`` and ``seal_data(now, packet)`` are the allocation-lean data
-  plane used by the service for the common case: they return the plaintext (or the path and
-  ciphertext) directly and leave any side effect (an event, a confirmation) in ``pending``,
-  which the caller drains with ``take()`` when it is non-empty.
+- ``receive_batch(now, path, datagrams)`` and ``seal_batch(now, packets)`` are the data
+  plane the service uses: a run of datagrams from one path (the core reads their wire type
+  and dispatches) gives a :class:`Received` (the inner packets for the TUN device, in order,
+  and any other outputs); a run of TUN packets gives a :class:`Sealed` (datagrams grouped
+  by path, in order, and any other outputs). Per packet they allocate nothing beyond the
+  packet itself.
+
+Inside one call, helpers accumulate outputs in ``pending``, which the entry point hands
+back whole. ``_open_data``/``_seal_data`` (one packet) return the result or a
+:class:`~jumping.core.outputs.Drop` (shared constants, no allocation per drop).
 
 Nothing from the network raises: every bad packet is a counted drop (``drops[reason]``).
 """
@@ -21,7 +28,7 @@ import itertools
 import struct
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidTag
 
@@ -39,6 +46,7 @@ Rng = Callable[[int], bytes]
 _NONCE_PAD = bytes(4)
 _HDR = wire.TRANSPORT_HEADER
 _DATA = wire.MessageType.DATA
+_DATA_BYTE = bytes((_DATA,))
 _CONTROL = wire.MessageType.CONTROL
 _PROBING = (bytes((wire.Control.PROBE,)), bytes((wire.Control.PROBE_REPLY,)))
 _ATTACHED = State.ATTACHED
@@ -48,6 +56,39 @@ _REATTACH = struct.Struct("<Q16s")
 _NO_SESSION = bytes(16)
 #: state -> reasons that may end it from the timer's health checks
 _TERMINAL_NOTICE = struct.Struct("<B32s")
+
+
+_DROPS: dict[str, Drop] = {}
+
+
+def drop(reason: str) -> Drop:
+    """The shared :class:`Drop` for ``reason`` (one object per reason, not per packet)."""
+    d = _DROPS.get(reason)
+    if d is None:
+        d = Drop(reason)
+        if len(_DROPS) < 256:  # reasons are a small fixed set; never grow without bound
+            _DROPS[reason] = d
+    return d
+
+
+#: a client's packet held until the session has keys and a path (not a drop: it is sent then)
+QUEUED = drop("QUEUED")
+
+
+class Received(NamedTuple):
+    """What a run of datagrams from one path produced: inner packets for the TUN device
+    (in arrival order) and every other output (sends, events, timers...)."""
+
+    packets: list[bytes]
+    outputs: list[Output]
+
+
+class Sealed(NamedTuple):
+    """What a run of TUN packets produced: ``(path, datagrams)`` runs in order (consecutive
+    packets for one path share a run) and every other output."""
+
+    sends: list[tuple[Any, list[bytes]]]
+    outputs: list[Output]
 
 
 #: drop reasons that are evidence of an attack, by SIEM violation type (docs/events.md)
@@ -69,10 +110,20 @@ SECURITY_VIOLATIONS: dict[str, tuple[str, ...]] = {
 class Peer:
     """A client the gateway accepts (or the gateway a client talks to)."""
 
-    __slots__ = ("public_key", "networks", "exact", "last_init_ms", "sessions", "name")
+    __slots__ = ("public_key", "networks", "exact", "last_init_ms", "sessions", "name", "psk")
 
-    def __init__(self, public_key: bytes, allowed_ips: Iterable[str] = (), name: str = "") -> None:
+    def __init__(
+        self,
+        public_key: bytes,
+        allowed_ips: Iterable[str] = (),
+        name: str = "",
+        psk: bytes | None = None,
+    ) -> None:
         self.public_key = public_key
+        #: the pre-shared key both ends mix into the handshake (32 zero bytes: none)
+        self.psk = psk if psk is not None else bytes(32)
+        if len(self.psk) != 32:
+            raise ValueError("a psk must be 32 bytes")
         self.name = name or public_key.hex()[:16]
         self.networks = tuple(ipaddress.ip_network(a, strict=False) for a in allowed_ips)
         self.exact = frozenset(
@@ -146,7 +197,6 @@ class NodeCore:
         self.index: dict[int, Keypair] = {}
         self.sessions: dict[bytes, Session] = {}
         self.pending: list[Output] = []
-        self.last_drop = ""
         self._heap: list[tuple[float, int, Session]] = []
         self.security_interval = security_interval_s
         self._security_at = now
@@ -162,7 +212,12 @@ class NodeCore:
 
     def _drop(self, reason: str) -> None:
         self.drops[reason] += 1
-        self.pending.append(Drop(reason))
+        self.pending.append(drop(reason))
+
+    def _count(self, reason: str) -> Drop:
+        """Count a drop of the data plane and return its (shared) Drop."""
+        self.drops[reason] += 1
+        return drop(reason)
 
     def _emit(
         self, event_type: str, s: Session | None, reason: str | None = None, **fields: Any
@@ -272,64 +327,76 @@ class NodeCore:
 
     # ------------------------------------------------------------------ receive
     def receive(self, now: float, path: Any, data: bytes) -> list[Output]:
-        """Any datagram from any path. Never raises; returns the outputs."""
+        """Any datagram from any path. Never raises; returns the outputs (the inner packet
+        of a DATA message as ``WriteTun``)."""
         self._now = now
+        r = self._receive_one(now, path, data)
+        if isinstance(r, bytes):
+            self.pending.append(WriteTun(r))
+        elif r is not None:
+            self.pending.append(r)
+        return self.take()
+
+    def receive_batch(self, now: float, path: Any, datagrams: Iterable[bytes]) -> Received:
+        """A run of datagrams from one path (one read of a socket): the core reads each
+        wire type itself; DATA goes through the lean path. Never raises."""
+        self._now = now
+        packets: list[bytes] = []
+        append = packets.append
+        open_data = self._open_data
+        for data in datagrams:
+            if data[:1] == _DATA_BYTE:
+                r = open_data(now, path, data)
+                if type(r) is bytes:
+                    append(r)
+            else:
+                other = self._receive_one(now, path, data)
+                if type(other) is bytes:
+                    append(other)
+        return Received(packets, self.take())
+
+    def _receive_one(self, now: float, path: Any, data: bytes) -> bytes | Drop | None:
+        """Dispatch one datagram by its wire type: the inner packet, a Drop, or None
+        (handled; its outputs are in ``pending``)."""
         try:
             t = wire.message_type(data) if len(data) <= wire.MAX_DATAGRAM else None
             if t is None:
-                self._drop("MALFORMED_HEADER")
-            elif t == _DATA:
-                plain = self.open_data(now, path, data)
-                if plain is not None:
-                    self.pending.append(WriteTun(plain))
-                else:
-                    self.pending.append(Drop(self.last_drop))
-            elif t == wire.MessageType.CONTROL:
+                return self._count("MALFORMED_HEADER")
+            if t == _DATA:
+                return self._open_data(now, path, data)
+            if t == _CONTROL:
                 self._on_control(now, path, data)
             else:
                 self._on_handshake(now, path, t, data)
         except Exception as e:  # pragma: no cover - a bug; counted so tests see it
             self.counters["internal_error"] += 1
-            self._drop(f"INTERNAL_ERROR:{type(e).__name__}")
-        return self.take()
+            return self._count(f"INTERNAL_ERROR:{type(e).__name__}")
+        return None
 
-    def _open(self, now: float, path: Any, data: bytes) -> tuple[Keypair, bytes] | None:
-        drops = self.drops
+    def _open(self, now: float, path: Any, data: bytes) -> tuple[Keypair, bytes] | Drop:
+        """Authenticate and decrypt one DATA or CONTROL message: the keypair and plaintext,
+        or the (counted) Drop. The one place that decides what a session accepts."""
         try:
             _t, v, r, idx, counter = _HDR.unpack_from(data)
         except struct.error:
-            drops["SHORT_PACKET"] += 1
-            self.last_drop = "SHORT_PACKET"
-            return None
+            return self._count("SHORT_PACKET")
         if v != wire.VERSION or r:
-            drops["MALFORMED_HEADER"] += 1
-            self.last_drop = "MALFORMED_HEADER"
-            return None
+            return self._count("MALFORMED_HEADER")
         kp = self.index.get(idx)
         if kp is None:
-            drops["UNKNOWN_INDEX"] += 1
-            self.last_drop = "UNKNOWN_INDEX"
-            return None
+            return self._count("UNKNOWN_INDEX")
         replay = kp.replay
         if not replay.check(counter):
-            drops["REPLAY"] += 1
-            self.last_drop = "REPLAY"
-            return None
+            return self._count("REPLAY")
         aead = kp.recv_aead
         if aead is None:
-            drops["KEY_WIPED"] += 1
-            self.last_drop = "KEY_WIPED"
-            return None
+            return self._count("KEY_WIPED")
         try:
             plain = aead.decrypt(_NONCE_PAD + data[8:16], data[16:], data[:16])
         except InvalidTag:
-            drops["AUTH_FAILED"] += 1
-            self.last_drop = "AUTH_FAILED"
-            return None
+            return self._count("AUTH_FAILED")
         if not replay.update(counter):
-            drops["REPLAY"] += 1
-            self.last_drop = "REPLAY"
-            return None
+            return self._count("REPLAY")
         s = kp.session
         s.rx_bytes += len(data)
         s.rx_packets += 1
@@ -341,41 +408,53 @@ class NodeCore:
             self._unusual_rx(now, s, kp, path, plain if data[0] == _CONTROL else None)
         return kp, plain
 
-    def open_data(self, now: float, path: Any, data: bytes) -> bytes | None:
-        """Fast path for one DATA datagram: the inner packet, or None (counted drop)."""
+    def _open_data(self, now: float, path: Any, data: bytes) -> bytes | Drop:
+        """One DATA datagram: the inner packet, or the (counted) Drop."""
         opened = self._open(now, path, data)
-        if opened is None:
-            return None
+        if type(opened) is not tuple:
+            return opened  # type: ignore[return-value]
         kp, plain = opened
         s = kp.session
         if not plain:
-            self.drops["EMPTY_DATA"] += 1
-            self.last_drop = "EMPTY_DATA"
-            return None
+            return self._count("EMPTY_DATA")
         if not s.owned:
-            self.drops["NOT_OWNER"] += 1
-            self.last_drop = "NOT_OWNER"
-            return None
+            return self._count("NOT_OWNER")
         if not self._source_allowed(s, plain):
-            self.drops["SOURCE_NOT_ALLOWED"] += 1
-            self.last_drop = "SOURCE_NOT_ALLOWED"
-            return None
+            return self._count("SOURCE_NOT_ALLOWED")
         return plain
 
     def _source_allowed(self, s: Session, packet: bytes) -> bool:
         return True
 
-    def seal_data(self, now: float, packet: bytes) -> tuple[Any, bytes] | None:
-        """Fast path for one TUN packet: (path, datagram) or None (queued or counted drop)."""
+    def _seal_data(self, now: float, packet: bytes) -> tuple[Any, bytes] | Drop:
+        """One TUN packet: ``(path, datagram)``, :data:`QUEUED`, or the (counted) Drop."""
         raise NotImplementedError
 
     def seal(self, now: float, packet: bytes) -> list[Output]:
-        """``seal_data`` as outputs."""
+        """One TUN packet, as outputs (``Send``)."""
         self._now = now
-        r = self.seal_data(now, packet)
-        if r is not None:
+        r = self._seal_data(now, packet)
+        if type(r) is tuple:
             self.pending.append(Send(r[0], r[1]))
         return self.take()
+
+    def seal_batch(self, now: float, packets: Iterable[bytes]) -> Sealed:
+        """A run of TUN packets (one wake-up of the device): datagrams grouped by path."""
+        self._now = now
+        sends: list[tuple[Any, list[bytes]]] = []
+        run: list[bytes] = []
+        run_path: Any = None
+        seal_data = self._seal_data
+        for packet in packets:
+            r = seal_data(now, packet)
+            if type(r) is tuple:
+                p = r[0]
+                if p is not run_path:
+                    run = []
+                    run_path = p
+                    sends.append((p, run))
+                run.append(r[1])
+        return Sealed(sends, self.take())
 
     def _unusual_rx(
         self, now: float, s: Session, kp: Keypair, path: Any, control: bytes | None = None
@@ -406,8 +485,8 @@ class NodeCore:
     # ------------------------------------------------------------------ control
     def _on_control(self, now: float, path: Any, data: bytes) -> None:
         opened = self._open(now, path, data)
-        if opened is None:
-            self.pending.append(Drop(self.last_drop))
+        if type(opened) is not tuple:
+            self.pending.append(opened)  # type: ignore[arg-type]
             return
         kp, plain = opened
         s = kp.session

@@ -7,9 +7,12 @@ device, sockets) happens in :meth:`NodeService.prepare`, before the reactor runs
 there closes what was opened and raises :class:`StartupError` with one clear line, so
 nothing is ever half-started. :meth:`startService` only starts reading and timers.
 
-Per packet the service does: read → ``core.open_data``/``core.seal_data`` → write/send,
-plus one attribute check for pending side effects. Everything else goes through
-``core.receive``/``core.tick`` and :meth:`_run` (the output executor).
+The data plane moves runs: what one socket read delivered goes to ``core.receive_batch``
+(the core reads the wire types) and its inner packets to the TUN device in one
+``write_many``; what one TUN wake-up read goes to ``core.seal_batch`` and each path's
+datagrams to the transport in one ``send_batch``. Any other output of those calls, and
+everything from ``core.receive``/``core.tick``, goes through :meth:`_run` (the output
+executor).
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from jumping import plugin
-from jumping.core import wire
 from jumping.core.client import ClientCore
 from jumping.core.gateway import GatewayCore, adoption_error
 from jumping.core.node import NodeCore, Peer
@@ -48,17 +50,14 @@ from jumping.interfaces import (
     IRateLimitPolicy,
     ITransportFactory,
 )
-from jumping.keys import event_keys, load_private_key
+from jumping.keys import event_keys, load_private_key, load_psk
 from jumping.service import mtu
 from jumping.service.events import EventPipeline
 from jumping.service.tun import TunDevice
 
 log = Logger()
 
-_DATA = wire.MessageType.DATA
 RECONNECT_DELAY = 1.0
-#: datagrams sealed in one TUN wake-up and handed to a path in one send_batch, at most
-BATCH_MAX = 64
 
 
 class StartupError(Exception):
@@ -93,11 +92,11 @@ class NodeService(service.Service):
         self._endpoint_of: dict[Any, tuple[Any, Any]] = {}
         self.policy_rejections = 0
         self._owner_watches: dict[str, Any] = {}  # session id -> the backend's watch
-        self._batch: list[bytes] = []
-        self._batch_path: Any = None
         self.mtu = config.tun.mtu
         #: client paths refused as candidates: they carry less than the tunnel MTU needs
         self.paths_refused_mtu = 0
+        #: TUN packets read in the current wake-up, sealed together at its end
+        self._tx: list[bytes] = []
 
     # ------------------------------------------------------------------ startup
     def prepare(self) -> None:
@@ -136,7 +135,10 @@ class NodeService(service.Service):
             rl_options.setdefault("cooldown_ms", cfg.policy.switch_cooldown_ms)
         common["switch_limiter"] = plugin.load(IRateLimitPolicy, rl.name, **rl_options)
         if cfg.role == "gateway":
-            peers = [Peer(p.public_key, p.allowed_ips, getattr(p, "name", "")) for p in cfg.peers]
+            peers = [
+                Peer(p.public_key, p.allowed_ips, p.name, load_psk(p.psk) if p.psk else None)
+                for p in cfg.peers
+            ]
             self.core = GatewayCore(peers=peers, **common)  # type: ignore[arg-type]
             own = cfg.ownership
             self.ownership = plugin.load(
@@ -146,7 +148,10 @@ class NodeService(service.Service):
             # resume here a session another gateway owned (takeover)
             self.core.adopt_sessions = bool(getattr(self.ownership, "shared", True))
         else:
-            self.core = ClientCore(gateway_public_key=cfg.gateway.public_key, **common)  # type: ignore[arg-type]
+            gpsk = load_psk(cfg.gateway.psk) if cfg.gateway.psk else None
+            self.core = ClientCore(
+                gateway_public_key=cfg.gateway.public_key, gateway_psk=gpsk, **common
+            )  # type: ignore[arg-type]
         tun = cfg.tun
         # transport plugins are built (no socket yet) before the TUN device, whose MTU must
         # fit the smallest of them (jumping/service/mtu.py)
@@ -163,8 +168,7 @@ class NodeService(service.Service):
             log.info("tun mtu {m}: the largest inner packet every transport carries", m=self.mtu)
         self.tun = TunDevice(
             self.reactor, tun.name, tun.address, self.mtu, tuple(tun.routes),
-            self._tun_packet if cfg.role == "gateway" else self._tun_packet_client,
-            self._flush, tun.offload,
+            self._tx.append, self._flush, tun.offload,
         )  # fmt: skip
         if cfg.metrics_listen is not None:
             from jumping.service.metrics import Metrics
@@ -190,8 +194,6 @@ class NodeService(service.Service):
         if self.core is None:
             self.prepare()
         assert self.core is not None and self.tun is not None
-        self._open = self.core.open_data
-        self._seal = self.core.seal_data
         self._now = self.reactor.seconds
         self._write = self.tun.write
         self._write_many = self.tun.write_many
@@ -263,7 +265,7 @@ class NodeService(service.Service):
         if self.tun is not None:
             self.tun.close()
             self.tun = None
-        self._batch, self._batch_path = [], None
+        self._tx.clear()
         if self.metrics_port is not None:
             waits.append(defer.maybeDeferred(self.metrics_port.stopListening))
             self.metrics_port = None
@@ -287,69 +289,36 @@ class NodeService(service.Service):
 
     # ------------------------------------------------------------------ hot paths
     def datagramReceived(self, transport: Any, data: bytes) -> None:  # noqa: N802
-        core = self.core
-        if core is None:
-            return
-        if data and data[0] == _DATA:
-            plain = self._open(self._now(), transport, data)
-            if plain is not None:
-                self._write(plain)
-            if core.pending:
-                self._run(core.take())
-        else:
-            self._run(core.receive(self._now(), transport, data))
+        self.datagramsReceived(transport, (data,))
 
-    def datagramsReceived(self, transport: Any, datagrams: list[bytes]) -> None:  # noqa: N802
+    def datagramsReceived(self, transport: Any, datagrams: Any) -> None:  # noqa: N802
         """A run of datagrams from one path read at once: the inner packets are written to
         the TUN device together (coalesced where they are one TCP flow)."""
         core = self.core
         if core is None:
             return
-        now = self._now()
-        open_data = self._open
-        plains = []
-        for data in datagrams:
-            if data and data[0] == _DATA:
-                plain = open_data(now, transport, data)
-                if plain is not None:
-                    plains.append(plain)
-            else:
-                self._run(core.receive(now, transport, data))
-        if plains:
-            self._write_many(plains)
-        if core.pending:
-            self._run(core.take())
-
-    def _tun_packet(self, packet: bytes) -> None:
-        r = self._seal(self._now(), packet)
-        if r is not None:
-            path = r[0]
-            if path is self._batch_path:
-                batch = self._batch
-                batch.append(r[1])
-                if len(batch) >= BATCH_MAX:
-                    self._flush()
-            elif IBatchTransport.providedBy(path):
-                self._flush()
-                self._batch_path = path
-                self._batch.append(r[1])
-            else:
-                path.send(r[1])
-        core = self.core
-        if core is not None and core.pending:
-            self._run(core.take())
+        packets, outputs = core.receive_batch(self._now(), transport, datagrams)
+        if packets:
+            self._write_many(packets)
+        if outputs:
+            self._run(outputs)
 
     def _flush(self) -> None:
-        """Send what the TUN read loop sealed for the current batch path (one call)."""
-        batch = self._batch
-        if batch:
-            self._batch = []
-            if len(batch) == 1:
-                self._batch_path.send(batch[0])
+        """End of a TUN wake-up: seal what it read and send each path's run in one call."""
+        tx = self._tx
+        core = self.core
+        if not tx or core is None:
+            return
+        sends, outputs = core.seal_batch(self._now(), tx)
+        tx.clear()
+        for path, datagrams in sends:
+            if len(datagrams) > 1 and IBatchTransport.providedBy(path):
+                path.send_batch(datagrams)
             else:
-                self._batch_path.send_batch(batch)
-
-    _tun_packet_client = _tun_packet
+                for d in datagrams:
+                    path.send(d)
+        if outputs:
+            self._run(outputs)
 
     def transportLost(self, transport: Any, reason: str) -> None:  # noqa: N802
         core = self.core

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Throughput of Jumping beside wireguard-go, in one run of the peer harness.
-#   bash tests/bench/run-throughput.sh [results.jsonl]     (RUNS, DURATION, ... as in the harness)
-# Prints the ratio jumping / wireguard-go of the median tunnel Gbit/s and the CPU figures.
+# Throughput of Jumping beside wireguard-go, interleaved, with the peer harness (throughput.sh).
+#   PEERS_DIR=... bash tests/bench/run-throughput.sh [results.jsonl]
+# Env: ROUNDS (5): rounds of "wireguard-go, then Jumping", each a harness run of RUNS (1)
+# iperf3 runs, so that a drift of the machine hits both alike; PARALLEL, REVERSE, LOSS_PCT,
+# DURATION, TARGET as in the harness; WG_BIN (the wireguard-go binary to compare with).
+# Prints one JSON line: per VPN the median Gbit/s with min/max and n, the median CPU of both
+# daemons (% of one core) and CPU-seconds per Gbit, and the ratio of the medians.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # The peer harness (throughput.sh, roam.sh, wireguard-go) is not part of this repository.
@@ -11,23 +15,37 @@ if [[ -z ${PEERS_DIR:-} || ! -d $PEERS_DIR ]]; then
 fi
 peers=$(cd "$PEERS_DIR" && pwd)
 out=${1:-/tmp/jumping-throughput.jsonl}
-export SKIP_RAW=${SKIP_RAW:-1}
-(cd "$peers" && VPN=wireguard-go ./throughput.sh "$out")
-(cd "$peers" && VPN=jumping VPN_ADAPTER="$here/vpn-jumping.sh" ./throughput.sh "$out")
-python3 - "$out" <<'PY'
-import json, sys
-recs = [json.loads(l) for l in open(sys.argv[1])]
-runs = {}
-for r in recs:
-    if r.get("summary") and r.get("bench") == "throughput" and str(r.get("case", "")).startswith("tunnel"):
-        runs.setdefault(r["run_id"], {})[(r["vpn"], r["figure"])] = r["median"]
-last = {}
-for rid, figs in runs.items():
-    for (vpn, fig), v in figs.items():
-        last[(vpn, fig)] = v
-wg, jp = last.get(("wireguard-go", "gbps")), last.get(("jumping", "gbps"))
-print(json.dumps({"wireguard_go_gbps": wg, "jumping_gbps": jp,
-                  "ratio": round(jp / wg, 3) if wg and jp else None,
-                  "wireguard_go_cpu_pct": last.get(("wireguard-go", "vpn_cpu_pct")),
-                  "jumping_cpu_pct": last.get(("jumping", "vpn_cpu_pct"))}))
-PY
+export SKIP_RAW=${SKIP_RAW:-1} RUNS=${RUNS:-1}
+touch "$out"
+first=$(($(wc -l <"$out") + 1))
+for ((round = 1; round <= ${ROUNDS:-5}; round++)); do
+  (cd "$peers" && VPN=wireguard-go ./throughput.sh "$out")
+  (cd "$peers" && VPN=jumping VPN_ADAPTER="$here/vpn-jumping.sh" ./throughput.sh "$out")
+done
+tail -n +"$first" "$out" | python3 -c '
+import json, statistics, sys
+recs = [json.loads(l) for l in sys.stdin if l.strip()]
+runs = [r for r in recs if r.get("bench") == "throughput" and not r.get("summary")
+        and str(r.get("case", "")).startswith("tunnel")]
+res = {}
+for vpn in ("wireguard-go", "jumping"):
+    rs = [r for r in runs if r["vpn"] == vpn]
+    g = [r["gbps"] for r in rs if r.get("gbps") is not None]
+    if not g:
+        continue
+    def med(k):
+        v = [r[k] for r in rs if r.get(k) is not None]
+        return round(statistics.median(v), 3) if v else None
+    res[vpn] = {"version": rs[0].get("vpn_version"), "gbps_median": round(statistics.median(g), 3),
+                "gbps_min": min(g), "gbps_max": max(g), "n": len(g),
+                "cpu_pct": med("vpn_cpu_pct"), "cpu_s_per_gbit": med("vpn_cpu_s_per_gbit"),
+                "retransmits": med("retransmits")}
+    k = rs[0]
+    res["case"] = {"direction": k.get("direction"), "parallel": k.get("parallel"),
+                   "loss_pct": k.get("loss_pct"), "target": k.get("target")}
+wg, jp = res.get("wireguard-go"), res.get("jumping")
+if wg and jp:
+    res["ratio"] = round(jp["gbps_median"] / wg["gbps_median"], 3)
+    res["ratio_range"] = [round(jp["gbps_min"] / wg["gbps_max"], 3), round(jp["gbps_max"] / wg["gbps_min"], 3)]
+print(json.dumps(res))
+'

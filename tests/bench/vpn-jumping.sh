@@ -48,6 +48,8 @@ j_policy() {
 
 vpn_configure() {  # vpn_configure ENDPOINT_IP
   local ep=$1 d=${RUN_DIR:-/tmp} i
+  # PATH_B_DOWN=1: path B blackholed before start (a loss test on A with nowhere to jump)
+  [[ ${PATH_B_DOWN:-0} == 1 ]] && path_blackhole B
   cat >"$J_DIR/g.toml" <<T
 [node]
 role = "gateway"

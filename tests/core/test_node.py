@@ -239,7 +239,8 @@ def test_gateway_with_no_keys_does_not_route() -> None:
         peers=[Peer(public_key(rng(32)), ["10.99.0.2/32"])], node_id="g",
         private_key=rng(32), policy=Policy(), rng=rng, now=0.0,
     )  # fmt: skip
-    assert gw.seal_data(0.0, DOWN) is None and gw.drops["NO_ROUTE"] == 1
+    sealed = gw.seal_batch(0.0, [DOWN])
+    assert sealed.sends == [] and gw.drops["NO_ROUTE"] == 1
     out = gw.receive(0.0, SimPath("p", ("a", 1), ("b", 2)), b"")
     assert gw.drops["MALFORMED_HEADER"] == 1 and len(out) == 1
 

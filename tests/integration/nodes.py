@@ -62,7 +62,10 @@ class Pair:
         transports: tuple[str, ...] = ("udp",),
         gw_extra: str = "",
         c_extra: str = "",
+        psk: tuple[str | None, str | None] = (None, None),
     ) -> None:
+        """``psk``: pre-shared key files (relative to ``tmp``) of the gateway's [[peers]]
+        entry and of the client's [gateway] table (None: no psk at that end)."""
         self.topo, self.tmp, self.cns, self.gns = topo, tmp, cns, gns
         self.port = port
         self.gw_pub = encode_key(write_keypair(tmp / "gw.key"))
@@ -84,6 +87,7 @@ address = "10.99.0.1/24"
 [[peers]]
 public_key = "{self.c_pub}"
 allowed_ips = ["10.99.0.2/32"]
+{f'psk = "{psk[0]}"' if psk[0] else ""}
 [[events]]
 sink = "jsonl"
 path = "gw-events.jsonl"
@@ -106,6 +110,7 @@ name = "jmpc0"
 address = "10.99.0.2/24"
 [gateway]
 public_key = "{self.gw_pub}"
+{f'psk = "{psk[1]}"' if psk[1] else ""}
 {eps}
 [[events]]
 sink = "jsonl"

@@ -219,6 +219,43 @@ def test_wrong_private_key_never_attaches(tmp_path: Path) -> None:
         assert "Traceback" not in drops
 
 
+def test_psk_at_both_ends_attaches_a_different_one_never(tmp_path: Path) -> None:
+    """A pre-shared key per peer: the same file at both ends gives a working tunnel; the
+    client holding another psk never attaches (its handshake cannot complete)."""
+    from jumping import cli
+
+    for name in ("a.psk", "b.psk"):
+        assert cli.main(["psk", "--out", str(tmp_path / name)]) == 0
+    with Topology("jp") as topo:
+        cns, gns = topo.ns("c"), topo.ns("g")
+        topo.link(cns, "ca", "10.203.1.1/24", gns, "ga", "10.203.1.2/24")
+        good = tmp_path / "good"
+        good.mkdir(mode=0o700)
+        for name in ("a.psk", "b.psk"):
+            (good / name).write_bytes((tmp_path / name).read_bytes())
+            (good / name).chmod(0o600)
+        pair = Pair(topo, good, cns, gns, ["10.203.1.2"], psk=("a.psk", "a.psk"))
+        try:
+            pair.start()
+            r = topo.run(cns, "ping", "-c", "2", "-W", "2", "10.99.0.1", check=False)
+            assert r.returncode == 0, r.stdout
+        finally:
+            pair.stop()
+        bad = tmp_path / "bad"
+        bad.mkdir(mode=0o700)
+        for name in ("a.psk", "b.psk"):
+            (bad / name).write_bytes((tmp_path / name).read_bytes())
+            (bad / name).chmod(0o600)
+        pair = Pair(topo, bad, cns, gns, ["10.203.1.2"], psk=("a.psk", "b.psk"))
+        try:
+            with pytest.raises(AssertionError, match="not attached"):
+                pair.start(timeout=4)
+        finally:
+            pair.stop()
+        assert not pair.attached(pair.gw_events) and not pair.attached(pair.c_events)
+        assert "Traceback" not in (bad / "gateway.log").read_text()
+
+
 def test_port_in_use_fails_cleanly(gw_only) -> None:
     topo, gns, pair = gw_only
     holder = topo.popen(

@@ -1,0 +1,94 @@
+"""The core's data plane: receive_batch / seal_batch return everything they produce,
+dispatch on the wire type themselves, and count drops with shared Drop objects."""
+
+from __future__ import annotations
+
+from jumping.core import wire
+from jumping.core.node import QUEUED, Received, Sealed, drop
+from jumping.core.outputs import ArmTimer, Drop, Send
+from jumping.testing.sim import SimNet, capture, ipv4
+
+UP = [ipv4("10.99.0.2", "10.99.0.1", bytes([i]) * 100) for i in range(5)]
+DOWN = ipv4("10.99.0.1", "10.99.0.2", b"down")
+
+
+def attached(seed: int = 1) -> SimNet:
+    net = SimNet(seed=seed)
+    net.start()
+    net.run_for(0.5)
+    assert net.states() == ("ATTACHED", "ATTACHED")
+    return net
+
+
+def test_seal_batch_groups_by_path_and_receive_batch_delivers_in_order() -> None:
+    net = attached()
+    sealed = net.client.seal_batch(net.now, UP)
+    assert isinstance(sealed, Sealed)
+    assert len(sealed.sends) == 1
+    path, datagrams = sealed.sends[0]
+    assert path is net.client.session.path  # type: ignore[union-attr]
+    assert [d[0] for d in datagrams] == [wire.MessageType.DATA] * 5
+    gpath = net.links[0].gateway_side
+    got = net.gateway.receive_batch(net.now, gpath, datagrams)
+    assert isinstance(got, Received)
+    assert got.packets == UP
+    assert not [o for o in got.outputs if not isinstance(o, ArmTimer)]
+    assert net.client.pending == [] and net.gateway.pending == []
+
+
+def test_receive_batch_dispatches_every_wire_type_itself() -> None:
+    net = attached()
+    gpath = net.links[0].gateway_side
+    s = net.client.session
+    assert s is not None and s.current is not None
+    kp = s.current
+    probe = kp.seal(kp.control_prefix, bytes((wire.Control.PROBE,)) + b"12345678")
+    data = capture(net, "client", UP[0])
+    junk = b"\x09\x01\x00\x00" + bytes(40)
+    before = dict(net.gateway.drops)
+    got = net.gateway.receive_batch(net.now, gpath, [data, probe, junk, data, b""])
+    assert got.packets == [UP[0]]  # the replayed copy is dropped
+    replies = [o for o in got.outputs if isinstance(o, Send)]
+    assert len(replies) == 1 and replies[0].data[0] == wire.MessageType.CONTROL
+    drops = {k: v - before.get(k, 0) for k, v in net.gateway.drops.items()}
+    assert drops["REPLAY"] == 1 and drops["MALFORMED_HEADER"] == 2
+
+
+def test_drops_are_shared_objects_and_counted() -> None:
+    net = attached()
+    gpath = net.links[0].gateway_side
+    data = bytearray(capture(net, "client", UP[0]))
+    data[-1] ^= 1
+    assert net.gateway._open_data(net.now, gpath, bytes(data)) is drop("AUTH_FAILED")
+    assert net.gateway._open_data(net.now, gpath, bytes(data)) is drop("AUTH_FAILED")
+    assert net.gateway.drops["AUTH_FAILED"] == 2
+    assert net.gateway.receive(net.now, gpath, bytes(data)) == [drop("AUTH_FAILED")]
+    assert isinstance(drop("AUTH_FAILED"), Drop)
+
+
+def test_a_client_without_keys_queues_and_the_timer_output_is_returned() -> None:
+    net = SimNet(seed=2)
+    sealed = net.client.seal_batch(net.now, UP[:2])
+    assert sealed.sends == [] and net.client.drops["QUEUE_FULL"] == 0
+    assert net.client._seal_data(net.now, UP[2]) is QUEUED
+    net.start()
+    net.run_for(0.5)
+    assert net.log["gateway"].tun[:3] == UP[:3]
+
+
+def test_what_an_off_path_packet_causes_comes_back_with_the_batch() -> None:
+    """A packet from another path (NAT rebinding) is delivered and the path challenge it
+    causes comes back in Received.outputs, in the same call; nothing is left in pending."""
+    net = SimNet(seed=3, links=2)
+    net.start()
+    net.run_for(0.5)
+    s = next(iter(net.gateway.sessions.values()))
+    other = next(link.gateway_side for link in net.links if link.gateway_side is not s.path)
+    data = capture(net, "client", UP[1])
+    off_path = net.gateway.counters["rx_off_path"]
+    got = net.gateway.receive_batch(net.now, other, [data])
+    assert got.packets == [UP[1]]
+    assert net.gateway.pending == []
+    challenges = [o for o in got.outputs if isinstance(o, Send) and o.path is other]
+    assert len(challenges) == 1 and challenges[0].data[0] == wire.MessageType.CONTROL
+    assert net.gateway.counters["rx_off_path"] == off_path + 1

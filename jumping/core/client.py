@@ -16,10 +16,11 @@ from jumping.core import wire
 from jumping.core.fsm import Reason, State
 from jumping.core.handshake import HandshakeError, Initiation, read_cookie_reply
 from jumping.core.node import _NO_SESSION, QUEUED, NodeCore, Peer, _reattach_body
-from jumping.core.outputs import ArmTimer, Drop, Output
+from jumping.core.outputs import Drop, Output
 from jumping.core.paths import Candidate, PathStats, select
 from jumping.core.ratelimit import SwitchLimiter
 from jumping.core.session import Keypair, Session
+from jumping.core.timers import T
 
 _BOUND = (State.ATTACHED, State.VOLATILE, State.DEGRADED, State.RECOVERING)
 _ATTACHED = State.ATTACHED
@@ -92,8 +93,8 @@ class ClientCore(NodeCore):
         s.owned = True
         self.session = s
         self.sessions[s.session_id] = s
+        self._born(now, s, now + self.handshake_retry)
         self._initiate(now, s)
-        self._schedule(s, now + self.handshake_retry / 4)
 
     def _initiate(self, now: float, s: Session, path: Any = None) -> None:
         if not self.paths:
@@ -121,6 +122,11 @@ class ClientCore(NodeCore):
         s.last_handshake_tx = now
         self.counters["handshakes_sent"] += 1
         self._send(path, hs.message, s)
+        if s.fsm.state is State.BIRTH:
+            self._arm(s, T.HANDSHAKE, min(now + self.handshake_retry,
+                                          s.created + self.handshake_timeout))  # fmt: skip
+        else:
+            self._arm(s, T.REKEY, now + self.handshake_retry)  # retried until answered
 
     def _on_handshake(self, now: float, path: Any, t: int, data: bytes) -> None:
         if t == wire.MessageType.COOKIE_REPLY:
@@ -165,6 +171,7 @@ class ClientCore(NodeCore):
         s.owned = True
         self.session = s
         self.sessions[s.session_id] = s
+        self._born(now, s, now + self.handshake_timeout)
         self._install(now, s, est, path)
 
     def _install(self, now: float, s: Session, est: Any, path: Any) -> None:
@@ -179,6 +186,8 @@ class ClientCore(NodeCore):
         self.index[est.local_index] = kp
         s.last_rx = now
         s.handshake_attempts = 0
+        self._keys_installed(now, s)
+        self._arm(s, T.REKEY, now + self.policy.rekey_after_s)
         if s.fsm.state is State.BIRTH:
             for st in self.stats.values():
                 st.fresh_start()  # a new session judges its paths from now on
@@ -188,10 +197,22 @@ class ClientCore(NodeCore):
             self.counters["rekeys"] += 1
         # Confirm the keys at once (the gateway switches on our first packet).
         self._control(now, s, wire.Control.KEEPALIVE)
+        if self.queue:
+            s.last_data = now
+            if s.quiet:
+                self._wake(now, s)
         while self.queue:
             packet = self.queue.popleft()
             self._send(s.path, kp.seal(kp.data_prefix, packet), s)
-        self._schedule(s, now)
+            self._expect_answer(now, s)
+        if (
+            path is not s.path
+            and s.fsm.state in (State.ATTACHED, State.VOLATILE, State.DEGRADED)
+            and s.suspect_since
+        ):
+            # a rekey that only another path could carry (keys expired while idle, then the
+            # active path died): that path is where the session goes
+            self._failover(now, s, path, Reason.TRANSPORT_DEAD, detail="probe_timeout")
 
     def _on_cookie(self, now: float, data: bytes) -> None:
         receiver = int.from_bytes(data[4:8], "little")
@@ -212,66 +233,126 @@ class ClientCore(NodeCore):
         kp = s.current if s is not None else None
         if kp is None or s is None or s.path is None:
             if len(self.queue) >= self.queue_limit:
-                return self._count("QUEUE_FULL")
-            self.queue.append(packet)
-            return QUEUED
+                drop = self._count("QUEUE_FULL")
+            else:
+                self.queue.append(packet)
+                drop = QUEUED
+            if s is not None and s.fsm.state is not State.BIRTH and not s.fsm.terminated:
+                # keys expired while the session was idle: this packet starts the rekey
+                # (same SessionID); it goes out once the new keys are installed
+                s.last_data = now
+                if s.quiet:
+                    self._wake(now, s)
+                if not s.handshake:
+                    self._arm_by(s, T.REKEY, now)
+            return drop
         data = kp.seal(kp.data_prefix, packet)
         if data is None:
             return self._count("COUNTER_EXHAUSTED")
         s.last_tx = now
+        s.last_data = now
         s.tx_bytes += len(data)
         s.tx_packets += 1
+        if s.quiet:
+            self._wake(now, s)
         if s.first_unacked <= s.last_rx:
-            # first packet since we last heard the gateway: the probe-timeout clock starts;
-            # at a third of it, if still nothing came back, the active path gets a probe
-            s.first_unacked = now
-            at = now + s.pto / 3
-            if not s.deadline or s.deadline > at:
-                self._schedule(s, at)
+            # first packet since we last heard the gateway: the probe-timeout clock starts
+            self._expect_answer(now, s)
         if kp.send_counter >= self.policy.rekey_after_messages:
-            self._schedule(s, now)
+            self._arm_by(s, T.REKEY, now)
         return s.path, data
 
-    def _birth_timer(self, now: float, s: Session) -> None:
-        if now - s.created >= self.handshake_timeout:
-            self._transition(now, s, Reason.HANDSHAKE_FAIL)
-        elif now - s.last_handshake_tx >= self.handshake_retry:
-            self._initiate(now, s)
+    # timers (jumping/core/timers.py) ---------------------------------------------
+    def _expect_answer(self, now: float, s: Session) -> None:
+        outstanding = s.first_unacked > s.last_rx
+        super()._expect_answer(now, s)
+        if not outstanding:
+            # at a third of the probe timeout, if nothing came back, the active path gets
+            # an echo probe; at one probe timeout it is suspected
+            self._arm_by(s, T.PROBE_TIMEOUT, now + s.pto / 3)
 
-    def _on_timer(self, now: float, s: Session) -> None:
-        if s.fsm.state in _BOUND:
-            self._paths_timer(now, s)
-        if s.fsm.terminated:
+    def _expired_handshake(self, now: float, s: Session) -> None:
+        if s.fsm.state is not State.BIRTH:
             return
-        super()._on_timer(now, s)
-        if s.fsm.terminated or s.fsm.state is State.BIRTH:
+        if now - s.created >= self.handshake_timeout - 1e-6:
+            self._transition(now, s, Reason.HANDSHAKE_FAIL)
+        elif now - s.last_handshake_tx >= self.handshake_retry - 1e-6:
+            self._initiate(now, s)  # re-arms HANDSHAKE
+        else:
+            self._arm(s, T.HANDSHAKE, s.last_handshake_tx + self.handshake_retry)
+
+    def _expired_rekey(self, now: float, s: Session) -> None:
+        """Rekey at rekey_after_s / rekey_after_messages, but only while traffic flows: an
+        idle session's keys expire instead, and its first packet rekeys."""
+        if s.fsm.state is State.BIRTH or s.resuming is not None:
             return
         kp = s.current
         p = self.policy
-        too_old = kp is not None and now - kp.created >= p.rekey_after_s
-        too_many = kp is not None and kp.send_counter >= p.rekey_after_messages
-        if (too_old or too_many) and now - s.last_handshake_tx >= self.handshake_retry:
+        if kp is not None and kp.send_counter < p.rekey_after_messages:
+            due = kp.created + p.rekey_after_s
+            if now < due - 1e-6:
+                self._arm(s, T.REKEY, due)
+                return
+        if s.quiet and not self.queue:
+            return  # idle: no rekey (wake-up re-arms this timer)
+        if now - s.last_handshake_tx >= self.handshake_retry - 1e-6:
             self._initiate(now, s)
+            if s.current is None:
+                self._expect_answer(now, s)  # nothing else can tell that the path is dead
+        self._arm(s, T.REKEY, s.last_handshake_tx + self.handshake_retry)
 
-    def _next_timer(self, now: float, s: Session) -> float:
-        at = super()._next_timer(now, s)
-        if s.fsm.state in _BOUND:
-            hb = self.policy.heartbeat_interval_ms / 1000.0
-            for path in self.paths:
-                st = self.stats[path]
-                interval = hb if path is s.path else self.probe_interval
-                at = min(at, st.last_probe_tx + interval)
-            if s.first_unacked > s.last_rx:
-                active = self.stats.get(s.path)
-                asked = active is not None and active.last_probe_tx >= s.first_unacked
-                at = min(at, s.first_unacked + (s.pto if asked else s.pto / 3))
-        return max(at, now + 0.001)
+    def _may_go_quiet(self, s: Session) -> bool:
+        # a session that is not healthy keeps measuring until it is (or moves)
+        return s.fsm.state is _ATTACHED and not s.suspect_since and not self.queue
+
+    def _woke(self, now: float, s: Session) -> None:
+        self._disarm(s, T.NAT_KEEPALIVE)
+        hb = self.policy.heartbeat_interval_ms / 1000.0
+        self._arm_by(s, T.HEARTBEAT, now + min(hb, 0.001))  # all paths measured at once
+        self._arm_by(s, T.CANDIDATES, now)
+        kp = s.current
+        if kp is not None and now - kp.created >= self.policy.rekey_after_s:
+            self._arm_by(s, T.REKEY, now)
+
+    def _went_quiet(self, now: float, s: Session) -> None:
+        for t in (T.HEARTBEAT, T.CANDIDATES, T.PROBE_TIMEOUT, T.SILENCE):
+            self._disarm(s, t)
+        s.first_unacked = 0.0  # an idle session judges nothing; its next packet will
+        n = self.policy.nat_keepalive_s
+        if n:
+            self._arm(s, T.NAT_KEEPALIVE, s.last_tx + n)
+
+    def _expired_nat_keepalive(self, now: float, s: Session) -> None:
+        """An idle session's only packet: holds the NAT binding, answered by nothing. Under
+        expired keys it is the bare header of the old keypair (the gateway drops it as
+        KEY_EXPIRED before decrypting anything)."""
+        n = self.policy.nat_keepalive_s
+        if not s.quiet or not n or s.path is None:
+            return
+        due = s.last_tx + n
+        if now < due - 1e-6:
+            self._arm(s, T.NAT_KEEPALIVE, due)
+            return
+        kp = s.current
+        if kp is not None:
+            self._control(now, s, wire.Control.KEEPALIVE)
+        elif s.previous is not None:
+            old = s.previous
+            self._send(s.path, old.control_prefix + old.send_counter.to_bytes(8, "little"), s)
+            old.send_counter += 1
+            s.last_tx = now
+        else:
+            return
+        self.counters["nat_keepalives"] += 1
+        self._arm(s, T.NAT_KEEPALIVE, now + n)
 
     # candidates -------------------------------------------------------------------
     def _probe(self, now: float, s: Session, path: Any, st: PathStats) -> None:
         self.probe_seq = (self.probe_seq + 1) & 0xFFFFFFFF
         st.probe_sent(now, self.probe_seq)
         self._control(now, s, wire.Control.PROBE, _PROBE.pack(self.probe_seq, b""), path)
+        if path is s.path:
+            self._expect_answer(now, s)
 
     def _best(self, now: float, exclude: Any = None) -> Any:
         p = self.policy
@@ -282,74 +363,30 @@ class ClientCore(NodeCore):
         ]
         return self.paths[min(cands)[2]] if cands else None
 
-    def _paths_timer(self, now: float, s: Session) -> None:
+    def _pto(self, st: PathStats) -> float:
+        return st.pto(self.policy, self.timer_granularity)
+
+    def _suspect_interval(self, st: PathStats) -> float:
+        return max(self._pto(st) / 3, 0.01)
+
+    def _expired_heartbeat(self, now: float, s: Session) -> None:
+        """While traffic flows: the active path's probe, lost probes counted, the loss
+        thresholds, and selection among the candidates."""
+        if s.quiet or s.fsm.state not in _BOUND:
+            return
         p = self.policy
         hb = p.heartbeat_interval_ms / 1000.0
-        active = s.path
         for path in self.paths:
             st = self.stats[path]
-            st.expire(now, max(st.pto(p), hb))
-            if not getattr(path, "connected", True):
-                continue
-            interval = hb if path is active else self.probe_interval
-            if s.suspect_since:
-                interval = min(interval, max(st.pto(p) / 3, 0.02))
-            if now - st.last_probe_tx >= interval:
-                self._probe(now, s, path, st)
+            st.expire(now, max(self._pto(st), hb))
+        active = s.path
         ast = self.stats.get(active)
-        if ast is not None and ast.srtt is not None:
-            s.pto = ast.pto(p)
-        state = s.fsm.state
-        if state is State.RECOVERING:
-            return
-        waiting = s.first_unacked > s.last_rx
-        if (
-            waiting
-            and ast is not None
-            and ast.last_probe_tx < s.first_unacked
-            and now - s.first_unacked >= s.pto / 3
-        ):
-            # Data does not elicit answers (a one-way flow, the last ACKs of a transfer):
-            # ask the active path for an authenticated echo, so that silence at the probe
-            # timeout means the path, not the traffic pattern.
-            self.counters["ack_probes"] += 1
+        if ast is not None and getattr(active, "connected", True):
             self._probe(now, s, active, ast)
-        if waiting and now - s.first_unacked >= s.pto:
-            if not s.suspect_since:
-                s.suspect_since = now
-                self.counters["pto_suspect"] += 1
-                for path in self.paths:
-                    if path is not active and getattr(path, "connected", True):
-                        self._probe(now, s, path, self.stats[path])
-            alt = self._best(now, exclude=active)
-            if alt is not None:
-                if self._failover(
-                    now, s, alt, Reason.TRANSPORT_DEAD,
-                    detail="probe_timeout", silence_ms=int((now - s.last_rx) * 1000),
-                ) and ast is not None:  # fmt: skip
-                    # a path left for silence must answer a probe again before it is a
-                    # candidate: its stats still look fresh, and going back would flap
-                    ast.validated = False
-                    ast.failures += 1
-                return
-            silence = now - s.last_rx
-            if silence >= max(4 * s.pto, p.heartbeat_timeout_ms / 2000) and (
-                self._resume_candidates(s)
-            ):
-                # no path left to our gateway but other gateways of the cluster: recover
-                # now (resume there) rather than after dead_after_ms, while the dead
-                # gateway's ownership record still exists
-                if self._transition(
-                    now, s, Reason.TRANSPORT_DEAD, detail="probe_timeout",
-                    silence_ms=int(silence * 1000),
-                ):  # fmt: skip
-                    self._resume(now, s)
-                return
-        elif not waiting:
-            s.suspect_since = 0.0
-        if ast is None:
+        self._arm(s, T.HEARTBEAT, now + hb)
+        if ast is None or s.fsm.state is State.RECOVERING:
             return
-        if state is _ATTACHED:
+        if s.fsm.state is _ATTACHED:
             window = p.loss_window_ms / 1000.0
             loss = ast.loss(now, window)
             if ast.consecutive_lost >= p.max_consecutive_drops:
@@ -360,16 +397,115 @@ class ClientCore(NodeCore):
                 self._policy_event(s, "loss_volatile_threshold", p.loss_volatile_threshold,
                                    round(loss, 3))  # fmt: skip
                 self._transition(now, s, Reason.LOSS_THRESHOLD_EXCEEDED)
-        if s.fsm.state in (State.ATTACHED, State.VOLATILE, State.DEGRADED):
-            cands = [
-                Candidate(self.stats[x].transport_id, self.stats[x].score(now, p),
-                          self.stats[x].alive(now, p) or x is active)
-                for x in self.paths if getattr(x, "connected", True)
-            ]  # fmt: skip
-            chosen = select(ast.transport_id, cands, p.hysteresis)
-            if chosen is not None and chosen != ast.transport_id:
-                target = next(x for x in self.paths if self.stats[x].transport_id == chosen)
-                self._failover(now, s, target, Reason.POLICY_FORCED_RECOVERY, detail="better_path")
+        self._select(now, s)
+
+    def _select(self, now: float, s: Session) -> None:
+        """Candidate selection (docs/protocol.md#candidate-selection): move only to a path
+        that beats the active one by the hysteresis factor."""
+        if s.fsm.state not in (State.ATTACHED, State.VOLATILE, State.DEGRADED):
+            return
+        p = self.policy
+        active = s.path
+        ast = self.stats.get(active)
+        if ast is None or ast.srtt is None:
+            return  # the active path is not measured yet: no comparison to make
+        cands = [
+            Candidate(self.stats[x].transport_id, self.stats[x].score(now, p),
+                      self.stats[x].alive(now, p) or x is active)
+            for x in self.paths if getattr(x, "connected", True)
+        ]  # fmt: skip
+        chosen = select(ast.transport_id, cands, p.hysteresis)
+        if chosen is not None and chosen != ast.transport_id:
+            target = next(x for x in self.paths if self.stats[x].transport_id == chosen)
+            scores = {c.transport_id: round(c.score, 3) for c in cands}
+            self._failover(
+                now, s, target, Reason.POLICY_FORCED_RECOVERY, detail="better_path",
+                active_score=scores.get(ast.transport_id), candidate_score=scores.get(chosen),
+            )  # fmt: skip
+
+    def _expired_candidates(self, now: float, s: Session) -> None:
+        """While traffic flows: every other connected path is probed every probe_interval
+        (every PTO/3 while the active path is suspected), so a failover has a measured,
+        validated target."""
+        if s.quiet or s.fsm.state not in _BOUND:
+            return
+        nxt = float("inf")
+        for path in self.paths:
+            if path is s.path or not getattr(path, "connected", True):
+                continue
+            st = self.stats[path]
+            interval = self._suspect_interval(st) if s.suspect_since else self.probe_interval
+            if now - st.last_probe_tx >= interval - 1e-6:
+                self._probe(now, s, path, st)
+            nxt = min(nxt, st.last_probe_tx + interval)
+        if nxt < float("inf"):
+            self._arm(s, T.CANDIDATES, max(nxt, now + 0.001))
+
+    def _expired_probe_timeout(self, now: float, s: Session) -> None:
+        """Nothing authenticated back since the first packet that expected an answer: at
+        PTO/3 ask the active path for an echo (one-way traffic elicits nothing), at one PTO
+        suspect it, probe every candidate at once and fail over to the best validated one."""
+        state = s.fsm.state
+        if state not in (State.ATTACHED, State.VOLATILE, State.DEGRADED):
+            return
+        if s.first_unacked <= s.last_rx:
+            s.suspect_since = 0.0
+            return
+        p = self.policy
+        active = s.path
+        ast = self.stats.get(active)
+        pto = s.pto
+        waited = now - s.first_unacked
+        asked = ast is not None and ast.last_probe_tx >= s.first_unacked
+        if not asked and ast is not None and waited >= pto / 3 - 1e-6:
+            self.counters["ack_probes"] += 1
+            self._probe(now, s, active, ast)
+            asked = True
+        if waited < pto - 1e-6:
+            self._arm(s, T.PROBE_TIMEOUT, s.first_unacked + (pto if asked else pto / 3))
+            return
+        if not s.suspect_since:
+            s.suspect_since = now
+            self.counters["pto_suspect"] += 1
+            for path in self.paths:
+                if path is not active and getattr(path, "connected", True):
+                    self._probe(now, s, path, self.stats[path])
+            self._arm_by(s, T.CANDIDATES, now + max(pto / 3, 0.01))
+        alt = self._best(now, exclude=active)
+        if alt is not None and s.current is None:
+            # keys expired while idle: only a handshake can prove the session on another
+            # path (its answer moves the session there, see _install)
+            if now - s.last_handshake_tx >= self._suspect_interval(self.stats[alt]):
+                self._initiate(now, s, alt)
+            self._arm(s, T.PROBE_TIMEOUT, now + self._suspect_interval(self.stats[alt]))
+            return
+        if alt is not None:
+            if self._failover(
+                now, s, alt, Reason.TRANSPORT_DEAD,
+                detail="probe_timeout", silence_ms=int((now - s.last_rx) * 1000),
+            ) and ast is not None:  # fmt: skip
+                # a path left for silence must answer a probe again before it is a
+                # candidate: its stats still look fresh, and going back would flap
+                ast.validated = False
+                ast.failures += 1
+            if s.fsm.state is not State.RECOVERING:
+                self._arm(s, T.PROBE_TIMEOUT, now + max(pto / 3, 0.01))
+            return
+        silence = now - s.first_unacked
+        resume_at = max(4 * pto, p.heartbeat_timeout_ms / 2000)
+        if silence >= resume_at - 1e-6 and self._resume_candidates(s):
+            # no path left to our gateway but other gateways of the cluster: recover
+            # now (resume there) rather than after dead_after_ms, while the dead
+            # gateway's ownership record still exists
+            if self._transition(
+                now, s, Reason.TRANSPORT_DEAD, detail="probe_timeout",
+                silence_ms=int(silence * 1000),
+            ):  # fmt: skip
+                self._resume(now, s)
+            return
+        # look again when a candidate answers (PROBE_REPLY re-arms this at once), or later
+        self._arm(s, T.PROBE_TIMEOUT, min(now + max(pto / 3, 0.01), s.first_unacked + resume_at)
+                  if self._resume_candidates(s) else now + max(pto / 3, 0.01))  # fmt: skip
 
     def _healthy(self, now: float, s: Session) -> bool:
         st = self.stats.get(s.path)
@@ -430,31 +566,51 @@ class ClientCore(NodeCore):
         s.reattach_sent = now
         s.last_reattach_tx = now
         self._control(now, s, wire.Control.REATTACH, _reattach_body(now, s))
+        self._arm(s, T.REATTACH, now + min(self.reattach_interval, self._reattach_timeout(s)))
         self._emit("REATTACH_ATTEMPT", s, None, transport_id=getattr(s.path, "transport_id", None))
 
-    def _recovering(self, now: float, s: Session) -> None:
-        if s.current is None:
-            return
-        p = self.policy
+    def _reattach_timeout(self, s: Session) -> float:
         st = self.stats.get(s.path)
-        timeout = max(3 * (st.pto(p) if st else 0.15), 0.3)
+        return max(3 * (self._pto(st) if st is not None else 0.15), 0.3)
+
+    def _entered(self, now: float, s: Session, previous: State, new: State) -> None:
+        super()._entered(now, s, previous, new)
+        if new is State.RECOVERING:
+            self._arm(s, T.REATTACH, now + min(self.reattach_interval, self._reattach_timeout(s)))
+        elif previous is State.RECOVERING:
+            self._disarm(s, T.REATTACH)
+
+    def _expired_reattach(self, now: float, s: Session) -> None:
+        """While RECOVERING: resend the reattach proof every reattach_interval; a candidate
+        that does not answer within 3 PTO (at least 300 ms) is left for the next one, and
+        with none left to this gateway the others of the cluster are asked (resume)."""
+        if s.fsm.state is not State.RECOVERING or s.current is None:
+            return
+        timeout = self._reattach_timeout(s)
         if s.resuming is not None:
             # our gateway lost the session: only another gateway can take it over
-            if now - s.last_handshake_tx >= timeout:
+            if now - s.last_handshake_tx >= timeout - 1e-6:
                 self._resume(now, s)
+            self._arm(s, T.REATTACH, s.last_handshake_tx + timeout)
             return
-        if now - max(s.reattach_sent, s.state_since) >= timeout:
+        if now - max(s.reattach_sent, s.state_since) >= timeout - 1e-6:
+            st = self.stats.get(s.path)
             if st is not None:
                 st.failures += 1
             alt = self._best(now, exclude=s.path)
             if alt is not None and self._failover(now, s, alt, Reason.TRANSPORT_DEAD):
                 return
-            if alt is None and now - s.last_handshake_tx >= timeout:
+            if alt is None and now - s.last_handshake_tx >= timeout - 1e-6:
                 # no validated path left to our gateway: try the other gateways
                 self._resume(now, s)
-        if now - s.last_reattach_tx >= self.reattach_interval:
+        if s.fsm.state is not State.RECOVERING:
+            return
+        if now - s.last_reattach_tx >= self.reattach_interval - 1e-6:
             s.last_reattach_tx = now
             self._control(now, s, wire.Control.REATTACH, _reattach_body(now, s))
+        at = min(s.last_reattach_tx + self.reattach_interval,
+                 max(s.reattach_sent, s.state_since) + timeout)  # fmt: skip
+        self._arm(s, T.REATTACH, max(at, now + 0.001))
 
     # takeover ----------------------------------------------------------------------
     def _resume_candidates(self, s: Session) -> list[Any]:
@@ -542,7 +698,7 @@ class ClientCore(NodeCore):
                 if s.fsm.state is not State.RECOVERING:
                     self._transition(now, s, Reason.TRANSPORT_DEAD, detail="gateway_lost_ownership")
                 self._resume(now, s)
-                self._schedule(s, now)
+                self._arm_by(s, T.REATTACH, now + self.reattach_interval)
                 return
             s.resuming = None
         super()._peer_terminated(now, s, body)
@@ -577,6 +733,7 @@ class ClientCore(NodeCore):
             st = self.stats.get(path)
             if st is not None and len(body) >= 4:
                 st.probe_reply(now, _PROBE.unpack_from(body)[0])
+                self._probe_answered(now, s, path, st)
         elif kind == ctl.REATTACH_ACK:
             if s.fsm.state is State.RECOVERING and path is s.path:
                 st = self.stats.get(path)
@@ -605,6 +762,14 @@ class ClientCore(NodeCore):
         else:
             self._drop("UNEXPECTED_CONTROL")
 
+    def _probe_answered(self, now: float, s: Session, path: Any, st: PathStats) -> None:
+        if path is s.path:
+            s.pto = self._pto(st)
+            if s.fsm.state is State.VOLATILE or s.fsm.state is State.DEGRADED:
+                self._maybe_recovered(now, s)
+        elif s.suspect_since:
+            self._arm(s, T.PROBE_TIMEOUT, now)  # a candidate answered: fail over to it now
+
     def _terminated(self, now: float, s: Session, reason: Reason) -> None:
         super()._terminated(now, s, reason)
         for idx in [i for i, (hs_s, _) in self.handshakes.items() if hs_s is s]:
@@ -614,11 +779,15 @@ class ClientCore(NodeCore):
             self.restart_at = now + self.restart_backoff
 
     def _node_timers(self, now: float) -> None:
-        if self.restart_at is not None:
-            if now >= self.restart_at:
-                self._start(now)
-            else:
-                self.pending.append(ArmTimer(self.restart_at))
+        super()._node_timers(now)
+        if self.restart_at is not None and now >= self.restart_at:
+            self._start(now)
+
+    def _node_deadline(self) -> float | None:
+        at = super()._node_deadline()
+        if self.restart_at is not None and (at is None or self.restart_at < at):
+            return self.restart_at
+        return at
 
 
 def _host(path: Any) -> Any:

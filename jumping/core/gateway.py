@@ -25,6 +25,7 @@ from jumping.core.node import (
 from jumping.core.outputs import Adopt, Claim, Drop, Output, Release
 from jumping.core.ratelimit import GlobalBucket, SwitchLimiter
 from jumping.core.session import Keypair, Session
+from jumping.core.timers import T
 
 
 class GatewayCore(NodeCore):
@@ -100,8 +101,13 @@ class GatewayCore(NodeCore):
         if data is None:
             return self._count("COUNTER_EXHAUSTED")
         s.last_tx = now
+        s.last_data = now
         s.tx_bytes += len(data)
         s.tx_packets += 1
+        if s.quiet:
+            self._wake(now, s)
+        if s.first_unacked <= s.last_rx:
+            self._expect_answer(now, s)
         return s.path, data
 
     def _under_load(self, now: float) -> bool:
@@ -164,6 +170,7 @@ class GatewayCore(NodeCore):
             return None
         s = Session(session_id, peer, now, state_version)
         self.sessions[s.session_id] = s
+        self._born(now, s, now + self.handshake_timeout)
         live = peer.sessions
         live.append(s)
         if len(live) > 2:
@@ -188,10 +195,9 @@ class GatewayCore(NodeCore):
         self.index[local] = kp
         self.counters["handshakes_answered"] += 1
         self._send(path, message, s)
-        if s.fsm.state is State.RECOVERING:
-            self._schedule(s, now)  # adopted: the recovery window runs from now
-        else:
-            self._schedule(s, now + self.handshake_timeout)
+        if s.fsm.state is State.RECOVERING and not s.timers[T.STATE]:
+            # adopted: the recovery window runs from now
+            self._arm(s, T.STATE, now + self.policy.recovery_window_ms / 1000.0)
 
     # takeover -------------------------------------------------------------------
     # A client whose gateway died or was fenced sends its initiation, with its SessionID and
@@ -272,6 +278,7 @@ class GatewayCore(NodeCore):
             s.previous.wipe()
         s.previous, s.current, s.next = s.current, kp, None
         kp.confirmed = True
+        self._keys_installed(now, s)
         self.counters["handshakes_confirmed"] += 1
         if s.fsm.state is State.RECOVERING and s.path is None:
             # an adopted session: the client proved the keys of its resume handshake
@@ -341,8 +348,22 @@ class GatewayCore(NodeCore):
             self._on_reattach(now, s, body, path)
         elif kind == ctl.RESPONSE:
             self._on_response(now, s, body, path)
+        elif kind == ctl.PROBE_REPLY:
+            pass  # the answer to our silence probe: being authenticated is all it had to be
         else:
             self._drop("UNEXPECTED_CONTROL")
+
+    # timers --------------------------------------------------------------------------
+    def _silence_step(self) -> float:
+        return self.policy.heartbeat_interval_ms / 1000.0  # the first echo request
+
+    def _silent(self, now: float, s: Session, at: float) -> float:
+        """Data we sent is unanswered: ask the client for an echo every heartbeat interval
+        (an idle client sends nothing by itself), until the silence thresholds decide."""
+        if s.path is not None and s.current is not None:
+            self.counters["silence_probes"] += 1
+            self._control(now, s, wire.Control.PROBE, bytes(32))
+        return min(at, now + self.policy.heartbeat_interval_ms / 1000.0)
 
     # path validation ------------------------------------------------------------
     # A path is used for the session only after the client answered a challenge sent on

@@ -40,6 +40,7 @@ from jumping.core.handshake import (
 from jumping.core.outputs import ArmTimer, Drop, Emit, Output, Release, Send, WriteTun
 from jumping.core.policy import Policy
 from jumping.core.session import Keypair, Session
+from jumping.core.timers import HANDLERS, ORDER, T
 
 Rng = Callable[[int], bytes]
 
@@ -54,6 +55,7 @@ _TERMINATED = State.TERMINATED
 _BOUND = (State.ATTACHED, State.VOLATILE, State.DEGRADED, State.RECOVERING)
 _REATTACH = struct.Struct("<Q16s")
 _NO_SESSION = bytes(16)
+_EPS = 1e-6  # timers compare deadlines computed two ways (float sums)
 #: state -> reasons that may end it from the timer's health checks
 _TERMINAL_NOTICE = struct.Struct("<B32s")
 
@@ -181,23 +183,32 @@ class NodeCore:
         handshake_timeout_ms: int = 15_000,
         reattach_interval_ms: int = 250,
         stats_interval_s: float = 60.0,
+        stats_idle_interval_s: float = 3600.0,
         security_interval_s: float = 10.0,
     ) -> None:
         self.node_id = node_id
         self.me = Identity(private_key)
         self.policy = policy
+        self._key_lifetime = float(policy.key_lifetime_s)
         self.rng = rng
         self.max_sessions = max_sessions
         self.handshake_retry = handshake_retry_ms / 1000.0
         self.handshake_timeout = handshake_timeout_ms / 1000.0
         self.reattach_interval = reattach_interval_ms / 1000.0
         self.stats_interval = stats_interval_s
+        #: a quiet session's SESSION_STATS cadence (a busy one reports every stats_interval)
+        self.stats_idle_interval = max(stats_idle_interval_s, stats_interval_s)
+        #: how late the host's timers fire (seconds), as the service observes it: the
+        #: probe timeout's floor is a small multiple of it (jumping/core/paths.py)
+        self.timer_granularity = 0.001
         self.drops: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
         self.index: dict[int, Keypair] = {}
         self.sessions: dict[bytes, Session] = {}
         self.pending: list[Output] = []
         self._heap: list[tuple[float, int, Session]] = []
+        self._running: Session | None = None  # the session whose timers are running
+        self._handlers = tuple(getattr(self, name) for name in HANDLERS)
         self.security_interval = security_interval_s
         self._security_at = now
         self._security_seen: dict[str, int] = {}
@@ -250,15 +261,6 @@ class NodeCore:
         self._send(target, kp.seal(kp.control_prefix, bytes((kind,)) + body), s)
         s.last_tx = now
 
-    def _schedule(self, s: Session, at: float) -> None:
-        if s.deadline and s.deadline <= at:
-            return
-        s.deadline = at
-        heap = self._heap
-        if not heap or at < heap[0][0]:
-            self.pending.append(ArmTimer(at))
-        heapq.heappush(heap, (at, next(self._seq), s))
-
     def _new_index(self) -> int:
         while True:
             i = int.from_bytes(self.rng(4), "little")
@@ -283,7 +285,7 @@ class NodeCore:
         if change.new is _TERMINATED:
             self._terminated(now, s, reason)
         else:
-            self._schedule(s, now)
+            self._entered(now, s, change.previous, change.new)
         return True
 
     def terminate(self, now: float, session_id: bytes, reason: Reason) -> list[Output]:
@@ -306,6 +308,8 @@ class NodeCore:
             self.index.pop(kp.local_index, None)
             kp.wipe()
         s.current = s.previous = s.next = None
+        s.timers = [0.0] * len(s.timers)
+        s.heap_seq = -1
         self.sessions.pop(s.session_id, None)
         self._forget_routes(s)
         self._emit(
@@ -385,6 +389,9 @@ class NodeCore:
         kp = self.index.get(idx)
         if kp is None:
             return self._count("UNKNOWN_INDEX")
+        if now - kp.created >= self._key_lifetime:
+            # refused before any work on it, whether or not the timer wiped the keys yet
+            return self._count("KEY_EXPIRED")
         replay = kp.replay
         if not replay.check(counter):
             return self._count("REPLAY")
@@ -415,6 +422,9 @@ class NodeCore:
             return opened  # type: ignore[return-value]
         kp, plain = opened
         s = kp.session
+        s.last_data = now
+        if s.quiet:
+            self._wake(now, s)
         if not plain:
             return self._count("EMPTY_DATA")
         if not s.owned:
@@ -473,8 +483,9 @@ class NodeCore:
             s.offpath_rx = now
             if control is None or control[:1] not in _PROBING:
                 self._off_path(now, s, path)
-        if s.fsm.state is not _ATTACHED:
-            self._schedule(s, now)
+        st = s.fsm.state
+        if (st is State.VOLATILE or st is State.DEGRADED) and path is s.path:
+            self._maybe_recovered(now, s)
 
     def _confirm(self, now: float, s: Session, kp: Keypair, path: Any) -> None:
         """Gateway: the client used the keys we answered with: they become current."""
@@ -522,6 +533,34 @@ class NodeCore:
         self._drop("UNEXPECTED_HANDSHAKE")
 
     # ------------------------------------------------------------------ timers
+    # Named per-session timers (jumping/core/timers.py): each is armed by the event that
+    # needs it and has one ``_expired_<name>`` handler. One heap entry per session, at its
+    # earliest armed timer; older entries of the session are stale and skipped.
+    def _arm(self, s: Session, t: int, at: float) -> None:
+        """Arm timer ``t`` of ``s`` for ``at`` (replacing its deadline)."""
+        s.timers[t] = at
+        if self._running is not s and (s.heap_seq < 0 or at < s.deadline):
+            self._push(s, at)
+
+    def _arm_by(self, s: Session, t: int, at: float) -> None:
+        """Arm timer ``t`` for ``at`` unless it is already armed for earlier."""
+        cur = s.timers[t]
+        if not cur or at < cur:
+            self._arm(s, t, at)
+
+    @staticmethod
+    def _disarm(s: Session, t: int) -> None:
+        s.timers[t] = 0.0
+
+    def _push(self, s: Session, at: float) -> None:
+        heap = self._heap
+        if not heap or at < heap[0][0]:
+            self.pending.append(ArmTimer(at))
+        seq = next(self._seq)
+        s.heap_seq = seq
+        s.deadline = at
+        heapq.heappush(heap, (at, seq, s))
+
     def tick(self, now: float) -> list[Output]:
         """Run every timer that is due; ends with an ``ArmTimer`` for the next one."""
         self._now = now
@@ -532,24 +571,57 @@ class NodeCore:
             if budget < 0:
                 self.counters["timer_budget_exhausted"] += 1
                 break
-            at, _seq, s = heapq.heappop(heap)
-            if at != s.deadline or s.fsm.state is _TERMINATED:
-                continue
+            _at, seq, s = heapq.heappop(heap)
+            if seq != s.heap_seq:
+                continue  # stale: the session's timers were re-armed since
+            s.heap_seq = -1
             s.deadline = 0.0
+            if s.fsm.state is _TERMINATED:
+                continue
             try:
-                self._on_timer(now, s)
+                self._run_timers(now, s)
             except Exception as e:  # pragma: no cover - a bug; counted
+                self._running = None
                 self.counters["internal_error"] += 1
                 self._drop(f"INTERNAL_ERROR:{type(e).__name__}")
-        while heap and (heap[0][0] != heap[0][2].deadline or heap[0][2].fsm.terminated):
+        while heap and heap[0][1] != heap[0][2].heap_seq:
             heapq.heappop(heap)
         self._node_timers(now)
-        if heap:
-            self.pending.append(ArmTimer(heap[0][0]))
+        at = heap[0][0] if heap else None
+        node_at = self._node_deadline()
+        if node_at is not None and (at is None or node_at < at):
+            at = node_at
+        if at is not None:
+            self.pending.append(ArmTimer(at))
         return self.take()
 
+    def _run_timers(self, now: float, s: Session) -> None:
+        timers = s.timers
+        handlers = self._handlers
+        self._running = s
+        for t in ORDER:
+            due = timers[t]
+            if due and due <= now:
+                timers[t] = 0.0
+                handlers[t](now, s)
+                if s.fsm.state is _TERMINATED:
+                    self._running = None
+                    return
+        self._running = None
+        armed = [d for d in timers if d]
+        if armed:
+            self._push(s, max(min(armed), now + 0.0005))
+
     def next_deadline(self) -> float | None:
-        return self._heap[0][0] if self._heap else None
+        at = self._heap[0][0] if self._heap else None
+        node_at = self._node_deadline()
+        if node_at is not None and (at is None or node_at < at):
+            return node_at
+        return at
+
+    def _node_deadline(self) -> float | None:
+        """When ``_node_timers`` next has something to do (None: nothing)."""
+        return self._security_at + self.security_interval
 
     def _node_timers(self, now: float) -> None:
         """Node-wide timers: aggregated security events (a flood is a few events with
@@ -567,82 +639,202 @@ class NodeCore:
                         window_ms=window_ms,
                     )  # fmt: skip
 
-    def _on_timer(self, now: float, s: Session) -> None:
+    # what arms timers ------------------------------------------------------------
+    def _born(self, now: float, s: Session, handshake_until: float) -> None:
+        """A session exists: its lifetime runs, and its handshake must finish in time."""
+        self._arm(s, T.LIFETIME, s.created + self.policy.session_max_lifetime_s)
+        self._arm(s, T.HANDSHAKE, handshake_until)
+
+    def _keys_installed(self, now: float, s: Session) -> None:
+        """``s.current`` is a new keypair (and ``s.previous`` the one it replaced)."""
+        kp = s.current
+        if kp is not None:
+            self._arm(s, T.KEY_EXPIRY, kp.created + self.policy.key_lifetime_s)
+        if s.previous is not None:
+            self._arm(s, T.PREVIOUS_KEYS, now + self.policy.rekey_grace_ms / 1000.0)
+
+    def _entered(self, now: float, s: Session, previous: State, new: State) -> None:
+        """Timers that a state owns: armed on entering it, disarmed on leaving."""
         p = self.policy
-        if now - s.created >= p.session_max_lifetime_s:
-            self._tell_peer_terminated(now, s, Reason.SESSION_LIFETIME_EXCEEDED)
-            self._transition(now, s, Reason.SESSION_LIFETIME_EXCEEDED)
+        self._disarm(s, T.STATE)
+        if new is State.VOLATILE:
+            self._arm(s, T.STATE, now + p.volatile_to_degraded_ms / 1000.0)
+        elif new is State.RECOVERING:
+            self._arm(s, T.STATE, now + p.recovery_window_ms / 1000.0)
+        if previous is State.BIRTH:
+            self._disarm(s, T.HANDSHAKE)
+            s.last_data = now
+            self._wake(now, s)
+
+    def _expect_answer(self, now: float, s: Session) -> None:
+        """We sent something that the peer answers (data, a probe): if nothing was
+        outstanding, the silence clock starts now (detection starts with the first
+        unanswered packet, also after idle)."""
+        if s.first_unacked <= s.last_rx:
+            s.first_unacked = now
+            if not s.timers[T.SILENCE]:
+                self._arm(s, T.SILENCE, now + self._silence_step())
+
+    def _silence_step(self) -> float:
+        return self.policy.heartbeat_timeout_ms / 1000.0
+
+    def _wake(self, now: float, s: Session) -> None:
+        """Traffic flows again (or for the first time): the busy-session timers run."""
+        s.quiet = False
+        self._arm(s, T.IDLE, now + self.policy.idle_after_ms / 1000.0)
+        self._arm_by(s, T.STATS, now + self.stats_interval)
+        self._woke(now, s)
+
+    def _woke(self, now: float, s: Session) -> None:
+        """Subclass hook: a session goes from quiet to busy."""
+
+    def _went_quiet(self, now: float, s: Session) -> None:
+        """Subclass hook: a session goes quiet."""
+
+    def _may_go_quiet(self, s: Session) -> bool:
+        return True
+
+    # the handlers ------------------------------------------------------------------
+    def _expired_lifetime(self, now: float, s: Session) -> None:
+        at = s.created + self.policy.session_max_lifetime_s
+        if now < at:
+            self._arm(s, T.LIFETIME, at)  # a policy reload moved it
             return
-        grace = p.rekey_grace_ms / 1000.0
-        cur = s.current
-        if s.previous is not None and cur is not None and now - cur.created >= grace:
-            self.index.pop(s.previous.local_index, None)
-            s.previous.wipe()
-            s.previous = None
+        self._tell_peer_terminated(now, s, Reason.SESSION_LIFETIME_EXCEEDED)
+        self._transition(now, s, Reason.SESSION_LIFETIME_EXCEEDED)
+
+    def _expired_handshake(self, now: float, s: Session) -> None:
         if s.fsm.state is State.BIRTH:
-            self._birth_timer(now, s)
-        else:
-            self._health(now, s)
-        if s.fsm.terminated:
+            if now - s.created >= self.handshake_timeout - _EPS:
+                self._transition(now, s, Reason.HANDSHAKE_FAIL)
+            else:
+                self._arm(s, T.HANDSHAKE, s.created + self.handshake_timeout)
+
+    def _expired_previous_keys(self, now: float, s: Session) -> None:
+        prev, cur = s.previous, s.current
+        if prev is None:
             return
-        hb = p.heartbeat_interval_ms / 1000.0
-        if s.current is not None and s.path is not None and now - s.last_tx >= hb:
-            self._control(now, s, wire.Control.KEEPALIVE)
-        if now - s.stats_at >= self.stats_interval and s.fsm.state in _BOUND:
+        if cur is not None and now - cur.created < self.policy.rekey_grace_ms / 1000.0 - _EPS:
+            self._arm(s, T.PREVIOUS_KEYS, cur.created + self.policy.rekey_grace_ms / 1000.0)
+            return
+        self.index.pop(prev.local_index, None)
+        prev.wipe()
+        s.previous = None
+
+    def _expired_key_expiry(self, now: float, s: Session) -> None:
+        kp = s.current
+        if kp is None:
+            return
+        at = kp.created + self.policy.key_lifetime_s
+        if now < at - _EPS:
+            self._arm(s, T.KEY_EXPIRY, at)
+            return
+        # The keys are wiped; the keypair stays in the index as a tombstone (``previous``)
+        # so that what still arrives under it is counted as KEY_EXPIRED, and the client's
+        # NAT keepalive can still name it.
+        self.counters["keys_expired"] += 1
+        prev = s.previous
+        if prev is not None:
+            self.index.pop(prev.local_index, None)
+            prev.wipe()
+        kp.wipe()
+        s.previous, s.current = kp, None
+        self._disarm(s, T.PREVIOUS_KEYS)
+
+    def _expired_rekey(self, now: float, s: Session) -> None:
+        """Only clients rekey (the gateway refuses expired keys instead)."""
+
+    def _expired_silence(self, now: float, s: Session) -> None:
+        st = s.fsm.state
+        if s.first_unacked <= s.last_rx or st is State.BIRTH or st is State.RECOVERING:
+            return
+        p = self.policy
+        silence = now - s.first_unacked
+        timeout = p.heartbeat_timeout_ms / 1000.0
+        dead = p.dead_after_ms / 1000.0
+        if silence >= dead - _EPS:
+            self._transition(now, s, Reason.TRANSPORT_DEAD, silence_ms=int(silence * 1000))
+            return
+        if silence >= timeout - _EPS and st is _ATTACHED:
+            self._transition(now, s, Reason.HEARTBEAT_TIMEOUT, silence_ms=int(silence * 1000))
+        at = s.first_unacked + (timeout if silence < timeout - _EPS else dead)
+        self._arm(s, T.SILENCE, self._silent(now, s, at))
+
+    def _silent(self, now: float, s: Session, at: float) -> float:
+        """Subclass hook while the peer is silent; returns when to look again."""
+        return at
+
+    def _expired_state(self, now: float, s: Session) -> None:
+        p = self.policy
+        st = s.fsm.state
+        if st is State.VOLATILE:
+            at = s.state_since + p.volatile_to_degraded_ms / 1000.0
+            if now >= at - _EPS:
+                self._transition(now, s, Reason.VOLATILE_PERSISTED)
+            else:
+                self._arm(s, T.STATE, at)
+        elif st is State.RECOVERING:
+            at = s.state_since + p.recovery_window_ms / 1000.0
+            if now >= at - _EPS:
+                self._tell_peer_terminated(now, s, Reason.RECOVERY_WINDOW_EXCEEDED)
+                self._transition(now, s, Reason.RECOVERY_WINDOW_EXCEEDED)
+            else:
+                self._arm(s, T.STATE, at)
+
+    def _expired_idle(self, now: float, s: Session) -> None:
+        idle = self.policy.idle_after_ms / 1000.0
+        at = s.last_data + idle
+        if now < at - _EPS:
+            self._arm(s, T.IDLE, at)
+        elif not self._may_go_quiet(s):
+            self._arm(s, T.IDLE, now + idle)
+        else:
+            s.quiet = True
+            self.counters["sessions_went_quiet"] += 1
+            self._went_quiet(now, s)
+
+    def _expired_stats(self, now: float, s: Session) -> None:
+        moved = s.rx_bytes + s.tx_bytes
+        slow = now - s.stats_at >= self.stats_idle_interval - _EPS
+        if s.fsm.state in _BOUND and (
+            (moved != s.stats_bytes and now - s.stats_at >= self.stats_interval - _EPS) or slow
+        ):
             s.stats_at = now
+            s.stats_bytes = moved
             self._emit(
                 "SESSION_STATS", s, None, bytes_in=s.rx_bytes, bytes_out=s.tx_bytes,
                 packets_in=s.rx_packets, packets_out=s.tx_packets,
                 transport_id=getattr(s.path, "transport_id", None),
                 **self._stats_fields(now, s),
             )  # fmt: skip
-        self._schedule(s, self._next_timer(now, s))
-
-    def _next_timer(self, now: float, s: Session) -> float:
-        p = self.policy
-        hb = p.heartbeat_interval_ms / 1000.0
-        st = s.fsm.state
-        at = min(
-            s.last_tx + hb, s.stats_at + self.stats_interval, s.created + p.session_max_lifetime_s
-        )
-        if st is _ATTACHED:
-            at = min(at, s.last_rx + p.heartbeat_timeout_ms / 1000.0)
-        elif st is not State.BIRTH:
-            at = min(at, now + min(hb, self.reattach_interval))
+        if s.quiet and moved == s.stats_bytes:
+            self._arm(s, T.STATS, s.stats_at + self.stats_idle_interval)
         else:
-            at = min(at, now + self.handshake_retry / 4)
-        if s.previous is not None and s.current is not None:
-            at = min(at, s.current.created + p.rekey_grace_ms / 1000.0)
-        return max(at, now + 0.001)
+            self._arm(s, T.STATS, max(now, s.stats_at) + self.stats_interval)
 
-    def _birth_timer(self, now: float, s: Session) -> None:
-        if now - s.created >= self.handshake_timeout:
-            self._transition(now, s, Reason.HANDSHAKE_FAIL)
+    # client-only timers: no-ops here
+    def _expired_heartbeat(self, now: float, s: Session) -> None:
+        pass
 
-    def _health(self, now: float, s: Session) -> None:
-        """Health transitions (docs/protocol.md), from what was heard on the active path."""
-        p = self.policy
-        st = s.fsm.state
-        silence = now - s.last_rx
-        hb = p.heartbeat_interval_ms / 1000.0
-        if st is _ATTACHED:
-            if silence >= p.dead_after_ms / 1000.0:
-                self._transition(now, s, Reason.TRANSPORT_DEAD, silence_ms=int(silence * 1000))
-            elif silence >= p.heartbeat_timeout_ms / 1000.0:
-                self._transition(now, s, Reason.HEARTBEAT_TIMEOUT, silence_ms=int(silence * 1000))
-        elif st is State.VOLATILE or st is State.DEGRADED:
-            if silence >= p.dead_after_ms / 1000.0:
-                self._transition(now, s, Reason.TRANSPORT_DEAD, silence_ms=int(silence * 1000))
-            elif s.last_rx - s.state_since >= hb and silence < hb and self._healthy(now, s):
-                self._transition(now, s, Reason.HEALTH_RECOVERED)
-            elif st is State.VOLATILE and now - s.state_since >= p.volatile_to_degraded_ms / 1000:
-                self._transition(now, s, Reason.VOLATILE_PERSISTED)
-        elif st is State.RECOVERING:
-            if now - s.state_since >= p.recovery_window_ms / 1000.0:
-                self._tell_peer_terminated(now, s, Reason.RECOVERY_WINDOW_EXCEEDED)
-                self._transition(now, s, Reason.RECOVERY_WINDOW_EXCEEDED)
-            else:
-                self._recovering(now, s)
+    def _expired_candidates(self, now: float, s: Session) -> None:
+        pass
+
+    def _expired_probe_timeout(self, now: float, s: Session) -> None:
+        pass
+
+    def _expired_nat_keepalive(self, now: float, s: Session) -> None:
+        pass
+
+    def _expired_reattach(self, now: float, s: Session) -> None:
+        pass
+
+    def _maybe_recovered(self, now: float, s: Session) -> None:
+        """The active path delivered while VOLATILE or DEGRADED: HEALTH_RECOVERED once it
+        has done so for a heartbeat interval and its measurements allow it."""
+        if now - s.state_since >= self.policy.heartbeat_interval_ms / 1000.0 and self._healthy(
+            now, s
+        ):
+            self._transition(now, s, Reason.HEALTH_RECOVERED)
 
     def _stats_fields(self, now: float, s: Session) -> dict[str, Any]:
         """Subclass hook: path measurements for SESSION_STATS (RTT, loss)."""
@@ -651,9 +843,6 @@ class NodeCore:
     def _healthy(self, now: float, s: Session) -> bool:
         """Subclass hook: do the active path's measurements allow HEALTH_RECOVERED?"""
         return True
-
-    def _recovering(self, now: float, s: Session) -> None:
-        """Subclass hook: what to do while RECOVERING (client: send reattach proofs)."""
 
     def _bind(self, now: float, s: Session, path: Any, latency_ms: int | None = None) -> None:
         old = s.bound_before if s.bound_before is not None else s.path
@@ -691,6 +880,7 @@ class NodeCore:
         self._now = now
         old = self.policy
         self.policy = policy
+        self._key_lifetime = float(policy.key_lifetime_s)
         limiter = getattr(self, "switch_limiter", None)
         if limiter is not None and hasattr(limiter, "cooldown_ms"):
             limiter.max_per_min = policy.max_switches_per_min
@@ -700,7 +890,13 @@ class NodeCore:
             policy_digest=policy.digest(),
         )  # fmt: skip
         for s in self.sessions.values():
-            self._schedule(s, now)
+            # every armed timer looks again now; each handler re-arms for the new values
+            timers = s.timers
+            for t in ORDER:
+                if timers[t]:
+                    timers[t] = now
+            if any(timers):
+                self._push(s, now)
         return self.take()
 
     # ------------------------------------------------------------------ introspection

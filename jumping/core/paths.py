@@ -23,6 +23,9 @@ MAX_OUTSTANDING = 16
 #: the minimum RTT is remembered this long (seconds), as BBR's min_rtt filter does: the
 #: path's propagation delay, not the queueing that the session's own traffic adds to it
 MIN_RTT_WINDOW = 10.0
+#: the probe timeout is never below this many timer granularities: a timer that fires late
+#: must not look like a silent path
+GRANULARITY_FACTOR = 4
 
 
 class PathStats:
@@ -137,9 +140,11 @@ class PathStats:
     def probes_in(self, now: float, window: float) -> int:
         return sum(1 for t in self.ring_sent if t and now - t <= window)
 
-    def pto(self, policy: Policy) -> float:
-        """QUIC-style probe timeout: max(srtt + 4 rttvar, floor) x multiplier, seconds."""
-        floor = policy.probe_timeout_floor_ms / 1000.0
+    def pto(self, policy: Policy, granularity: float = 0.001) -> float:
+        """QUIC-style probe timeout, seconds: max(srtt + 4 rttvar, floor) x multiplier, where
+        the floor is ``probe_timeout_floor_ms`` or GRANULARITY_FACTOR times the timer
+        granularity the host actually shows (how late its timers fire), the larger."""
+        floor = max(policy.probe_timeout_floor_ms / 1000.0, GRANULARITY_FACTOR * granularity)
         base = floor if self.srtt is None else max(self.srtt + 4 * self.rttvar, floor)
         return base * policy.probe_timeout_multiplier
 

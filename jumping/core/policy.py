@@ -23,6 +23,8 @@ class PolicyError(ValueError):
 class Policy:
     version: str = "default"
     heartbeat_interval_ms: int = 500
+    idle_after_ms: int = 2000
+    nat_keepalive_s: int = 25
     heartbeat_timeout_ms: int = 2000
     loss_window_ms: int = 2000
     loss_volatile_threshold: float = 0.20
@@ -42,6 +44,7 @@ class Policy:
     rekey_after_s: int = 120
     rekey_after_messages: int = 2**60
     rekey_grace_ms: int = 10000
+    key_expiry_grace_s: int = 60
     rekey_on_switch: bool = False
 
     @classmethod
@@ -97,7 +100,7 @@ class Policy:
         for name in (
             "heartbeat_interval_ms", "heartbeat_timeout_ms", "loss_window_ms", "dead_after_ms",
             "volatile_to_degraded_ms", "switch_cooldown_ms", "transport_lost_ttl_ms",
-            "recovery_window_ms", "reattach_proof_max_age_ms", "rekey_grace_ms",
+            "recovery_window_ms", "reattach_proof_max_age_ms", "rekey_grace_ms", "idle_after_ms",
         ):  # fmt: skip
             rng(name, 1, day)
         rng("probe_timeout_floor_ms", 1, 60_000)
@@ -108,6 +111,8 @@ class Policy:
         rng("hysteresis", 1.0, 10.0)
         rng("session_max_lifetime_s", 1, 30 * 86400)
         rng("rekey_after_s", 1, 86400)
+        rng("key_expiry_grace_s", 1, 86400)
+        rng("nat_keepalive_s", 0, 3600)
         rng("rekey_after_messages", 1, 2**64 - 2**14)
         w = self.replay_window
         if w < 128 or w > 65536 or w & (w - 1):
@@ -119,6 +124,11 @@ class Policy:
         if self.recovery_window_ms < self.heartbeat_interval_ms:
             p.append("recovery_window_ms: must be >= heartbeat_interval_ms")
         return p
+
+    @property
+    def key_lifetime_s(self) -> int:
+        """A keypair is refused (``KEY_EXPIRED``) and wiped this long after its handshake."""
+        return self.rekey_after_s + self.key_expiry_grace_s
 
     def digest(self) -> str:
         return hashlib.sha256(

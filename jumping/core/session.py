@@ -1,5 +1,5 @@
 """
-One session's state: keypairs, FSM, active path, counters and its timers' bookkeeping.
+One session's state: keypairs, FSM, active path, counters and its named timers.
 
 A :class:`Keypair` is one handshake's keys (one per direction) with its own counter and
 replay window. A session holds at most three: ``current``, ``previous`` (kept for
@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from jumping.core import wire
 from jumping.core.fsm import SessionFSM
 from jumping.core.replay import ReplayWindow
+from jumping.core.timers import COUNT as TIMER_COUNT
 
 _NONCE_PAD = bytes(4)
 _QWORD = wire.TRANSPORT_HEADER
@@ -102,6 +103,11 @@ class Session:
         "rx_packets",
         "tx_packets",
         "deadline",
+        "heap_seq",
+        "timers",
+        "last_data",
+        "quiet",
+        "stats_bytes",
         "handshake",
         "handshake_started",
         "handshake_attempts",
@@ -140,7 +146,12 @@ class Session:
         self.tx_bytes = 0
         self.rx_packets = 0
         self.tx_packets = 0
-        self.deadline = 0.0
+        self.deadline = 0.0  # earliest armed timer (0.0: none), see jumping/core/timers.py
+        self.heap_seq = -1  # the timer heap entry that is this session's (older ones are stale)
+        self.timers = [0.0] * TIMER_COUNT
+        self.last_data = now  # last DATA packet either way: traffic flows while it is recent
+        self.quiet = False  # no traffic for idle_after_ms: no heartbeat, no probe
+        self.stats_bytes = 0  # rx + tx bytes at the last SESSION_STATS
         self.handshake: Any = None
         self.handshake_started = 0.0
         self.handshake_attempts = 0

@@ -46,11 +46,13 @@ class InvariantChecker:
     def step(self, net: Any) -> None:
         now = net.now
         for side in ("client", "gateway"):
-            log = net.log[side].events
+            log = net.log[side]
             start = self._seen.get(side, 0)
-            for e in log[start:]:
-                self._event(now, side, e)
-            self._seen[side] = len(log)
+            times = log.event_times
+            for i in range(start, len(log.events)):
+                # judged at the time it was emitted, not when this step looks at it
+                self._event(times[i] if i < len(times) else now, side, log.events[i])
+            self._seen[side] = len(log.events)
             core = net.core(side)
             if core.counters.get("internal_error"):
                 self._bad(now, f"{side}: internal error in the core")

@@ -61,6 +61,8 @@ class Link:
 class NodeLog:
     tun: list[bytes] = field(default_factory=list)
     events: list[Emit] = field(default_factory=list)
+    #: when each event was emitted (virtual clock), parallel to ``events``
+    event_times: list[float] = field(default_factory=list)
     drops: list[str] = field(default_factory=list)
 
 
@@ -146,6 +148,7 @@ class SimNet:
                     self.apply("gateway", self.gateway.seal(self.now, ECHO))
             elif isinstance(out, Emit):
                 log.events.append(out)
+                log.event_times.append(self.now)
             elif isinstance(out, ArmTimer):
                 self._timers[side] = min(self._timers[side], out.at)
             elif isinstance(out, Claim):
@@ -376,6 +379,7 @@ class ClusterNet:
                         self.apply(side, self.gateways[side].seal(self.now, ECHO))
             elif isinstance(out, Emit):
                 log.events.append(out)
+                log.event_times.append(self.now)
             elif isinstance(out, ArmTimer):
                 self._timers[side] = min(self._timers[side], out.at)
             elif isinstance(out, Claim):

@@ -6,7 +6,8 @@ invariant checked after every simulation step.
 
 Each seed runs a fresh client/gateway pair over two simulated links; every 0.2-3 s (virtual)
 one random fault is applied (blackhole/restore a link, loss 0-60 %, NAT rebinding, a burst
-of traffic). Seeds run until the total number of state transitions reaches the target.
+of traffic, an idle gap of 5-60 s in which the session goes quiet; odd seeds use keys that
+expire after 20 s, so quiet sessions lose their keys and rekey on their next packet). Seeds run until the total number of state transitions reaches the target.
 Prints progress every 100 seeds and a JSON summary; exit status 1 on any violation.
 """
 
@@ -18,19 +19,25 @@ import random
 import sys
 import time
 
+from jumping.core.policy import Policy
 from jumping.testing.invariants import InvariantChecker
 from jumping.testing.sim import SimNet
+
+SHORT_KEYS = Policy(rekey_after_s=15, key_expiry_grace_s=5, nat_keepalive_s=5)
 
 
 def run_seed(seed: int, transitions: int) -> tuple[int, int, list[str], float]:
     r = random.Random(seed)
-    net = SimNet(seed=seed, links=2)
+    # every other seed with short-lived keys, so that quiet sessions' keys expire and
+    # their first packet after idle rekeys within the run
+    policy = SHORT_KEYS if seed % 2 else None
+    net = SimNet(seed=seed, links=2, policy=policy)
     net.checker = checker = InvariantChecker(net.policy)
     net.echo = True
     net.start()
     while checker.transitions < transitions and not checker.violations:
         net.run_for(r.uniform(0.2, 3.0))
-        f = r.randrange(6)
+        f = r.randrange(7)
         i = r.randrange(2)
         if f == 0:
             net.links[i].up = False
@@ -42,9 +49,11 @@ def run_seed(seed: int, transitions: int) -> tuple[int, int, list[str], float]:
             net.rebind(i)
         elif f == 4:
             net.traffic(until=net.now + r.uniform(0.2, 2.0), interval=0.05)
-        else:
+        elif f == 5:
             for link in net.links:
                 link.up, link.loss = True, 0.0
+        else:
+            net.run_for(r.uniform(5.0, 60.0))  # an idle gap: the session goes quiet
     return checker.transitions, checker.switches, checker.violations, net.now
 
 

@@ -88,13 +88,46 @@ def test_replayed_and_tampered_packets_are_counted_drops() -> None:
     assert g.fsm.state is State.ATTACHED and g.fsm.state_version == version
 
 
-def test_idle_session_stays_attached_on_heartbeats() -> None:
+def test_idle_session_is_quiet_but_for_the_client_nat_keepalive() -> None:
     net = attached()
-    net.run_for(30)
+    net.run_for(5)  # the handshake's heartbeats are over by idle_after_ms
+    link = net.links[0]
+    up0, gw_sent0 = (
+        link.delivered,
+        net.gateway.sessions and next(iter(net.gateway.sessions.values())).tx_packets,
+    )
+    net.run_for(100)
     assert net.states() == ("ATTACHED", "ATTACHED")
-    assert reasons(net, "client") == ["HANDSHAKE_OK"]
-    # ~2 keepalives per second each way
-    assert 40 <= net.links[0].delivered <= 200
+    assert reasons(net, "client") == ["HANDSHAKE_OK"] and reasons(net, "gateway") == [
+        "HANDSHAKE_OK"
+    ]
+    g = next(iter(net.gateway.sessions.values()))
+    # 100 s idle: one keepalive every nat_keepalive_s (25 s), client -> gateway, unanswered
+    assert link.delivered - up0 == 4, link.delivered - up0
+    assert g.tx_packets == gw_sent0
+    assert net.client.counters["nat_keepalives"] == 4
+    # and it started no probe timeout: no probe, no suspicion
+    assert net.client.counters["pto_suspect"] == 0 and net.client.counters["ack_probes"] == 0
+
+
+def test_quiet_session_detects_a_dead_path_from_its_first_packet_after_idle() -> None:
+    net = SimNet(seed=3, links=2)
+    net.echo = True
+    net.start()
+    net.run_for(40)  # idle, quiet
+    c = net.client.session
+    assert c is not None and c.quiet
+    dead = 0 if c.path is net.links[0].client_side else 1
+    net.links[dead].up = False
+    t0 = net.now
+    net.traffic(until=net.now + 3.0, interval=0.01)
+    net.run_for(3.0)
+    assert c.path is net.links[1 - dead].client_side
+    details = [e.fields.get("detail") for e in net.events("client", "SESSION_STATE_CHANGE")
+               if e.reason_code == "TRANSPORT_DEAD"]  # fmt: skip
+    assert details == ["probe_timeout"]
+    first_back = min(t for t in net.delivered["client"] if t > t0)
+    assert first_back - t0 < 0.5
 
 
 def test_rekey_keeps_identity_and_bounds_keypairs() -> None:
@@ -102,6 +135,7 @@ def test_rekey_keeps_identity_and_bounds_keypairs() -> None:
     net = attached(policy=policy)
     sid = net.client.session.session_id  # type: ignore[union-attr]
     first = net.client.session.current  # type: ignore[union-attr]
+    net.traffic(until=net.now + 35, interval=0.1)  # keys rotate while traffic flows
     net.run_for(35)
     s = net.client.session
     assert s is not None and s.session_id == sid
@@ -114,12 +148,53 @@ def test_rekey_keeps_identity_and_bounds_keypairs() -> None:
     assert net.log["gateway"].tun[-1] == UP
 
 
+def test_idle_session_does_not_rekey_its_keys_expire_and_the_next_packet_rekeys() -> None:
+    policy = Policy.from_mapping({"rekey_after_s": 10, "key_expiry_grace_s": 5,
+                                  "nat_keepalive_s": 4})  # fmt: skip
+    net = attached(policy=policy)
+    c = net.client.session
+    g = next(iter(net.gateway.sessions.values()))
+    assert c is not None
+    sid, first = c.session_id, c.current
+    net.run_for(40)
+    assert net.client.counters["rekeys"] == 0 and net.gateway.counters["handshakes_answered"] == 1
+    # wiped on both ends at rekey_after_s + key_expiry_grace_s
+    assert c.current is None and g.current is None and first is not None
+    assert first.send_aead is None and g.previous is not None and g.previous.recv_aead is None
+    # the keepalives after that are refused before decryption, counted
+    assert net.gateway.drops["KEY_EXPIRED"] >= 4 and net.gateway.drops["AUTH_FAILED"] == 0
+    net.send_inner("client", UP)
+    net.run_for(0.2)
+    assert net.log["gateway"].tun[-1] == UP  # queued, sent under the new keys
+    assert c.session_id == sid == g.session_id and c.current is not None
+    assert net.client.counters["rekeys"] == 1 and net.gateway.counters["rekeys"] == 1
+    assert reasons(net, "client") == ["HANDSHAKE_OK"] and reasons(net, "gateway") == [
+        "HANDSHAKE_OK"
+    ]
+    net.send_inner("gateway", DOWN)
+    net.run_for(0.1)
+    assert net.log["client"].tun[-1] == DOWN
+
+
+def test_session_stats_only_for_sessions_that_moved_bytes() -> None:
+    net = attached(stats_interval_s=10.0, stats_idle_interval_s=600.0)
+    net.traffic(until=net.now + 25, interval=0.5)
+    net.run_for(25)
+    busy = len(net.events("gateway", "SESSION_STATS"))
+    assert 2 <= busy <= 3
+    net.run_for(300)  # idle: one final record for the tail of the traffic, then nothing
+    assert len(net.events("gateway", "SESSION_STATS")) <= busy + 1
+    net.run_for(600)  # ... until the slow cadence
+    assert len(net.events("gateway", "SESSION_STATS")) >= busy + 1
+
+
 def test_blackhole_then_restore_reattaches_same_session() -> None:
     net = attached()
     sid = net.client.session.session_id  # type: ignore[union-attr]
     net.links[0].up = False
     net.run_for(4.0)
-    assert net.states() == ("RECOVERING", "RECOVERING")
+    # the gateway sent nothing that expected an answer: it has nothing to judge
+    assert net.states() == ("RECOVERING", "ATTACHED")
     net.links[0].up = True
     net.run_for(1.0)
     assert net.states() == ("ATTACHED", "ATTACHED")
@@ -128,13 +203,29 @@ def test_blackhole_then_restore_reattaches_same_session() -> None:
     assert got[0] == "HANDSHAKE_OK" and got[2:] == ["TRANSPORT_DEAD", "REATTACH_OK"], got
     # lost heartbeat probes or silence, whichever the detector saw first
     assert got[1] in ("LOSS_THRESHOLD_EXCEEDED", "CONSECUTIVE_DROPS_EXCEEDED", "HEARTBEAT_TIMEOUT")
-    assert reasons(net, "gateway")[-1] == "REATTACH_OK"
+    assert reasons(net, "gateway") == ["HANDSHAKE_OK"]
+
+
+def test_gateway_with_unanswered_data_asks_the_client_then_judges_the_silence() -> None:
+    net = attached()
+    net.run_for(10)  # quiet
+    lost = net.gateway.seal(net.now, DOWN)  # sealed and sent, lost on the way
+    net.apply("gateway", [o for o in lost if not isinstance(o, Send)])
+    net.run_for(5)
+    assert net.states() == ("ATTACHED", "ATTACHED")  # the client echoed the gateway's probe
+    assert net.gateway.counters["silence_probes"] >= 1
+    net.links[0].up = False
+    net.send_inner("gateway", DOWN)
+    net.run_for(3.5)
+    assert net.states()[1] == "RECOVERING"
+    assert reasons(net, "gateway")[-2:] == ["HEARTBEAT_TIMEOUT", "TRANSPORT_DEAD"]
 
 
 def test_recovery_window_bounds_recovering_then_new_session_is_explicit() -> None:
     net = attached()
     old = net.client.session.session_id  # type: ignore[union-attr]
     net.links[0].up = False
+    net.send_inner("gateway", DOWN)  # the gateway has something unanswered to judge
     net.run_for(15)
     assert "RECOVERY_WINDOW_EXCEEDED" in reasons(net, "client")
     assert "RECOVERY_WINDOW_EXCEEDED" in reasons(net, "gateway")

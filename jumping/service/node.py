@@ -53,6 +53,7 @@ from jumping.interfaces import (
 from jumping.keys import event_keys, load_private_key, load_psk
 from jumping.service import mtu
 from jumping.service.events import EventPipeline
+from jumping.service.granularity import TimerLateness
 from jumping.service.tun import TunDevice
 
 log = Logger()
@@ -85,6 +86,7 @@ class NodeService(service.Service):
         self.events: EventPipeline | None = None
         self._timer: Any = None
         self._timer_at = float("inf")
+        self.timer_lateness = TimerLateness()
         self.tun_drops = 0
         self.tun_write_errors = 0
         self.metrics: Any = None
@@ -404,10 +406,14 @@ class NodeService(service.Service):
         self._timer = self.reactor.callLater(max(0.0, at - self.reactor.seconds()), self._fire)
 
     def _fire(self) -> None:
+        now = self.reactor.seconds()
+        late = now - self._timer_at
         self._timer = None
         self._timer_at = float("inf")
         if self.core is not None:
-            self._run(self.core.tick(self.reactor.seconds()))
+            # the probe timeout's floor follows how late this host's timers really fire
+            self.core.timer_granularity = self.timer_lateness.observe(late)
+            self._run(self.core.tick(now))
 
     # ------------------------------------------------------------------ ownership
     def _claim(self, c: Claim) -> None:

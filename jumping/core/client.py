@@ -26,6 +26,8 @@ _BOUND = (State.ATTACHED, State.VOLATILE, State.DEGRADED, State.RECOVERING)
 _ATTACHED = State.ATTACHED
 #: probe body: id, then zero padding so probes and replies have one fixed size
 _PROBE = struct.Struct("<I28s")
+#: data this recent (seconds) on the active path: its probes queued behind it
+LOADED_WITHIN = 0.05
 
 
 class ClientCore(NodeCore):
@@ -732,7 +734,9 @@ class ClientCore(NodeCore):
         if kind == ctl.PROBE_REPLY:
             st = self.stats.get(path)
             if st is not None and len(body) >= 4:
-                st.probe_reply(now, _PROBE.unpack_from(body)[0])
+                # a probe on the active path of a busy session queued behind its data
+                loaded = path is s.path and now - s.last_data < LOADED_WITHIN
+                st.probe_reply(now, _PROBE.unpack_from(body)[0], loaded)
                 self._probe_answered(now, s, path, st)
         elif kind == ctl.REATTACH_ACK:
             if s.fsm.state is State.RECOVERING and path is s.path:

@@ -35,6 +35,8 @@ class PathStats:
         "rttvar",
         "min_rtt",
         "min_rtt_at",
+        "next_min_rtt",
+        "next_min_at",
         "samples",
         "ring_sent",
         "ring_state",
@@ -54,6 +56,8 @@ class PathStats:
         self.rttvar = 0.0
         self.min_rtt: float | None = None
         self.min_rtt_at = 0.0
+        self.next_min_rtt: float | None = None  # best recent unloaded sample ...
+        self.next_min_at = 0.0  # ... and when it was taken
         self.samples = 0
         self.ring_sent = [0.0] * RING
         self.ring_state = [ACKED] * RING  # per probe: IN_FLIGHT, ACKED or LOST
@@ -87,8 +91,13 @@ class PathStats:
             self.ring_state[entry[1]] = LOST
         self.consecutive_lost += 1
 
-    def probe_reply(self, now: float, probe_id: int) -> float | None:
-        """Record an authenticated reply; returns the RTT sample (s) or None if unknown."""
+    def probe_reply(self, now: float, probe_id: int, loaded: bool = False) -> float | None:
+        """Record an authenticated reply; returns the RTT sample (s) or None if unknown.
+
+        ``loaded``: the probe travelled with the session's own data (the active path of a
+        busy session), so it queued behind it at both ends: the sample feeds the smoothed
+        RTT (the probe timeout must cover that queue) but says nothing about the path's
+        propagation delay, so it never replaces the minimum RTT that selection compares."""
         entry = self.outstanding.pop(probe_id, None)
         self.last_rx = now
         if entry is None:
@@ -103,10 +112,25 @@ class PathStats:
         else:
             self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
             self.srtt = 0.875 * self.srtt + 0.125 * rtt
-        if self.min_rtt is None or rtt <= self.min_rtt or now - self.min_rtt_at > MIN_RTT_WINDOW:
-            self.min_rtt, self.min_rtt_at = rtt, now
+        self._min_rtt_sample(now, rtt, loaded)
         self.samples += 1
         return rtt
+
+    def _min_rtt_sample(self, now: float, rtt: float, loaded: bool) -> None:
+        """Windowed minimum: the best sample of the last MIN_RTT_WINDOW. When the window
+        ends, the best *unloaded* sample seen during it takes over (never whatever sample
+        happens to arrive then: under a long transfer that is a queue, not the path)."""
+        if self.min_rtt is None or rtt <= self.min_rtt:
+            self.min_rtt, self.min_rtt_at, self.next_min_rtt = rtt, now, None
+            return
+        if loaded:
+            return
+        nxt = self.next_min_rtt
+        if nxt is None or rtt <= nxt or now - self.next_min_at > MIN_RTT_WINDOW / 2:
+            self.next_min_rtt, self.next_min_at = rtt, now  # best of the recent half window
+        if now - self.min_rtt_at > MIN_RTT_WINDOW:
+            self.min_rtt, self.min_rtt_at = self.next_min_rtt, self.next_min_at
+            self.next_min_rtt = None
 
     def fresh_start(self) -> None:
         """The session was (re)bound to this path: judge it on what happens from now on."""

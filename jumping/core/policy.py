@@ -30,7 +30,7 @@ class Policy:
     loss_volatile_threshold: float = 0.20
     max_consecutive_drops: int = 3
     dead_after_ms: int = 3000
-    probe_timeout_floor_ms: int = 50
+    probe_timeout_floor_ms: int = 15
     probe_timeout_multiplier: float = 3.0
     volatile_to_degraded_ms: int = 4000
     max_switches_per_min: int = 8

@@ -55,6 +55,10 @@ class Link:
     up: bool = True
     delivered: int = 0
     lost: int = 0
+    #: packets per second each way (0 = unlimited): above it packets queue, so a busy
+    #: link's round trip includes the queue its own traffic builds
+    rate: float = 0.0
+    busy_until: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -138,8 +142,12 @@ class SimNet:
                     continue
                 link.delivered += 1
                 far = link.gateway_side if dest == "gateway" else link.client_side
+                depart = self.now
+                if link.rate:
+                    depart = max(depart, link.busy_until.get(dest, 0.0)) + 1.0 / link.rate
+                    link.busy_until[dest] = depart
                 heapq.heappush(
-                    self._queue, (self.now + link.delay, next(self._seq), dest, far, out.data)
+                    self._queue, (depart + link.delay, next(self._seq), dest, far, out.data)
                 )
             elif isinstance(out, WriteTun):
                 log.tun.append(out.data)
@@ -188,6 +196,17 @@ class SimNet:
             self.send_inner("client", PROBE_PACKET)
             if self.now + interval < until:
                 self.call_at(self.now + interval, send)
+
+        self.call_at(self.now, send)
+
+    def bulk(self, until: float, burst: int = 50, every: float = 0.05) -> None:
+        """A bulk transfer's shape: ``burst`` packets at once every ``every`` seconds."""
+
+        def send() -> None:
+            for _ in range(burst):
+                self.send_inner("client", PROBE_PACKET)
+            if self.now + every < until:
+                self.call_at(self.now + every, send)
 
         self.call_at(self.now, send)
 

@@ -139,3 +139,25 @@ def test_5_replay_flood_is_counted_and_aggregated() -> None:
     ]
     assert len(sec) == 1 and sec[0].fields["count"] == 200 * 50
     clean(net)
+
+
+def test_identical_paths_hold_still_under_bulk_traffic() -> None:
+    """Two identical links of 1000 packets/s; a transfer that fills the active one in
+    bursts (its probes queue behind the data, up to ~50 ms) for longer than the min-RTT
+    window, then idle: the session never leaves the busy path for its idle twin."""
+    net = SimNet(seed=11, links=2)
+    for link in net.links:
+        link.delay, link.rate = 0.001, 1000.0
+    net.checker = InvariantChecker(net.policy)
+    net.echo = True
+    net.start()
+    net.run_for(3.0)
+    net.bulk(until=net.now + 30.0)
+    net.run_for(40.0)
+    assert [e.fields for e in events(net, "client", "TRANSPORT_SWITCH")] == []
+    assert "POLICY_FORCED_RECOVERY" not in [
+        e.reason_code for e in events(net, "client", "SESSION_STATE_CHANGE")
+    ]
+    c = net.client.session
+    assert c is not None and net.client.stats[c.path].min_rtt < 0.005  # the path, not a queue
+    clean(net)

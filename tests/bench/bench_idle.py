@@ -50,16 +50,15 @@ def generator(args: argparse.Namespace) -> int:
     from jumping.core.client import ClientCore
     from jumping.core.outputs import ArmTimer, Send
     from jumping.core.policy import Policy
-    from jumping.testing.sim import ipv4
-
     from jumping.keys import decode_key
+    from jumping.testing.sim import ipv4
 
     gw_pub = decode_key(Path(args.gateway_pub).read_text())
     keys = [bytes.fromhex(k) for k in Path(args.client_keys).read_text().split()]
     clock: Any = reactor
     attached = [0]
 
-    class Path_(protocol.DatagramProtocol):
+    class UDPPath(protocol.DatagramProtocol):
         transport_id = "udp"
         kind = "udp"
         connected = True
@@ -100,7 +99,7 @@ def generator(args: argparse.Namespace) -> int:
 
     policy = Policy()
     for n, key in enumerate(keys):
-        p = Path_()
+        p = UDPPath()
         p.n = n  # type: ignore[attr-defined]
         reactor.listenUDP(0, p, interface="127.0.0.1")
         p.core = ClientCore(

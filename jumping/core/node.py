@@ -794,20 +794,20 @@ class NodeCore:
             self._went_quiet(now, s)
 
     def _expired_stats(self, now: float, s: Session) -> None:
-        moved = s.rx_bytes + s.tx_bytes
+        moved = s.last_data > s.stats_at  # data, not keepalives, since the last record
         slow = now - s.stats_at >= self.stats_idle_interval - _EPS
         if s.fsm.state in _BOUND and (
-            (moved != s.stats_bytes and now - s.stats_at >= self.stats_interval - _EPS) or slow
+            (moved and now - s.stats_at >= self.stats_interval - _EPS) or slow
         ):
             s.stats_at = now
-            s.stats_bytes = moved
+            moved = False
             self._emit(
                 "SESSION_STATS", s, None, bytes_in=s.rx_bytes, bytes_out=s.tx_bytes,
                 packets_in=s.rx_packets, packets_out=s.tx_packets,
                 transport_id=getattr(s.path, "transport_id", None),
                 **self._stats_fields(now, s),
             )  # fmt: skip
-        if s.quiet and moved == s.stats_bytes:
+        if s.quiet and not moved:
             self._arm(s, T.STATS, s.stats_at + self.stats_idle_interval)
         else:
             self._arm(s, T.STATS, max(now, s.stats_at) + self.stats_interval)

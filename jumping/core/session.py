@@ -107,7 +107,6 @@ class Session:
         "timers",
         "last_data",
         "quiet",
-        "stats_bytes",
         "handshake",
         "handshake_started",
         "handshake_attempts",
@@ -151,7 +150,6 @@ class Session:
         self.timers = [0.0] * TIMER_COUNT
         self.last_data = now  # last DATA packet either way: traffic flows while it is recent
         self.quiet = False  # no traffic for idle_after_ms: no heartbeat, no probe
-        self.stats_bytes = 0  # rx + tx bytes at the last SESSION_STATS
         self.handshake: Any = None
         self.handshake_started = 0.0
         self.handshake_attempts = 0

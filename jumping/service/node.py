@@ -94,7 +94,8 @@ class NodeService(service.Service):
         self._endpoint_of: dict[Any, tuple[Any, Any]] = {}
         self.policy_rejections = 0
         self._owner_watches: dict[str, Any] = {}  # session id -> the backend's watch
-        self.mtu = config.tun.mtu
+        #: the tunnel MTU (set in prepare from [tun] and the transports; 0: not prepared)
+        self.mtu = config.tun.mtu if config is not None else 0
         #: client paths refused as candidates: they carry less than the tunnel MTU needs
         self.paths_refused_mtu = 0
         #: TUN packets read in the current wake-up, sealed together at its end

@@ -13,6 +13,14 @@ J_GIF=jbg0
 J_PY=${JUMPING_PYTHON:-python3}
 VPN_PIDS=()
 J_DIR=
+# JUMPING_TRANSPORTS="udp" (default), "quic", "udp quic", "udp tcp"...: the client's endpoints
+# (every gateway address, each transport in this order); the gateway listens on each (udp and
+# tcp on the Jumping port, quic on JUMPING_QUIC_PORT with a certificate from jumpctl tls-cert,
+# pinned by the client). JUMPING_QUIC_OPTIONS adds lines to the quic options of both ends,
+# JUMPING_MTU sets [tun] mtu on both (unset: chosen by the node, 1410 with a quic transport).
+
+J_QUIC_PORT=${JUMPING_QUIC_PORT:-443}
+J_PYTHONPATH=$JUMPING_ROOT:$JUMPING_ROOT/plugins/jumping-quic
 
 vpn_check() { need_cmds "$J_PY" ip; "$J_PY" -c "import twisted, nacl, cryptography" || die "python deps missing (bash $JUMPING_ROOT/deploy/setup.sh --runtime)"; }
 vpn_version() { (cd "$JUMPING_ROOT" && echo "jumping-$(git rev-parse --short HEAD 2>/dev/null || echo src)"); }
@@ -25,19 +33,44 @@ vpn_start() {
   CLEANUP_HOOKS+=(j_rm_dir)
   PYTHONPATH=$JUMPING_ROOT "$J_PY" -m jumping.cli keygen --out "$J_DIR/c.key" >/dev/null 2>&1
   PYTHONPATH=$JUMPING_ROOT "$J_PY" -m jumping.cli keygen --out "$J_DIR/g.key" >/dev/null 2>&1
+  PYTHONPATH=$JUMPING_ROOT "$J_PY" -m jumping.cli tls-cert --out "$J_DIR/gw-tls" --name gw.bench \
+    >"$J_DIR/gw-tls.pin" 2>/dev/null
 }
 j_rm_dir() { [[ -n $J_DIR ]] && rm -rf "$J_DIR"; J_DIR=; }
 
 # Candidates: the endpoint we are told, then every gateway address of the topology (a
 # Jumping client is configured with all its gateway's addresses; it picks and jumps itself).
 j_endpoints() {
-  local ep=$1 seen=" " a
-  for a in "$ep" "$A_G" "$B_G"; do
+  local ep=$1 seen=" " a addrs=("$1" "$A_G" "$B_G")
+  # JUMPING_ENDPOINTS=one: only the endpoint address we are told (one path, several transports)
+  [[ ${JUMPING_ENDPOINTS:-all} == one ]] && addrs=("$1")
+  for a in "${addrs[@]}"; do
     [[ $seen == *" $a "* ]] && continue
     seen+="$a "
-    printf '[[gateway.endpoints]]\ntransport = "udp"\nhost = "%s"\nport = %s\n' "$a" "$VPN_PORT"
+    for t in ${JUMPING_TRANSPORTS:-udp}; do
+      if [[ $t == quic ]]; then
+        printf '[[gateway.endpoints]]\ntransport = "quic"\nhost = "%s"\nport = %s\n' "$a" "$J_QUIC_PORT"
+        printf '[gateway.endpoints.options]\npin_sha256 = "%s"\n%s\n' "$(cat "$J_DIR/gw-tls.pin")" "${JUMPING_QUIC_OPTIONS:-}"
+      else
+        printf '[[gateway.endpoints]]\ntransport = "%s"\nhost = "%s"\nport = %s\n' "$t" "$a" "$VPN_PORT"
+      fi
+    done
   done
 }
+
+j_listens() {
+  local t
+  for t in ${JUMPING_TRANSPORTS:-udp}; do
+    if [[ $t == quic ]]; then
+      printf '[[listen]]\ntransport = "quic"\nhost = "0.0.0.0"\nport = %s\n' "$J_QUIC_PORT"
+      printf '[listen.options]\ncertificate_file = "gw-tls.crt"\nprivate_key_file = "gw-tls.key"\n%s\n' "${JUMPING_QUIC_OPTIONS:-}"
+    else
+      printf '[[listen]]\ntransport = "%s"\nhost = "0.0.0.0"\nport = %s\n' "$t" "$VPN_PORT"
+    fi
+  done
+}
+
+j_mtu() { [[ -n ${JUMPING_MTU:-} ]] && echo "mtu = $JUMPING_MTU"; return 0; }
 
 # JUMPING_POLICY="probe_timeout_multiplier = 2; heartbeat_interval_ms = 250" overrides policy
 # values on both daemons (defaults: docs/protocol.md#policy); empty = defaults.
@@ -59,10 +92,8 @@ private_key = "g.key"
 name = "$J_GIF"
 address = "$IN_G/$IN_PREFIX"
 offload = ${JUMPING_OFFLOAD:-true}
-[[listen]]
-transport = "udp"
-host = "0.0.0.0"
-port = $VPN_PORT
+$(j_mtu)
+$(j_listens)
 [[peers]]
 public_key = "$(cat "$J_DIR/c.pub")"
 allowed_ips = ["$IN_C/32"]
@@ -80,6 +111,7 @@ private_key = "c.key"
 name = "$J_CIF"
 address = "$IN_C/$IN_PREFIX"
 offload = ${JUMPING_OFFLOAD:-true}
+$(j_mtu)
 routes = ["$S_NET"]
 [gateway]
 public_key = "$(cat "$J_DIR/g.pub")"
@@ -90,10 +122,12 @@ path = "$d/jumping-client-events.jsonl"
 $(j_policy)
 T
   rm -f "$d/jumping-client-events.jsonl" "$d/jumping-gateway-events.jsonl"
-  bg_ns $NS_G "$d/jumping-gateway.log" env PYTHONPATH="$JUMPING_ROOT" "$(j_twistd)" -n --pidfile= --logfile=- jumping gateway --config "$J_DIR/g.toml"
+  bg_ns $NS_G "$d/jumping-gateway.log" env PYTHONPATH="$J_PYTHONPATH" "$(j_twistd)" -n --pidfile= --logfile=- jumping gateway --config "$J_DIR/g.toml"
   VPN_PIDS+=("$LAST_PID")
-  wait_listen $NS_G "$VPN_PORT" 10 u || die "jumping gateway did not listen (see $d/jumping-gateway.log)"
-  bg_ns $NS_C "$d/jumping-client.log" env PYTHONPATH="$JUMPING_ROOT" "$(j_twistd)" -n --pidfile= --logfile=- jumping client --config "$J_DIR/c.toml"
+  local lport=$VPN_PORT
+  [[ " ${JUMPING_TRANSPORTS:-udp} " == *" udp "* ]] || lport=$J_QUIC_PORT
+  wait_listen $NS_G "$lport" 10 u || die "jumping gateway did not listen (see $d/jumping-gateway.log)"
+  bg_ns $NS_C "$d/jumping-client.log" env PYTHONPATH="$J_PYTHONPATH" "$(j_twistd)" -n --pidfile= --logfile=- jumping client --config "$J_DIR/c.toml"
   # client first in VPN_PIDS, as the harness expects
   VPN_PIDS=("$LAST_PID" "${VPN_PIDS[@]}")
   for ((i = 0; i < 500; i++)); do
@@ -117,7 +151,7 @@ vpn_rehandshake() {  # restart the client: a brand-new session on the next packe
   local d=${RUN_DIR:-/tmp} i
   stop_pid "${VPN_PIDS[0]}"
   rm -f "$d/jumping-client-events.jsonl"
-  bg_ns $NS_C "$d/jumping-client.log" env PYTHONPATH="$JUMPING_ROOT" "$(j_twistd)" -n --pidfile= --logfile=- jumping client --config "$J_DIR/c.toml"
+  bg_ns $NS_C "$d/jumping-client.log" env PYTHONPATH="$J_PYTHONPATH" "$(j_twistd)" -n --pidfile= --logfile=- jumping client --config "$J_DIR/c.toml"
   VPN_PIDS[0]=$LAST_PID
 }
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nodes import Pair, events
+from nodes import Pair, events, node_env
 
 from jumping import audit, cli
 from jumping.testing.netns import Topology
@@ -239,3 +239,62 @@ def test_c_quic_blackholed_jumps_to_tcp(topo: Any, tmp_path: Path) -> None:
     finally:
         pair.stop()
         _audit(pair)
+
+
+class DaemonPair(Pair):
+    """The same nodes, daemonized by twistd (no -n): it forks into the background after
+    makeService, so everything the QUIC paths started must survive the fork."""
+
+    def cmd(self, role: str, conf: Path) -> list[str]:
+        cmd = super().cmd(role, conf)
+        cmd.remove("-n")
+        cmd[cmd.index("--pidfile=")] = f"--pidfile={self.tmp / (role + '.pid')}"
+        return cmd
+
+    def stop(self) -> None:
+        import signal
+
+        for role in ("client", "gateway"):
+            pidfile = self.tmp / f"{role}.pid"
+            if not pidfile.exists():
+                continue
+            pid = int(pidfile.read_text().strip())
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.05)
+            else:
+                os.kill(pid, signal.SIGKILL)
+        super().stop()
+
+
+def test_d_daemonized_nodes_come_up_over_quic(topo: Any, tmp_path: Path) -> None:
+    """Only UDP/443 is open, so a tunnel that passes pings runs over QUIC. (Told by pings,
+    not events: the event sinks' own behaviour across the fork is not this test's.)"""
+    t, cns, gns = topo
+    nft(t, cns, only_udp_443("ca"))
+    pair = quic_pair(t, tmp_path, cns, gns, ("udp",))
+    pair.__class__ = DaemonPair
+    env = node_env()
+    try:
+        t.popen(gns, *pair.cmd("gateway", pair.gw_conf), env=env, log=tmp_path / "gateway.out")
+        pair._wait_log("gateway", 30)
+        t.popen(cns, *pair.cmd("client", pair.c_conf), env=env, log=tmp_path / "client.out")
+
+        def pings() -> bool:
+            r = t.run(cns, "ping", "-c", "1", "-W", "1", "10.99.0.1", check=False)
+            return r.returncode == 0
+
+        wait(pings, "a ping through the daemonized tunnel", pair, 30)
+        r = t.run(cns, "ping", "-c", "5", "-i", "0.1", "-W", "1", "10.99.0.1", check=False)
+        assert " 0% packet loss" in r.stdout, r.stdout + pair.diagnostics()
+        assert (tmp_path / "client.pid").exists() and (tmp_path / "gateway.pid").exists()
+    finally:
+        pair.stop()

@@ -384,3 +384,22 @@ def test_a_path_left_for_silence_is_not_chosen_again_until_it_answers(seed: int)
     net.links[0].up = True  # it answers probes again: a candidate like any other
     net.run_for(5.0)
     assert net.states() == ("ATTACHED", "ATTACHED")
+
+
+def test_a_policy_reload_re_arms_every_timer_for_the_new_values() -> None:
+    net = attached()
+    net.run_for(10)  # quiet: only far-off timers are armed
+    shorter = Policy.from_mapping({"version": "2", "session_max_lifetime_s": 5})
+    for side in ("client", "gateway"):
+        net.apply(side, net.core(side).set_policy(net.now, shorter))
+    net.run_for(0.1)
+    assert "SESSION_LIFETIME_EXCEEDED" in reasons(net, "client")
+    assert "SESSION_LIFETIME_EXCEEDED" in reasons(net, "gateway")
+
+
+def test_every_named_timer_has_its_handler_on_both_cores() -> None:
+    from jumping.core.timers import HANDLERS
+
+    net = attached()
+    for core in (net.client, net.gateway):
+        assert all(callable(getattr(core, name)) for name in HANDLERS)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # No false failovers: Jumping on the peer harness topology (PEERS_DIR, docs/benchmarks.md)
 # with both paths up for DURATION (600) s of mixed traffic: full-rate iperf3 bursts (BURST_MIN
-# .. BURST_MAX s, 5..20, either direction) separated by idle gaps (GAP_MIN .. GAP_MAX s,
+# .. BURST_MAX s, 5..20, alternately up and down) separated by idle gaps (GAP_MIN .. GAP_MAX s,
 # 30..45), and a ping through the tunnel every 0.2 s all along. Path A is never touched, so
 # every TRANSPORT_SWITCH (either end) is a false failover.
 #   PEERS_DIR=... bash tests/bench/run-soak-failover.sh [results.jsonl]
@@ -37,8 +37,8 @@ while :; do
   t=$((${BURST_MIN:-5} + RANDOM % (${BURST_MAX:-20} - ${BURST_MIN:-5} + 1)))
   ((t < left)) || t=$((left - 1))
   rev=()
-  ((RANDOM % 2)) && rev=(-R)
   bursts=$((bursts + 1))
+  ((bursts % 2)) || rev=(-R)  # odd bursts upstream (client -> server), even ones downstream
   log "burst $bursts: ${t}s ${rev[*]:-up}, $left s left"
   nsx $NS_C iperf3 -c "$S_ADDR" -p 5201 -t "$t" -J "${rev[@]}" >"$RUN_DIR/burst-$bursts.json" 2>&1 || true
   left=$((start + duration - $(date +%s)))

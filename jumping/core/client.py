@@ -15,10 +15,11 @@ from typing import Any
 from jumping.core import wire
 from jumping.core.fsm import Reason, State
 from jumping.core.handshake import HandshakeError, Initiation, read_cookie_reply
-from jumping.core.node import _NO_SESSION, QUEUED, NodeCore, Peer, _reattach_body
+from jumping.core.node import _NO_SESSION, QUEUED, NodeCore, Peer, Pieces, _reattach_body
 from jumping.core.outputs import Drop, Output
 from jumping.core.paths import Candidate, PathStats, select
 from jumping.core.ratelimit import SwitchLimiter
+from jumping.core.segments import FEATURE_SEGMENTS as _SEGMENTS
 from jumping.core.session import Keypair, Session
 from jumping.core.timers import T
 
@@ -28,6 +29,9 @@ _ATTACHED = State.ATTACHED
 _PROBE = struct.Struct("<I28s")
 #: data this recent (seconds) on the active path: its probes queued behind it
 LOADED_WITHIN = 0.05
+#: feature announcements per set of keys, at most (the gateway answers the first it gets)
+FEATURE_ANNOUNCEMENTS = 4
+FEATURE_RETRY_S = 0.5
 
 
 class ClientCore(NodeCore):
@@ -197,8 +201,11 @@ class ClientCore(NodeCore):
             self._transition(now, s, Reason.HANDSHAKE_OK)
         else:
             self.counters["rekeys"] += 1
-        # Confirm the keys at once (the gateway switches on our first packet).
-        self._control(now, s, wire.Control.KEEPALIVE)
+        # Confirm the keys at once (the gateway switches on our first packet), announcing
+        # our features: the gateway may be another one, or another build, than before.
+        s.peer_features = None
+        s.features_sent = 0
+        self._announce(now, s)
         if self.queue:
             s.last_data = now
             if s.quiet:
@@ -251,10 +258,35 @@ class ClientCore(NodeCore):
         data = kp.seal(kp.data_prefix, packet)
         if data is None:
             return self._count("COUNTER_EXHAUSTED")
-        s.last_tx = now
-        s.last_data = now
         s.tx_bytes += len(data)
         s.tx_packets += 1
+        self._sent(now, s, kp)
+        return s.path, data
+
+    def accepts_segments(self, packet: bytes) -> bool:
+        s = self.session
+        return (
+            s is not None and s.current is not None and s.path is not None
+            and bool((s.peer_features or 0) & _SEGMENTS)
+        )  # fmt: skip
+
+    def _seal_pieces(self, now: float, item: Pieces) -> tuple[Any, list[bytes]] | Drop:
+        packet, hl, gso_size = item
+        s = self.session
+        kp = s.current if s is not None else None
+        if kp is None or s is None or s.path is None:
+            return self._count("NO_SESSION_KEYS")
+        datagrams = kp.seal_pieces(packet, hl, gso_size)
+        if datagrams is None:
+            return self._count("COUNTER_EXHAUSTED")
+        s.tx_bytes += len(packet) + len(datagrams) * (wire.OVERHEAD + hl) - hl
+        s.tx_packets += len(datagrams)
+        self._sent(now, s, kp)
+        return s.path, datagrams
+
+    def _sent(self, now: float, s: Session, kp: Keypair) -> None:
+        s.last_tx = now
+        s.last_data = now
         if s.quiet:
             self._wake(now, s)
         if s.first_unacked <= s.last_rx:
@@ -262,7 +294,20 @@ class ClientCore(NodeCore):
             self._expect_answer(now, s)
         if kp.send_counter >= self.policy.rekey_after_messages:
             self._arm_by(s, T.REKEY, now)
-        return s.path, data
+
+    def _announce(self, now: float, s: Session) -> None:
+        """KEEPALIVE with our revision and features (the gateway answers in kind; a
+        revision-1 gateway ignores the body, so DATA_SEGMENT is never sent to it)."""
+        s.features_sent += 1
+        s.features_at = now
+        self._control(now, s, wire.Control.KEEPALIVE, self._features_body())
+        if s.features_sent < FEATURE_ANNOUNCEMENTS:
+            self._arm(s, T.FEATURES, now + FEATURE_RETRY_S)
+
+    def _expired_features(self, now: float, s: Session) -> None:
+        """The announcement (or its answer) was lost, or the gateway is revision 1."""
+        if s.peer_features is None and s.current is not None and s.path is not None:
+            self._announce(now, s)
 
     # timers (jumping/core/timers.py) ---------------------------------------------
     def _expect_answer(self, now: float, s: Session) -> None:

@@ -19,11 +19,13 @@ from jumping.core.node import (
     _REATTACH,
     NodeCore,
     Peer,
+    Pieces,
     address_bytes,
     destination,
 )
 from jumping.core.outputs import Adopt, Claim, Drop, Output, Release
 from jumping.core.ratelimit import GlobalBucket, SwitchLimiter
+from jumping.core.segments import FEATURE_SEGMENTS as _SEGMENTS
 from jumping.core.session import Keypair, Session
 from jumping.core.timers import T
 
@@ -100,15 +102,45 @@ class GatewayCore(NodeCore):
         data = kp.seal(kp.data_prefix, packet)
         if data is None:
             return self._count("COUNTER_EXHAUSTED")
-        s.last_tx = now
-        s.last_data = now
         s.tx_bytes += len(data)
         s.tx_packets += 1
+        self._sent(now, s)
+        return s.path, data
+
+    def _sent(self, now: float, s: Session) -> None:
+        s.last_tx = now
+        s.last_data = now
         if s.quiet:
             self._wake(now, s)
         if s.first_unacked <= s.last_rx:
             self._expect_answer(now, s)
-        return s.path, data
+
+    def accepts_segments(self, packet: bytes) -> bool:
+        s = self._route(packet)
+        return (
+            s is not None and s.current is not None and s.path is not None and s.owned
+            and bool((s.peer_features or 0) & _SEGMENTS)
+        )  # fmt: skip
+
+    def _seal_pieces(self, now: float, item: Pieces) -> tuple[Any, list[bytes]] | Drop:
+        packet, hl, gso_size = item
+        s = self._route(packet)
+        if s is None:
+            return self._count("NO_ROUTE")
+        kp = s.current
+        if kp is None or s.path is None or not s.owned:
+            return self._count("NO_SESSION_KEYS")
+        datagrams = kp.seal_pieces(packet, hl, gso_size)
+        if datagrams is None:
+            return self._count("COUNTER_EXHAUSTED")
+        s.tx_bytes += len(packet) + len(datagrams) * (wire.OVERHEAD + hl) - hl
+        s.tx_packets += len(datagrams)
+        self._sent(now, s)
+        return s.path, datagrams
+
+    def _on_features(self, now: float, s: Session, body: bytes, path: Any) -> None:
+        super()._on_features(now, s, body, path)
+        self._control(now, s, wire.Control.KEEPALIVE, self._features_body(), path)
 
     def _under_load(self, now: float) -> bool:
         if now - self._init_window >= 1.0:

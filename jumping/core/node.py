@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidTag
 
-from jumping.core import wire
+from jumping.core import segments, wire
 from jumping.core.fsm import Reason, State
 from jumping.core.handshake import (
     Identity,
@@ -48,6 +48,11 @@ _NONCE_PAD = bytes(4)
 _HDR = wire.TRANSPORT_HEADER
 _DATA = wire.MessageType.DATA
 _DATA_BYTE = bytes((_DATA,))
+_SEGMENT = wire.MessageType.DATA_SEGMENT
+_SEGMENT_BYTE = bytes((_SEGMENT,))
+_SEGMENTS = segments.FEATURE_SEGMENTS
+_start_run = segments.start_run
+_extend_run = segments.extend_run
 _CONTROL = wire.MessageType.CONTROL
 _PROBING = (bytes((wire.Control.PROBE,)), bytes((wire.Control.PROBE_REPLY,)))
 _ATTACHED = State.ATTACHED
@@ -79,9 +84,11 @@ QUEUED = drop("QUEUED")
 
 class Received(NamedTuple):
     """What a run of datagrams from one path produced: inner packets for the TUN device
-    (in arrival order) and every other output (sends, events, timers...)."""
+    (in arrival order: ``bytes``, or a :class:`~jumping.core.segments.SegmentRun` for
+    consecutive DATA_SEGMENT pieces of one TCP super-packet) and every other output
+    (sends, events, timers...)."""
 
-    packets: list[bytes]
+    packets: list[bytes | segments.SegmentRun]
     outputs: list[Output]
 
 
@@ -91,6 +98,11 @@ class Sealed(NamedTuple):
 
     sends: list[tuple[Any, list[bytes]]]
     outputs: list[Output]
+
+
+#: an entry of ``seal_batch`` that is a TCP/IPv4 super-packet (or one TCP packet whose
+#: checksum is pending): ``(packet, header_length, gso_size)``
+Pieces = tuple[bytes, int, int]
 
 
 #: drop reasons that are evidence of an attack, by SIEM violation type (docs/events.md)
@@ -206,6 +218,9 @@ class NodeCore:
         self.index: dict[int, Keypair] = {}
         self.sessions: dict[bytes, Session] = {}
         self.pending: list[Output] = []
+        #: feature bits this node announces (protocol revision 2): the service clears
+        #: FEATURE_SEGMENTS when its TUN device cannot take GSO writes
+        self.features = segments.FEATURE_SEGMENTS
         self._heap: list[tuple[float, int, Session]] = []
         self._running: Session | None = None  # the session whose timers are running
         self._handlers = tuple(getattr(self, name) for name in HANDLERS)
@@ -334,6 +349,9 @@ class NodeCore:
         """Any datagram from any path. Never raises; returns the outputs (the inner packet
         of a DATA message as ``WriteTun``)."""
         self._now = now
+        if data[:1] == _SEGMENT_BYTE:
+            got = self.receive_batch(now, path, (data,))
+            return [*(WriteTun(p) for p in got.packets), *got.outputs]
         r = self._receive_one(now, path, data)
         if isinstance(r, bytes):
             self.pending.append(WriteTun(r))
@@ -345,14 +363,32 @@ class NodeCore:
         """A run of datagrams from one path (one read of a socket): the core reads each
         wire type itself; DATA goes through the lean path. Never raises."""
         self._now = now
-        packets: list[bytes] = []
+        packets: list[bytes | segments.SegmentRun] = []
         append = packets.append
         open_data = self._open_data
+        run: segments.SegmentRun | None = None
         for data in datagrams:
-            if data[:1] == _DATA_BYTE:
+            kind = data[:1]
+            if kind == _DATA_BYTE:
                 r = open_data(now, path, data)
                 if type(r) is bytes:
                     append(r)
+                    run = None
+            elif kind == _SEGMENT_BYTE:
+                if not self.features & _SEGMENTS:
+                    self._count("SEGMENTS_NOT_OFFERED")
+                    continue
+                r = open_data(now, path, data)
+                if type(r) is not bytes:
+                    continue
+                chunk = data[2] | (data[3] << 8)
+                if run is not None and _extend_run(run, r, chunk):
+                    continue
+                run = _start_run(r, chunk)
+                if run is None:
+                    self._count("MALFORMED_SEGMENT")
+                else:
+                    append(run)
             else:
                 other = self._receive_one(now, path, data)
                 if type(other) is bytes:
@@ -366,7 +402,7 @@ class NodeCore:
             t = wire.message_type(data) if len(data) <= wire.MAX_DATAGRAM else None
             if t is None:
                 return self._count("MALFORMED_HEADER")
-            if t == _DATA:
+            if t == _DATA or t == _SEGMENT:
                 return self._open_data(now, path, data)
             if t == _CONTROL:
                 self._on_control(now, path, data)
@@ -384,7 +420,7 @@ class NodeCore:
             _t, v, r, idx, counter = _HDR.unpack_from(data)
         except struct.error:
             return self._count("SHORT_PACKET")
-        if v != wire.VERSION or r:
+        if v != wire.VERSION or (r and _t != _SEGMENT):
             return self._count("MALFORMED_HEADER")
         kp = self.index.get(idx)
         if kp is None:
@@ -416,7 +452,7 @@ class NodeCore:
         return kp, plain
 
     def _open_data(self, now: float, path: Any, data: bytes) -> bytes | Drop:
-        """One DATA datagram: the inner packet, or the (counted) Drop."""
+        """One DATA (or DATA_SEGMENT) datagram: the plaintext, or the (counted) Drop."""
         opened = self._open(now, path, data)
         if type(opened) is not tuple:
             return opened  # type: ignore[return-value]
@@ -448,15 +484,39 @@ class NodeCore:
             self.pending.append(Send(r[0], r[1]))
         return self.take()
 
-    def seal_batch(self, now: float, packets: Iterable[bytes]) -> Sealed:
-        """A run of TUN packets (one wake-up of the device): datagrams grouped by path."""
+    def _seal_pieces(self, now: float, item: Pieces) -> tuple[Any, list[bytes]] | Drop:
+        """A TCP/IPv4 super-packet as DATA_SEGMENT datagrams (the caller checked
+        :meth:`accepts_segments` for it in this same reactor turn)."""
+        raise NotImplementedError
+
+    def accepts_segments(self, packet: bytes) -> bool:
+        """Would the session this packet goes to take it as DATA_SEGMENT pieces (it has
+        keys and a path, and its peer announced the feature)? Else the caller cuts it into
+        complete packets itself."""
+        return False
+
+    def seal_batch(self, now: float, packets: Iterable[bytes | Pieces]) -> Sealed:
+        """A run of TUN packets (one wake-up of the device): datagrams grouped by path.
+        An entry is an IP packet, or ``(packet, header_length, gso_size)`` for a TCP/IPv4
+        super-packet the peer takes whole (:meth:`accepts_segments`)."""
         self._now = now
         sends: list[tuple[Any, list[bytes]]] = []
         run: list[bytes] = []
         run_path: Any = None
         seal_data = self._seal_data
+        seal_pieces = self._seal_pieces
         for packet in packets:
-            r = seal_data(now, packet)
+            if type(packet) is tuple:
+                many = seal_pieces(now, packet)
+                if type(many) is tuple:
+                    p = many[0]
+                    if p is not run_path:
+                        run = []
+                        run_path = p
+                        sends.append((p, run))
+                    run += many[1]
+                continue
+            r = seal_data(now, packet)  # type: ignore[arg-type]
             if type(r) is tuple:
                 p = r[0]
                 if p is not run_path:
@@ -507,6 +567,8 @@ class NodeCore:
         kind, body = plain[0], plain[1:]
         ctl = wire.Control
         if kind == ctl.KEEPALIVE:
+            if len(body) >= segments.FEATURES.size:
+                self._on_features(now, s, body, path)
             return
         if kind == ctl.PROBE:
             self._control(now, s, ctl.PROBE_REPLY, body[:64], path)
@@ -514,6 +576,15 @@ class NodeCore:
             self._peer_terminated(now, s, body)
         else:
             self._on_session_control(now, s, kind, body, path)
+
+    def _features_body(self) -> bytes:
+        return segments.FEATURES.pack(segments.REVISION, self.features)
+
+    def _on_features(self, now: float, s: Session, body: bytes, path: Any) -> None:
+        """The peer's KEEPALIVE carried ``revision:u8 | features:u32`` (revision 2 and
+        later): what both sides speak is used from now on. Subclass hook for the answer."""
+        _revision, features = segments.FEATURES.unpack_from(body)
+        s.peer_features = features & self.features
 
     def _on_session_control(
         self, now: float, s: Session, kind: int, body: bytes, path: Any
@@ -826,6 +897,9 @@ class NodeCore:
         pass
 
     def _expired_reattach(self, now: float, s: Session) -> None:
+        pass
+
+    def _expired_features(self, now: float, s: Session) -> None:
         pass
 
     def _maybe_recovered(self, now: float, s: Session) -> None:

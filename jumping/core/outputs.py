@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Union
 
+from jumping.core.segments import SegmentRun
+
 
 @dataclass(frozen=True, slots=True)
 class Send:
@@ -21,7 +23,8 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class WriteTun:
-    data: bytes
+    #: an IP packet, or consecutive pieces of one TCP super-packet (written as one GSO packet)
+    data: bytes | SegmentRun
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,9 @@ from jumping.core.timers import COUNT as TIMER_COUNT
 
 _NONCE_PAD = bytes(4)
 _QWORD = wire.TRANSPORT_HEADER
+_PACK_HEADER = wire.TRANSPORT_HEADER.pack
+_SEGMENT = wire.MessageType.DATA_SEGMENT
+_LAST = 0x8000
 
 
 class Keypair:
@@ -75,6 +78,31 @@ class Keypair:
         header = prefix + cb
         return header + aead.encrypt(_NONCE_PAD + cb, plaintext, header)
 
+    def seal_pieces(self, packet: bytes, hl: int, gso_size: int) -> list[bytes] | None:
+        """DATA_SEGMENT datagrams for a TCP/IPv4 super-packet (header length ``hl``): one
+        per ``gso_size`` piece of its payload, each behind the super-packet's header, each
+        sealed on its own. None if the keypair is wiped or its counters run out. One loop,
+        no per-segment TCP work."""
+        aead = self.send_aead
+        count = -(-(len(packet) - hl) // gso_size) or 1
+        c = self.send_counter
+        if aead is None or c + count > wire.COUNTER_LIMIT:
+            return None
+        self.send_counter = c + count
+        header = packet[:hl]
+        view = memoryview(packet)
+        encrypt = aead.encrypt
+        ri = self.remote_index
+        last = count - 1
+        out: list[bytes] = []
+        append = out.append
+        off = hl
+        for k in range(count):
+            h = _PACK_HEADER(_SEGMENT, wire.VERSION, k | _LAST if k == last else k, ri, c + k)
+            append(h + encrypt(_NONCE_PAD + h[8:], header + view[off : off + gso_size], h))
+            off += gso_size
+        return out
+
     def wipe(self) -> None:
         """Forget the keys. Python cannot zero the AEAD objects' memory; dropping the only
         references is what we can do (documented in SECURITY notes)."""
@@ -126,6 +154,9 @@ class Session:
         "resuming",
         "resume_hs",
         "resume_turn",
+        "peer_features",
+        "features_sent",
+        "features_at",
     )
 
     def __init__(self, session_id: bytes, peer: Any, now: float, state_version: int = 0) -> None:
@@ -169,6 +200,11 @@ class Session:
         self.resuming: Any = None  # client: host of the gateway that lost the session
         self.resume_hs: Any = None  # client: the pending resume initiation
         self.resume_turn = 0  # client: rotates resume attempts over the other gateways
+        #: feature bits the peer announced for the current keys (None: not heard yet;
+        #: a revision-1 peer never announces any)
+        self.peer_features: int | None = None
+        self.features_sent = 0  # client: announcements sent for the current keys
+        self.features_at = -1e18
 
     def keypairs(self) -> tuple[Keypair, ...]:
         return tuple(k for k in (self.current, self.previous, self.next) if k is not None)

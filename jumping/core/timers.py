@@ -38,6 +38,9 @@ order below. The one-line contract of each timer:
   NAT bindings, unanswered, starting no other timer.
 - ``REATTACH``: client, while RECOVERING; resends the reattach proof, moves on to the next
   candidate when the current one does not answer.
+- ``FEATURES``: client, armed by the announcement of its revision and features under new
+  keys; repeats it (at most ``FEATURE_ANNOUNCEMENTS`` times in all) while the gateway has
+  not answered (a revision-1 gateway never does).
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ class T(IntEnum):
     PROBE_TIMEOUT = 11
     NAT_KEEPALIVE = 12
     REATTACH = 13
+    FEATURES = 14
 
 
 COUNT = len(T)

@@ -14,7 +14,14 @@ type                    layout after the 4-byte header
 3 COOKIE_REPLY          receiver_index:u32 | nonce:24 | sealed cookie:32
 4 DATA                  receiver_index:u32 | counter:u64 | AEAD(ip packet) (+16 tag)
 5 CONTROL               receiver_index:u32 | counter:u64 | AEAD(subtype:u8 | body) (+16 tag)
+6 DATA_SEGMENT          as DATA, with the header's third field ``chunk:u16`` instead of
+                        reserved; AEAD(TCP/IPv4 super-packet header | one piece of its
+                        payload) (:mod:`jumping.core.segments`)
 ======================  =====================================================================
+
+DATA_SEGMENT is protocol revision 2: a node sends it only to a peer that announced the
+``segments`` feature in a KEEPALIVE body (``revision:u8 | features:u32``; a revision-1 peer
+ignores the body and never sees a DATA_SEGMENT, so mixed pairs keep using DATA).
 
 DATA and CONTROL share the keypair's counter space and replay window; the 16-byte header is
 the AEAD's associated data and its last 8 bytes (the counter) make the nonce, so a header
@@ -42,6 +49,7 @@ class MessageType(IntEnum):
     COOKIE_REPLY = 3
     DATA = 4
     CONTROL = 5
+    DATA_SEGMENT = 6
 
 
 class Control(IntEnum):
@@ -86,11 +94,14 @@ CONTROL_PREFIX = HEADER.pack(MessageType.CONTROL, VERSION, 0)
 
 
 def message_type(data: bytes) -> int | None:
-    """The message type of ``data`` if the header is well-formed for version 1, else None."""
-    if len(data) < 4 or data[1] != VERSION or data[2] or data[3]:
+    """The message type of ``data`` if the header is well-formed for version 1, else None
+    (the reserved field must be zero except in DATA_SEGMENT, where it is the chunk)."""
+    if len(data) < 4 or data[1] != VERSION:
         return None
     t = data[0]
-    if t < MessageType.HANDSHAKE_INIT or t > MessageType.CONTROL:
+    if t < MessageType.HANDSHAKE_INIT or t > MessageType.DATA_SEGMENT:
+        return None
+    if (data[2] or data[3]) and t != MessageType.DATA_SEGMENT:
         return None
     return t
 

@@ -31,10 +31,13 @@ from __future__ import annotations
 
 import struct
 
+from jumping.core.segments import SegmentRun
+
 VNET_HDR_LEN = 10
 PLAIN = bytes(VNET_HDR_LEN)  # no checksum work, no segmentation
 _VNET = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
 _NEEDS_CSUM = 1
+_GSO_NONE = 0
 _GSO_TCPV4 = 1
 _MAX_TOTAL = 65535
 _ACK, _PSH = 0x10, 0x08
@@ -58,6 +61,18 @@ def _super_header(first: bytes, hl: int, total: int, psh: int) -> bytearray:
     src_dst = struct.unpack_from("!4H", h, 12)
     h[36:38] = _fold(sum(src_dst) + 6 + total - 20).to_bytes(2, "big")
     return h
+
+
+def run_buffers(run: SegmentRun) -> list[bytes | memoryview]:
+    """``writev`` buffers for a :class:`~jumping.core.segments.SegmentRun`: a
+    virtio_net_hdr asking for TCPv4 segmentation at ``gso_size`` (none for a single
+    segment) and for the TCP checksum from ``csum_start``, the run's header, its pieces."""
+    gso = _GSO_TCPV4 if run.size > run.gso_size else _GSO_NONE
+    return [
+        _VNET.pack(_NEEDS_CSUM, gso, run.hl, run.gso_size, run.csum_start, 16),
+        run.header,
+        *run.pieces,
+    ]
 
 
 def coalesce(packets: list[bytes]) -> list[list[bytes | bytearray | memoryview]]:
@@ -129,7 +144,6 @@ def coalesce(packets: list[bytes]) -> list[list[bytes | bytearray | memoryview]]
     return out
 
 
-_GSO_NONE = 0
 _VNET_UNPACK = _VNET.unpack_from
 _FIN_PSH = 0x09
 _CWR = 0x80

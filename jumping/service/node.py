@@ -42,6 +42,7 @@ from jumping.core.outputs import (
     Send,
     WriteTun,
 )
+from jumping.core.segments import FEATURE_SEGMENTS, tcp4_header_length
 from jumping.interfaces import (
     IBatchDatagramReceiver,
     IBatchTransport,
@@ -54,6 +55,8 @@ from jumping.keys import event_keys, load_private_key, load_psk
 from jumping.service import mtu
 from jumping.service.events import EventPipeline
 from jumping.service.granularity import TimerLateness
+from jumping.service.gro import _GSO_NONE, _GSO_TCPV4, _NEEDS_CSUM, VNET_HDR_LEN
+from jumping.service.gro import _VNET_UNPACK as _VNET
 from jumping.service.tun import TunDevice
 
 log = Logger()
@@ -99,7 +102,7 @@ class NodeService(service.Service):
         #: client paths refused as candidates: they carry less than the tunnel MTU needs
         self.paths_refused_mtu = 0
         #: TUN packets read in the current wake-up, sealed together at its end
-        self._tx: list[bytes] = []
+        self._tx: list[Any] = []
 
     # ------------------------------------------------------------------ startup
     def prepare(self) -> None:
@@ -171,8 +174,10 @@ class NodeService(service.Service):
             log.info("tun mtu {m}: the largest inner packet every transport carries", m=self.mtu)
         self.tun = TunDevice(
             self.reactor, tun.name, tun.address, self.mtu, tuple(tun.routes),
-            self._tx.append, self._flush, tun.offload,
+            self._tx.append, self._flush, tun.offload, self._tun_offloaded,
         )  # fmt: skip
+        if not getattr(self.tun, "vnet_hdr", False):
+            self.core.features &= ~FEATURE_SEGMENTS  # no GSO writes: take complete packets
         if cfg.metrics_listen is not None:
             from jumping.service.metrics import Metrics
 
@@ -306,6 +311,28 @@ class NodeService(service.Service):
         if outputs:
             self._run(outputs)
 
+    def _tun_offloaded(self, frame: bytes) -> bool:
+        """A TUN frame with a TCP super-packet or a pending checksum: queue it whole for
+        ``seal_batch`` when the peer finishes such packets (DATA_SEGMENT), else False (the
+        device cuts it into complete packets)."""
+        flags, gso_type, _hl, gso_size, _cs, _co = _VNET(frame)
+        if gso_type not in (_GSO_NONE, _GSO_TCPV4) or not flags & _NEEDS_CSUM:
+            return False
+        packet = frame[VNET_HDR_LEN:]
+        hl = tcp4_header_length(packet)
+        payload = len(packet) - hl
+        if not hl or payload <= 0:
+            return False  # not TCP/IPv4, or a bare ACK: cheap to finish here
+        if gso_type == _GSO_NONE or gso_size > payload:
+            gso_size = payload
+        if gso_size <= 0 or hl + gso_size > self.mtu:
+            return False
+        core = self.core
+        if core is None or not core.accepts_segments(packet):
+            return False
+        self._tx.append((packet, hl, gso_size))  # type: ignore[arg-type]
+        return True
+
     def _flush(self) -> None:
         """End of a TUN wake-up: seal what it read and send each path's run in one call."""
         tx = self._tx
@@ -380,7 +407,7 @@ class NodeService(service.Service):
                 out.path.send(out.data)  # type: ignore[union-attr]
             elif t is WriteTun:
                 if self.tun is not None:
-                    self.tun.write(out.data)  # type: ignore[union-attr]
+                    self.tun.write_many([out.data])  # type: ignore[union-attr]
             elif t is Emit:
                 if self.events is not None:
                     self.events.emit(out)  # type: ignore[arg-type]

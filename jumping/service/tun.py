@@ -21,7 +21,8 @@ from twisted.pair.raw import IRawPacketProtocol
 from twisted.pair.tuntap import TunnelFlags, TuntapPort
 from zope.interface import implementer
 
-from jumping.service.gro import PLAIN, VNET_HDR_LEN, OffloadError, coalesce, segment
+from jumping.core.segments import SegmentRun
+from jumping.service.gro import PLAIN, VNET_HDR_LEN, OffloadError, coalesce, run_buffers, segment
 
 _writev = os.writev
 TUNSETOFFLOAD = 0x400454D0
@@ -38,6 +39,9 @@ class LeanTuntapPort(TuntapPort):
 
     on_packet: Any = None
     on_flush: Any = None
+    #: called with a frame that carries a super-packet or a pending checksum; returns True
+    #: if it took the frame whole, else the frame is segmented here (complete packets)
+    on_offloaded: Any = None
     handler_errors = 0
     #: open with IFF_VNET_HDR: every packet read or written carries a virtio_net_hdr
     vnet_hdr = False
@@ -55,6 +59,7 @@ class LeanTuntapPort(TuntapPort):
         read_fd = os.read
         fd = self._fileno
         on_packet = self.on_packet
+        on_offloaded = self.on_offloaded
         vnet = self.vnet_hdr
         read = 0
         try:
@@ -73,6 +78,8 @@ class LeanTuntapPort(TuntapPort):
                         on_packet(data[VNET_HDR_LEN:])
                     else:
                         self.offloaded_reads += 1
+                        if on_offloaded is not None and on_offloaded(data):
+                            continue  # taken whole (a super-packet the peer finishes)
                         try:
                             packets = segment(data)
                         except OffloadError:
@@ -136,6 +143,7 @@ class TunDevice:
         on_packet: Callable[[bytes], None],
         on_flush: Callable[[], None] | None = None,
         vnet_hdr: bool = True,
+        on_offloaded: Callable[[bytes], bool] | None = None,
     ) -> None:
         if shutil.which("ip") is None:
             raise TunError("the 'ip' command (iproute2) is required to configure the TUN device")
@@ -145,6 +153,7 @@ class TunDevice:
         )
         self.port.on_packet = on_packet
         self.port.on_flush = on_flush
+        self.port.on_offloaded = on_offloaded
         self.port.vnet_hdr = vnet_hdr
         self.vnet_hdr = vnet_hdr
         self.gro = vnet_hdr
@@ -182,17 +191,39 @@ class TunDevice:
         except OSError:
             self.write_errors += 1
 
-    def write_many(self, packets: list[bytes]) -> None:
+    def write_many(self, packets: list[bytes | SegmentRun]) -> None:
         """Write a run of packets; with ``vnet_hdr``, TCP segments of one flow go as one
-        super-packet (:mod:`jumping.service.gro`)."""
+        super-packet (:mod:`jumping.service.gro`), and each
+        :class:`~jumping.core.segments.SegmentRun` as one GSO packet whose segmentation
+        and checksums the kernel does."""
         fd = self.fd
         if not self.vnet_hdr:
             for p in packets:
-                try:
-                    os.write(fd, p)
-                except OSError:
-                    self.write_errors += 1
+                if type(p) is bytes:
+                    try:
+                        os.write(fd, p)
+                    except OSError:
+                        self.write_errors += 1
+                else:
+                    self.write_errors += 1  # never offered without vnet_hdr: not ours
             return
+        plain: list[bytes] = []
+        for p in packets:
+            if type(p) is bytes:
+                plain.append(p)
+                continue
+            if plain:
+                self._write_plain(plain)
+                plain = []
+            try:
+                _writev(fd, run_buffers(p))  # type: ignore[arg-type]
+            except OSError:
+                self.write_errors += len(p.pieces)  # type: ignore[union-attr]
+        if plain:
+            self._write_plain(plain)
+
+    def _write_plain(self, packets: list[bytes]) -> None:
+        fd = self.fd
         if not self.gro:
             for p in packets:
                 self.write(p)

@@ -26,6 +26,7 @@ from jumping.core.node import NodeCore, Peer
 from jumping.core.noise import public_key
 from jumping.core.outputs import Adopt, ArmTimer, Claim, Emit, Output, Release, Send, WriteTun
 from jumping.core.policy import Policy
+from jumping.core.segments import SegmentRun
 
 START = 1_800_000_000.0  # a fixed "wall clock" origin, seconds
 
@@ -63,7 +64,7 @@ class Link:
 
 @dataclass
 class NodeLog:
-    tun: list[bytes] = field(default_factory=list)
+    tun: list[bytes | SegmentRun] = field(default_factory=list)
     events: list[Emit] = field(default_factory=list)
     #: when each event was emitted (virtual clock), parallel to ``events``
     event_times: list[float] = field(default_factory=list)

@@ -63,9 +63,11 @@ class Pair:
         gw_extra: str = "",
         c_extra: str = "",
         psk: tuple[str | None, str | None] = (None, None),
+        gw_offload: bool = True,
     ) -> None:
         """``psk``: pre-shared key files (relative to ``tmp``) of the gateway's [[peers]]
-        entry and of the client's [gateway] table (None: no psk at that end)."""
+        entry and of the client's [gateway] table (None: no psk at that end).
+        ``gw_offload``: the gateway's ``[tun] offload``."""
         self.topo, self.tmp, self.cns, self.gns = topo, tmp, cns, gns
         self.port = port
         self.gw_pub = encode_key(write_keypair(tmp / "gw.key"))
@@ -83,6 +85,7 @@ private_key = "gw.key"
 [tun]
 name = "jmpg0"
 address = "10.99.0.1/24"
+offload = {"true" if gw_offload else "false"}
 {listens}
 [[peers]]
 public_key = "{self.c_pub}"

@@ -15,11 +15,13 @@ import socket
 import struct
 import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from nodes import Pair, node_env, twistd
 
+from jumping.core import wire
 from jumping.testing.netns import Topology
 
 pytestmark = pytest.mark.netns
@@ -46,12 +48,16 @@ print(c.recv(100).decode())
 """
 
 
-@pytest.fixture
-def tunnel(tmp_path: Path):
+@pytest.fixture(params=["offloads", "gateway-without-offloads"])
+def tunnel(tmp_path: Path, request: pytest.FixtureRequest):
+    """Both ends with TUN offloads (the client sends TCP super-packets as DATA_SEGMENT
+    pieces), or a gateway without them (it does not offer the feature: DATA only)."""
     with Topology("jt") as topo:
         cns, gns = topo.ns("c"), topo.ns("g")
         topo.link(cns, "ca", "10.203.1.1/24", gns, "ga", "10.203.1.2/24")
-        pair = Pair(topo, tmp_path, cns, gns, ["10.203.1.2"])
+        pair = Pair(topo, tmp_path, cns, gns, ["10.203.1.2"],
+                    gw_offload=request.param == "offloads")  # fmt: skip
+        pair.offloads = request.param == "offloads"  # type: ignore[attr-defined]
         try:
             pair.start()
             yield topo, pair
@@ -117,15 +123,38 @@ def test_handshake_ping_transfer_and_no_plaintext_on_the_wire(tunnel, tmp_path: 
         "the plaintext capture must see the marker (else the check is void)"
     )
     assert marker not in outer_bytes, "plaintext of the transfer appeared on the outer link"
-    # the client sent runs of datagrams with UDP GSO, the gateway read them with UDP GRO and
-    # wrote each run into its TUN as one TCP super-packet (vnet header, kernel GSO): the
-    # inner capture holds packets larger than the tunnel MTU (captures see GSO packets
-    # before the kernel cuts them)
-    assert max(_pcap_lengths(inner_bytes)) > 4 * 1420, "no coalesced TUN write was seen"
-    # and the client's kernel handed its TUN device TCP super-packets (TSO), which the
-    # client cut into segments itself: the transfer above proves they were cut right
+    # the client's kernel handed its TUN device TCP super-packets (TSO)
     c_inner_bytes = (tmp_path / "client-inner.pcap").read_bytes()
     assert max(_pcap_lengths(c_inner_bytes)) > 4 * 1420, "no TSO super-packet was read"
+    types = _outer_types(outer_bytes)
+    if pair.offloads:
+        # ... which it sent whole as DATA_SEGMENT pieces (no per-segment TCP work), in runs
+        # of datagrams with UDP GSO; the gateway read them with UDP GRO and wrote each run
+        # into its TUN as one TCP super-packet (vnet header, kernel GSO and checksums): the
+        # inner capture holds packets larger than the tunnel MTU (captures see GSO packets
+        # before the kernel cuts them); the transfer's digest proves what the kernel made
+        assert types[wire.MessageType.DATA_SEGMENT] > len(payload) // 2, types
+        assert max(_pcap_lengths(inner_bytes)) > 4 * 1420, "no GSO TUN write was seen"
+    else:
+        # a gateway that does not offer the feature gets complete packets (DATA) only,
+        # which the client cut itself
+        assert types[wire.MessageType.DATA_SEGMENT] == 0, types
+        assert types[wire.MessageType.DATA] > len(payload) // 2, types
+
+
+def _outer_types(pcap: bytes) -> Counter[int]:
+    """Bytes per Jumping message type of the UDP frames in an Ethernet pcap (IPv4); a frame
+    the receiving side coalesced (GRO) counts whole for its first datagram's type."""
+    out: Counter[int] = Counter()
+    off = 24
+    while off + 16 <= len(pcap):
+        incl, orig = struct.unpack_from("<II", pcap, off + 8)
+        frame = pcap[off + 16 : off + 16 + incl]
+        off += 16 + incl
+        if len(frame) > 14 + 28 and frame[12:14] == b"\x08\x00" and frame[23] == 17:
+            ihl = (frame[14] & 15) * 4
+            out[frame[14 + ihl + 8]] += orig
+    return out
 
 
 def _pcap_lengths(pcap: bytes) -> list[int]:

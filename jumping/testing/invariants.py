@@ -9,7 +9,10 @@ raises, so a run can report all of them). Checked:
 3. ``state_version`` strictly increases per (node, session); every transition is legal;
 5. RECOVERING lasts at most ``recovery_window_ms`` (+ one timer granularity);
 6. switches: at most ``max_switches_per_min`` in any 60 s window, ``switch_cooldown_ms`` apart;
-8/10. nothing happens to a session after TERMINATED; no internal error in the core.
+8/10. nothing happens to a session after TERMINATED; no internal error in the core;
+quiet. a quiet (idle) session originates nothing: between two steps in which it stayed quiet
+   it sent no more packets than it received, plus its NAT keepalives (client), handshake
+   messages and the gateway's echo requests about data it sent before going quiet.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class InvariantChecker:
     _switch_times: dict[tuple[str, str], deque[float]] = field(
         default_factory=lambda: defaultdict(deque)
     )
+    _quiet: dict[tuple[str, int], tuple[int, int, int]] = field(default_factory=dict)
 
     def _bad(self, now: float, msg: str) -> None:
         if len(self.violations) < 1000:
@@ -59,11 +63,35 @@ class InvariantChecker:
         for key, since in self._recovering_since.items():
             if now - since > self.policy.recovery_window_ms / 1000.0 + SLACK:
                 self._bad(now, f"{key}: RECOVERING for {now - since:.3f}s")
+        for side in ("client", "gateway"):
+            self._quiet_sessions(now, side, net.core(side))
         # at most one session per client key is live on the gateway with a binding that the
         # client is also using, and each session has exactly one path object or none
         for s in net.gateway.sessions.values():
             if isinstance(s.path, (list, tuple, set)):
                 self._bad(now, "gateway session bound to several paths")
+
+    def _quiet_sessions(self, now: float, side: str, core: Any) -> None:
+        # what a quiet session may still send: NAT keepalives, handshakes (and the client's
+        # confirmation of new keys), the gateway's echo requests about data it sent before
+        # it went quiet
+        c = core.counters
+        allowed = (c["nat_keepalives"] + c["handshakes_sent"] + c["handshakes_answered"]
+                   + c["cookie_replies"] + c["silence_probes"] + c["rekeys"])  # fmt: skip
+        seen: dict[tuple[str, int], tuple[int, int, int]] = {}
+        for s in core.sessions.values():
+            if not s.quiet:
+                continue
+            key = (side, id(s))
+            now_counts = (s.tx_packets, s.rx_packets, allowed)
+            before = self._quiet.get(key)
+            if before is not None:
+                sent = now_counts[0] - before[0]
+                budget = now_counts[1] - before[1] + now_counts[2] - before[2]
+                if sent > budget:
+                    self._bad(now, f"{side} {s.sid_hex}: quiet but sent {sent} > {budget}")
+            seen[key] = now_counts
+        self._quiet = {k: v for k, v in self._quiet.items() if k[0] != side} | seen
 
     def _event(self, now: float, side: str, e: Any) -> None:
         key = (side, e.session_id or "")

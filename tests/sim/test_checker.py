@@ -32,3 +32,24 @@ def test_the_window_is_half_open_like_the_limiter() -> None:
     assert switches(times) == []
     assert switches(times, latency_ms=39) == []
     assert switches([*times[:-1], 59.9]) != []
+
+
+def test_a_quiet_session_that_originates_traffic_is_flagged() -> None:
+    from jumping.testing.sim import SimNet
+
+    net = SimNet(seed=2)
+    net.checker = InvariantChecker(net.policy)
+    net.start()
+    net.run_for(10.0)  # quiet now
+    assert net.checker.violations == []
+    g = next(iter(net.gateway.sessions.values()))
+    assert g.quiet
+    # what a regression would do: the quiet gateway session sends on its own (heartbeats)
+    kp = g.current
+    assert kp is not None
+    for _ in range(2):
+        g.tx_packets += 1
+        net.gateway._send(g.path, kp.seal(kp.control_prefix, b"\x01"))
+    net.apply("gateway", net.gateway.take())
+    net.run_for(30.0)  # the next step (the packets arriving) looks
+    assert any("quiet but sent 2" in v for v in net.checker.violations)

@@ -401,12 +401,14 @@ class ClientCore(NodeCore):
         if path is s.path:
             self._expect_answer(now, s)
 
-    def _best(self, now: float, exclude: Any = None) -> Any:
+    def _best(self, now: float, exclude: Any = None, heard_after: float | None = None) -> Any:
         p = self.policy
         cands = [
             (self.stats[x].score(now, p), self.stats[x].transport_id, i)
             for i, x in enumerate(self.paths)
-            if x is not exclude and self.stats[x].alive(now, p)
+            if x is not exclude
+            and self.stats[x].alive(now, p)
+            and (heard_after is None or self.stats[x].last_rx > heard_after)
         ]
         return self.paths[min(cands)[2]] if cands else None
 
@@ -491,7 +493,8 @@ class ClientCore(NodeCore):
     def _expired_probe_timeout(self, now: float, s: Session) -> None:
         """Nothing authenticated back since the first packet that expected an answer: at
         PTO/3 ask the active path for an echo (one-way traffic elicits nothing), at one PTO
-        suspect it, probe every candidate at once and fail over to the best validated one."""
+        suspect it and probe every candidate at once; fail over to the best validated one
+        that answered that probe while the active path stayed silent."""
         state = s.fsm.state
         if state not in (State.ATTACHED, State.VOLATILE, State.DEGRADED):
             return
@@ -518,7 +521,10 @@ class ClientCore(NodeCore):
                 if path is not active and getattr(path, "connected", True):
                     self._probe(now, s, path, self.stats[path])
             self._arm_by(s, T.CANDIDATES, now + max(pto / 3, 0.01))
-        alt = self._best(now, exclude=active)
+        # only a candidate that answered since the suspicion: by then this node has read
+        # whatever was already waiting for it (a reactor busy with a bulk transfer reads its
+        # sockets late; the active path's answers may be in that backlog)
+        alt = self._best(now, exclude=active, heard_after=s.suspect_since)
         if alt is not None and s.current is None:
             # keys expired while idle: only a handshake can prove the session on another
             # path (its answer moves the session there, see _install)

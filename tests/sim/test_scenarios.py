@@ -161,3 +161,21 @@ def test_identical_paths_hold_still_under_bulk_traffic() -> None:
     c = net.client.session
     assert c is not None and net.client.stats[c.path].min_rtt < 0.005  # the path, not a queue
     clean(net)
+
+
+def test_probe_timeout_moves_only_to_a_candidate_that_answered_since_the_suspicion() -> None:
+    """Both paths die at once: the other one looked fine a moment ago, but nothing answered
+    the probes sent when the active path was suspected, so the session does not jump to it
+    (a reactor reading a backlog late looks the same to the timers as a dead path)."""
+    net = running(12)
+    net.traffic(until=net.now + 3.0)
+    net.run_for(1.0)
+    for link in net.links:
+        link.up = False
+    net.run_for(1.0)
+    assert net.client.counters["pto_suspect"] == 1
+    assert events(net, "client", "TRANSPORT_SWITCH") == []
+    assert "TRANSPORT_DEAD" not in [
+        e.reason_code for e in events(net, "client", "SESSION_STATE_CHANGE")
+    ]
+    clean(net)

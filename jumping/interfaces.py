@@ -119,6 +119,27 @@ class ITransport(Interface):
         """
 
 
+class IProvisionalPath(ITransport):
+    """
+    A listener's path for a source it has not seen authenticate yet (optional).
+
+    A listening transport must not let unauthenticated input into any table a live session
+    depends on: the path for a new remote address (a datagram from an unknown address, a
+    new TCP connection) is *provisional* until the node has authenticated a packet on it.
+    The node then calls :meth:`confirm` (the core's ``ConfirmPath`` output), and only from
+    then on may the transport keep it (in its per-address table, outside its bound on
+    unauthenticated connections). Transports without it are treated as confirmed.
+    """
+
+    provisional = Attribute("``bool``: True until :meth:`confirm` was called.")
+
+    def confirm():  # type: ignore[no-untyped-def]
+        """
+        An authenticated packet arrived on this path: keep it. Idempotent; a no-op for a
+        closed path.
+        """
+
+
 class IBatchTransport(ITransport):
     """
     A transport that can hand several datagrams to the kernel at once (optional).

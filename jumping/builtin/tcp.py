@@ -5,6 +5,11 @@ Each datagram travels as one frame: a 2-byte big-endian length, then the bytes. 
 oversized length is a protocol error: the connection is closed and counted. One TCP
 connection is one path (one :class:`~jumping.interfaces.ITransport`).
 
+Unauthenticated connections are bounded: at most ``max_unauthenticated`` at once (more are
+closed at once, counted), each closed unless the node authenticated a packet on it
+(``confirm()``) within ``handshake_timeout_s``; any connection silent for
+``idle_timeout_s`` is closed. Only then are the ``max_connections`` slots at stake.
+
 A VPN must not queue without bound inside TCP (TCP-over-TCP meltdown): when the kernel
 buffer and Twisted's write buffer are full the transport is paused by Twisted's producer
 mechanism, and while paused ``send`` drops the datagram and counts it, as a full network
@@ -24,7 +29,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from zope.interface import implementer
 
-from jumping.interfaces import IListener, ITransport, ITransportFactory
+from jumping.interfaces import IListener, IProvisionalPath, ITransport, ITransportFactory
 
 _LEN = struct.Struct("!H")
 _ids = itertools.count(1)
@@ -65,12 +70,17 @@ def _fmt(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-@implementer(ITransport, IPushProducer)
+@implementer(ITransport, IProvisionalPath, IPushProducer)
 class TCPPath(Protocol):
     kind = "tcp"
 
-    def __init__(self, owner: Any, receiver: Any, max_frame: int) -> None:
+    def __init__(
+        self, owner: Any, receiver: Any, max_frame: int, provisional: bool = False
+    ) -> None:
         self.owner = owner
+        #: a listener's connection: True until the node authenticated a packet on it
+        self.provisional = provisional
+        self.last_rx = 0.0
         self.receiver = receiver
         self.decoder = FrameDecoder(max_frame)
         self.max_frame = max_frame
@@ -108,6 +118,7 @@ class TCPPath(Protocol):
         self.owner._made(self)
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.last_rx = self.owner.clock()
         try:
             frames = self.decoder.feed(data)
         except ValueError:
@@ -139,6 +150,12 @@ class TCPPath(Protocol):
     def stopProducing(self) -> None:  # noqa: N802
         self.paused = True
 
+    # IProvisionalPath ------------------------------------------------------------
+    def confirm(self) -> None:
+        if self.provisional:
+            self.provisional = False
+            self.owner._confirmed(self)
+
     # ITransport ----------------------------------------------------------------
     def send(self, data: bytes) -> None:
         if not self.connected or self.paused or not 0 < len(data) <= self.max_frame:
@@ -150,6 +167,12 @@ class TCPPath(Protocol):
         if self.connected:
             self.connected = False
             self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def abort(self) -> None:
+        """Close at once, without waiting for buffered data (a timed-out connection)."""
+        self.connected = False
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def __repr__(self) -> str:
         return f"<TCPPath {self.transport_id}>"
@@ -164,7 +187,10 @@ class _ServerFactory(Factory):
         if len(lst.paths) >= lst.max_connections:
             lst.refused += 1
             return None
-        return TCPPath(lst, lst.receiver, lst.max_frame)
+        if len(lst.unauthenticated) >= lst.max_unauthenticated:
+            lst.refused_unauthenticated += 1
+            return None
+        return TCPPath(lst, lst.receiver, lst.max_frame, provisional=True)
 
 
 @implementer(IListener)
@@ -177,19 +203,59 @@ class TCPListener:
         self.max_frame = opts.max_frame
         self.buffer_bytes = opts.buffer_bytes
         self.max_write_buffer = opts.max_write_buffer
+        self.reactor = reactor
+        self.clock = reactor.seconds
+        self.max_unauthenticated = opts.max_unauthenticated
+        self.handshake_timeout_s = opts.handshake_timeout_s
+        self.idle_timeout_s = opts.idle_timeout_s
         self.paths: set[TCPPath] = set()
+        #: connections the node has not authenticated a packet on yet, with their deadline
+        self.unauthenticated: dict[TCPPath, Any] = {}
         self.refused = 0
+        self.refused_unauthenticated = 0
+        self.handshake_timeouts = 0
+        self.idle_timeouts = 0
         self.port = reactor.listenTCP(port, _ServerFactory(self), interface=host)
         h = self.port.getHost()
         self.local_address = (h.host, h.port)
+        self._sweep = reactor.callLater(self.idle_timeout_s / 4, self._idle_sweep)
 
     def _made(self, path: TCPPath) -> None:
         self.paths.add(path)
+        path.last_rx = self.clock()
+        if path.provisional:
+            self.unauthenticated[path] = self.reactor.callLater(
+                self.handshake_timeout_s, self._handshake_timeout, path
+            )
+
+    def _confirmed(self, path: TCPPath) -> None:
+        timer = self.unauthenticated.pop(path, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _handshake_timeout(self, path: TCPPath) -> None:
+        if self.unauthenticated.pop(path, None) is not None:
+            self.handshake_timeouts += 1
+            path._lost_reason = "handshake_timeout"
+            path.abort()
+
+    def _idle_sweep(self) -> None:
+        now = self.clock()
+        for path in [p for p in self.paths if now - p.last_rx >= self.idle_timeout_s]:
+            self.idle_timeouts += 1
+            path._lost_reason = "idle_timeout"
+            path.abort()
+        self._sweep = self.reactor.callLater(self.idle_timeout_s / 4, self._idle_sweep)
 
     def _lost(self, path: TCPPath) -> None:
         self.paths.discard(path)
+        timer = self.unauthenticated.pop(path, None)
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def close(self) -> defer.Deferred[None]:
+        if self._sweep.active():
+            self._sweep.cancel()
         for path in list(self.paths):
             path.close()
         return defer.maybeDeferred(self.port.stopListening)
@@ -202,6 +268,7 @@ class _Connector(ClientFactory):
         self.remote = remote
         self.buffer_bytes = owner.buffer_bytes
         self.max_write_buffer = owner.max_write_buffer
+        self.clock = _no_clock
         self.d: defer.Deferred[TCPPath] = defer.Deferred()
 
     def buildProtocol(self, addr: Any) -> Protocol:  # noqa: N802
@@ -224,10 +291,16 @@ class _Connector(ClientFactory):
             )
 
 
+def _no_clock() -> float:
+    return 0.0
+
+
 @implementer(ITransportFactory)
 class TCPTransportFactory:
     """``tcp`` plugin. Options: max_connections, max_frame, buffer_bytes, connect_timeout_s,
-    max_write_buffer (beyond it, datagrams are dropped and counted, never queued)."""
+    max_write_buffer (beyond it, datagrams are dropped and counted, never queued), and the
+    bounds on unauthenticated connections: max_unauthenticated, handshake_timeout_s,
+    idle_timeout_s."""
 
     kind = "tcp"
 
@@ -238,6 +311,9 @@ class TCPTransportFactory:
         buffer_bytes: int = 4 * 1024 * 1024,
         connect_timeout_s: int = 5,
         max_write_buffer: int = 1024 * 1024,
+        max_unauthenticated: int = 1024,
+        handshake_timeout_s: int = 10,
+        idle_timeout_s: int = 180,
     ) -> None:
         for name, v, lo, hi in (
             ("max_connections", max_connections, 1, 10_000_000),
@@ -245,6 +321,9 @@ class TCPTransportFactory:
             ("buffer_bytes", buffer_bytes, 4096, 1 << 30),
             ("connect_timeout_s", connect_timeout_s, 1, 300),
             ("max_write_buffer", max_write_buffer, 65536, 1 << 30),
+            ("max_unauthenticated", max_unauthenticated, 1, 10_000_000),
+            ("handshake_timeout_s", handshake_timeout_s, 1, 3600),
+            ("idle_timeout_s", idle_timeout_s, 1, 86400),
         ):
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
                 raise ValueError(f"tcp: {name} must be an integer in {lo}..{hi}, got {v!r}")
@@ -253,6 +332,9 @@ class TCPTransportFactory:
         self.buffer_bytes = buffer_bytes
         self.connect_timeout_s = connect_timeout_s
         self.max_write_buffer = max_write_buffer
+        self.max_unauthenticated = max_unauthenticated
+        self.handshake_timeout_s = handshake_timeout_s
+        self.idle_timeout_s = idle_timeout_s
 
     def listen(self, reactor: Any, host: str, port: int, receiver: Any) -> TCPListener:
         try:

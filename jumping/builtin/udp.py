@@ -2,9 +2,13 @@
 The built-in UDP transport (plugin name ``udp``).
 
 A gateway listener is one UDP socket; every remote address it hears from gets its own
-:class:`UDPPath` (an :class:`~jumping.interfaces.ITransport`), kept in a bounded table. A
-client path is a UDP socket of its own, so that each path has its own 4-tuple and
-a path can be bound to a chosen source address.
+:class:`UDPPath` (an :class:`~jumping.interfaces.ITransport`). A datagram from an address
+the listener does not know yet comes on a *provisional* path that is in no table: only once
+the node authenticated a packet on it (``confirm()``) is it kept, in a table of at most
+``max_paths`` entries, least recently used forgotten first (counted, and the node told).
+So spoofed or junk sources cost one short-lived object each and can never push out the
+path of a live session. A client path is a UDP socket of its own, so that each path has its
+own 4-tuple and a path can be bound to a chosen source address.
 
 Sending goes straight to the socket (``sendto``/``send``): no Twisted write buffering, no
 per-packet allocation beyond the datagram itself. Socket buffers are raised to
@@ -38,6 +42,7 @@ from jumping.interfaces import (
     IBatchDatagramReceiver,
     IBatchTransport,
     IListener,
+    IProvisionalPath,
     ITransportFactory,
 )
 
@@ -219,15 +224,19 @@ def _fmt(addr: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-@implementer(IBatchTransport)
+@implementer(IBatchTransport, IProvisionalPath)
 class UDPPath:
     """One remote address seen by a listener (gateway side)."""
 
     kind = "udp"
     gso_fallbacks = 0
 
-    def __init__(self, listener: UDPListener, addr: tuple[str, int]) -> None:
+    def __init__(
+        self, listener: UDPListener, addr: tuple[str, int], provisional: bool = False
+    ) -> None:
         self._listener = listener
+        #: True until the node authenticated a packet from this address (IProvisionalPath)
+        self.provisional = provisional
         self._sendto = listener.sock.sendto
         self._sendmsg = listener.sock.sendmsg if listener.gso else None
         self._addr = addr
@@ -251,6 +260,11 @@ class UDPPath:
             self.send_errors += len(datagrams)
             return
         _send_batch(self, datagrams, self._addr)
+
+    def confirm(self) -> None:
+        if self.provisional and self.connected:
+            self.provisional = False
+            self._listener._insert(self)
 
     def close(self) -> None:
         if self.connected:
@@ -277,8 +291,12 @@ class UDPListener:
         self.receive = receiver.datagramReceived
         self.max_paths = max_paths
         self.gso = gso
+        #: authenticated paths by remote address, least recently used first
         self.paths: OrderedDict[Any, UDPPath] = OrderedDict()
+        #: authenticated paths forgotten because the table was full
         self.evicted = 0
+        #: datagrams that came from an address not in the table (a provisional path each)
+        self.provisional_paths = 0
         many = self._on_datagrams if IBatchDatagramReceiver.providedBy(receiver) else None
         self.port = _listen(reactor, port, host, self._on_datagram, gso, many)
         self.sock: socket.socket = self.port.socket
@@ -287,24 +305,36 @@ class UDPListener:
         self.local_address = (bound[0], bound[1])
 
     def _on_datagram(self, data: bytes, addr: Any) -> None:
-        path = self.paths.get(addr)
+        paths = self.paths
+        path = paths.get(addr)
         if path is None:
-            path = self._new_path(addr)
+            self.provisional_paths += 1
+            path = UDPPath(self, addr, provisional=True)
+        else:
+            paths.move_to_end(addr)
         self.receive(path, data)
 
     def _on_datagrams(self, datagrams: list[bytes], addr: Any) -> None:
-        path = self.paths.get(addr)
+        paths = self.paths
+        path = paths.get(addr)
         if path is None:
-            path = self._new_path(addr)
+            self.provisional_paths += 1
+            path = UDPPath(self, addr, provisional=True)
+        else:
+            paths.move_to_end(addr)
         self.receiver.datagramsReceived(path, datagrams)
 
-    def _new_path(self, addr: Any) -> UDPPath:
-        if len(self.paths) >= self.max_paths:
-            _old_addr, old = self.paths.popitem(last=False)
+    def _insert(self, path: UDPPath) -> None:
+        """``path`` authenticated: keep it (the first confirmed path of an address wins)."""
+        paths = self.paths
+        if path._addr in paths:
+            return
+        while len(paths) >= self.max_paths:
+            _old_addr, old = paths.popitem(last=False)
             old.connected = False
             self.evicted += 1
-        path = self.paths[addr] = UDPPath(self, addr)
-        return path
+            self.receiver.transportLost(old, "evicted")
+        paths[path._addr] = path
 
     def _forget(self, path: UDPPath) -> None:
         if self.paths.get(path._addr) is path:
@@ -396,8 +426,9 @@ class UDPClientPath:
 
 @implementer(ITransportFactory)
 class UDPTransportFactory:
-    """``udp`` plugin. Options: ``max_paths`` (per listener), ``buffer_bytes``, ``gso``
-    (segmentation/receive offload where the kernel has it; default true)."""
+    """``udp`` plugin. Options: ``max_paths`` (authenticated remote addresses per listener),
+    ``buffer_bytes``, ``gso`` (segmentation/receive offload where the kernel has it;
+    default true)."""
 
     kind = "udp"
 

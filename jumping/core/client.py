@@ -136,21 +136,21 @@ class ClientCore(NodeCore):
 
     def _on_handshake(self, now: float, path: Any, t: int, data: bytes) -> None:
         if t == wire.MessageType.COOKIE_REPLY:
-            self._on_cookie(now, data)
+            self._on_cookie(now, data, path)
             return
         if t != wire.MessageType.HANDSHAKE_RESP or len(data) != wire.RESP_LEN:
-            self._drop("UNEXPECTED_HANDSHAKE")
+            self._drop("UNEXPECTED_HANDSHAKE", path)
             return
         receiver = int.from_bytes(data[8:12], "little")
         entry = self.handshakes.get(receiver)
         if entry is None:
-            self._drop("UNKNOWN_INDEX")
+            self._drop("UNKNOWN_INDEX", path)
             return
         s, hs = entry
         try:
             est = hs.consume_response(data)
         except HandshakeError as e:
-            self._drop(str(e.args[0]))
+            self._drop(str(e.args[0]), path)
             return
         del self.handshakes[receiver]
         s.handshake = None
@@ -223,16 +223,16 @@ class ClientCore(NodeCore):
             # active path died): that path is where the session goes
             self._failover(now, s, path, Reason.TRANSPORT_DEAD, detail="probe_timeout")
 
-    def _on_cookie(self, now: float, data: bytes) -> None:
+    def _on_cookie(self, now: float, data: bytes, path: Any = None) -> None:
         receiver = int.from_bytes(data[4:8], "little")
         entry = self.handshakes.get(receiver)
         if entry is None:
-            self._drop("UNKNOWN_INDEX")
+            self._drop("UNKNOWN_INDEX", path)
             return
         try:
             cookie = read_cookie_reply(data, self.gateway.public_key, entry[1].mac1)
         except HandshakeError as e:
-            self._drop(str(e.args[0]))
+            self._drop(str(e.args[0]), path)
             return
         self.cookie = (cookie, now)
         self.counters["cookies_received"] += 1
@@ -783,8 +783,11 @@ class ClientCore(NodeCore):
     ) -> None:
         ctl = wire.Control
         if kind == ctl.PROBE_REPLY:
+            if len(body) < _PROBE.size:
+                self._drop("MALFORMED_CONTROL", path)
+                return
             st = self.stats.get(path)
-            if st is not None and len(body) >= 4:
+            if st is not None:
                 # a probe on the active path of a busy session queued behind its data
                 loaded = path is s.path and now - s.last_data < LOADED_WITHIN
                 st.probe_reply(now, _PROBE.unpack_from(body)[0], loaded)

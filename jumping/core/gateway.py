@@ -14,6 +14,7 @@ from typing import Any
 from jumping.core import wire
 from jumping.core.fsm import Reason, State
 from jumping.core.handshake import CookieChecker, HandshakeError, Response
+from jumping.core.limits import SourceLimiter, TokenBucket, WorkMeter, source_prefix
 from jumping.core.node import (
     _NO_SESSION,
     _REATTACH,
@@ -24,7 +25,8 @@ from jumping.core.node import (
     destination,
 )
 from jumping.core.outputs import Adopt, Claim, Drop, Output, Release
-from jumping.core.ratelimit import GlobalBucket, SwitchLimiter
+from jumping.core.policy import Policy
+from jumping.core.ratelimit import SwitchLimiter
 from jumping.core.segments import FEATURE_SEGMENTS as _SEGMENTS
 from jumping.core.session import Keypair, Session
 from jumping.core.timers import T
@@ -39,7 +41,7 @@ class GatewayCore(NodeCore):
         self,
         *,
         peers: Sequence[Peer],
-        cookie_threshold_per_s: int = 2000,
+        cookies: str = "load",
         switch_limiter: Any = None,
         adopt_sessions: bool = False,
         **kw: Any,
@@ -52,14 +54,25 @@ class GatewayCore(NodeCore):
         self._adopting: dict[bytes, tuple[Response, Peer, Any, float]] = {}
         self.peers = {p.public_key: p for p in peers}
         self.cookies = CookieChecker(self.me, self.rng)
-        self.cookie_threshold = cookie_threshold_per_s
-        self._init_window = 0.0
-        self._init_count = 0
+        if cookies not in COOKIE_MODES:
+            raise ValueError(f"cookies must be one of {', '.join(COOKIE_MODES)}, got {cookies!r}")
+        #: "load": valid mac2 required while handshake work is over the policy's fraction
+        #: of a core (and for UNDER_LOAD_HOLD s after); "always"; "never" (benchmarks)
+        self.cookie_mode = cookies
+        #: handshake work demanded (every initiation with a valid mac1); the service sets
+        #: ``handshake_work.cost`` to what one handshake measurably costs on this host
+        self.handshake_work = WorkMeter(tau=LOAD_TAU)
+        self._loaded_until = -1.0
+        p = self.policy
+        self.source_limiter = SourceLimiter(
+            p.handshake_per_source_per_s, p.handshake_per_source_burst,
+            p.handshake_source_table_size,
+        )  # fmt: skip
         self.routes: dict[bytes, Session] = {}
         self.switch_limiter: Any = switch_limiter or SwitchLimiter(
             self.policy.max_switches_per_min, self.policy.switch_cooldown_ms
         )
-        self.control_bucket = GlobalBucket()
+        self.control_bucket = TokenBucket(p.control_plane_per_s, p.control_plane_burst, self._now)
         self._denied_at: dict[bytes, float] = {}
 
     # routing -----------------------------------------------------------------
@@ -142,42 +155,61 @@ class GatewayCore(NodeCore):
         super()._on_features(now, s, body, path)
         self._control(now, s, wire.Control.KEEPALIVE, self._features_body(), path)
 
-    def _under_load(self, now: float) -> bool:
-        if now - self._init_window >= 1.0:
-            self._init_window = now
-            self._init_count = 0
-        self._init_count += 1
-        return self._init_count > self.cookie_threshold
+    def under_load(self, now: float) -> bool:
+        """Must initiations carry a valid mac2 (a cookie: the source is proven) now?"""
+        if self.cookie_mode != "load":
+            return self.cookie_mode == "always"
+        if self.handshake_work.load(now) >= self.policy.handshake_load_fraction:
+            self._loaded_until = now + UNDER_LOAD_HOLD
+        return now < self._loaded_until
+
+    def _policy_changed(self, policy: Policy) -> None:
+        self.source_limiter.configure(
+            policy.handshake_per_source_per_s, policy.handshake_per_source_burst,
+            policy.handshake_source_table_size,
+        )  # fmt: skip
+        self.control_bucket.rate = policy.control_plane_per_s
+        self.control_bucket.burst = policy.control_plane_burst
+        for s in self.sessions.values():
+            s.validations = None  # the next validation starts a bucket under the new limits
 
     def _on_handshake(self, now: float, path: Any, t: int, data: bytes) -> None:
         if t != wire.MessageType.HANDSHAKE_INIT:
-            self._drop("UNEXPECTED_HANDSHAKE")
+            self._drop("UNEXPECTED_HANDSHAKE", path)
             return
         if len(data) != wire.INIT_LEN:
-            self._drop("BAD_LENGTH")
+            self._drop("BAD_LENGTH", path)
             return
         mac_offset = wire.INIT.size
         if not self.cookies.check_mac1(data, mac_offset):
-            self._drop("BAD_MAC1")
+            self._drop("BAD_MAC1", path)
             return
-        if self._under_load(now):
+        # as in WireGuard: the work asked of us is measured; over the budget, only a source
+        # that proved it receives at its address (mac2 = a MAC under our cookie for it) gets
+        # a DH, and then no more than its prefix's share
+        self.handshake_work.add(now)
+        if self.under_load(now):
             addr = address_bytes(path)
             if not self.cookies.check_mac2(now, data, mac_offset, addr):
                 self.counters["cookie_replies"] += 1
-                self._drop("COOKIE_REQUIRED")
+                self._drop("COOKIE_REQUIRED", path)
                 self._send(path, self.cookies.cookie_reply(now, data, mac_offset, addr))
                 return
+            self.counters["cookie_valid"] += 1
+        if not self.source_limiter.allow(now, source_prefix(path)):
+            self._drop("HANDSHAKE_RATE_LIMITED", path)
+            return
         try:
             hs = Response(self.me, data, self.rng)
         except HandshakeError as e:
-            self._drop(str(e.args[0]))
+            self._drop(str(e.args[0]), path)
             return
         peer = self.peers.get(hs.remote_static)
         if peer is None:
-            self._drop("UNKNOWN_PEER")
+            self._drop("UNKNOWN_PEER", path)
             return
         if hs.timestamp_ms <= peer.last_init_ms:
-            self._drop("HANDSHAKE_REPLAY")
+            self._drop("HANDSHAKE_REPLAY", path)
             return
         peer.last_init_ms = hs.timestamp_ms
         s = self.sessions.get(hs.session_id) if hs.session_id != _NO_SESSION else None
@@ -404,8 +436,19 @@ class GatewayCore(NodeCore):
     def _challenge(self, now: float, s: Session, path: Any, why: str, received: int) -> None:
         ch = s.challenge
         if ch is None or ch.path is not path:
+            # a budget per session first (one client cannot spend the others' share), then
+            # the node-wide one
+            budget = s.validations
+            if budget is None:
+                p = self.policy
+                budget = s.validations = TokenBucket(
+                    p.path_validations_per_s, p.path_validation_burst, now
+                )
+            if not budget.take(now):
+                self._drop("VALIDATION_BUDGET", path)
+                return
             if not self.control_bucket.take(now):
-                self._drop("CONTROL_PLANE_LIMIT")
+                self._drop("CONTROL_PLANE_LIMIT", path)
                 return
             ch = s.challenge = _Challenge(path, why, now, self.rng(8))
             self.counters["path_challenges"] += 1
@@ -515,6 +558,11 @@ ADOPT_DROPS = {
     "unavailable": "ADOPT_UNAVAILABLE",
 }
 ADOPTIONS_PENDING_MAX = 4096
+COOKIE_MODES = ("load", "always", "never")
+#: time constant of the handshake-work meter, seconds (reacts within a fraction of a second)
+LOAD_TAU = 0.25
+#: once over the budget, cookies stay required this long (no flapping on the threshold)
+UNDER_LOAD_HOLD = 1.0
 CHALLENGE_RETRY = 0.1
 CHALLENGE_ATTEMPTS = 8
 AMPLIFICATION = 3

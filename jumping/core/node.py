@@ -37,7 +37,17 @@ from jumping.core.fsm import Reason, State
 from jumping.core.handshake import (
     Identity,
 )
-from jumping.core.outputs import ArmTimer, Drop, Emit, Output, Release, Send, WriteTun
+from jumping.core.limits import ViolationLedger, source_prefix
+from jumping.core.outputs import (
+    ArmTimer,
+    ConfirmPath,
+    Drop,
+    Emit,
+    Output,
+    Release,
+    Send,
+    WriteTun,
+)
 from jumping.core.policy import Policy
 from jumping.core.session import Keypair, Session
 from jumping.core.timers import HANDLERS, ORDER, T
@@ -115,9 +125,17 @@ SECURITY_VIOLATIONS: dict[str, tuple[str, ...]] = {
         "ADOPT_WRONG_CLIENT",
         "ADOPT_STALE_VERSION",
     ),
-    "HANDSHAKE_FLOOD": ("BAD_MAC1", "COOKIE_REQUIRED", "HANDSHAKE_AUTH_FAILED"),
+    "HANDSHAKE_FLOOD": (
+        "BAD_MAC1",
+        "COOKIE_REQUIRED",
+        "HANDSHAKE_AUTH_FAILED",
+        "HANDSHAKE_RATE_LIMITED",
+        "BAD_COOKIE_REPLY",
+    ),
     "UNKNOWN_PEER": ("UNKNOWN_PEER",),
     "SPOOFED_INNER_SOURCE": ("SOURCE_NOT_ALLOWED",),
+    "MALFORMED_PACKET": ("MALFORMED_HEADER", "SHORT_PACKET", "BAD_LENGTH", "UNEXPECTED_HANDSHAKE"),
+    "UNKNOWN_RECEIVER": ("UNKNOWN_INDEX",),
 }
 
 
@@ -226,7 +244,7 @@ class NodeCore:
         self._handlers = tuple(getattr(self, name) for name in HANDLERS)
         self.security_interval = security_interval_s
         self._security_at = now
-        self._security_seen: dict[str, int] = {}
+        self.security = ViolationLedger(SECURITY_VIOLATIONS)
         self._seq = itertools.count()
         self._now = now
 
@@ -236,13 +254,15 @@ class NodeCore:
         out, self.pending = self.pending, []
         return out
 
-    def _drop(self, reason: str) -> None:
+    def _drop(self, reason: str, path: Any = None) -> None:
         self.drops[reason] += 1
         self.pending.append(drop(reason))
+        self.security.record(reason, source_prefix(path))
 
-    def _count(self, reason: str) -> Drop:
+    def _count(self, reason: str, path: Any = None) -> Drop:
         """Count a drop of the data plane and return its (shared) Drop."""
         self.drops[reason] += 1
+        self.security.record(reason, source_prefix(path))
         return drop(reason)
 
     def _emit(
@@ -344,6 +364,9 @@ class NodeCore:
     def _forget_routes(self, s: Session) -> None:
         """Subclass hook."""
 
+    def _policy_changed(self, policy: Policy) -> None:
+        """Subclass hook: apply a new policy's limits."""
+
     # ------------------------------------------------------------------ receive
     def receive(self, now: float, path: Any, data: bytes) -> list[Output]:
         """Any datagram from any path. Never raises; returns the outputs (the inner packet
@@ -401,7 +424,7 @@ class NodeCore:
         try:
             t = wire.message_type(data) if len(data) <= wire.MAX_DATAGRAM else None
             if t is None:
-                return self._count("MALFORMED_HEADER")
+                return self._count("MALFORMED_HEADER", path)
             if t == _DATA or t == _SEGMENT:
                 return self._open_data(now, path, data)
             if t == _CONTROL:
@@ -419,27 +442,27 @@ class NodeCore:
         try:
             _t, v, r, idx, counter = _HDR.unpack_from(data)
         except struct.error:
-            return self._count("SHORT_PACKET")
+            return self._count("SHORT_PACKET", path)
         if v != wire.VERSION or (r and _t != _SEGMENT):
-            return self._count("MALFORMED_HEADER")
+            return self._count("MALFORMED_HEADER", path)
         kp = self.index.get(idx)
         if kp is None:
-            return self._count("UNKNOWN_INDEX")
+            return self._count("UNKNOWN_INDEX", path)
         if now - kp.created >= self._key_lifetime:
             # refused before any work on it, whether or not the timer wiped the keys yet
-            return self._count("KEY_EXPIRED")
+            return self._count("KEY_EXPIRED", path)
         replay = kp.replay
         if not replay.check(counter):
-            return self._count("REPLAY")
+            return self._count("REPLAY", path)
         aead = kp.recv_aead
         if aead is None:
-            return self._count("KEY_WIPED")
+            return self._count("KEY_WIPED", path)
         try:
             plain = aead.decrypt(_NONCE_PAD + data[8:16], data[16:], data[:16])
         except InvalidTag:
-            return self._count("AUTH_FAILED")
+            return self._count("AUTH_FAILED", path)
         if not replay.update(counter):
-            return self._count("REPLAY")
+            return self._count("REPLAY", path)
         s = kp.session
         s.rx_bytes += len(data)
         s.rx_packets += 1
@@ -466,7 +489,7 @@ class NodeCore:
         if not s.owned:
             return self._count("NOT_OWNER")
         if not self._source_allowed(s, plain):
-            return self._count("SOURCE_NOT_ALLOWED")
+            return self._count("SOURCE_NOT_ALLOWED", path)
         return plain
 
     def _source_allowed(self, s: Session, packet: bytes) -> bool:
@@ -531,6 +554,8 @@ class NodeCore:
     ) -> None:
         """A packet authenticated under a non-current keypair, from another path, or while
         not ATTACHED: confirmations, grace-window packets, first binding."""
+        if getattr(path, "provisional", False):
+            self.pending.append(ConfirmPath(path))
         if kp is s.next:
             self._confirm(now, s, kp, path)
         elif kp is s.previous:
@@ -700,15 +725,14 @@ class NodeCore:
         if now - self._security_at >= self.security_interval:
             window_ms = int((now - self._security_at) * 1000)
             self._security_at = now
-            for violation, reasons in SECURITY_VIOLATIONS.items():
-                total = sum(self.drops.get(r, 0) for r in reasons)
-                delta = total - self._security_seen.get(violation, 0)
-                if delta > 0:
-                    self._security_seen[violation] = total
-                    self._emit(
-                        "SECURITY_EVENT", None, None, violation_type=violation, count=delta,
-                        window_ms=window_ms,
-                    )  # fmt: skip
+            for violation, count, top, rest in self.security.flush(
+                self.policy.security_top_sources
+            ):
+                self.counters["security_events"] += 1
+                self._emit(
+                    "SECURITY_EVENT", None, None, violation_type=violation, count=count,
+                    window_ms=window_ms, top_sources=top, other_sources_count=rest,
+                )  # fmt: skip
 
     # what arms timers ------------------------------------------------------------
     def _born(self, now: float, s: Session, handshake_until: float) -> None:
@@ -955,6 +979,7 @@ class NodeCore:
         old = self.policy
         self.policy = policy
         self._key_lifetime = float(policy.key_lifetime_s)
+        self._policy_changed(policy)
         limiter = getattr(self, "switch_limiter", None)
         if limiter is not None and hasattr(limiter, "cooldown_ms"):
             limiter.max_per_min = policy.max_switches_per_min

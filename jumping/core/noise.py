@@ -304,10 +304,22 @@ class HandshakeState:
         return bytes(out)
 
     def read_message(self, message: bytes) -> bytes:
+        """Read the peer's next message. All or nothing: a message that fails (forged,
+        truncated) leaves this handshake exactly as it was, so the genuine one still
+        completes; the state is committed only once the message authenticated."""
         if self.complete or self._my_turn():
             raise NoiseError("not our turn to read")
         if len(message) > MAX_MESSAGE:
             raise NoiseError("message too long")
+        ss, c = self.ss, self.ss.cipher
+        saved = (ss.ck, ss.h, c.k, c.n, c._aead, self.re, self.rs, list(self.psks))
+        try:
+            return self._read(message)
+        except NoiseError:
+            ss.ck, ss.h, c.k, c.n, c._aead, self.re, self.rs, self.psks = saved
+            raise
+
+    def _read(self, message: bytes) -> bytes:
         pos = 0
         for token in self._messages[self._turn]:
             if token == "e":

@@ -3,7 +3,8 @@ What the core asks its caller to do. Frozen: the core never gets a callback.
 
 The service executes them in order: ``Send`` on the named path, ``WriteTun`` to the TUN
 device, ``Emit`` to the event pipeline, ``ArmTimer`` to call ``tick`` again, ``Claim``,
-``Adopt`` and ``Release`` against the ownership backend. ``Drop`` is informational (already counted).
+``Adopt`` and ``Release`` against the ownership backend, ``ConfirmPath`` by calling the
+path's ``confirm()``. ``Drop`` is informational (already counted).
 """
 
 from __future__ import annotations
@@ -77,4 +78,12 @@ class Release:
     token: int | None
 
 
-Output = Union[Send, WriteTun, Emit, ArmTimer, Drop, Claim, Adopt, Release]
+@dataclass(frozen=True, slots=True)
+class ConfirmPath:
+    """A packet authenticated on a path its transport marked ``provisional``: the transport
+    may now keep it (``path.confirm()``). Unauthenticated sources never get a table entry."""
+
+    path: Any
+
+
+Output = Union[Send, WriteTun, Emit, ArmTimer, Drop, Claim, Adopt, Release, ConfirmPath]

@@ -46,6 +46,22 @@ class Policy:
     rekey_grace_ms: int = 10000
     key_expiry_grace_s: int = 60
     rekey_on_switch: bool = False
+    # control-plane limits (docs/security.md): what unauthenticated input may cost
+    #: cookies (valid mac2) are required once handshake work exceeds this fraction of a core
+    handshake_load_fraction: float = 0.10
+    #: initiations per source prefix (IPv4 /32, IPv6 /64) and second, and the burst
+    handshake_per_source_per_s: float = 20.0
+    handshake_per_source_burst: int = 5
+    #: source prefixes tracked for that limit (least recently used forgotten first)
+    handshake_source_table_size: int = 8192
+    #: node-wide budget for path validations (challenges to new addresses), per second
+    control_plane_per_s: float = 1000.0
+    control_plane_burst: int = 2000
+    #: the same budget per session: one client cannot spend the others' share
+    path_validations_per_s: float = 10.0
+    path_validation_burst: int = 20
+    #: top source prefixes named in an aggregated SECURITY_EVENT (the rest is counted)
+    security_top_sources: int = 5
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> Policy:
@@ -114,6 +130,15 @@ class Policy:
         rng("key_expiry_grace_s", 1, 86400)
         rng("nat_keepalive_s", 0, 3600)
         rng("rekey_after_messages", 1, 2**64 - 2**14)
+        rng("handshake_load_fraction", 0.001, 1.0)
+        rng("handshake_per_source_per_s", 0.1, 100_000)
+        rng("handshake_per_source_burst", 1, 100_000)
+        rng("handshake_source_table_size", 16, 10_000_000)
+        rng("control_plane_per_s", 1, 1_000_000)
+        rng("control_plane_burst", 1, 10_000_000)
+        rng("path_validations_per_s", 0.1, 10_000)
+        rng("path_validation_burst", 1, 100_000)
+        rng("security_top_sources", 0, 64)
         w = self.replay_window
         if w < 128 or w > 65536 or w & (w - 1):
             p.append(f"replay_window: must be a power of two in 128..65536, got {w}")

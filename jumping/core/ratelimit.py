@@ -1,6 +1,6 @@
 """
 Switch rate limits (docs/protocol.md, invariant 6): at most ``max_per_min`` switches in any
-60 s window and at least ``cooldown_ms`` between two, per key; plus a global control-plane bucket.
+60 s window and at least ``cooldown_ms`` between two, per key.
 
 Pure and bounded: a key keeps at most ``max_per_min`` timestamps; at most ``max_keys``
 keys are tracked (least recently used evicted). Provides ``IRateLimitPolicy``.
@@ -58,24 +58,3 @@ class SwitchLimiter:
 
     def forget(self, key: str) -> None:
         self._keys.pop(key, None)
-
-
-class GlobalBucket:
-    """A token bucket for node-wide control-plane work (reattach validations, probes to
-    unvalidated paths): ``rate`` per second, bursts up to ``burst``."""
-
-    def __init__(self, rate: float = 1000.0, burst: float = 2000.0) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.at = 0.0
-        self.denied = 0
-
-    def take(self, now: float, n: float = 1.0) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens >= n:
-            self.tokens -= n
-            return True
-        self.denied += 1
-        return False

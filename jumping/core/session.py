@@ -157,6 +157,7 @@ class Session:
         "peer_features",
         "features_sent",
         "features_at",
+        "validations",
     )
 
     def __init__(self, session_id: bytes, peer: Any, now: float, state_version: int = 0) -> None:
@@ -205,6 +206,7 @@ class Session:
         self.peer_features: int | None = None
         self.features_sent = 0  # client: announcements sent for the current keys
         self.features_at = -1e18
+        self.validations: Any = None  # gateway: this session's path-validation budget
 
     def keypairs(self) -> tuple[Keypair, ...]:
         return tuple(k for k in (self.current, self.previous, self.next) if k is not None)

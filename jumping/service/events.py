@@ -117,8 +117,11 @@ class EventPipeline:
         }
         for k, v in e.fields.items():
             if k not in event:
-                if self.privacy != "full" and isinstance(v, str) and k.endswith(_ADDRESS_FIELDS):
-                    v = self.hide(v)
+                if self.privacy != "full":
+                    if isinstance(v, str) and k.endswith(_ADDRESS_FIELDS):
+                        v = self.hide(v)
+                    elif k == "top_sources" and isinstance(v, list):
+                        v = [{**t, "address": self.hide(str(t.get("address")))} for t in v]
                 event[k] = v
         self.seq += 1
         self.prev_hash = chain_hash(self.chain_key, event)

@@ -73,6 +73,69 @@ class NodeCollector:
         w = CounterMetricFamily("jumping_tun_write_errors", "Failed TUN writes", labels=["node"])
         w.add_metric([node], svc.tun_write_errors)
         yield w
+        yield from control_plane_metrics(node, core, svc.listeners)
+
+
+#: the control-plane limits of the policy, exported as gauges (docs/security.md)
+LIMITS = (
+    "handshake_load_fraction", "handshake_per_source_per_s", "handshake_per_source_burst",
+    "handshake_source_table_size", "control_plane_per_s", "control_plane_burst",
+    "path_validations_per_s", "path_validation_burst", "key_expiry_grace_s",
+)  # fmt: skip
+#: listener counters of unauthenticated input (UDP and TCP transports), if they have them
+LISTENER_COUNTERS = (
+    "provisional_paths", "evicted", "refused", "refused_unauthenticated",
+    "handshake_timeouts", "idle_timeouts",
+)  # fmt: skip
+
+
+def control_plane_metrics(node: str, core: Any, listeners: list[Any]) -> Iterator[Metric]:
+    lim = GaugeMetricFamily("jumping_control_plane_limit", "Control-plane limits (policy)",
+                            labels=["node", "name"])  # fmt: skip
+    for name in LIMITS:
+        lim.add_metric([node, name], float(getattr(core.policy, name)))
+    yield lim
+    load = getattr(core, "handshake_work", None)
+    if load is not None:
+        now = getattr(core, "_now", 0.0)
+        g = GaugeMetricFamily("jumping_handshake_load", "Handshake work demanded, fraction of a core",
+                              labels=["node"])  # fmt: skip
+        g.add_metric([node], load.load(now))
+        yield g
+        u = GaugeMetricFamily("jumping_cookies_required", "1 while initiations must carry a cookie",
+                              labels=["node"])  # fmt: skip
+        u.add_metric([node], 1.0 if now < core._loaded_until else 0.0)
+        yield u
+        c = GaugeMetricFamily("jumping_handshake_cost_seconds", "Measured cost of one handshake",
+                              labels=["node"])  # fmt: skip
+        c.add_metric([node], load.cost)
+        yield c
+        lim_t = GaugeMetricFamily("jumping_handshake_sources_tracked",
+                                  "Source prefixes in the per-source handshake limiter",
+                                  labels=["node"])  # fmt: skip
+        lim_t.add_metric([node], len(core.source_limiter))
+        yield lim_t
+        ev = CounterMetricFamily("jumping_handshake_sources_evicted",
+                                 "Source prefixes forgotten because the limiter table was full",
+                                 labels=["node"])  # fmt: skip
+        ev.add_metric([node], core.source_limiter.evicted)
+        yield ev
+    lc = CounterMetricFamily(
+        "jumping_listener_unauthenticated",
+        "Listener counters of unauthenticated input",
+        labels=["node", "kind"],
+    )
+    paths = GaugeMetricFamily("jumping_listener_paths", "Authenticated paths a listener keeps",
+                              labels=["node", "listener"])  # fmt: skip
+    for i, lst in enumerate(listeners):
+        for name in LISTENER_COUNTERS:
+            if isinstance(getattr(lst, name, None), int):
+                lc.add_metric([node, f"{type(lst).__name__}{i}", name], getattr(lst, name))
+        table = getattr(lst, "paths", None)
+        if table is not None:
+            paths.add_metric([node, f"{type(lst).__name__}{i}"], len(table))
+    yield lc
+    yield paths
 
 
 class Metrics:

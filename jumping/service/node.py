@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable, Iterable
+from time import perf_counter
 from typing import Any
 
 from twisted.application import service
@@ -35,6 +36,7 @@ from jumping.core.outputs import (
     Adopt,
     ArmTimer,
     Claim,
+    ConfirmPath,
     Drop,
     Emit,
     Output,
@@ -103,6 +105,7 @@ class NodeService(service.Service):
         self.paths_refused_mtu = 0
         #: TUN packets read in the current wake-up, sealed together at its end
         self._tx: list[Any] = []
+        self._answered = 0
 
     # ------------------------------------------------------------------ startup
     def prepare(self) -> None:
@@ -305,10 +308,20 @@ class NodeService(service.Service):
         core = self.core
         if core is None:
             return
+        t0 = perf_counter()
         packets, outputs = core.receive_batch(self._now(), transport, datagrams)
         if packets:
             self._write_many(packets)
         if outputs:
+            if (
+                isinstance(core, GatewayCore)
+                and core.counters["handshakes_answered"] != self._answered
+            ):
+                # what answering an initiation costs on this host, measured, so the core's
+                # load trigger (cookies) counts real work, not a guess
+                self._answered = core.counters["handshakes_answered"]
+                meter = core.handshake_work
+                meter.cost += (perf_counter() - t0 - meter.cost) * 0.1  # EWMA over ~10
             self._run(outputs)
 
     def _tun_offloaded(self, frame: bytes) -> bool:
@@ -422,6 +435,8 @@ class NodeService(service.Service):
                 self._adopt(out)  # type: ignore[arg-type]
             elif t is Release:
                 self._release(out)  # type: ignore[arg-type]
+            elif t is ConfirmPath:
+                out.path.confirm()  # type: ignore[union-attr]
             elif t is Drop:
                 pass
 

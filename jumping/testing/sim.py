@@ -24,7 +24,17 @@ from jumping.core.client import ClientCore
 from jumping.core.gateway import GatewayCore
 from jumping.core.node import NodeCore, Peer
 from jumping.core.noise import public_key
-from jumping.core.outputs import Adopt, ArmTimer, Claim, Emit, Output, Release, Send, WriteTun
+from jumping.core.outputs import (
+    Adopt,
+    ArmTimer,
+    Claim,
+    ConfirmPath,
+    Emit,
+    Output,
+    Release,
+    Send,
+    WriteTun,
+)
 from jumping.core.policy import Policy
 from jumping.core.segments import SegmentRun
 
@@ -41,6 +51,13 @@ class SimPath:
         self.remote_address = remote
         self.connected = True
         self.send_errors = 0
+        #: as a listener's path for a source it has not yet seen authenticate
+        self.provisional = False
+        self.confirmed = 0
+
+    def confirm(self) -> None:
+        self.provisional = False
+        self.confirmed += 1
 
     def __repr__(self) -> str:
         return f"<SimPath {self.transport_id}>"
@@ -171,6 +188,8 @@ class SimNet:
                 )
             elif isinstance(out, Release):
                 pass
+            elif isinstance(out, ConfirmPath):
+                out.path.confirm()
             else:
                 log.drops.append(out.reason)  # Drop
 
@@ -415,6 +434,8 @@ class ClusterNet:
                     w.cancel()
                 if out.token is not None:
                     self.backends[side].release(out.session_id, out.token)
+            elif isinstance(out, ConfirmPath):
+                out.path.confirm()
             elif isinstance(out, Drop):
                 log.drops.append(out.reason)
 

@@ -276,7 +276,7 @@ def test_replayed_initiation_is_dropped() -> None:
 def test_cookie_reply_under_load_then_handshake_with_mac2() -> None:
     net = SimNet(seed=4)
     assert isinstance(net.gateway, GatewayCore)
-    net.gateway.cookie_threshold = 0
+    net.gateway.cookie_mode = "always"
     net.start()
     net.run_for(0.2)
     assert net.gateway.counters["cookie_replies"] == 1

@@ -1,0 +1,172 @@
+"""
+What unauthenticated input may cost, and how it is seen (docs/security.md).
+
+- :class:`TokenBucket`: ``rate`` per second, bursts up to ``burst``.
+- :class:`SourceLimiter`: one token bucket per source prefix (IPv4 /32, IPv6 /64) in a table
+  of bounded size, least recently used forgotten first (counted).
+- :class:`WorkMeter`: handshake work per second (seconds of CPU per second), an
+  exponentially decayed rate times the measured cost of one handshake.
+- :class:`ViolationLedger`: per security violation type, the count over an interval and the
+  heaviest source prefixes (Misra-Gries summary: bounded, O(1) amortized per record).
+
+All pure: time comes from the caller. Every table here has a size limit.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+
+def source_prefix(path: Any) -> str | None:
+    """The prefix a path's remote address is limited and reported by: ``a.b.c.d/32`` or
+    ``[v6 prefix]/64``; None if the path has no IP address."""
+    addr = getattr(path, "remote_address", None)
+    if not isinstance(addr, tuple) or not addr or not isinstance(addr[0], str):
+        return None
+    host = addr[0]
+    if ":" not in host:
+        return host + "/32"
+    try:
+        net = ipaddress.IPv6Network((host.split("%", 1)[0], 64), strict=False)
+    except ValueError:
+        return None
+    return f"[{net.network_address}]/64"
+
+
+class TokenBucket:
+    __slots__ = ("rate", "burst", "tokens", "at", "denied")
+
+    def __init__(self, rate: float, burst: float, now: float = 0.0) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.at = now
+        self.denied = 0
+
+    def take(self, now: float, n: float = 1.0) -> bool:
+        if now > self.at:
+            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+            self.at = now
+        if self.tokens >= n:
+            self.tokens -= n
+            return True
+        self.denied += 1
+        return False
+
+
+class SourceLimiter:
+    """Token buckets per source prefix. A prefix not seen for ``burst / rate`` seconds is
+    back at a full bucket, so forgetting it early (table full) gives it nothing it would
+    not have had; the table holds at most ``size`` prefixes."""
+
+    def __init__(self, rate: float, burst: int, size: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.size = size
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self.evicted = 0
+        self.denied = 0
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def allow(self, now: float, prefix: str | None) -> bool:
+        if prefix is None:
+            return True
+        b = self._buckets.get(prefix)
+        if b is None:
+            while len(self._buckets) >= self.size:
+                self._buckets.popitem(last=False)
+                self.evicted += 1
+            b = self._buckets[prefix] = TokenBucket(self.rate, self.burst, now)
+        else:
+            self._buckets.move_to_end(prefix)
+        if b.take(now):
+            return True
+        self.denied += 1
+        return False
+
+    def configure(self, rate: float, burst: int, size: int) -> None:
+        self.rate, self.burst, self.size = rate, burst, size
+        for b in self._buckets.values():
+            b.rate, b.burst = rate, burst
+        while len(self._buckets) > size:
+            self._buckets.popitem(last=False)
+            self.evicted += 1
+
+
+class WorkMeter:
+    """Handshake work in seconds of CPU per second, decayed with time constant ``tau``.
+
+    ``cost`` is what one handshake costs; the service measures it (the core has no clock
+    of its own) and the default is a conservative figure for one Noise IK response."""
+
+    def __init__(self, cost: float = 1 / 1500, tau: float = 1.0) -> None:
+        self.cost = cost
+        self.tau = tau
+        self._rate = 0.0
+        self._at = 0.0
+
+    def _decay(self, now: float) -> None:
+        if now > self._at:
+            self._rate *= math.exp((self._at - now) / self.tau)
+            self._at = now
+
+    def add(self, now: float, n: float = 1.0) -> None:
+        self._decay(now)
+        self._rate += n / self.tau
+
+    def load(self, now: float) -> float:
+        """Fraction of a core spent on handshakes, recently."""
+        self._decay(now)
+        return self._rate * self.cost
+
+
+class ViolationLedger:
+    """Counts drop reasons by security violation type, with the heaviest source prefixes.
+
+    ``flush`` returns, per violation type seen since the last flush: the exact count, up to
+    ``top`` prefixes with their (lower-bound) counts, and the count not attributed to them.
+    """
+
+    def __init__(self, violations: Mapping[str, Iterable[str]], tracked: int = 64) -> None:
+        self.type_of = {r: v for v, reasons in violations.items() for r in reasons}
+        self.tracked = tracked
+        self._counts: dict[str, int] = {}
+        self._sources: dict[str, dict[str, int]] = {}
+
+    def record(self, reason: str, source: str | None) -> None:
+        v = self.type_of.get(reason)
+        if v is None:
+            return
+        self._counts[v] = self._counts.get(v, 0) + 1
+        if source is None:
+            return
+        mg = self._sources.get(v)
+        if mg is None:
+            mg = self._sources[v] = {}
+        c = mg.get(source)
+        if c is not None:
+            mg[source] = c + 1
+        elif len(mg) < self.tracked:
+            mg[source] = 1
+        else:  # Misra-Gries: a new key when full takes one from everybody
+            for k in [k for k, n in mg.items() if n == 1]:
+                del mg[k]
+            for k in mg:
+                mg[k] -= 1
+
+    def flush(self, top: int) -> list[tuple[str, int, list[dict[str, Any]], int]]:
+        out = []
+        for v, count in self._counts.items():
+            mg = self._sources.get(v, {})
+            heavy = sorted(mg.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+            named = [{"address": k, "count": n} for k, n in heavy]
+            out.append((v, count, named, count - sum(n for _k, n in heavy)))
+        self._counts = {}
+        self._sources = {}
+        return out

@@ -1,0 +1,246 @@
+"""Issue 10: an active attacker on the wire. Each test reproduces one hole found on the core
+driven in-process (junk, floods, forged handshake responses, stale keys, short control
+messages, one client starving the others) and pins the mechanism that closes it."""
+
+from __future__ import annotations
+
+import random
+
+from jumping.core import wire
+from jumping.core.client import ClientCore
+from jumping.core.gateway import GatewayCore
+from jumping.core.handshake import (
+    LABEL_MAC1,
+    Identity,
+    Initiation,
+    _hash,
+    mac,
+    read_cookie_reply,
+)
+from jumping.core.node import Peer
+from jumping.core.noise import public_key
+from jumping.core.outputs import Emit, Send, WriteTun
+from jumping.core.policy import Policy
+from jumping.testing.sim import SimNet, SimPath, ipv4, seeded_rng
+
+UP = ipv4("10.99.0.2", "10.99.0.1", b"hello gateway")
+
+
+def attached(**policy: object) -> SimNet:
+    net = SimNet(seed=10, links=2, policy=Policy.from_mapping(policy) if policy else None)
+    net.start()
+    net.run_for(3.0)
+    assert net.states() == ("ATTACHED", "ATTACHED")
+    return net
+
+
+def spoofed(i: int, port: int = 51820) -> SimPath:
+    host = f"198.{18 + (i >> 16) % 2}.{(i >> 8) & 255}.{i & 255}"
+    return SimPath(f"spoof:{i}", ("10.201.1.2", 51820), (host, port))
+
+
+def gw_session(net: SimNet):  # noqa: ANN201
+    return next(iter(net.gateway.sessions.values()))
+
+
+# 2 ------------------------------------------------------------------------------------------
+def _flood_events(net: SimNet, flood) -> list[Emit]:  # noqa: ANN001
+    """SECURITY_EVENTs of the interval in which ``flood(now)`` ran (the tunnel running)."""
+    gw = net.gateway
+    net.run_for(gw.security_interval)  # what the handshake itself produced is reported
+    seen = len(net.events("gateway", "SECURITY_EVENT"))
+    flood(net.now)
+    net.run_for(gw.security_interval + 0.5)
+    return net.events("gateway", "SECURITY_EVENT")[seen:]
+
+
+def test_garbage_flood_is_a_few_aggregated_security_events_with_top_sources() -> None:
+    net = attached()
+    r = random.Random(2)
+    gw = net.gateway
+
+    def flood(now: float) -> None:
+        for i in range(2000):  # 1000 junk datagrams from one noisy source, 1000 from others
+            gw.receive(now, spoofed(0 if i % 2 else i), r.randbytes(r.randrange(1, 200)))
+
+    events = _flood_events(net, flood)
+    by_type = {e.fields["violation_type"]: e.fields for e in events}
+    assert len(events) == len(by_type) == 1  # one per violation type and interval
+    junk = by_type["MALFORMED_PACKET"]
+    assert junk["count"] == 2000
+    top = junk["top_sources"]
+    # the heaviest source first; its count a lower bound within total/(tracked+1) (Misra-Gries)
+    assert top[0]["address"] == "198.18.0.0/32"
+    assert 1000 - 2000 / (gw.security.tracked + 1) <= top[0]["count"] <= 1000
+    assert 1 <= len(top) <= gw.policy.security_top_sources
+    assert junk["other_sources_count"] == 2000 - sum(t["count"] for t in top)
+    # nothing of this touched the session
+    s = gw_session(net)
+    assert s.fsm.state.value == "ATTACHED" and s.path is net.links[0].gateway_side
+
+
+def test_spoofed_handshake_size_flood_is_counted_as_a_handshake_flood() -> None:
+    net = attached()
+    gw = net.gateway
+    r = random.Random(3)
+
+    def flood(now: float) -> None:
+        for i in range(500):
+            gw.receive(now, spoofed(i), wire.HEADER.pack(1, 1, 0) + r.randbytes(wire.INIT_LEN - 4))
+
+    events = _flood_events(net, flood)
+    flood_ev = next(e.fields for e in events if e.fields["violation_type"] == "HANDSHAKE_FLOOD")
+    assert flood_ev["count"] == 500
+    assert len(flood_ev["top_sources"]) == gw.policy.security_top_sources
+    assert flood_ev["other_sources_count"] == 500 - gw.policy.security_top_sources
+    assert net.states() == ("ATTACHED", "ATTACHED")
+
+
+# 3 ------------------------------------------------------------------------------------------
+def _gateway(**policy: object) -> tuple[GatewayCore, bytes, bytes]:
+    rng = seeded_rng(31)
+    gw_key, client_key = rng(32), rng(32)
+    gw = GatewayCore(
+        peers=[Peer(public_key(client_key), ["10.99.0.2/32"])], node_id="gw", private_key=gw_key,
+        policy=Policy.from_mapping(policy) if policy else Policy(), rng=seeded_rng(32), now=0.0,
+    )  # fmt: skip
+    return gw, gw_key, client_key
+
+
+def _init(client_key: bytes, gw_key: bytes, now: float, cookie: bytes | None = None) -> Initiation:
+    return Initiation(
+        Identity(client_key), public_key(gw_key), seeded_rng(int(now * 1000)), now, 7,
+        cookie=cookie,
+    )  # fmt: skip
+
+
+def test_cookies_engage_on_measured_handshake_work_not_a_fixed_count() -> None:
+    """400 initiations in one second: a fifth of a core in DH work, far under any fixed
+    count of thousands; the gateway must ask for cookies before the work eats the reactor."""
+    gw, gw_key, client_key = _gateway()
+    answered = cookies = 0
+    for i in range(400):
+        now = 100.0 + i / 400
+        out = gw.receive(now, spoofed(i), _init(client_key, gw_key, now).message)
+        answered += sum(1 for o in out if isinstance(o, Send) and o.data[0] == 2)
+        cookies += sum(1 for o in out if isinstance(o, Send) and o.data[0] == 3)
+    assert cookies > 0 and gw.drops["COOKIE_REQUIRED"] == cookies
+    assert answered < 100
+
+
+def test_a_source_with_a_valid_cookie_is_still_rate_limited() -> None:
+    gw, gw_key, client_key = _gateway()
+    src = spoofed(1)
+    now = 100.0
+    for i in range(400):  # load: cookies engage
+        now = 100.0 + i / 400
+        gw.receive(now, spoofed(1000 + i), _init(client_key, gw_key, now).message)
+    hs = _init(client_key, gw_key, now + 0.001)
+    reply = [o for o in gw.receive(now + 0.001, src, hs.message) if isinstance(o, Send)]
+    assert reply and reply[0].data[0] == wire.MessageType.COOKIE_REPLY
+    cookie = read_cookie_reply(reply[0].data, public_key(gw_key), hs.mac1)
+    answered = 0
+    start = now + 0.01
+    for i in range(300):  # one source, valid mac2, 300 initiations in one second
+        t = start + i / 300
+        out = gw.receive(t, src, _init(client_key, gw_key, t, cookie).message)
+        answered += sum(1 for o in out if isinstance(o, Send) and o.data[0] == 2)
+    p = gw.policy
+    assert 0 < answered <= p.handshake_per_source_burst + p.handshake_per_source_per_s
+    assert gw.drops["HANDSHAKE_RATE_LIMITED"] == 300 - answered
+    assert len(gw.source_limiter) <= p.handshake_source_table_size
+
+
+# 4 ------------------------------------------------------------------------------------------
+def test_forged_handshake_response_leaves_the_initiators_handshake_as_it_was() -> None:
+    net = SimNet(seed=4)
+    client, gw = net.client, net.gateway
+    init = next(o for o in client.start(net.now) if isinstance(o, Send))
+    real = next(
+        o for o in gw.receive(net.now, net.links[0].gateway_side, init.data) if isinstance(o, Send)
+    )
+    body = bytearray(real.data[: wire.RESP.size])
+    body[12 : 12 + wire.NOISE_RESP_LEN] = random.Random(4).randbytes(wire.NOISE_RESP_LEN)
+    body += mac(_hash(LABEL_MAC1 + public_key(net.client_key)), bytes(body))
+    forged = bytes(body) + bytes(wire.MAC_LEN)
+    client.receive(net.now, net.links[0].client_side, forged)
+    assert client.drops["HANDSHAKE_AUTH_FAILED"] == 1
+    client.receive(net.now + 0.01, net.links[0].client_side, real.data)
+    assert client.session is not None and client.session.fsm.state.value == "ATTACHED"
+
+
+# 5 ------------------------------------------------------------------------------------------
+def test_gateway_refuses_data_under_keys_older_than_rekey_after_plus_grace() -> None:
+    net = attached()
+    gw, p = net.gateway, net.gateway.policy
+    kp = net.client.session.current
+    path = net.links[0].gateway_side
+    young = kp.seal(kp.data_prefix, UP)
+    old = kp.seal(kp.data_prefix, UP)
+    assert any(isinstance(o, WriteTun) for o in gw.receive(net.now, path, young))
+    late = kp.created + p.rekey_after_s + p.key_expiry_grace_s + 0.5
+    out = gw.receive(late, path, old)
+    assert not any(isinstance(o, WriteTun) for o in out)
+    assert gw.drops["KEY_EXPIRED"] == 1
+    assert gw.drops["AUTH_FAILED"] == 0
+
+
+def test_client_rekeys_in_time_so_key_expiry_never_drops_a_live_tunnel() -> None:
+    net = attached(rekey_after_s=5, key_expiry_grace_s=2)
+    net.traffic(net.now + 30.0, interval=0.05)
+    net.run_for(30.0)
+    assert net.states() == ("ATTACHED", "ATTACHED")
+    assert net.gateway.counters["rekeys"] >= 4
+    assert net.gateway.drops["KEY_EXPIRED"] == 0
+
+
+# 6 ------------------------------------------------------------------------------------------
+def test_short_authenticated_probe_reply_is_a_counted_drop_not_an_internal_error() -> None:
+    net = attached()
+    g = gw_session(net)
+    kp = g.current
+    for body in (b"", b"\x01", b"\x01\x00\x00\x00", b"\x01" * 31):
+        data = kp.seal(kp.control_prefix, bytes((wire.Control.PROBE_REPLY,)) + body)
+        net.client.receive(net.now, net.links[0].client_side, data)
+    assert net.client.counters["internal_error"] == 0
+    assert not [d for d in net.client.drops if d.startswith("INTERNAL_ERROR")]
+    assert net.client.drops["MALFORMED_CONTROL"] == 4
+
+
+# 8 ------------------------------------------------------------------------------------------
+def test_one_client_cannot_exhaust_the_path_validation_budget_of_the_others() -> None:
+    net = attached()
+    gw = net.gateway
+    # a second client, with a path of its own
+    key_b = seeded_rng(88)(32)
+    gw.peers[public_key(key_b)] = Peer(public_key(key_b), ["10.99.0.3/32"])
+    c_side = SimPath("b:c", ("10.202.0.1", 40000), ("10.202.0.2", 51820))
+    g_side = SimPath("b:g", ("10.202.0.2", 51820), ("10.202.0.1", 40000))
+    b = ClientCore(
+        gateway_public_key=public_key(net.gateway_key), paths=[c_side], node_id="b",
+        private_key=key_b, policy=gw.policy, rng=seeded_rng(89), now=net.now,
+    )  # fmt: skip
+    pending = [(gw, g_side, o.data) for o in b.start(net.now) if isinstance(o, Send)]
+    while pending:
+        core, path, data = pending.pop(0)
+        for o in core.receive(net.now, path, data):
+            if isinstance(o, Send) and o.path is g_side:
+                pending.append((b, c_side, o.data))
+            elif isinstance(o, Send) and o.path is c_side:
+                pending.append((gw, g_side, o.data))
+    assert b.session is not None and b.session.fsm.state.value == "ATTACHED"
+    # client A (authenticated) sends from 10 000 new addresses a second, each asking for a
+    # path validation; client B, rebound by its NAT meanwhile, sends a keepalive every 100 ms
+    # from its new address and must get its challenge
+    a = net.client.session.current
+    kb = b.session.current
+    moved = SimPath("b:g2", ("10.202.0.2", 51820), ("10.202.0.1", 40001))
+    challenged = 0
+    for i in range(20_000):
+        t = net.now + i / 10_000
+        gw.receive(t, spoofed(i), a.seal(a.control_prefix, b"\x01"))
+        if i >= 5000 and i % 1000 == 999:  # once the shared budget would be spent
+            out = gw.receive(t, moved, kb.seal(kb.control_prefix, b"\x01"))
+            challenged += any(isinstance(o, Send) and o.path is moved for o in out)
+    assert challenged >= 1
+    assert b.session.fsm.state.value == "ATTACHED"

@@ -16,7 +16,9 @@ TOP = [
 
 
 def _emit(privacy: str) -> dict:
-    p = EventPipeline("gw1", [], bytes(32), lambda: "1", lambda: 1800000000.0, privacy)
+    p = EventPipeline(
+        "gw1", [], bytes(32), lambda: "1", lambda: 1800000000.0, privacy, bytes(range(32))
+    )
     return p.emit(
         Emit(
             "SECURITY_EVENT",
@@ -38,7 +40,7 @@ def _emit(privacy: str) -> dict:
     ("privacy", "expected"),
     [
         ("full", ["198.51.100.77/32", "[2001:db8:1:2::]/64"]),
-        ("truncated", ["198.51.100.0/32", "[2001:db8:1::]/64"]),
+        ("truncated", ["198.51.100.0/24", "2001:db8:1::/48"]),
     ],
 )
 def test_top_sources_follow_address_privacy(privacy: str, expected: list[str]) -> None:

@@ -80,6 +80,13 @@ def chain_hash(key: bytes, event: dict[str, Any]) -> str:
 
 
 class EventPipeline:
+    def _hide_prefix(self, prefix: str) -> str:
+        """A source prefix (``a.b.c.d/32``, ``[v6]/64``) under address privacy: truncated to
+        the privacy network (never finer than the prefix), or hashed with its length."""
+        base, _, bits = prefix.partition("/")
+        shown = self.hide(base)
+        return shown if "/" in shown or not bits else f"{shown}/{bits}"
+
     def __init__(
         self,
         node_id: str,
@@ -121,7 +128,7 @@ class EventPipeline:
                     if isinstance(v, str) and k.endswith(_ADDRESS_FIELDS):
                         v = self.hide(v)
                     elif k == "top_sources" and isinstance(v, list):
-                        v = [{**t, "address": self.hide(str(t.get("address")))} for t in v]
+                        v = [{**t, "address": self._hide_prefix(str(t.get("address")))} for t in v]
                 event[k] = v
         self.seq += 1
         self.prev_hash = chain_hash(self.chain_key, event)

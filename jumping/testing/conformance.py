@@ -51,6 +51,7 @@ from jumping.interfaces import (
     IEventSink,
     IListener,
     IOwnershipBackend,
+    IProvisionalPath,
     IRateLimitPolicy,
     ITransport,
     ITransportFactory,
@@ -229,6 +230,10 @@ class TransportFactoryTests:
         path.send(b"hello")
         await wait_until(lambda: len(server.got) > before, "the first datagram at the listener")
         back = server.got[-1][0]
+        if IProvisionalPath.providedBy(back) and back.provisional:
+            # the node confirms a path once it authenticated a packet on it; until then a
+            # listener may hand out a fresh provisional object per datagram (docs/security.md)
+            back.confirm()
         return listener, client, path, back
 
     # tests -----------------------------------------------------------------------

@@ -15,6 +15,10 @@ decide it first):
   NAT bindings and the idle timer fresh, so there is one liveness mechanism, not two.
 - ``connect_timeout_s`` (5): a QUIC handshake that has not completed by then fails the
   path's ``connect`` (the node retries every second), as a TCP connect does.
+- ``handshake_timeout_s`` (10, gateway): a connection on which the node has not
+  authenticated a Jumping packet by then is closed (as the ``tcp`` listener does with its
+  unauthenticated connections); a client's Jumping handshake takes one round trip plus its
+  retries, well inside it.
 - loss recovery and congestion control stay QUIC's (they are what makes the path look like
   QUIC to a middlebox); QUIC never retransmits DATAGRAM frames, so the inner TCP's own
   recovery is not doubled.
@@ -52,6 +56,8 @@ class QuicOptions:
     max_connections: int = 4096
     max_handshakes: int = 256
     max_per_source: int = 64
+    max_unauthenticated: int = 1024
+    handshake_timeout_s: int = 10
     retry: str = "auto"
     # client (connect)
     pin_sha256: tuple[str, ...] = ()
@@ -98,6 +104,12 @@ class QuicOptions:
             max_connections=_int("max_connections", o.get("max_connections", 4096), 1, 1_000_000),
             max_handshakes=_int("max_handshakes", o.get("max_handshakes", 256), 1, 100_000),
             max_per_source=_int("max_per_source", o.get("max_per_source", 64), 1, 1_000_000),
+            max_unauthenticated=_int(
+                "max_unauthenticated", o.get("max_unauthenticated", 1024), 1, 1_000_000
+            ),
+            handshake_timeout_s=_int(
+                "handshake_timeout_s", o.get("handshake_timeout_s", 10), 1, 3600
+            ),
             retry=retry,
             pin_sha256=tuple(check_pin(p, "quic: pin_sha256") for p in pins),
             ca_file=_str("ca_file", o.get("ca_file")),

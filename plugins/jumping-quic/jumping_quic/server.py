@@ -2,25 +2,31 @@
 The gateway side: one UDP socket, QUIC connections found by connection ID, and one
 :class:`QuicServerPath` (an ``ITransport``) per connection and client address.
 
-Nothing unauthenticated reaches the node: a QUIC handshake authenticates the gateway, not
-the client, so a connection is only the transport's own, bounded state until its first
-DATAGRAM frame arrives; then a path object is handed to the receiver with that frame, and
-Jumping's core authenticates what it carries (Noise) before any session table hears of
-it. Every table here has a bound and a counter (``drops``):
+A QUIC handshake authenticates the gateway, not the client: a connection is unauthenticated
+input until the node has authenticated a Jumping packet (Noise) on it. Its DATAGRAM frames
+reach the node on *provisional* paths (``IProvisionalPath``): a fresh object per datagram,
+in no table, until the node calls ``confirm()`` (the core's ``ConfirmPath``); only then is
+the path kept for its address, and the connection counts as authenticated. Every table here
+has a bound and a counter (``drops``):
 
 - connections: ``max_connections`` in all, ``max_per_source`` per client address prefix
   (IPv4 /32, IPv6 /64), ``max_handshakes`` not yet through their TLS handshake (each must
-  finish within ``connect_timeout_s``); under handshake load (``retry = "auto"``: a quarter
-  of ``max_handshakes`` in flight) new clients must first prove their address with a
-  stateless Retry (RFC 9000 section 8.1), so spoofed floods create no state;
-- path objects: at most :data:`PATHS_PER_CONNECTION` per connection.
+  finish within ``connect_timeout_s``), ``max_unauthenticated`` with no confirmed path yet
+  (each closed unless one is confirmed within ``handshake_timeout_s``); under handshake
+  load (``retry = "auto"``: a quarter of ``max_handshakes`` in flight) new clients must
+  first prove their address with a stateless Retry (RFC 9000 section 8.1), so spoofed
+  floods create no state;
+- confirmed path objects: at most :data:`PATHS_PER_CONNECTION` per connection, the least
+  recently confirmed forgotten first (``paths_evicted``); an address that never
+  authenticated can never push one out.
 
 Rebinding: when a connection's packets start arriving from another address (NAT
 rebinding, a new client address), aioquic validates that address itself (PATH_CHALLENGE,
 3x anti-amplification) and moves its sending there; the DATAGRAM frames from the new
-address reach the node through a *new* path object with a new ``transport_id``, so
-Jumping's core sees a rebinding exactly as on UDP: it challenges the new path and follows
-it only once the old one has gone silent, with a ``TRANSPORT_SWITCH`` event.
+address reach the node through a *new*, provisional path object with a new
+``transport_id``, so Jumping's core sees a rebinding exactly as on UDP: it challenges the
+new path and follows it only once the old one has gone silent, with a
+``TRANSPORT_SWITCH`` event.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from jumping.interfaces import (
     IBatchTransport,
     IListener,
     IPathMTU,
+    IProvisionalPath,
 )
 from jumping_quic.framing import DatagramFraming
 from jumping_quic.options import SMALLEST_MAX_DATAGRAM_SIZE, QuicOptions
@@ -69,19 +76,33 @@ def _source_key(addr: NetworkAddress) -> bytes:
     return ip.packed
 
 
-@implementer(IBatchTransport, IPathMTU)
+@implementer(IBatchTransport, IPathMTU, IProvisionalPath)
 class QuicServerPath:
     """One client address of one QUIC connection (gateway side)."""
 
     kind = "quic"
 
-    def __init__(self, conn: _ServerConnection, addr: NetworkAddress) -> None:
+    def __init__(
+        self, conn: _ServerConnection, addr: NetworkAddress, provisional: bool = True
+    ) -> None:
         self._c = conn
+        self._open = True
+        #: True until the node authenticated a packet on it (IProvisionalPath)
+        self.provisional = provisional
         self.local_address = conn.listener.local_address
         self.remote_address = (addr[0], addr[1])
+        self._addr = addr
         self.transport_id = f"quic:{fmt(self.local_address)}>{fmt(addr)}#{next(_ids)}"
-        self.connected = True
         self.send_errors = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._open and not self._c.closed
+
+    def confirm(self) -> None:
+        if self.provisional and self.connected:
+            self.provisional = False
+            self._c.confirmed(self)
 
     @property
     def max_datagram(self) -> int:
@@ -105,8 +126,13 @@ class QuicServerPath:
 
     def close(self) -> None:
         if self.connected:
-            self.connected = False
-            if not any(p.connected for p in self._c.paths.values()):
+            self._open = False
+            paths = self._c.paths
+            if paths.get(self._addr) is self:
+                del paths[self._addr]
+            # the connection ends with the last path the node holds: a provisional one on a
+            # connection nothing authenticated on yet, or its last confirmed one
+            if not any(p.connected for p in paths.values()):
                 self._c.close("closed")
 
     def __repr__(self) -> str:
@@ -123,8 +149,11 @@ class _ServerConnection:
         self.conn = conn
         self.source = _source_key(addr)
         self.cids = set(cids)
+        #: confirmed paths by client address, least recently confirmed first
         self.paths: OrderedDict[NetworkAddress, QuicServerPath] = OrderedDict()
         self.handshaking = True
+        #: no path confirmed yet (counted in listener.unauthenticated)
+        self.unauthenticated = True
         self.closed = False
         self.pump = Pump(
             listener.reactor, conn, listener.framing, listener.sendto, self._datagram,
@@ -132,6 +161,9 @@ class _ServerConnection:
         )  # fmt: skip
         self.deadline = listener.reactor.callLater(
             listener.opts.connect_timeout_s, self._handshake_deadline
+        )
+        self.auth_deadline = listener.reactor.callLater(
+            listener.opts.handshake_timeout_s, self._auth_deadline
         )
 
     def _datagram(self, data: bytes, addr: NetworkAddress | None) -> None:
@@ -141,17 +173,27 @@ class _ServerConnection:
                 return
         path = self.paths.get(addr)
         if path is None:
-            path = self._new_path(addr)
+            self.listener.drops["provisional_paths"] += 1
+            path = QuicServerPath(self, addr)
         self.listener.deliver(path, data)
 
-    def _new_path(self, addr: NetworkAddress) -> QuicServerPath:
-        if len(self.paths) >= PATHS_PER_CONNECTION:
-            _old, oldest = self.paths.popitem(last=False)
-            oldest.connected = False
+    def confirmed(self, path: QuicServerPath) -> None:
+        """The node authenticated a packet on ``path``: keep it for its address (the first
+        confirmed path of an address wins, as on UDP)."""
+        paths = self.paths
+        if path._addr in paths:
+            return
+        while len(paths) >= PATHS_PER_CONNECTION:
+            _addr, oldest = paths.popitem(last=False)
+            oldest._open = False
             self.listener.drops["paths_evicted"] += 1
             self.listener.lost(oldest, "evicted")
-        path = self.paths[addr] = QuicServerPath(self, addr)
-        return path
+        paths[path._addr] = path
+        if self.unauthenticated:
+            self.unauthenticated = False
+            self.listener.unauthenticated -= 1
+            if self.auth_deadline.active():
+                self.auth_deadline.cancel()
 
     def _event(self, event: events.QuicEvent) -> None:
         t = type(event)
@@ -193,6 +235,11 @@ class _ServerConnection:
             self.listener.drops["handshake_timeout"] += 1
             self._ended("handshake_timeout", silent=True)
 
+    def _auth_deadline(self) -> None:
+        if self.unauthenticated and not self.closed:
+            self.listener.drops["unauthenticated_timeout"] += 1
+            self.close("handshake_timeout", 0x0, "no authenticated packet in time")
+
     def close(self, why: str, code: int = 0, phrase: str = "") -> None:
         if self.closed:
             return
@@ -205,12 +252,13 @@ class _ServerConnection:
             return
         self.closed = True
         self.pump.stop()
-        if self.deadline.active():
-            self.deadline.cancel()
+        for t in (self.deadline, self.auth_deadline):
+            if t.active():
+                t.cancel()
         self.listener.forget(self)
         for p in list(self.paths.values()):
-            if p.connected or not silent:
-                p.connected = False
+            if p._open or not silent:
+                p._open = False
                 self.listener.lost(p, why)
         self.paths.clear()
 
@@ -237,6 +285,8 @@ class QuicListener:
         self.connections: set[_ServerConnection] = set()
         self.per_source: Counter[bytes] = Counter()
         self.half_open = 0
+        #: connections with no confirmed path yet
+        self.unauthenticated = 0
         self.drops: Counter[str] = Counter()
         self._retry = QuicRetryTokenHandler()
         self._rx: dict[QuicServerPath, list[bytes]] = {}
@@ -288,6 +338,9 @@ class QuicListener:
             return
         if self.half_open >= opts.max_handshakes:
             self.drops["handshakes_full"] += 1
+            return
+        if self.unauthenticated >= opts.max_unauthenticated:
+            self.drops["unauthenticated_full"] += 1
             return
         try:
             source = _source_key(addr)
@@ -342,6 +395,7 @@ class QuicListener:
         self.connections.add(c)
         self.per_source[c.source] += 1
         self.half_open += 1
+        self.unauthenticated += 1
         for cid in c.cids:
             self.cids[cid] = c
         c.pump.receive(data, addr)
@@ -373,6 +427,34 @@ class QuicListener:
         except OSError:
             self.drops["send_failed"] += 1
 
+    # ------------------------------------------------------------------ counters
+    # the names the node's metrics read from every listener (jumping_listener_*)
+    @property
+    def paths(self) -> list[QuicServerPath]:
+        """The confirmed paths of all connections."""
+        return [p for c in self.connections for p in c.paths.values()]
+
+    @property
+    def provisional_paths(self) -> int:
+        return self.drops["provisional_paths"]
+
+    @property
+    def evicted(self) -> int:
+        return self.drops["paths_evicted"]
+
+    @property
+    def refused(self) -> int:
+        d = self.drops
+        return d["connections_full"] + d["handshakes_full"] + d["source_full"]
+
+    @property
+    def refused_unauthenticated(self) -> int:
+        return self.drops["unauthenticated_full"]
+
+    @property
+    def handshake_timeouts(self) -> int:
+        return self.drops["handshake_timeout"] + self.drops["unauthenticated_timeout"]
+
     # ------------------------------------------------------------------ bookkeeping
     def lost(self, path: QuicServerPath, why: str) -> None:
         self._rx.pop(path, None)
@@ -390,6 +472,9 @@ class QuicListener:
             if c.handshaking:
                 self.half_open -= 1
                 c.handshaking = False
+            if c.unauthenticated:
+                self.unauthenticated -= 1
+                c.unauthenticated = False
         for cid in c.cids:
             if self.cids.get(cid) is c:
                 del self.cids[cid]

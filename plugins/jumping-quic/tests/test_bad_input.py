@@ -70,7 +70,9 @@ async def pair(r: Rig, server_factory: Any = None, client_factory: Any = None) -
     path = await r.connect(cf, lst, client)
     path.send(b"hello")
     await wait_until(lambda: server.data, "the first datagram")
-    return lst, path, server.got[0][0], server, client
+    back = server.got[0][0]
+    back.confirm()  # as the node does once it authenticated a packet on it
+    return lst, path, back, server, client
 
 
 async def still_works(path: Any, server: Receiver, tag: bytes = b"still works") -> None:

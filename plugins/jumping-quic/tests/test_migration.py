@@ -1,7 +1,8 @@
 """
 A client's 4-tuple changes under a live QUIC connection (NAT rebinding): aioquic follows
-it, and the node hears it as a *new path object* with the new address, exactly as a UDP
-rebinding, so Jumping's core validates and decides (docs: jumping_quic/server.py).
+it, and the node hears it as a *new*, provisional path object with the new address,
+exactly as a UDP rebinding, so Jumping's core validates and decides (docs:
+jumping_quic/server.py).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ async def test_rebinding_reaches_the_node_as_a_new_path_and_aioquic_follows() ->
         path.send(b"before")
         await wait_until(lambda: server.data == [b"before"], "the first datagram")
         old = server.got[0][0]
+        old.confirm()  # the node authenticated the first datagram
         old_port = old.remote_address[1]
         _rebind(path)
         new_port = path.port.socket.getsockname()[1]
@@ -51,6 +53,7 @@ async def test_rebinding_reaches_the_node_as_a_new_path_and_aioquic_follows() ->
         assert new.remote_address == ("127.0.0.1", new_port) != old.remote_address
         assert old.remote_address == ("127.0.0.1", old_port) and old.connected
         assert len(lst.connections) == 1, "one QUIC connection, two path objects"
+        assert new.provisional and old in lst.paths and new not in lst.paths
         # the core would now challenge `new` and answer there; both objects send through
         # the one connection, which aioquic moved to the validated new address
         new.send(b"to the new address")
@@ -75,6 +78,7 @@ async def test_path_objects_per_connection_are_bounded() -> None:
             _rebind(path)
             path.send(b"hop %d" % i)
             await wait_until(lambda i=i: b"hop %d" % i in server.data, f"hop {i}")
+            server.got[-1][0].confirm()  # the node authenticated a packet from there
         (c,) = lst.connections
         assert len(c.paths) == PATHS_PER_CONNECTION
         assert lst.drops["paths_evicted"] == 2

@@ -4,9 +4,13 @@
 # QUIC path needs, which is what fitting the MTU to the smallest candidate costs UDP), with
 # the peer harness (throughput.sh), plus wireguard-go for scale if WG=1.
 #   PEERS_DIR=... bash plugins/jumping-quic/bench/run-quic.sh [results.jsonl]
-# Env: ROUNDS (5), DURATION (10), PARALLEL, REVERSE as in the harness; QUIC_MTU (1410).
+# Env: ROUNDS (5), DURATION (10), PARALLEL, REVERSE as in the harness; QUIC_MTU (1410);
+# CASES ("udp quic udp-at-quic-mtu"; also quic-nogso: QUIC without UDP segmentation offload,
+# quic-cubic: aioquic's CUBIC instead of Reno).
 # Prints one JSON line per case: median Gbit/s (min/max, n), median CPU of both daemons (% of
-# one core) and CPU-seconds per Gbit; and the ratios QUIC/UDP and UDP@QUIC_MTU / UDP.
+# one core) and CPU-seconds per Gbit; and the ratios QUIC/UDP and UDP@QUIC_MTU / UDP. Runs
+# append to the results file, and the summary covers the whole file: a long sweep can be
+# split into several short runs (ROUNDS=2, three times) in one sitting.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../../.." && pwd)
@@ -18,7 +22,6 @@ out=${1:-/tmp/jumping-quic-throughput.jsonl}
 adapter=$root/tests/bench/vpn-jumping.sh
 export SKIP_RAW=1 RUNS=1 DURATION=${DURATION:-10}
 touch "$out"
-first=$(($(wc -l <"$out") + 1))
 run() {  # run CASE ENV...
   local case=$1
   shift
@@ -38,15 +41,21 @@ for line in open(sys.argv[2]):
 for ((round = 1; round <= ${ROUNDS:-5}; round++)); do
   echo "round $round" >&2
   [[ ${WG:-0} == 1 ]] && (cd "$PEERS_DIR" && VPN=wireguard-go ./throughput.sh "$out" >/dev/null 2>&1 || true)
-  run udp JUMPING_TRANSPORTS=udp JUMPING_MTU=1420
-  run quic JUMPING_TRANSPORTS=quic
-  run udp-at-quic-mtu JUMPING_TRANSPORTS=udp JUMPING_MTU="${QUIC_MTU:-1410}"
+  for case in ${CASES:-udp quic udp-at-quic-mtu}; do
+    case $case in
+      udp) run udp JUMPING_TRANSPORTS=udp JUMPING_MTU=1420 ;;
+      quic) run quic JUMPING_TRANSPORTS=quic ;;
+      quic-nogso) run quic-nogso JUMPING_TRANSPORTS=quic JUMPING_QUIC_OPTIONS="gso = false" ;;
+      quic-cubic) run quic-cubic JUMPING_TRANSPORTS=quic JUMPING_QUIC_OPTIONS='congestion_control = "cubic"' ;;
+      udp-at-quic-mtu) run udp-at-quic-mtu JUMPING_TRANSPORTS=udp JUMPING_MTU="${QUIC_MTU:-1410}" ;;
+    esac
+  done
 done
-tail -n +"$first" "$out" | python3 -c '
+python3 -c '
 import json, statistics, sys
-recs = [json.loads(l) for l in sys.stdin if l.strip()]
+recs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 res = {}
-for case in ("udp", "quic", "udp-at-quic-mtu"):
+for case in ("udp", "quic", "quic-nogso", "quic-cubic", "udp-at-quic-mtu"):
     rs = [r for r in recs if r.get("quic_case") == case and r.get("gbps") is not None]
     if not rs:
         continue
@@ -70,4 +79,4 @@ if u and q:
 if u and m:
     res["udp_mtu_cost"] = round(1 - m["gbps_median"] / u["gbps_median"], 3)
 print(json.dumps(res))
-'
+' "$out"

@@ -161,7 +161,7 @@ def topo() -> Iterator[tuple[Topology, str, str]]:
 
 
 def test_a_only_udp_443_open_session_comes_up_over_quic_and_carries_tcp(
-    topo: Any, tmp_path: Path
+    topo: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     t, cns, gns = topo
     nft(t, cns, only_udp_443("ca"))
@@ -179,6 +179,10 @@ def test_a_only_udp_443_open_session_comes_up_over_quic_and_carries_tcp(
     finally:
         pair.stop()
         _audit(pair)
+    capsys.readouterr()
+    assert audit.main([str(pair.c_events), str(pair.gw_events)]) == 0
+    timeline = capsys.readouterr().out
+    assert "(quic)" in timeline, "jumpctl audit shows the transport kind of the binding"
 
 
 def test_b_udp_blocked_mid_transfer_jumps_to_quic_same_session(topo: Any, tmp_path: Path) -> None:

@@ -1,14 +1,19 @@
 """
 The gateway side of the core: answers handshakes (with cookies under load), owns sessions,
 routes TUN packets to sessions by destination, validates reattach proofs, and takes over
-sessions another gateway of the cluster owned (``Adopt`` / :meth:`GatewayCore.adopted`).
+sessions another gateway of the cluster owned (:mod:`jumping.core.takeover`).
+
+With a shared ownership backend the record carries the timestamp of the last handshake the
+cluster accepted for the session (``handshake_ts_ms``): written when the session is claimed
+(after the client's first packet under the new keys), rewritten (``Renew``) at every
+confirmed rekey, checked by every gateway before it answers a resume.
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from jumping.core import wire
@@ -24,15 +29,21 @@ from jumping.core.node import (
     address_bytes,
     destination,
 )
-from jumping.core.outputs import Adopt, Claim, Drop, Output, Release
+from jumping.core.outputs import Claim, Drop, Output, Release, Renew
 from jumping.core.policy import Policy
 from jumping.core.ratelimit import SwitchLimiter
 from jumping.core.segments import FEATURE_SEGMENTS as _SEGMENTS
 from jumping.core.session import Keypair, Session
+from jumping.core.takeover import (  # noqa: F401  (adoption_error: re-exported)
+    ADOPT_DROPS,
+    ADOPTIONS_PENDING_MAX,
+    SessionTakeover,
+    adoption_error,
+)
 from jumping.core.timers import T
 
 
-class GatewayCore(NodeCore):
+class GatewayCore(NodeCore, SessionTakeover):
     """Accepts clients' handshakes; routes TUN packets to sessions by destination."""
 
     role = "gateway"
@@ -51,7 +62,7 @@ class GatewayCore(NodeCore):
         #: asking the ownership backend to hand the session over (``Adopt``). Off for a
         #: single node (nobody else can own a session), on with a cluster backend.
         self.adopt_sessions = adopt_sessions
-        self._adopting: dict[bytes, tuple[Response, Peer, Any, float]] = {}
+        self._init_takeover()
         self.peers = {p.public_key: p for p in peers}
         self.cookies = CookieChecker(self.me, self.rng)
         if cookies not in COOKIE_MODES:
@@ -229,19 +240,37 @@ class GatewayCore(NodeCore):
     def _new_session(
         self, now: float, peer: Peer, session_id: bytes, state_version: int = 0
     ) -> Session | None:
+        s = Session(session_id, peer, now, state_version)
+        return s if self._register(now, s) else None
+
+    def _register(self, now: float, s: Session) -> bool:
+        """Enter ``s`` in the session table (a peer keeps at most two live sessions)."""
         if len(self.sessions) >= self.max_sessions:
             self._drop("SESSION_TABLE_FULL")
-            return None
-        s = Session(session_id, peer, now, state_version)
+            return False
         self.sessions[s.session_id] = s
         self._born(now, s, now + self.handshake_timeout)
-        live = peer.sessions
+        live = s.peer.sessions
         live.append(s)
         if len(live) > 2:
             old = live[0]
             self._tell_peer_terminated(now, old, Reason.POLICY_DENIED)
             self._transition(now, old, Reason.POLICY_DENIED, detail="superseded")
-        return s
+        return True
+
+    def _record(self, s: Session, handshake_ms: int, state_version: int) -> dict[str, object]:
+        """The ownership record of ``s`` as this node writes it."""
+        return {
+            "client_public_key": s.peer.public_key.hex(),
+            "state_version": state_version,
+            "owner": self.node_id,
+            "handshake_ts_ms": handshake_ms,
+        }
+
+    def _push(self, s: Session, at: float) -> None:
+        if self._adopting and self._pending_adoption(s) is not None:
+            return  # a pending takeover has no timers: it expires with its table entry
+        super()._push(s, at)
 
     def _answer(self, now: float, path: Any, hs: Response, s: Session) -> None:
         """Write the handshake response for ``s``; its keys become ``s.next`` until the
@@ -253,7 +282,7 @@ class GatewayCore(NodeCore):
             s.next.wipe()
         kp = Keypair(
             s, local, est.remote_index, est.send_key, est.recv_key, now,
-            self.policy.replay_window, confirmed=False,
+            self.policy.replay_window, confirmed=False, handshake_ms=hs.timestamp_ms,
         )  # fmt: skip
         s.next = kp
         self.index[local] = kp
@@ -263,80 +292,11 @@ class GatewayCore(NodeCore):
             # adopted: the recovery window runs from now
             self._arm(s, T.STATE, now + self.policy.recovery_window_ms / 1000.0)
 
-    # takeover -------------------------------------------------------------------
-    # A client whose gateway died or was fenced sends its initiation, with its SessionID and
-    # state_version, to another gateway of the cluster. Noise has authenticated the client
-    # (fresh keys: the old ones never leave the old gateway); the session is answered only
-    # once the ownership backend handed it over by CAS on the record's fencing token.
-    def _request_adoption(self, now: float, hs: Response, peer: Peer, path: Any) -> None:
-        sid = hs.session_id
-        asked = self._adopting.get(sid)
-        if asked is None and len(self._adopting) >= ADOPTIONS_PENDING_MAX:
-            self._drop("ADOPT_BACKLOG")
-            return
-        # a newer initiation replaces the older one; one question to the backend at a time
-        # (asked again if it has not answered within the handshake timeout)
-        waiting = asked is not None and now - asked[3] < self.handshake_timeout
-        at = asked[3] if waiting and asked is not None else now
-        self._adopting[sid] = (hs, peer, path, at)
-        if waiting:
-            self.counters["adopt_coalesced"] += 1
-            return
-        self.counters["adopt_requests"] += 1
-        self.pending.append(Adopt(sid.hex(), peer.public_key.hex(), hs.state_version))
-
-    def adopted(
-        self, now: float, session_id: str, token: int | None, error: str | None
-    ) -> list[Output]:
-        """The ownership backend answered an ``Adopt``: ``token`` is our fencing token for
-        the session now, or None with ``error`` (``no_record``, ``wrong_client``,
-        ``stale_state_version``, ``conflict``, ``unavailable``...)."""
-        self._now = now
-        try:
-            sid = bytes.fromhex(session_id)
-        except ValueError:
-            self._drop("ADOPT_UNKNOWN")
-            return self.take()
-        entry = self._adopting.pop(sid, None)
-        if entry is None or sid in self.sessions:
-            if token is not None:
-                self.pending.append(Release(session_id, token))
-            self._drop("ADOPT_UNKNOWN")
-            return self.take()
-        hs, peer, path, _asked = entry
-        if token is None:
-            if error == "no_record":
-                # nobody owns it: the session is over cluster-wide. As a single gateway
-                # does, answer with a new session; the client sees the new SessionID and
-                # ends the old one explicitly (OWNERSHIP_LOST) before adopting it.
-                s = self._new_session(now, peer, self.rng(16))
-                if s is not None:
-                    self.counters["sessions_created"] += 1
-                    self._answer(now, path, hs, s)
-                return self.take()
-            self.counters[f"adopt_refused:{error}"] += 1
-            self._drop(ADOPT_DROPS.get(error or "", "ADOPT_REFUSED"))
-            return self.take()
-        s = self._new_session(now, peer, sid, hs.state_version)
-        if s is None:
-            self.pending.append(Release(session_id, token))
-            return self.take()
-        # The session arrives with its history: RECOVERING at the client's state_version
-        # (no transition here); the client's first packet under the new keys proves them
-        # and makes it ATTACHED with REATTACH_OK (docs/protocol.md#transitions).
-        s.fsm.state = State.RECOVERING
-        s.state_since = now
-        s.owned = True
-        s.owner_token = token
-        self.counters["sessions_adopted"] += 1
-        self._emit(
-            "OWNERSHIP_CHANGE", s, None, owner=self.node_id, fencing_token=token,
-            detail="takeover",
-        )  # fmt: skip
-        self._answer(now, path, hs, s)
-        return self.take()
-
     def _confirm(self, now: float, s: Session, kp: Keypair, path: Any) -> None:
+        ad = self._pending_adoption(s)
+        if ad is not None:
+            self._proved(now, ad, path)  # a takeover: claim first (jumping.core.takeover)
+            return
         if s.previous is not None:
             self.index.pop(s.previous.local_index, None)
             s.previous.wipe()
@@ -358,25 +318,26 @@ class GatewayCore(NodeCore):
             self._bind(now, s, path)
             self._set_routes(s)
             self._transition(now, s, Reason.HANDSHAKE_OK)
-            self.pending.append(
-                Claim(
-                    s.sid_hex,
-                    {
-                        "client_public_key": s.peer.public_key.hex(),
-                        "state_version": s.fsm.state_version,
-                        "owner": self.node_id,
-                    },
-                    None,
-                )
-            )
+            record = self._record(s, kp.handshake_ms, s.fsm.state_version)
+            self.pending.append(Claim(s.sid_hex, record, None))
         else:
             self.counters["rekeys"] += 1
+            if self.adopt_sessions and s.owned and s.owner_token is not None:
+                # the cluster's record learns the newer accepted handshake: every gateway
+                # refuses this initiation and every older one from now on
+                record = self._record(s, kp.handshake_ms, s.fsm.state_version)
+                self.pending.append(Renew(s.sid_hex, record, s.owner_token))
 
     def claimed(
         self, now: float, session_id: str, token: int | None, error: str | None
     ) -> list[Output]:
         """The ownership backend answered a ``Claim``."""
         self._now = now
+        ad = self._adopting.get(bytes.fromhex(session_id)) if self._adopting else None
+        if ad is not None and ad.claiming:
+            del self._adopting[bytes.fromhex(session_id)]
+            self._adoption_claimed(now, ad, token, error)
+            return self.take()
         s = self.sessions.get(bytes.fromhex(session_id))
         if s is None:
             if token is not None:
@@ -392,6 +353,28 @@ class GatewayCore(NodeCore):
             self._transition(now, s, reason, detail=error or "")
         return self.take()
 
+    def renewed(
+        self, now: float, session_id: str, token: int | None, error: str | None
+    ) -> list[Output]:
+        """The ownership backend answered a ``Renew``: ``token`` is our new fencing token,
+        or None with ``error``: ``conflict`` (someone else holds the record: lost, fail
+        closed) or ``unavailable`` (the record keeps its older handshake timestamp; the
+        lease and the watch decide about ownership)."""
+        self._now = now
+        s = self.sessions.get(bytes.fromhex(session_id))
+        if s is None or not s.owned:
+            return self.take()
+        if token is not None:
+            s.owner_token = token
+        elif error == "conflict":
+            s.owned = False
+            s.owner_token = None
+            self._tell_peer_terminated(now, s, Reason.OWNERSHIP_LOST)
+            self._transition(now, s, Reason.OWNERSHIP_LOST, detail="renew_refused")
+        else:
+            self.counters["renew_failed"] += 1
+        return self.take()
+
     def ownership_lost(self, now: float, session_id: str) -> list[Output]:
         """The backend says we no longer own it (watch fired, lease lost): fail closed."""
         self._now = now
@@ -404,9 +387,31 @@ class GatewayCore(NodeCore):
             self._transition(now, s, Reason.OWNERSHIP_LOST)
         return self.take()
 
+    def _not_owned(self, s: Session, plain: bytes) -> Drop:
+        held = self._hold(s, plain)
+        return held if held is not None else super()._not_owned(s, plain)
+
+    def _peer_terminated(self, now: float, s: Session, body: bytes) -> None:
+        if self._pending_adoption(s) is not None:
+            self._drop("ADOPT_PENDING")  # not a session here (yet): nothing to end
+            return
+        super()._peer_terminated(now, s, body)
+
+    def _node_timers(self, now: float) -> None:
+        super()._node_timers(now)
+        self._expire_adoptions(now)
+
+    def _node_deadline(self) -> float | None:
+        at = super()._node_deadline()
+        due = self._adoptions_due()
+        return due if at is None or (due is not None and due < at) else at
+
     def _on_session_control(
         self, now: float, s: Session, kind: int, body: bytes, path: Any
     ) -> None:
+        if self._pending_adoption(s) is not None:
+            self._drop("ADOPT_PENDING")
+            return
         ctl = wire.Control
         if kind == ctl.REATTACH:
             self._on_reattach(now, s, body, path)
@@ -530,34 +535,6 @@ class GatewayCore(NodeCore):
         )
 
 
-def adoption_error(
-    found: tuple[Mapping[str, Any], int] | None, client_key: str, state_version: int
-) -> str | None:
-    """Why the record ``found`` (``backend.get``'s answer) must not be handed over to the
-    initiator (hex ``client_key``, its ``state_version``), or None if it may be claimed."""
-    if found is None:
-        return "no_record"
-    record = found[0]
-    if not isinstance(record, Mapping):
-        return "bad_record"
-    key = record.get("client_public_key")
-    if not isinstance(key, str) or not hmac.compare_digest(key.encode(), client_key.encode()):
-        return "wrong_client"
-    version = record.get("state_version")
-    if not isinstance(version, int) or isinstance(version, bool) or version > state_version:
-        return "stale_state_version"
-    return None
-
-
-#: counted drop reason of a refused takeover, by error
-ADOPT_DROPS = {
-    "wrong_client": "ADOPT_WRONG_CLIENT",
-    "bad_record": "ADOPT_WRONG_CLIENT",
-    "stale_state_version": "ADOPT_STALE_VERSION",
-    "conflict": "ADOPT_CONFLICT",
-    "unavailable": "ADOPT_UNAVAILABLE",
-}
-ADOPTIONS_PENDING_MAX = 4096
 COOKIE_MODES = ("load", "always", "never")
 #: time constant of the handshake-work meter, seconds (reacts within a fraction of a second)
 LOAD_TAU = 0.25

@@ -487,13 +487,17 @@ class NodeCore:
         if not plain:
             return self._count("EMPTY_DATA")
         if not s.owned:
-            return self._count("NOT_OWNER")
+            return self._not_owned(s, plain)
         if not self._source_allowed(s, plain):
             return self._count("SOURCE_NOT_ALLOWED", path)
         return plain
 
     def _source_allowed(self, s: Session, packet: bytes) -> bool:
         return True
+
+    def _not_owned(self, s: Session, plain: bytes) -> Drop:
+        """A data packet for a session this node does not own (fenced, or not yet)."""
+        return self._count("NOT_OWNER")
 
     def _seal_data(self, now: float, packet: bytes) -> tuple[Any, bytes] | Drop:
         """One TUN packet: ``(path, datagram)``, :data:`QUEUED`, or the (counted) Drop."""

@@ -3,8 +3,8 @@ What the core asks its caller to do. Frozen: the core never gets a callback.
 
 The service executes them in order: ``Send`` on the named path, ``WriteTun`` to the TUN
 device, ``Emit`` to the event pipeline, ``ArmTimer`` to call ``tick`` again, ``Claim``,
-``Adopt`` and ``Release`` against the ownership backend, ``ConfirmPath`` by calling the
-path's ``confirm()``. ``Drop`` is informational (already counted).
+``Renew``, ``Adopt`` and ``Release`` against the ownership backend, ``ConfirmPath`` by
+calling the path's ``confirm()``. ``Drop`` is informational (already counted).
 """
 
 from __future__ import annotations
@@ -53,7 +53,9 @@ class Drop:
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """Ask the ownership backend for this session; answer with ``NodeCore.claimed``."""
+    """Ask the ownership backend for this session by compare-and-swap (``token``: None to
+    create, else the token of the record read); answer with ``GatewayCore.claimed``. Sent
+    only once the client has proved the session's keys on this node."""
 
     session_id: str
     record: Mapping[str, Any]
@@ -61,15 +63,28 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True)
+class Renew:
+    """Rewrite the record this node owns (fenced by ``token``), e.g. a newer accepted
+    handshake timestamp after a rekey; answer with ``GatewayCore.renewed``."""
+
+    session_id: str
+    record: Mapping[str, Any]
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
 class Adopt:
-    """Take over a session another gateway of the cluster owns (a client resumed it here):
-    read its record, check it against the authenticated initiator (``client_key``, hex) and
-    its ``state_version`` (:func:`jumping.core.gateway.adoption_error`), claim it by CAS on
-    the record's token; answer with ``GatewayCore.adopted``."""
+    """A client resumed here a session another gateway of the cluster owns: read its record
+    and check it against the authenticated initiator (``client_key``, hex), its
+    ``state_version`` and its initiation's ``handshake_ts_ms``
+    (:func:`jumping.core.gateway.adoption_error`); answer with
+    ``GatewayCore.adoption_checked`` and the record's token. Nothing is claimed yet: the
+    core claims (``Claim`` with that token) once the client proved the new keys here."""
 
     session_id: str
     client_key: str
     state_version: int
+    handshake_ts_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,4 +101,4 @@ class ConfirmPath:
     path: Any
 
 
-Output = Union[Send, WriteTun, Emit, ArmTimer, Drop, Claim, Adopt, Release, ConfirmPath]
+Output = Union[Send, WriteTun, Emit, ArmTimer, Drop, Claim, Renew, Adopt, Release, ConfirmPath]

@@ -41,6 +41,7 @@ class Keypair:
         "session",
         "data_prefix",
         "control_prefix",
+        "handshake_ms",
     )
 
     def __init__(
@@ -53,8 +54,11 @@ class Keypair:
         now: float,
         replay_bits: int,
         confirmed: bool,
+        handshake_ms: int = 0,
     ) -> None:
         self.session = session
+        #: the timestamp (client clock, ms) of the initiation these keys answered
+        self.handshake_ms = handshake_ms
         self.local_index = local_index
         self.remote_index = remote_index
         self.send_aead: ChaCha20Poly1305 | None = ChaCha20Poly1305(send_key)

@@ -30,7 +30,7 @@ from zope.interface import implementer
 
 from jumping import plugin
 from jumping.core.client import ClientCore
-from jumping.core.gateway import GatewayCore, adoption_error
+from jumping.core.gateway import GatewayCore
 from jumping.core.node import NodeCore, Peer
 from jumping.core.outputs import (
     Adopt,
@@ -41,6 +41,7 @@ from jumping.core.outputs import (
     Emit,
     Output,
     Release,
+    Renew,
     Send,
     WriteTun,
 )
@@ -59,6 +60,7 @@ from jumping.service.events import EventPipeline
 from jumping.service.granularity import TimerLateness
 from jumping.service.gro import _GSO_NONE, _GSO_TCPV4, _NEEDS_CSUM, VNET_HDR_LEN
 from jumping.service.gro import _VNET_UNPACK as _VNET
+from jumping.service.ownership import OwnershipDriver
 from jumping.service.tun import TunDevice
 
 log = Logger()
@@ -98,7 +100,8 @@ class NodeService(service.Service):
         self.metrics_port: Any = None
         self._endpoint_of: dict[Any, tuple[Any, Any]] = {}
         self.policy_rejections = 0
-        self._owner_watches: dict[str, Any] = {}  # session id -> the backend's watch
+        #: runs the core's claims, renewals, takeovers and releases; watches fence us out
+        self.owners = OwnershipDriver(None, lambda: self.core, self._run, self.reactor.seconds)
         #: the tunnel MTU (set in prepare from [tun] and the transports; 0: not prepared)
         self.mtu = config.tun.mtu if config is not None else 0
         #: client paths refused as candidates: they carry less than the tunnel MTU needs
@@ -153,6 +156,7 @@ class NodeService(service.Service):
             self.ownership = plugin.load(
                 IOwnershipBackend, own.name, node_id=cfg.node_id, **dict(own.options)
             )
+            self.owners.backend = self.ownership
             # a backend shared by several nodes (etcd, a shared memory store): a client may
             # resume here a session another gateway owned (takeover)
             self.core.adopt_sessions = bool(getattr(self.ownership, "shared", True))
@@ -280,9 +284,9 @@ class NodeService(service.Service):
         if self.metrics_port is not None:
             waits.append(defer.maybeDeferred(self.metrics_port.stopListening))
             self.metrics_port = None
-        for w in self._owner_watches.values():
+        for w in self.owners.watches.values():
             w.cancel()
-        self._owner_watches.clear()
+        self.owners.watches.clear()
         for closable in [*self.sinks, self.ownership]:
             if closable is not None:
                 try:
@@ -429,12 +433,8 @@ class NodeService(service.Service):
                     self.metrics.switch_latency.observe(ms / 1000.0)
             elif t is ArmTimer:
                 self._arm(out.at)  # type: ignore[union-attr]
-            elif t is Claim:
-                self._claim(out)  # type: ignore[arg-type]
-            elif t is Adopt:
-                self._adopt(out)  # type: ignore[arg-type]
-            elif t is Release:
-                self._release(out)  # type: ignore[arg-type]
+            elif t is Claim or t is Renew or t is Adopt or t is Release:
+                self.owners.execute(out)
             elif t is ConfirmPath:
                 out.path.confirm()  # type: ignore[union-attr]
             elif t is Drop:
@@ -458,89 +458,6 @@ class NodeService(service.Service):
             self.core.timer_granularity = self.timer_lateness.observe(late)
             self._run(self.core.tick(now))
 
-    # ------------------------------------------------------------------ ownership
-    def _claim(self, c: Claim) -> None:
-        backend = self.ownership
-        core = self.core
-        if backend is None or not isinstance(core, GatewayCore):
-            return
-
-        def ok(token: int) -> None:
-            self._watch_ownership(c.session_id)
-            self._run(core.claimed(self.reactor.seconds(), c.session_id, token, None))
-
-        def failed(f: Any) -> None:
-            name = type(f.value).__name__
-            error = "unavailable" if "Unavailable" in name else "conflict"
-            log.warn("ownership claim for {sid} failed: {err}", sid=c.session_id, err=f.value)
-            self._run(core.claimed(self.reactor.seconds(), c.session_id, None, error))
-
-        backend.claim(c.session_id, dict(c.record), c.token).addCallbacks(ok, failed)
-
-    def _adopt(self, a: Adopt) -> None:
-        """Take over a session another gateway owned (the client resumed it here)."""
-        backend = self.ownership
-        core = self.core
-        if not isinstance(core, GatewayCore):
-            return
-        if backend is None:
-            self._run(core.adopted(self.reactor.seconds(), a.session_id, None, "unavailable"))
-            return
-
-        def done(result: tuple[int | None, str | None]) -> None:
-            token, error = result
-            if token is not None:
-                self._watch_ownership(a.session_id)
-                log.info("session {sid} taken over (fencing token {t})", sid=a.session_id, t=token)
-            else:
-                log.warn("takeover of {sid} refused: {e}", sid=a.session_id, e=error)
-            self._run(core.adopted(self.reactor.seconds(), a.session_id, token, error))
-
-        adopt_session(backend, core.node_id, a).addCallback(done).addErrback(
-            lambda f: log.failure("takeover of {sid}", f, sid=a.session_id)
-        )
-
-    def _watch_ownership(self, session_id: str) -> None:
-        """Fail closed: any change of an owned record that is not ours (another node's
-        claim, a foreign write, a deletion, the backend losing its lease: ``None``) ends the
-        session with OWNERSHIP_LOST; a split-brain marker (reason ``'conflict'``, etcd)
-        with OWNERSHIP_CONFLICT. The node never renews, so every new token is someone
-        else's; a node that starts renewing must update ``owner_token`` first."""
-        backend = self.ownership
-        old = self._owner_watches.pop(session_id, None)
-        if old is not None:
-            old.cancel()
-
-        def changed(sid: str, token: int | None, reason: str | None = None) -> None:
-            core = self.core
-            if not isinstance(core, GatewayCore):
-                return
-            s = core.sessions.get(bytes.fromhex(sid))
-            if s is None or s.owner_token is None or (token is not None and token == s.owner_token):
-                return
-            w = self._owner_watches.pop(sid, None)
-            if w is not None:
-                w.cancel()
-            log.warn("ownership of {sid} lost (token {old} -> {new}, {why})", sid=sid,
-                     old=s.owner_token, new=token, why=reason or "changed")  # fmt: skip
-            now = self.reactor.seconds()
-            if reason == "conflict":
-                self._run(core.claimed(now, sid, None, "split_brain"))
-            else:
-                self._run(core.ownership_lost(now, sid))
-
-        if backend is not None:
-            self._owner_watches[session_id] = backend.watch(session_id, changed)
-
-    def _release(self, r: Release) -> None:
-        w = self._owner_watches.pop(r.session_id, None)
-        if w is not None:
-            w.cancel()
-        if self.ownership is not None and r.token is not None:
-            self.ownership.release(r.session_id, r.token).addErrback(
-                lambda f: log.warn("release {sid}: {e}", sid=r.session_id, e=f.value)
-            )
-
     # ------------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:
         core = self.core
@@ -558,41 +475,3 @@ class NodeService(service.Service):
             "events": self.events.seq if self.events else 0,
             "ownership_healthy": bool(getattr(self.ownership, "healthy", True)),
         }
-
-
-def _ownership_error(f: Any) -> str:
-    return "unavailable" if "Unavailable" in type(f.value).__name__ else "conflict"
-
-
-def adopt_session(
-    backend: Any, node_id: str, a: Adopt
-) -> defer.Deferred[tuple[int | None, str | None]]:
-    """The takeover protocol against an ``IOwnershipBackend``: read the session's record,
-    check it belongs to the authenticated initiator and is not ahead of its state_version
-    (:func:`~jumping.core.gateway.adoption_error`), then claim it by compare-and-swap on the
-    record's fencing token, so that of two gateways adopting at once exactly one wins (the
-    other's CAS fails), and writing ``state_version + 1`` so that a replay of the same
-    resume elsewhere is refused as stale. Fires with ``(token, None)`` or ``(None, error)``; never errbacks."""
-
-    def got(found: Any) -> Any:
-        error = adoption_error(found, a.client_key, a.state_version)
-        if error is not None:
-            return (None, error)
-        record, token = found
-        new = {
-            "client_public_key": a.client_key,
-            # the version the session reaches when the takeover completes (REATTACH_OK):
-            # the same initiation replayed to a third gateway is then stale
-            "state_version": a.state_version + 1,
-            "owner": node_id,
-            "previous_owner": record.get("owner"),
-        }
-        return backend.claim(a.session_id, new, token).addCallbacks(
-            lambda t: (t, None), lambda f: (None, _ownership_error(f))
-        )
-
-    try:
-        d = backend.get(a.session_id)
-    except Exception as e:  # a backend bug must not take the node down
-        return defer.succeed((None, f"unavailable:{type(e).__name__}"))
-    return d.addCallbacks(got, lambda f: (None, _ownership_error(f)))

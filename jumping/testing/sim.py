@@ -16,7 +16,7 @@ import heapq
 import itertools
 import random
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,7 @@ from jumping.core.outputs import (
     Emit,
     Output,
     Release,
+    Renew,
     Send,
     WriteTun,
 )
@@ -184,9 +185,10 @@ class SimNet:
             elif isinstance(out, Adopt):  # one gateway: nobody else owns anything
                 assert isinstance(self.gateway, GatewayCore)
                 self.apply(
-                    "gateway", self.gateway.adopted(self.now, out.session_id, None, "no_record")
+                    "gateway",
+                    self.gateway.adoption_checked(self.now, out.session_id, None, "no_record"),
                 )
-            elif isinstance(out, Release):
+            elif isinstance(out, (Release, Renew)):
                 pass
             elif isinstance(out, ConfirmPath):
                 out.path.confirm()
@@ -316,8 +318,9 @@ class ClusterNet:
     network: the gateways share one static identity (the client's Noise responder key) and a
     :class:`~jumping.builtin.memory.MemoryStore`, each with its own node id and
     ``MemoryOwnership``; the client has one path per gateway (gateway ``gwN`` at
-    10.210.0.1N). The outputs are executed as the service does (claims, takeovers through
-    :func:`jumping.service.node.adopt_session`, watches that fence the old owner).
+    10.210.0.1N). The ownership outputs are executed by the service's own
+    :class:`~jumping.service.ownership.OwnershipDriver` (claims, renewals, takeovers,
+    watches that fence the old owner).
     ``kill(name)`` stops a gateway dead; ``fence(name)`` makes it lose its ownership
     (its backend failing closed).
     """
@@ -331,6 +334,7 @@ class ClusterNet:
         **core_options: Any,
     ) -> None:
         from jumping.builtin.memory import MemoryOwnership, MemoryStore
+        from jumping.service.ownership import OwnershipDriver
 
         self.seed = seed
         self.random = random.Random(seed)
@@ -342,6 +346,8 @@ class ClusterNet:
         self.store = MemoryStore()
         self.gateways: dict[str, GatewayCore] = {}
         self.backends: dict[str, Any] = {}
+        #: the service's ownership glue, one per gateway, as the node runs it
+        self.owners: dict[str, OwnershipDriver] = {}
         self.alive: dict[str, bool] = {}
         self.links: list[Link] = []
         for i in range(gateways):
@@ -353,6 +359,7 @@ class ClusterNet:
                 now=self.now, adopt_sessions=True, **core_options,
             )  # fmt: skip
             self.backends[name] = MemoryOwnership(name, store=self.store, clock=self)
+            self.owners[name] = self._driver(name, OwnershipDriver)
             self.alive[name] = True
             c = SimPath(f"sim:c>{name}", ("10.210.0.100", 40000 + i), (host, 51820))
             g = SimPath(f"sim:{name}<c", (host, 51820), ("10.210.0.100", 40000 + i))
@@ -369,10 +376,20 @@ class ClusterNet:
         self._timers = {side: float("inf") for side in self.log}
         self._calls: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
-        self._watches: dict[tuple[str, str], Any] = {}
         self.forwarded: list[tuple[float, str, str]] = []  # (time, gateway, session id hex)
         self.echo = False
         self.checks: list[Callable[[ClusterNet], None]] = []
+
+    def _driver(self, name: str, cls: Any) -> Any:
+        """The service's ownership glue for gateway ``name`` (a dead one hears nothing)."""
+
+        def core() -> GatewayCore | None:
+            return self.gateways[name] if self.alive[name] else None
+
+        def run(outputs: Iterable[Output]) -> None:
+            self.apply(name, outputs)
+
+        return cls(self.backends[name], core, run, lambda: self.now)
 
     # the memory backend's clock (its watches call back through it)
     def callLater(self, delay: float, fn: Callable[..., Any], *args: Any) -> None:  # noqa: N802
@@ -389,9 +406,8 @@ class ClusterNet:
                 return link, "client", link.client_side
         return None
 
-    def apply(self, side: str, outputs: list[Output]) -> None:
+    def apply(self, side: str, outputs: Iterable[Output]) -> None:
         from jumping.core.outputs import Drop
-        from jumping.service.node import adopt_session
 
         log = self.log[side]
         for out in outputs:
@@ -421,57 +437,13 @@ class ClusterNet:
                 log.event_times.append(self.now)
             elif isinstance(out, ArmTimer):
                 self._timers[side] = min(self._timers[side], out.at)
-            elif isinstance(out, Claim):
-                self._own(side, out.session_id,
-                          self.backends[side].claim(out.session_id, dict(out.record), out.token),
-                          "claim")  # fmt: skip
-            elif isinstance(out, Adopt):
-                self._own(side, out.session_id,
-                          adopt_session(self.backends[side], side, out), "adopt")  # fmt: skip
-            elif isinstance(out, Release):
-                w = self._watches.pop((side, out.session_id), None)
-                if w is not None:
-                    w.cancel()
-                if out.token is not None:
-                    self.backends[side].release(out.session_id, out.token)
+            elif isinstance(out, (Claim, Renew, Adopt, Release)):
+                if side in self.owners:  # (a client's Release names no token: nothing to do)
+                    self.owners[side].execute(out)
             elif isinstance(out, ConfirmPath):
                 out.path.confirm()
             elif isinstance(out, Drop):
                 log.drops.append(out.reason)
-
-    def _own(self, side: str, sid: str, d: Any, kind: str) -> None:
-        """Feed a (synchronous, memory) backend answer back into the gateway core."""
-        results: list[Any] = []
-        d.addBoth(results.append)
-        gw = self.gateways[side]
-        if kind == "claim":
-            ok = results and isinstance(results[0], int)
-            token, error = (results[0], None) if ok else (None, "conflict")
-        else:
-            token, error = results[0]
-        if token is not None:
-            self._watch(side, sid)
-        if kind == "claim":
-            self.apply(side, gw.claimed(self.now, sid, token, error))
-        else:
-            self.apply(side, gw.adopted(self.now, sid, token, error))
-
-    def _watch(self, side: str, sid: str) -> None:
-        """What ``NodeService._watch_ownership`` does: another token means we lost it."""
-
-        def changed(session_id: str, token: int | None, reason: str | None = None) -> None:
-            if not self.alive[side]:
-                return
-            gw = self.gateways[side]
-            s = gw.sessions.get(bytes.fromhex(session_id))
-            if s is None or s.owner_token is None or token == s.owner_token:
-                return
-            self.apply(side, gw.ownership_lost(self.now, session_id))
-
-        old = self._watches.pop((side, sid), None)
-        if old is not None:
-            old.cancel()
-        self._watches[(side, sid)] = self.backends[side].watch(sid, changed)
 
     # ------------------------------------------------------------------ faults
     def link(self, name: str) -> Link:

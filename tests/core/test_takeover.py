@@ -12,7 +12,7 @@ from jumping.core.node import Peer
 from jumping.core.noise import public_key
 from jumping.core.policy import Policy
 from jumping.core.session import Session
-from jumping.service.node import adopt_session
+from jumping.service.ownership import check_adoption
 from jumping.testing.sim import ClusterNet, seeded_rng
 
 
@@ -197,7 +197,7 @@ def test_two_gateways_racing_to_adopt_exactly_one_wins() -> None:
     racers = [n for n in net.gateways if n != first]
     from jumping.core.outputs import Adopt
 
-    a = Adopt(s.sid_hex, public_key(net.client_key).hex(), s.fsm.state_version)
+    a = Adopt(s.sid_hex, public_key(net.client_key).hex(), s.fsm.state_version, 1)
     # both read the record before either writes (a real race); then both CAS
     reads = {}
     for n in racers:
@@ -212,18 +212,30 @@ def test_two_gateways_racing_to_adopt_exactly_one_wins() -> None:
                        lambda f, n=n: results.__setitem__(n, None))  # fmt: skip
     winners = [n for n, t in results.items() if t is not None]
     assert len(winners) == 1
-    # and through the full protocol: only one adopt_session can win on the same record
+    # and through the service's check: both may answer (nothing is claimed by a check),
+    # the claims race on the one token they read and exactly one wins
     net2 = attached(seed=13, gateways=3)
     s2 = net2.client.session
     assert s2 is not None
     first2 = serving(net2)
-    a2 = Adopt(s2.sid_hex, public_key(net2.client_key).hex(), s2.fsm.state_version)
-    answers = []
-    for n in [x for x in net2.gateways if x != first2]:
-        adopt_session(net2.backends[n], n, a2).addCallback(answers.append)
-    # the second one reads the first's record: the same resume replayed is stale
-    assert sorted(t is not None for t, _ in answers) == [False, True]
-    assert [e for _, e in answers if e is not None] == ["stale_state_version"]
+    ts = net2.store.records[s2.sid_hex][0]["handshake_ts_ms"] + 1
+    a2 = Adopt(s2.sid_hex, public_key(net2.client_key).hex(), s2.fsm.state_version, ts)
+    others = [x for x in net2.gateways if x != first2]
+    checked = []
+    for n in others:
+        check_adoption(net2.backends[n], a2).addCallback(checked.append)
+    assert [e for _, e, _ in checked] == [None, None] and len({t for t, _, _ in checked}) == 1
+    claims = []
+    for n in others:
+        rec = {"client_public_key": a2.client_key, "state_version": a2.state_version + 1,
+               "owner": n, "handshake_ts_ms": ts}  # fmt: skip
+        net2.backends[n].claim(s2.sid_hex, rec, checked[0][0]).addCallbacks(
+            lambda t: claims.append(t), lambda f: claims.append(None)
+        )
+    assert sorted(t is not None for t in claims) == [False, True]
+    # once one claimed it, the same initiation is a replay for everyone
+    again = check_adoption(net2.backends[others[0]], a2).result
+    assert again[0] is None and again[1] in ("stale_state_version", "stale_handshake")
 
 
 def test_single_gateway_unknown_session_behaviour_unchanged() -> None:
@@ -248,7 +260,7 @@ def test_adopt_output_is_frozen_and_peer_input_never_raises() -> None:
 
     from jumping.core.outputs import Adopt
 
-    a = Adopt("ab" * 16, "cd" * 32, 3)
+    a = Adopt("ab" * 16, "cd" * 32, 3, 1)
     try:
         a.state_version = 4  # type: ignore[misc]
     except dataclasses.FrozenInstanceError:
@@ -258,6 +270,6 @@ def test_adopt_output_is_frozen_and_peer_input_never_raises() -> None:
     net = attached(seed=17)
     gw = next(iter(net.gateways.values()))
     # answers for adoptions nobody asked for, or with junk ids: counted, never raised
-    assert gw.adopted(net.now, "zz", None, "conflict")
-    gw.adopted(net.now, "ab" * 16, 42, None)
+    assert gw.adoption_checked(net.now, "zz", None, "conflict")
+    gw.adoption_checked(net.now, "ab" * 16, 42, None)
     assert gw.drops["ADOPT_UNKNOWN"] == 2

@@ -199,7 +199,8 @@ class _Session:
 
 
 class FakeGateway(GatewayCore):
-    """Only what NodeService's ownership glue touches: sessions and the two answers."""
+    """Only what NodeService's ownership glue (jumping.service.ownership) touches: sessions
+    and the two answers."""
 
     def __init__(self) -> None:
         self.sessions: dict[bytes, Any] = {}
@@ -225,6 +226,7 @@ def glue(backend: Any) -> tuple[NodeService, FakeGateway]:
     svc = NodeService(config=None, reactor=reactor)
     core = FakeGateway()
     svc.core, svc.ownership = core, backend
+    svc.owners.backend = backend
     return svc, core
 
 
@@ -240,7 +242,7 @@ async def test_gateway_terminates_sessions_another_node_takes(backends: Any) -> 
     assert kind == "claimed" and isinstance(t1, int)
     await b.claim(s, record("gl-b", 2), t1)  # hand-over to another gateway
     await wait_until(lambda: ("lost", s, None) in core.calls, "OWNERSHIP_LOST", 3)
-    assert s not in svc._owner_watches
+    assert s not in svc.owners.watches
 
 
 @pytest_twisted.ensureDeferred

@@ -9,7 +9,10 @@ endpoints, and a server namespace behind the gateways.
     SessionID on another gateway and the transfer completes (sha256 on both ends);
 (b) the owning gateway is cut from etcd with nftables but stays reachable: it fails closed
     within the lease TTL, tells the client OWNERSHIP_LOST, and the client resumes the same
-    SessionID on another gateway.
+    SessionID on another gateway;
+(c) a rekey initiation copied off the client's link is sent, from another host, to the other
+    gateways and to the owner: nothing moves (owner, state, events), and each gateway counts
+    it as a replay (the ownership record carries the last accepted handshake timestamp).
 
 Both runs are checked by checker.py (events of all gateways + the gateways' TUN counters
 sampled from outside) and by ``jumpctl audit``.
@@ -121,7 +124,8 @@ def events(path: Path) -> list[dict[str, Any]]:
 
 
 class Cluster:
-    def __init__(self, topo: Topology, tmp: Path) -> None:
+    def __init__(self, topo: Topology, tmp: Path, extra: str = "") -> None:
+        """``extra``: TOML appended to every node's configuration (e.g. a [policy])."""
         self.topo, self.tmp = topo, tmp
         self.hub = topo.ns("hub")
         self.gns = {f"gw{n}": topo.ns(f"g{n}") for n in range(1, N + 1)}
@@ -177,9 +181,12 @@ allowed_ips = ["10.99.0.2/32"]
 backend = "etcd"
 endpoints = "{self.endpoints}"
 ttl = 5
+[metrics]
+listen = "127.0.0.1:9477"
 [[events]]
 sink = "jsonl"
 path = "{g}-events.jsonl"
+{extra}
 """)
         eps = "".join(
             f'[[gateway.endpoints]]\ntransport = "udp"\nhost = "10.210.0.1{n}"\nport = 51820\n'
@@ -200,6 +207,7 @@ public_key = "{gw_pub}"
 [[events]]
 sink = "jsonl"
 path = "c-events.jsonl"
+{extra}
 """)
         self.counter_files = {g: tmp / f"{g}-rx.txt" for g in self.gns}
         self._route_stop = threading.Event()
@@ -303,20 +311,30 @@ path = "c-events.jsonl"
         assert rc == 0, "jumpctl audit found violations in this run's events"
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
+def _cluster(tmp_path: Path, extra: str = "") -> Iterator[Cluster]:
     why = available()
     if why:
         pytest.skip(why)
     if shutil.which("etcd") is None or shutil.which("nft") is None:
         pytest.fail("etcd and nft are needed (deploy/setup.sh)")
     with Topology("jk") as topo:
-        c = Cluster(topo, tmp_path)
+        c = Cluster(topo, tmp_path, extra)
         try:
             c.start()
             yield c
         finally:
             c.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    yield from _cluster(tmp_path)
+
+
+@pytest.fixture
+def rekeying_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """Keys rotate every 2 s, so that a rekey initiation is on the wire to be copied."""
+    yield from _cluster(tmp_path, "[policy]\nrekey_after_s = 2\n")
 
 
 def _takeover(c: Cluster, old: str, sid: str, timeout: float) -> tuple[str, int]:
@@ -430,6 +448,91 @@ def test_b_owner_cut_from_etcd_stops_and_client_moves(cluster: Cluster) -> None:
     print(f"\n[fenced] {first} cut from etcd: stopped after {stopped:.0f} ms, {second} took "
           f"{sid[:8]} over {reattached_ms - lost[0]['ts_ms']:.0f} ms later; "
           f"ping: {out.strip().splitlines()[-2] if out.strip() else '?'}")  # fmt: skip
+    _checked(c)
+
+
+SNIFFER = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(0x0003))  # outgoing too
+s.bind((sys.argv[1], 0))
+out = open(sys.argv[2], "w", buffering=1)
+while True:
+    try:
+        frame = s.recv(65535)
+    except OSError:
+        continue
+    ip = frame[14:]
+    if frame[12:14] != b"\x08\x00" or ip[9] != 17:
+        continue
+    udp = ip[(ip[0] & 15) * 4:]
+    if int.from_bytes(udp[2:4], "big") == 51820 and udp[8:9] == b"\x01":
+        out.write(f"{time.time() * 1000:.1f} {ip[16:20].hex()} {udp[8:].hex()}\n")
+"""
+
+SEND = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[3], 0))
+for _ in range(int(sys.argv[4])):
+    s.sendto(bytes.fromhex(sys.argv[1]), (sys.argv[2], 51820))
+"""
+
+
+def _drops(c: Cluster, g: str) -> dict[str, float]:
+    """Drop counters of gateway ``g``, read from its Prometheus endpoint."""
+    r = c.topo.run(c.gns[g], sys.executable, "-c", "import urllib.request; print(urllib."
+                   "request.urlopen('http://127.0.0.1:9477/metrics', timeout=5).read().decode())")  # fmt: skip
+    out = {}
+    for line in r.stdout.splitlines():
+        if line.startswith("jumping_drops_total{"):
+            reason = line.split('reason="', 1)[1].split('"', 1)[0]
+            out[reason] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def test_c_replayed_initiation_moves_nothing(rekeying_cluster: Cluster) -> None:
+    c = rekeying_cluster
+    o = c.owner()
+    assert o is not None
+    owner, sid, token, _ = o
+    caught = c.tmp / "caught.txt"
+    c.topo.popen(c.cns, sys.executable, "-c", SNIFFER, "pub", str(caught), log=c.tmp / "sniff.out")
+    # traffic: a client rekeys when it sends under keys older than rekey_after_s
+    ping = c.topo.popen(c.cns, "ping", "-i", "0.2", "-c", "100", SERVER_IP)
+    deadline = time.monotonic() + 15
+    rekeys: list[list[str]] = []
+    while time.monotonic() < deadline and not rekeys:
+        time.sleep(0.2)
+        lines = [x.split() for x in caught.read_text().splitlines()] if caught.exists() else []
+        rekeys = lines  # every initiation caught after the session exists is a rekey
+    assert rekeys, "no rekey initiation seen on the client's link"
+    c.topo.stop(ping)  # no more rekeys: the one caught stays the newest
+    time.sleep(1.0)  # the owner confirmed it and renewed the record
+    _ts, _dst, init = rekeys[-1]
+    before = {g: len(events(p)) for g, p in c.gw_events.items()}
+    c_before = len(events(c.c_events))
+    drops_before = {g: _drops(c, g).get("HANDSHAKE_REPLAY", 0) for g in c.gns}
+    # the attacker: the hub host, its own address, three copies to every gateway
+    for n in range(1, N + 1):
+        c.topo.run(c.hub, sys.executable, "-c", SEND, init, f"10.210.0.1{n}", HUB_IP, "3")
+    time.sleep(2.0)
+    assert c.owner() == o, f"ownership moved: {o} -> {c.owner()}"
+    for g, p in c.gw_events.items():
+        new = [e for e in events(p)[before[g]:] if e["event_type"] != "SESSION_STATS"
+               and e["session_id"] is not None]  # fmt: skip
+        if g != owner:
+            assert new == [], f"{g}: {new}"
+        else:
+            assert not [e for e in new if e["event_type"] in ("OWNERSHIP_CHANGE",
+                        "SESSION_TERMINATED", "SESSION_STATE_CHANGE")], new  # fmt: skip
+    c_new = [e for e in events(c.c_events)[c_before:] if e["event_type"] == "SESSION_STATE_CHANGE"]
+    assert c_new == [], c_new
+    assert c.client_sessions() == {sid}
+    for g in c.gns:
+        got = _drops(c, g).get("HANDSHAKE_REPLAY", 0) - drops_before[g]
+        assert got >= 3, f"{g} counted {got} replays of 3"
+    print(f"\n[replay] rekey initiation sent 3x to each of {N} gateways from {HUB_IP}: owner "
+          f"{owner} (token {token}) unchanged, no session event, HANDSHAKE_REPLAY counted by all")  # fmt: skip
     _checked(c)
 
 

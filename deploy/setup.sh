@@ -16,7 +16,8 @@ fail() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 declare -A runtime=([ip]=iproute2 [ping]=iputils-ping [nft]=nftables [iperf3]=iperf3)
 declare -A testing=([tcpdump]=tcpdump [wireguard-go]=wireguard-go [wg]=wireguard-tools
                     [etcd]=etcd-server [etcdctl]=etcd-client [kcat]=kcat [promtool]=prometheus
-                    [jq]=jq [cargo]=cargo [java]=default-jre-headless [mvn]=maven)
+                    [jq]=jq [cargo]=cargo [java]=default-jre-headless [mvn]=maven
+                    [setpriv]=util-linux)
 missing=()
 for c in "${!runtime[@]}"; do command -v "$c" >/dev/null || missing+=("${runtime[$c]}"); done
 if [[ $mode != --runtime ]]; then

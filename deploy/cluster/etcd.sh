@@ -6,9 +6,18 @@
 #   etcd.sh start-member DIR N   (re)start member N (1..3) on its existing data
 #   etcd.sh stop-member DIR N    stop member N only (quorum tests, rolling restarts)
 #   etcd.sh kill-member DIR N    SIGKILL member N (a crash, for fault tests)
+#   etcd.sh freeze-member DIR N  SIGSTOP member N: its connections stay open, nothing answers
+#   etcd.sh thaw-member DIR N    SIGCONT member N
+#   etcd.sh isolate-member DIR N cut member N from the other two (nftables, in the network
+#                                namespace etcd.sh runs in); its clients still reach it
+#   etcd.sh rejoin-member DIR N  undo isolate-member
 #   etcd.sh status DIR           `etcdctl endpoint status` of the cluster
 #   etcd.sh endpoints            print the client URLs, comma-separated
 #
+# Isolation: ETCD_ISOLATABLE=1 at `start` (root only; remembered in DIR) runs member N with
+# its own group id ${ETCD_GID_BASE:-47900}+N, so that isolate-member can tell its peer
+# traffic from the others': every packet to or from its peer port is dropped, and so is
+# every packet of a connection it opened to another member's peer port (marked by its gid).
 # Ports: client $HOST:$BASE+N, peer $HOST:$BASE+3+N with BASE=${ETCD_BASE_PORT:-23790} and
 # HOST=${ETCD_HOST:-127.0.0.1}, so the default cluster uses 23791-23796 on loopback.
 # Set ETCD_BIN / ETCDCTL_BIN for other binaries.
@@ -26,6 +35,10 @@ peer_url() { echo "http://$host:$((base + 3 + $1))"; }
 endpoints() { echo "$(client_url 1),$(client_url 2),$(client_url 3)"; }
 cluster() { echo "m1=$(peer_url 1),m2=$(peer_url 2),m3=$(peer_url 3)"; }
 
+isolatable() { [[ -f $1/isolatable ]]; }
+member_gid() { echo $((${ETCD_GID_BASE:-47900} + $1)); }
+nft_table() { echo "jumping_etcd_iso_$base"; }
+
 running() { [[ -f $1/m$2.pid ]] && kill -0 "$(cat "$1/m$2.pid")" 2>/dev/null; }
 
 start_member() {
@@ -33,7 +46,11 @@ start_member() {
   running "$dir" "$n" && return 0
   mkdir -p "$dir/m$n.data"
   chmod 700 "$dir/m$n.data"
-  setsid "$etcd_bin" --name "m$n" --data-dir "$dir/m$n.data" \
+  local as=()
+  if isolatable "$dir"; then
+    as=(setpriv "--regid=$(member_gid "$n")" --clear-groups)
+  fi
+  setsid "${as[@]}" "$etcd_bin" --name "m$n" --data-dir "$dir/m$n.data" \
     --listen-client-urls "$(client_url "$n")" --advertise-client-urls "$(client_url "$n")" \
     --listen-peer-urls "$(peer_url "$n")" --initial-advertise-peer-urls "$(peer_url "$n")" \
     --initial-cluster "$(cluster)" --initial-cluster-state new \
@@ -49,6 +66,7 @@ stop_member() {
   pid=$(cat "$dir/m$n.pid")
   if kill -0 "$pid" 2>/dev/null; then
     kill "-$sig" "$pid" 2>/dev/null || true
+    kill -CONT "$pid" 2>/dev/null || true  # a frozen member acts on its signal
     for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
   fi
@@ -80,6 +98,11 @@ case $cmd in
     command -v "$etcd_bin" >/dev/null || fail "$etcd_bin not found (apt-get install etcd-server)"
     command -v "$etcdctl_bin" >/dev/null || fail "$etcdctl_bin not found (apt-get install etcd-client)"
     mkdir -p "$dir"
+    if [[ ${ETCD_ISOLATABLE:-0} == 1 ]]; then
+      [[ $(id -u) == 0 ]] || fail "ETCD_ISOLATABLE=1 needs root (members run with their own gids)"
+      command -v setpriv >/dev/null || fail "setpriv not found (apt-get install util-linux)"
+      touch "$dir/isolatable"
+    fi
     for n in 1 2 3; do
       running "$dir" "$n" && continue
       for port in $((base + n)) $((base + 3 + n)); do
@@ -94,6 +117,7 @@ case $cmd in
     ;;
   stop)
     dir=${2:?usage: etcd.sh stop DIR}
+    if isolatable "$dir"; then nft delete table inet "$(nft_table)" 2>/dev/null || true; fi
     for n in 1 2 3; do stop_member "$dir" "$n"; done
     ;;
   start-member)
@@ -108,6 +132,35 @@ case $cmd in
     dir=${2:?usage: etcd.sh kill-member DIR N}; n=${3:?member number 1..3}
     stop_member "$dir" "$n" KILL
     ;;
+  freeze-member|thaw-member)
+    dir=${2:?usage: etcd.sh $cmd DIR N}; n=${3:?member number 1..3}
+    running "$dir" "$n" || fail "member m$n is not running"
+    if [[ $cmd == freeze-member ]]; then kill -STOP "$(cat "$dir/m$n.pid")"
+    else kill -CONT "$(cat "$dir/m$n.pid")"; fi
+    ;;
+  isolate-member)
+    dir=${2:?usage: etcd.sh isolate-member DIR N}; n=${3:?member number 1..3}
+    isolatable "$dir" || fail "$dir was not started with ETCD_ISOLATABLE=1"
+    command -v nft >/dev/null || fail "nft not found (apt-get install nftables)"
+    others=""
+    for m in 1 2 3; do [[ $m == "$n" ]] || others+="${others:+, }$((base + 3 + m))"; done
+    nft delete table inet "$(nft_table)" 2>/dev/null || true
+    nft -f - <<EOF || fail "nft refused the isolation rules"
+table inet $(nft_table) {
+  chain out {
+    type filter hook output priority 0; policy accept;
+    tcp dport $((base + 3 + n)) drop
+    tcp sport $((base + 3 + n)) drop
+    meta skgid $(member_gid "$n") tcp dport { $others } ct mark set 0x4a45
+    ct mark 0x4a45 drop
+  }
+}
+EOF
+    ;;
+  rejoin-member)
+    dir=${2:?usage: etcd.sh rejoin-member DIR N}
+    nft delete table inet "$(nft_table)" 2>/dev/null || true
+    ;;
   health)
     wait_healthy "${2:?usage: etcd.sh health DIR}"
     ;;
@@ -118,7 +171,7 @@ case $cmd in
     endpoints
     ;;
   *)
-    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac

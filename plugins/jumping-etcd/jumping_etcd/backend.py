@@ -13,11 +13,18 @@
   it changes on every write by anyone, so a stale holder's next mutation fails.
 - One prefix watch stream per node (a thread) feeds every ``watch`` callback on the reactor
   thread.
-- Fail closed: the keep-alive thread counts a renewal only when a linearizable read right
-  after it succeeds (a leader that lost its quorum keeps renewing leases until it steps
-  down). The reactor checks the deadline (send time of the last counted renewal + TTL,
-  minus a guard of min(1 s, TTL/5)) every ``check_interval``; once it passes (quorum lost,
-  etcd unreachable, lease revoked) the backend becomes un``healthy``, forgets every token,
+- Fail closed: a renewal counts only once this node's own watch has delivered it back
+  (:mod:`jumping_etcd.liveness`): each keep-alive round renews the lease and writes the
+  node's heartbeat key on *one* member, both answers in the same raft term (the write needs
+  the quorum: a leader that lost its quorum keeps renewing leases until it steps down), and
+  the deadline moves only when the watch delivers that heartbeat, after every event before
+  it. A watch whose member froze or was cut from the quorum thus stops the deadline; a
+  heartbeat unseen for ``stall_after`` seconds reopens the stream on another member (from
+  the last revision seen, so a missed takeover is still reported); the stream also has a
+  read timeout, asks for progress notifications and requires a leader. The reactor checks
+  the deadline (send time of the last counted renewal + TTL, minus a guard of
+  min(1 s, TTL/5)) every ``check_interval``; once it passes (quorum lost, etcd unreachable,
+  lease revoked, the watch dead) the backend becomes un``healthy``, forgets every token,
   and calls every watch callback with ``None`` (reason ``'lease_lost'``) — before etcd
   itself can expire the lease and let another node claim the sessions. It then keeps
   trying to grant a new lease; once it has one it revokes the old one and is ``healthy``
@@ -57,12 +64,14 @@ from zope.interface import implementer
 
 from jumping.errors import OwnershipConflict, OwnershipUnavailable
 from jumping.interfaces import IOwnershipBackend
-from jumping_etcd.client import Cluster, b64, parse_endpoints, short, unb64, url
+from jumping_etcd.client import Cluster, Unreachable, b64, parse_endpoints, short, unb64, url
+from jumping_etcd.liveness import LeaseDeadline
 
 log = Logger()
 _SID = re.compile(r"[0-9a-f]{1,128}\Z")
 _NODE = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
 MARKER = ".conflict"  # suffix of the split-brain marker key next to a session's key
+HEARTBEAT = ".heartbeat/"  # <prefix>.heartbeat/<node_id>: each node's watch-liveness key
 
 
 def _prefix_end(prefix: str) -> bytes:
@@ -129,6 +138,7 @@ class EtcdOwnership:
     :param int max_pending: etcd requests queued or running at most; more fail at once with
         ``OwnershipUnavailable``.
     :param int max_sessions: sessions this node tracks at most.
+    :param clock: monotonic seconds for the lease deadlines (tests inject one).
     :raise OwnershipUnavailable: no member reachable at start (the node refuses to start).
     :raise ValueError: a bad option (one line naming it).
     """
@@ -145,6 +155,7 @@ class EtcdOwnership:
         max_sessions: int = 1_000_000,
         check_interval: float = 0.1,
         reactor: Any = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not isinstance(node_id, str) or not _NODE.match(node_id):
             raise ValueError(f"etcd: node_id must match [A-Za-z0-9_.-]{{1,64}}, got {node_id!r}")
@@ -172,22 +183,27 @@ class EtcdOwnership:
         #: seconds before etcd's own expiry at which we give the lease up (fail closed early)
         self.guard = min(1.0, ttl / 5)
         self.interval = ttl / 3  # keep-alive period
-        self._probe = b64(prefix + ".quorum-probe")  # read (never written) to prove a quorum
+        #: a heartbeat unseen this long: the watch stream is dead, reopen it elsewhere
+        self.stall_after = max(0.3, min(0.75, ttl / 4))
+        self.clock = clock
+        self.deadline = LeaseDeadline(ttl, self.guard, self.stall_after, clock)
+        self._heartbeat_key = prefix + HEARTBEAT + node_id
 
         # refuse to start without a reachable cluster (clear one-line error)
-        t0 = time.monotonic()
+        t0 = clock()
         try:
             self._lease_id, revision = self._grant()
         except OwnershipUnavailable as e:
             eps = ", ".join(url(ep) for ep in self.cluster.endpoints)
             raise OwnershipUnavailable(f"etcd: cannot start, cluster {eps} unusable: {e}") from None
-        self._valid_until = t0 + ttl
+        self.deadline.granted(t0)
         self._lease_gone = False
         self._need_lease = False
         self.healthy = True
         self.lost = 0  # times the lease was lost (everything reported lost)
         self.keepalive_failures = 0
         self.watch_restarts = 0
+        self.watch_member = self.cluster.preferred  # index of the member the watch reads
         self._epoch = 0
         self._inflight = 0
         self._closed = False
@@ -529,11 +545,16 @@ class EtcdOwnership:
     def _check_lease(self) -> None:
         if not self.healthy or self._closed:
             return
-        if self._lease_gone or time.monotonic() >= self._valid_until - self.guard:
+        if self._lease_gone or self.deadline.expired():
             self._lose_everything()
+        elif self.deadline.stalled():
+            log.warn("etcd: watch on {u} delivered no heartbeat for {s:.1f} s: reopening it "
+                     "on another member", u=url(self.cluster.endpoints[self.watch_member]),
+                     s=self.stall_after)  # fmt: skip
+            self._close_watch_stream()
 
     def _lose_everything(self) -> None:
-        overdue = time.monotonic() - (self._valid_until - self.ttl)
+        overdue = self.deadline.overdue()
         log.error(
             "etcd: lease {lease:x} lost ({why}); failing closed: every session of this node "
             "is reported lost", lease=self._lease_id,
@@ -555,7 +576,7 @@ class EtcdOwnership:
 
     def _keepalive_loop(self) -> None:
         while not self._stop.is_set():
-            t0 = time.monotonic()
+            t0 = self.clock()
             if self._need_lease:
                 old = self._lease_id
                 try:
@@ -563,7 +584,7 @@ class EtcdOwnership:
                 except OwnershipUnavailable:
                     self._stop.wait(self.interval)
                     continue
-                self._valid_until = t0 + self.ttl
+                self.deadline.granted(t0)
                 self._lease_gone = False
                 self._need_lease = False
                 self.reactor.callFromThread(self._regained)
@@ -572,22 +593,57 @@ class EtcdOwnership:
                 except OwnershipUnavailable:
                     pass
                 continue
-            try:
-                r = self.cluster.call("lease/keepalive", {"ID": str(self._lease_id)},
-                                      timeout=self.interval)  # fmt: skip
-                granted = int(r.get("result", {}).get("TTL", 0))
-                if granted <= 0:
-                    self._lease_gone = True
-                else:
-                    # A leader that just lost its quorum still renews leases (locally) until
-                    # it steps down, up to an election timeout later. A linearizable read
-                    # needs the quorum: only when it succeeds does the lease count as renewed.
-                    self.cluster.call("kv/range", {"key": self._probe, "count_only": True},
-                                      timeout=self.interval)  # fmt: skip
-                    self._valid_until = max(self._valid_until, t0 + min(granted, self.ttl))
-            except OwnershipUnavailable:
-                self.keepalive_failures += 1
-            self._stop.wait(max(0.0, self.interval - (time.monotonic() - t0)))
+            n = len(self.cluster.endpoints)
+            start = self.cluster.preferred
+            renewed = refused = False
+            for k in range(n):  # one member per attempt; the next one if it does not answer
+                i = (start + k) % n
+                t1 = self.clock()  # this attempt's send time
+                try:
+                    self._renew_on(i, t1)
+                    self.cluster.preferred = i
+                    renewed = True
+                    break
+                except OwnershipUnavailable as e:
+                    self.keepalive_failures += 1
+                    log.debug("etcd keep-alive on {u}: {e}", u=url(self.cluster.endpoints[i]),
+                              e=e)  # fmt: skip
+                    if not isinstance(e, Unreachable):
+                        refused = True  # an answer (an error): retried at the next round
+                        break
+                    self.cluster.preferred = (i + 1) % n  # the next attempt starts elsewhere
+                    if i == self.watch_member:  # the watch reads a member that does not answer
+                        self._close_watch_stream()
+                    if self.clock() - t0 >= self.interval:
+                        break
+            # a round no member answered is retried at once (briefly paced): the deadline runs
+            wait = self.interval - (self.clock() - t0) if renewed or refused else 0.1
+            self._stop.wait(max(0.0, wait))
+
+    def _renew_on(self, i: int, t0: float) -> None:
+        """One keep-alive round on member ``i``: renew the lease, then write the heartbeat
+        (needs the quorum) in the same raft term on the same member. The renewal counts
+        when the watch delivers the heartbeat (:mod:`jumping_etcd.liveness`)."""
+        lease = str(self._lease_id)
+        timeout = min(self.cluster.timeout, self.interval / 2)  # two members per round
+        r = self.cluster.call_on(i, "lease/keepalive", {"ID": lease}, timeout=timeout)
+        res = r.get("result", {})
+        granted = int(res.get("TTL", 0))
+        if granted <= 0:
+            self._lease_gone = True
+            return
+        seq = self.deadline.next_seq()
+        value = b64(json.dumps({"node": self.node_id, "seq": seq}))
+        p = self.cluster.call_on(i, "kv/put", {"key": b64(self._heartbeat_key), "value": value,
+                                               "lease": lease}, timeout=timeout)  # fmt: skip
+        h1, h2 = res.get("header", {}), p.get("header", {})
+        same = all(h1.get(f) == h2.get(f) for f in ("raft_term", "member_id"))
+        if not same:
+            raise OwnershipUnavailable(
+                f"etcd: keep-alive (term {h1.get('raft_term')}) and its check (term "
+                f"{h2.get('raft_term')}) disagree: not counted"
+            )
+        self.deadline.renewed(seq, t0, granted)
 
     # ------------------------------------------------------------------ watch
     def _close_watch_stream(self) -> None:
@@ -608,14 +664,20 @@ class EtcdOwnership:
 
     def _watch_loop(self, revision: int) -> None:
         cluster = self.cluster
-        req = {"key": b64(self.prefix), "range_end": b64(_prefix_end(self.prefix))}
+        n = len(cluster.endpoints)
+        req = {"key": b64(self.prefix), "range_end": b64(_prefix_end(self.prefix)),
+               "progress_notify": True}  # fmt: skip
+        # heartbeats arrive every interval: a stream quiet for longer than this is dead
+        read_timeout = 2 * self.interval + cluster.timeout
+        # require a leader: a member that loses its leader cancels the stream
+        headers = {"Grpc-Metadata-hasleader": "true"}
         while not self._stop.is_set():
-            i = cluster.preferred
+            i = self.watch_member
             c = cluster.client(i)
             try:
                 resp = c.session.post(
                     c.get_url("watch"), json={"create_request": {**req, "start_revision": str(revision)}},
-                    stream=True, timeout=(cluster.timeout, None),
+                    stream=True, timeout=(cluster.timeout, read_timeout), headers=headers,
                 )  # fmt: skip
                 self._watch_resp = resp
                 if resp.status_code != 200:
@@ -643,14 +705,17 @@ class EtcdOwnership:
                     return
                 log.debug("etcd watch on {u}: {e}", u=url(cluster.endpoints[i]), e=short(e))
             self.watch_restarts += 1
-            if cluster.preferred == i:
-                cluster.preferred = (i + 1) % len(cluster.endpoints)
+            self.watch_member = (i + 1) % n
             self._stop.wait(0.2)
 
     def _on_events(self, events: list[dict[str, Any]]) -> None:
         plen = len(self.prefix)
+        hb = b64(self._heartbeat_key)
         for ev in events:
             kv = ev["kv"]
+            if kv["key"] == hb:
+                self._heartbeat(kv)
+                continue
             sid = unb64(kv["key"]).decode(errors="replace")[plen:]
             marker = sid.endswith(MARKER)
             if marker:
@@ -675,6 +740,15 @@ class EtcdOwnership:
                 st.changed = (rev, token, reason)
             for w in list(ws or ()):
                 w.deliver(sid, token, reason)
+
+    def _heartbeat(self, kv: dict[str, Any]) -> None:
+        """Our heartbeat came back on our watch (every event before it was delivered)."""
+        try:
+            seq = json.loads(unb64(kv.get("value", ""))).get("seq")
+        except (ValueError, AttributeError):
+            return
+        if isinstance(seq, int):
+            self.deadline.seen(seq)
 
     def _resync(self) -> None:
         """The watch history was compacted under us: re-read what we own."""

@@ -107,27 +107,41 @@ class Cluster:
         errors = []
         for k in range(n):
             i = (start + k) % n
-            c = self.client(i)
             try:
-                if timeout is not None:
-                    c.timeout = timeout
-                result = c.post(c.get_url(path), json=payload)
-            except (gw_errors.ConnectionFailedError, gw_errors.ConnectionTimeoutError) as e:
-                errors.append(f"{url(self.endpoints[i])}: {short(e)}")
+                result = self.call_on(i, path, payload, timeout)
+            except Unreachable as e:
+                errors.append(str(e))
                 continue
-            except gw_errors.Etcd3Exception as e:
-                raise OwnershipUnavailable(
-                    f"etcd: {url(self.endpoints[i])} refused {path}: {short(e)}"
-                ) from None
-            except ValueError as e:  # not JSON: not an etcd gateway
-                raise OwnershipUnavailable(
-                    f"etcd: {url(self.endpoints[i])} does not speak the etcd v3 JSON API: {e}"
-                ) from None
-            finally:
-                c.timeout = self.timeout
             self.preferred = i
             return result
         raise Unreachable("etcd: no member reachable (" + "; ".join(errors) + ")")
+
+    def call_on(
+        self, i: int, path: str, payload: dict[str, Any], timeout: float | None = None
+    ) -> Any:
+        """POST to member ``i`` only (no fail-over): requests whose answers are compared
+        must come from one member.
+
+        :raise Unreachable: the member did not answer (its URL and why, one line).
+        :raise OwnershipUnavailable: it answered with an error.
+        """
+        c = self.client(i)
+        try:
+            if timeout is not None:
+                c.timeout = timeout
+            return c.post(c.get_url(path), json=payload)
+        except (gw_errors.ConnectionFailedError, gw_errors.ConnectionTimeoutError) as e:
+            raise Unreachable(f"{url(self.endpoints[i])}: {short(e)}") from None
+        except gw_errors.Etcd3Exception as e:
+            raise OwnershipUnavailable(
+                f"etcd: {url(self.endpoints[i])} refused {path}: {short(e)}"
+            ) from None
+        except ValueError as e:  # not JSON: not an etcd gateway
+            raise OwnershipUnavailable(
+                f"etcd: {url(self.endpoints[i])} does not speak the etcd v3 JSON API: {e}"
+            ) from None
+        finally:
+            c.timeout = self.timeout
 
 
 def short(e: BaseException) -> str:

@@ -50,6 +50,12 @@ class EtcdCluster:
     def kill_member(self, n: int) -> None:
         self.sh("kill-member", str(self.dir), str(n))
 
+    def freeze_member(self, n: int) -> None:
+        self.sh("freeze-member", str(self.dir), str(n))
+
+    def thaw_member(self, n: int) -> None:
+        self.sh("thaw-member", str(self.dir), str(n))
+
     def start_member(self, n: int) -> None:
         self.sh("start-member", str(self.dir), str(n))
 

@@ -1,7 +1,8 @@
 """
 Cluster faults on the real 3-member cluster: one member down (claims, renewals and watches
-go on), quorum lost (the backend fails closed within the lease TTL, measured), recovery.
-Every test leaves all three members running and healthy.
+go on), quorum lost (the backend fails closed within the lease TTL, measured), recovery;
+the member under a node's watch frozen while the others carry on (the node still learns of
+a takeover within its TTL). Every test leaves all three members running and healthy.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import pytest_twisted
 from twisted.internet import task
 
-from jumping.errors import OwnershipUnavailable
+from jumping.errors import OwnershipConflict, OwnershipUnavailable
 from jumping.testing.conformance import wait_until
 
 
@@ -137,3 +138,44 @@ async def test_quorum_lost_fails_closed_within_the_ttl_then_recovers(
     for s0 in sessions:
         got = await b.get(s0)
         assert got is None, "the old lease was revoked with the sessions reported lost"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_frozen_watch_member_cannot_hide_a_takeover(
+    backends: Any, etcd_cluster: Any
+) -> None:
+    """The member serving a node's watch stops answering (SIGSTOP: its connections stay
+    open, the stream just goes quiet) while the other two keep the quorum. Its keep-alives
+    fail over to them; another node takes the session over through them. The node must
+    learn it (the new token, or a fail-closed ``None``) within its lease TTL."""
+    ttl = 3
+    a = backends("fz-a", ttl=ttl, timeout=0.5)
+    s = sid()
+    t = await a.claim(s, record("fz-a"), None)
+    seen: list[tuple[float, Any, Any]] = []
+    w = a.watch(s, lambda _s, token, reason=None: seen.append((time.monotonic(), token, reason)))
+    await sleep(a.interval + 0.1)
+    member = getattr(a, "watch_member", 0) + 1  # the old backend watches the first member
+    others = [u for k, u in enumerate(etcd_cluster.endpoint_list) if k != member - 1]
+    b = backends("fz-b", timeout=0.5, endpoints=",".join(others))
+    etcd_cluster.freeze_member(member)
+    try:
+        t2, _ = await retrying(lambda: b.claim(s, record("fz-b", 2), t), 5)
+        taken = time.monotonic()
+        await wait_until(lambda: any(x[1] != t for x in seen), "the takeover reported", ttl + 2)
+        at, token, reason = next(x for x in seen if x[1] != t)
+        assert token in (t2, None), seen
+        assert at - taken <= ttl, f"learnt after {at - taken:.2f} s > TTL {ttl} s"
+        print(f"\nwatch member m{member} frozen: takeover learnt after {at - taken:.2f} s "
+              f"({'token ' + str(token) if token else reason}; watch restarts "
+              f"{a.watch_restarts}, lease lost {a.lost} times)")  # fmt: skip
+        # and it never acts on the session again
+        try:
+            await a.renew(s, t, record("fz-a", 3))
+            raise AssertionError("renewed a session taken over")
+        except (OwnershipUnavailable, OwnershipConflict):
+            pass
+    finally:
+        w.cancel()
+        etcd_cluster.thaw_member(member)
+        etcd_cluster.healthy()

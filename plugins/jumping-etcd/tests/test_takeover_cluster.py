@@ -12,7 +12,11 @@ endpoints, and a server namespace behind the gateways.
     SessionID on another gateway;
 (c) a rekey initiation copied off the client's link is sent, from another host, to the other
     gateways and to the owner: nothing moves (owner, state, events), and each gateway counts
-    it as a replay (the ownership record carries the last accepted handshake timestamp).
+    it as a replay (the ownership record carries the last accepted handshake timestamp);
+(d) the etcd member under the owner's watch is isolated from the other two (it stays up and
+    reachable: its watch stream just goes quiet) and the client moves to another gateway,
+    which takes the session over through the healthy members: the old owner learns it
+    within its lease TTL and ends the session (OWNERSHIP_LOST), forwarding nothing after.
 
 Both runs are checked by checker.py (events of all gateways + the gateways' TUN counters
 sampled from outside) and by ``jumpctl audit``.
@@ -152,9 +156,14 @@ class Cluster:
         plug(self.cns, "pub", "10.210.0.100/24", "br0", "pc")
         plug(self.sns, "priv", f"{SERVER_IP}/24", "br1", "ps")
         self.etcd_dir = tmp / "etcd"
-        r = run(self.hub, "env", f"ETCD_HOST={HUB_IP}", "bash", str(ETCD_SH), "start",
-                str(self.etcd_dir), timeout=60)  # fmt: skip
+        r = run(self.hub, "env", f"ETCD_HOST={HUB_IP}", "ETCD_ISOLATABLE=1", "bash",
+                str(ETCD_SH), "start", str(self.etcd_dir), timeout=60)  # fmt: skip
         self.endpoints = r.stdout.strip().splitlines()[-1]
+        members = self.endpoints.split(",")
+        # gateway n talks to member n first (its watch starts there): test (d) knows which
+        # member to isolate
+        self.gw_endpoints = {f"gw{n}": ",".join(members[n - 1:] + members[: n - 1])
+                             for n in range(1, N + 1)}  # fmt: skip
         # one identity for the whole cluster (the client's Noise responder key)
         gw_pub = encode_key(write_keypair(tmp / "gateway.key"))
         c_pub = encode_key(write_keypair(tmp / "client.key"))
@@ -179,7 +188,7 @@ public_key = "{c_pub}"
 allowed_ips = ["10.99.0.2/32"]
 [ownership]
 backend = "etcd"
-endpoints = "{self.endpoints}"
+endpoints = "{self.gw_endpoints[g]}"
 ttl = 5
 [metrics]
 listen = "127.0.0.1:9477"
@@ -276,6 +285,10 @@ path = "c-events.jsonl"
                               f"10.220.0.1{n}", check=False)  # fmt: skip
                 self.route_changes.append((time.time() * 1000, current))
             self._route_stop.wait(0.02)
+
+    def etcd(self, *args: str) -> None:
+        self.topo.run(self.hub, "env", f"ETCD_HOST={HUB_IP}", "bash", str(ETCD_SH), *args,
+                      timeout=60)  # fmt: skip
 
     def stop(self) -> None:
         self._route_stop.set()
@@ -578,3 +591,57 @@ def _cli_rc(evs: list[dict[str, Any]], counters: dict[str, list[tuple[int, int]]
             cp.write_text("".join(f"{t} {v}\n" for t, v in samples))
             args.append(f"{g}={cp}")
         return main(args)
+
+
+def test_d_owner_watch_member_isolated_owner_still_learns_the_takeover(cluster: Cluster) -> None:
+    c = cluster
+    o = c.owner()
+    assert o is not None
+    first, sid, token, _ = o
+    member = int(first[2:])  # the member under the owner's watch (its first endpoint)
+    ping = subprocess.Popen(
+        ["ip", "netns", "exec", c.cns, "ping", "-i", "0.02", "-c", "600", "-W", "1", SERVER_IP],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(1.0)
+        c.etcd("isolate-member", str(c.etcd_dir), str(member))
+        isolated_at = time.time() * 1000
+        # the client loses its path to the owner (the owner itself stays up and in etcd)
+        rules = (
+            "table inet jcut {\n"
+            " chain o { type filter hook output priority 0; policy accept;"
+            " ip daddr 10.210.0.100 udp sport 51820 drop; }\n"
+            " chain i { type filter hook input priority 0; policy accept;"
+            " ip saddr 10.210.0.100 udp dport 51820 drop; }\n"
+            "}\n"
+        )
+        subprocess.run(["ip", "netns", "exec", c.gns[first], "nft", "-f", "-"], input=rules,
+                       text=True, check=True, capture_output=True)  # fmt: skip
+        second, reattached_ms = _takeover(c, first, sid, 15)
+        taken = [e for e in events(c.gw_events[second]) if e["event_type"] == "OWNERSHIP_CHANGE"
+                 and e.get("owner") == second and e["session_id"] == sid]  # fmt: skip
+        taken_at = taken[0]["ts_ms"]
+        deadline = time.monotonic() + 8
+        lost: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and not lost:
+            lost = [e for e in events(c.gw_events[first])
+                    if e["event_type"] == "SESSION_TERMINATED" and e["session_id"] == sid]  # fmt: skip
+            time.sleep(0.05)
+        ping.kill()
+    finally:
+        if ping.poll() is None:
+            ping.kill()
+        c.etcd("rejoin-member", str(c.etcd_dir), str(member))
+    assert lost, f"{first} never learnt that {second} took {sid[:8]} over\n" + c.diagnostics()
+    assert lost[0]["reason_code"] == "OWNERSHIP_LOST", lost
+    learnt = lost[0]["ts_ms"] - taken_at
+    assert learnt <= 5000, f"{first} learnt the takeover after {learnt:.0f} ms (lease TTL 5 s)"
+    late = _windows_after(c.counters().get(first, []), lost[0]["ts_ms"] + 50)
+    assert not late, f"{first} forwarded after losing the session: {late[:3]}"
+    assert c.client_sessions() == {sid}, "a new session instead of a takeover"
+    print(f"\n[watch member isolated] m{member} cut from the quorum under {first}'s watch; "
+          f"{second} took {sid[:8]} over {taken_at - isolated_at:.0f} ms later; {first} "
+          f"ended it {lost[0]['ts_ms'] - isolated_at:.0f} ms after the isolation, "
+          f"{learnt:.0f} ms after the takeover{' (it had failed closed)' if learnt < 0 else ''}")  # fmt: skip
+    _checked(c)

@@ -5,8 +5,7 @@
 # the peer harness (throughput.sh), plus wireguard-go for scale if WG=1.
 #   PEERS_DIR=... bash plugins/jumping-quic/bench/run-quic.sh [results.jsonl]
 # Env: ROUNDS (5), DURATION (10), PARALLEL, REVERSE as in the harness; QUIC_MTU (1410);
-# CASES ("udp quic udp-at-quic-mtu"; also quic-nogso: QUIC without UDP segmentation offload,
-# quic-cubic: aioquic's CUBIC instead of Reno).
+# CASES ("udp quic udp-at-quic-mtu"; also quic-cubic: aioquic's CUBIC instead of Reno).
 # Prints one JSON line per case: median Gbit/s (min/max, n), median CPU of both daemons (% of
 # one core) and CPU-seconds per Gbit; and the ratios QUIC/UDP and UDP@QUIC_MTU / UDP. Runs
 # append to the results file, and the summary covers the whole file: a long sweep can be
@@ -45,9 +44,9 @@ for ((round = 1; round <= ${ROUNDS:-5}; round++)); do
     case $case in
       udp) run udp JUMPING_TRANSPORTS=udp JUMPING_MTU=1420 ;;
       quic) run quic JUMPING_TRANSPORTS=quic ;;
-      quic-nogso) run quic-nogso JUMPING_TRANSPORTS=quic JUMPING_QUIC_OPTIONS="gso = false" ;;
       quic-cubic) run quic-cubic JUMPING_TRANSPORTS=quic JUMPING_QUIC_OPTIONS='congestion_control = "cubic"' ;;
       udp-at-quic-mtu) run udp-at-quic-mtu JUMPING_TRANSPORTS=udp JUMPING_MTU="${QUIC_MTU:-1410}" ;;
+      *) echo "run-quic.sh: unknown case $case (udp, quic, quic-cubic, udp-at-quic-mtu)" >&2; exit 2 ;;
     esac
   done
 done
@@ -55,7 +54,7 @@ python3 -c '
 import json, statistics, sys
 recs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 res = {}
-for case in ("udp", "quic", "quic-nogso", "quic-cubic", "udp-at-quic-mtu"):
+for case in ("udp", "quic", "quic-cubic", "udp-at-quic-mtu"):
     rs = [r for r in recs if r.get("quic_case") == case and r.get("gbps") is not None]
     if not rs:
         continue

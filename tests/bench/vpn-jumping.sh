@@ -79,6 +79,10 @@ j_policy() {
   printf '[policy]\n%s\n' "${JUMPING_POLICY//; /$'\n'}"
 }
 
+# JUMPING_GW_EXTRA: TOML appended to the gateway's configuration (e.g. a [metrics] table or
+# more [[peers]]); empty = nothing.
+j_gw_extra() { [[ -n ${JUMPING_GW_EXTRA:-} ]] && printf '%s\n' "$JUMPING_GW_EXTRA"; return 0; }
+
 vpn_configure() {  # vpn_configure ENDPOINT_IP
   local ep=$1 d=${RUN_DIR:-/tmp} i
   # PATH_B_DOWN=1: path B blackholed before start (a loss test on A with nowhere to jump)
@@ -101,6 +105,7 @@ allowed_ips = ["$IN_C/32"]
 sink = "jsonl"
 path = "$d/jumping-gateway-events.jsonl"
 $(j_policy)
+$(j_gw_extra)
 T
   cat >"$J_DIR/c.toml" <<T
 [node]

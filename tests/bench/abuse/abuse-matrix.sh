@@ -6,7 +6,7 @@
 #     bash tests/bench/abuse/abuse-matrix.sh [results.jsonl]
 #
 # Per VPN and scenario: a fresh tunnel (the peer harness's jc/jg/js topology and adapters),
-# a ping stream through it (every 10 ms, optionally iperf3 too), then two phases of the same
+# a ping stream through it (every 5 ms, optionally iperf3 too), then two phases of the same
 # generator at the same rate: "base" into a blackhole namespace (the generator's own CPU is
 # in both figures), "atk" into the gateway's veth. Per phase: packets actually delivered at
 # the veth (a scenario that delivered < 90 % of its nominal rate is reported as "not run"),
@@ -45,7 +45,7 @@ DURATION=${DURATION:-10}
 IPERF=${IPERF:-0}
 SETTLE_S=${SETTLE_S:-11}
 if [[ $IPERF == 1 ]]; then need_cmds iperf3; fi
-PING_INTERVAL=0.01
+PING_INTERVAL=0.005
 METRICS_PORT=9477
 export PYTHONPATH=$repo${PYTHONPATH:+:$PYTHONPATH}
 
@@ -119,12 +119,13 @@ counters() {  # counters PHASE SUFFIX GW_PID
 # phase NAME TARGET_IF TARGET_MAC: ping (and iperf3) through the tunnel around one run of
 # the generator; the RSS sampler runs on through SETTLE_S (atk only).
 phase() {
-  local name=$1 ifc=$2 mac=$3 gw=${VPN_PIDS[1]} n ping_pid iperf_pid="" rss_pid settle=$SETTLE_S
+  local name=$1 ifc=$2 mac=$3 gw=${VPN_PIDS[1]} ping_pid iperf_pid="" rss_pid settle=$SETTLE_S
   [[ $VPN == jumping ]] || settle=${SETTLE_S_WG:-3}
-  n=$(awk -v d="$DURATION" -v i=$PING_INTERVAL 'BEGIN{print int((d + 1) / i)}')
   : >"$SC_DIR/$name.rss"
   rss_sampler "$gw" "$SC_DIR/$name.rss" & rss_pid=$!; BG_PIDS+=("$rss_pid")
-  bg_ns $NS_C "$SC_DIR/$name.ping" ping -n -i $PING_INTERVAL -c "$n" -w $((2 * DURATION + 5)) "$IN_G"
+  # -D: a receive timestamp on every line, -O: a line for every unanswered request, so that
+  # report.py takes exactly the requests sent while the generator ran
+  bg_ns $NS_C "$SC_DIR/$name.ping" ping -n -D -O -i $PING_INTERVAL -w $((DURATION + 2)) "$IN_G"
   ping_pid=$LAST_PID
   if [[ $IPERF == 1 ]]; then
     bg_ns $NS_C "$SC_DIR/$name.iperf.json" iperf3 -c "$S_ADDR" -t "$DURATION" -J; iperf_pid=$LAST_PID
@@ -134,7 +135,7 @@ phase() {
   fg_ns "$NS_X" "$SC_DIR/$name.gen.json" "$SC_DIR/flood" -i "$ifc" -m "$mac" \
     -f "$SC_DIR/frames" -r "$RATE" -d "$DURATION" -x $$ $GEN_ARGS || log "generator failed: $(cat "$SC_DIR/$name.gen.json")"
   counters "$name" 1 "$gw"
-  wait_pid "$ping_pid" $((DURATION + 6))
+  wait_pid "$ping_pid" 4
   if [[ -n $iperf_pid ]]; then wait_pid "$iperf_pid" 5; fi
   if [[ $name == atk ]]; then sleep "$settle"; fi
   stop_pid "$rss_pid"
@@ -193,12 +194,15 @@ MAC_BX=$(mac_of "$NS_B" $IF_BX)
 if [[ $IPERF == 1 ]]; then bg_ns $NS_S "$RUN_DIR/iperf3-server.log" iperf3 -s; sleep 0.3; fi
 export JUMPING_GW_EXTRA="[metrics]
 listen = \"127.0.0.1:$METRICS_PORT\""
-for vpn in $VPNS; do
-  VPN=$vpn
-  VPN_ADAPTER=""
-  if [[ $vpn == jumping ]]; then VPN_ADAPTER=$repo/tests/bench/vpn-jumping.sh; fi
-  VPN_ADAPTER=$VPN_ADAPTER load_vpn
-  for sc in $SCENARIOS; do run_scenario "$vpn" "$sc"; done
+# interleaved (per scenario: every VPN in turn), so that a drift of the machine hits all alike
+for sc in $SCENARIOS; do
+  for vpn in $VPNS; do
+    VPN=$vpn
+    VPN_ADAPTER=""
+    if [[ $vpn == jumping ]]; then VPN_ADAPTER=$repo/tests/bench/vpn-jumping.sh; fi
+    VPN_ADAPTER=$VPN_ADAPTER load_vpn
+    run_scenario "$vpn" "$sc"
+  done
 done
 log "results: $OUT (this run: $RUN_OUT)"
 python3 "$here/report.py" table "$RUN_OUT"

@@ -67,6 +67,9 @@ def _bpf(port: int, src_too: bool, handshakes_only: bool) -> bytes:
     return out
 
 
+_FILTERS: list[object] = []
+
+
 def open_socket(ifname: str, port: int, src_too: bool, handshakes_only: bool) -> socket.socket:
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
     prog = _bpf(port, src_too, handshakes_only)
@@ -75,7 +78,7 @@ def open_socket(ifname: str, port: int, src_too: bool, handshakes_only: bool) ->
     buf = ctypes.create_string_buffer(prog)
     fprog = struct.pack("HL", len(prog) // 8, ctypes.addressof(buf))
     s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
-    s._bpf = buf  # type: ignore[attr-defined]  # keep the program alive
+    _FILTERS.append(buf)  # the kernel copied it, but keep it as long as the socket
     s.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
     s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)

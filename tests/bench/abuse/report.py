@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-PING_INTERVAL_S = 0.01
 GOALS = {"ping_loss_pct": 0.0, "rtt_p99_increase_ms": 5.0, "throughput_kept": 0.90,
          "rss_growth_kib": 2048, "sessions_lost": 0}  # fmt: skip
 
@@ -31,25 +30,39 @@ def _q(xs: list[float], p: float) -> float | None:
     return xs[min(len(xs) - 1, int(p * len(xs)))]
 
 
-def ping_figures(path: Path) -> dict[str, Any]:
+_REPLY = re.compile(r"^\[([0-9.]+)\] .*icmp_seq=(\d+) ttl=\d+ time=([0-9.]+) ms(?! \(DUP)", re.M)
+_NO_ANSWER = re.compile(r"^\[([0-9.]+)\] no answer yet for icmp_seq=(\d+)", re.M)
+
+
+def ping_figures(path: Path, t0: float, t1: float) -> dict[str, Any]:
+    """Loss and RTT of the requests sent between ``t0`` and ``t1`` (epoch seconds: while the
+    generator ran), from ``ping -D -O`` output (a receive timestamp on each line; a line for
+    each request unanswered when the next one is sent)."""
     text = path.read_text() if path.exists() else ""
-    seqs: dict[int, float] = {}
-    for m in re.finditer(r"icmp_seq=(\d+) ttl=\d+ time=([0-9.]+) ms(?! \(DUP)", text):
-        seqs.setdefault(int(m.group(1)), float(m.group(2)))
-    sent_m = re.search(r"(\d+) packets transmitted", text)
-    # transmitted (ping's summary), or the highest sequence seen if ping was stopped
-    sent = max(int(sent_m.group(1)) if sent_m else 0, max(seqs, default=0))
-    rtts = list(seqs.values())
-    longest = run = 0
-    for seq in range(1, sent + 1):
-        run = 0 if seq in seqs else run + 1
-        longest = max(longest, run)
+    rtt: dict[int, float] = {}
+    sent_at: dict[int, float] = {}
+    for m in _REPLY.finditer(text):
+        seq, ms = int(m.group(2)), float(m.group(3))
+        if seq not in rtt:
+            rtt[seq] = ms
+            sent_at[seq] = float(m.group(1)) - ms / 1000
+    for m in _NO_ANSWER.finditer(text):
+        sent_at.setdefault(int(m.group(2)), float(m.group(1)))
+    window = [q for q, t in sent_at.items() if t0 <= t <= t1]
+    if not window:
+        return {"sent": 0, "received": 0, "loss_pct": None, "rtt_p50_ms": None,
+                "rtt_p99_ms": None, "rtt_max_ms": None, "max_outage_ms": None}  # fmt: skip
+    lo, hi = min(window), max(window)
+    seqs = range(lo, hi + 1)
+    rtts = [rtt[q] for q in seqs if q in rtt]
+    answered = [sent_at[q] for q in seqs if q in rtt]
+    gaps = [b - a for a, b in zip(answered, answered[1:], strict=False)]
     return {
-        "sent": sent, "received": len(seqs),
-        "loss_pct": round(100.0 * (sent - len(seqs)) / sent, 3) if sent else None,
+        "sent": len(seqs), "received": len(rtts),
+        "loss_pct": round(100.0 * (len(seqs) - len(rtts)) / len(seqs), 3),
         "rtt_p50_ms": _q(rtts, 0.50), "rtt_p99_ms": _q(rtts, 0.99),
         "rtt_max_ms": max(rtts) if rtts else None,
-        "max_outage_ms": round((longest + 1) * PING_INTERVAL_S * 1000) if sent else None,
+        "max_outage_ms": round(max(gaps) * 1000, 1) if gaps else None,
     }  # fmt: skip
 
 
@@ -141,7 +154,7 @@ def phase(d: Path, name: str, rate: float, clk_tck: float = 100.0) -> dict[str, 
     rss = rss_samples(d / f"{name}.rss")
     wall = (c.get("wall1", 0) - c.get("wall0", 0)) or 1.0
     out = {
-        "ping": ping_figures(d / f"{name}.ping"),
+        "ping": ping_figures(d / f"{name}.ping", c.get("wall0", 0), c.get("wall1", 0)),
         "iperf": iperf_figures(d / f"{name}.iperf.json"),
         "generator_pps": gen.get("rate_pps"),
         "delivered_pps": round(delivered / elapsed),

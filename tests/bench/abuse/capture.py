@@ -71,7 +71,9 @@ _FILTERS: list[object] = []
 
 
 def open_socket(ifname: str, port: int, src_too: bool, handshakes_only: bool) -> socket.socket:
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    # protocol 0: nothing is queued before the filter and the vnet header option are set
+    # (bind below starts the capture on the one interface)
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     prog = _bpf(port, src_too, handshakes_only)
     import ctypes
 
@@ -82,12 +84,14 @@ def open_socket(ifname: str, port: int, src_too: bool, handshakes_only: bool) ->
     s.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
     s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-    s.bind((ifname, ETH_P_ALL))
+    s.bind((ifname, ETH_P_ALL))  # (CPython applies htons to the protocol here)
     return s
 
 
 def _datagrams(frame: bytes) -> tuple[bytes, list[bytes]]:
     """(IPv4 header + UDP header, UDP payloads) of one captured frame (vnet header first)."""
+    if len(frame) < VNET.size + 14 + 28:
+        return b"", []
     _flags, gso_type, _hl, gso_size, _cs, _co = VNET.unpack_from(frame)
     ip = frame[VNET.size + 14 :]
     ihl = (ip[0] & 0x0F) * 4
@@ -114,6 +118,8 @@ def capture_replay(a: argparse.Namespace) -> int:
         if addr[2] == PACKET_OUTGOING:
             continue
         head, pieces = _datagrams(frame)
+        if len(head) < 28 or head[0] >> 4 != 4:
+            continue
         ihl = (head[0] & 0x0F) * 4
         sport, dport = struct.unpack_from("!HH", head, ihl)
         for p in pieces:
@@ -142,6 +148,8 @@ def capture_handshakes(a: argparse.Namespace) -> int:
                     sec, ns = struct.unpack("qq", data[:16])
                     t = sec + ns * 1e-9
             head, pieces = _datagrams(frame)
+            if len(head) < 28 or not pieces or not pieces[0]:
+                continue
             ihl = (head[0] & 0x0F) * 4
             sport, dport = struct.unpack_from("!HH", head, ihl)
             outgoing = dport == a.port

@@ -192,8 +192,11 @@ def run_record(a: argparse.Namespace) -> dict[str, Any]:
         rec["security_events_before_attack"] = sum(
             e.get("event_type") == "SECURITY_EVENT" and c.get("wall0", 0) * 1000 - 60_000
             <= e.get("ts_ms", 0) < t0_ms for e in gw)  # fmt: skip
+        # until the harness stops the gateway (its shutdown terminates the session as
+        # OPERATOR_TERMINATED: not a session the attack took)
         changes = [e for e in late if e.get("event_type") == "SESSION_STATE_CHANGE"
-                   and e.get("ts_ms", 0) <= t1_ms + 15_000]  # fmt: skip
+                   and e.get("ts_ms", 0) <= t1_ms + 15_000
+                   and e.get("reason_code") != "OPERATOR_TERMINATED"]  # fmt: skip
         rec["sessions_lost"] = sum(e.get("new_state") == "TERMINATED" for e in changes)
         rec["session_state_changes"] = [(e.get("previous_state"), e.get("new_state"),
                                          e.get("reason_code")) for e in changes]  # fmt: skip

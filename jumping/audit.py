@@ -29,7 +29,6 @@ import argparse
 import base64
 import binascii
 import bisect
-import hashlib
 import json
 import sys
 import time
@@ -40,9 +39,9 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from jumping import schema as event_schema
+from jumping.chain import KEY_BYTES, ZERO_HASH, canonical, chain_hash, check_key
 from jumping.core import fsm
 
-ZERO_HASH = "0" * 64
 #: A client's session before the gateway assigned its id (several attempts may share it).
 UNASSIGNED_SESSION = "0" * 32
 DEFAULT_RECOVERY_WINDOW_MS = 8000
@@ -61,16 +60,6 @@ CHECKS = (
 
 class AuditInputError(Exception):
     """The input cannot be read at all (exit status 2)."""
-
-
-def canonical(event: Any) -> bytes:
-    """The bytes the chain hashes: sorted keys, no spaces, ASCII (``json.dumps`` defaults)."""
-    return json.dumps(event, sort_keys=True, separators=(",", ":")).encode()
-
-
-def event_hash(key: bytes, event: Any) -> str:
-    """Keyed BLAKE2s-256 of an event: what the next event of the same node carries."""
-    return hashlib.blake2s(canonical(event), key=key).hexdigest()
 
 
 def _is_int(v: Any) -> bool:
@@ -214,8 +203,8 @@ class Auditor:
         order: str = "arrival",
         partial: bool = False,
     ) -> None:
-        if chain_key is not None and len(chain_key) != 32:
-            raise ValueError("the chain key must be 32 bytes")
+        if chain_key is not None:
+            chain_key = check_key(chain_key)
         if order not in ("arrival", "seq"):
             raise ValueError("order must be 'arrival' or 'seq'")
         self.chain_key = chain_key
@@ -332,7 +321,7 @@ class Auditor:
                 info.restarts += 1
                 last = rec
             elif seq == lseq + 1:
-                if self.chain_key is not None and ph != event_hash(self.chain_key, last.event):
+                if self.chain_key is not None and ph != chain_hash(self.chain_key, last.event):
                     self._violate(
                         "CHAIN", rec,
                         f"prev_hash is not the hash of seq {lseq} ({last.where}): "
@@ -714,9 +703,9 @@ def load_chain_key(path: str) -> bytes:
             key = decode(text.decode("ascii"))
         except (ValueError, UnicodeDecodeError, binascii.Error):
             continue
-        if len(key) == 32:
+        if len(key) == KEY_BYTES:
             return key
-    if len(data) == 32:
+    if len(data) == KEY_BYTES:
         return data
     raise AuditInputError(f"--chain-key {path}: expected 32 bytes in hex, base64 or raw")
 

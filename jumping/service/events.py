@@ -14,12 +14,21 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import json
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from jumping.chain import ZERO_HASH, canonical, chain_hash, check_key
 from jumping.core.outputs import Emit
+
+__all__ = [
+    "SCHEMA",
+    "ADDRESS_PRIVACY",
+    "EventPipeline",
+    "address_filter",
+    "canonical",
+    "chain_hash",
+]
 
 SCHEMA = "jumping.event/1"
 ADDRESS_PRIVACY = ("full", "truncated", "hash")
@@ -71,14 +80,6 @@ def address_filter(mode: str, address_key: bytes | None = None) -> Callable[[str
     return hide
 
 
-def canonical(event: dict[str, Any]) -> bytes:
-    return json.dumps(event, sort_keys=True, separators=(",", ":")).encode()
-
-
-def chain_hash(key: bytes, event: dict[str, Any]) -> str:
-    return hashlib.blake2s(canonical(event), key=key[:32]).hexdigest()
-
-
 class EventPipeline:
     def _hide_prefix(self, prefix: str) -> str:
         """A source prefix (``a.b.c.d/32``, ``[v6]/64``) under address privacy: truncated to
@@ -101,11 +102,11 @@ class EventPipeline:
         self.privacy = address_privacy
         self.node_id = node_id
         self.sinks = list(sinks)
-        self.chain_key = chain_key
+        self.chain_key = check_key(chain_key)
         self.policy_version = policy_version
         self.clock = clock
         self.seq = 0
-        self.prev_hash = "0" * 64
+        self.prev_hash = ZERO_HASH
         self.sink_errors = 0
         self.by_type: dict[str, int] = {}
 

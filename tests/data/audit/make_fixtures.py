@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from jumping.service.events import chain_hash
+from jumping.chain import chain_hash
 
 HERE = Path(__file__).resolve().parent
 KEY = bytes(range(32))

@@ -29,9 +29,9 @@ def _history(p: EventPipeline, n: int = 4) -> list[dict]:
 def test_writer_and_verifier_share_one_function() -> None:
     assert service_events.chain_hash is chain.chain_hash
     assert service_events.canonical is chain.canonical
-    from jumping import audit
+    from jumping.audit import engine
 
-    assert audit.chain_hash is chain.chain_hash
+    assert engine.chain_hash is chain.chain_hash
 
 
 def test_the_definition_is_the_documented_one() -> None:

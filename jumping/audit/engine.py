@@ -8,8 +8,8 @@ The checks (each violation names one, see docs/events.md, "Auditing"):
   goes up by one, and ``prev_hash`` is the keyed hash of the previous event (with a key);
 - ``ILLEGAL_TRANSITION`` / ``STATE_DISCONTINUITY``: every state change is in the table and
   starts where the previous one ended, per (session, node);
-- ``STATE_VERSION``: ``state_version`` strictly increases with each transition, never goes
-  back on any event;
+- ``STATE_VERSION``: per (session, node) — a node's own counter, never compared across
+  nodes — ``state_version`` strictly increases with each transition and never goes back;
 - ``AFTER_TERMINATED`` / ``TERMINATION_MISMATCH``: TERMINATED is absorbing;
 - ``RECOVERY_TOO_LONG``: RECOVERING lasts at most ``recovery_window_ms`` (+ tolerance);
 - ``TWO_BINDINGS``: attach/switch/reattach events never leave two transports bound;

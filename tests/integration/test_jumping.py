@@ -8,6 +8,8 @@ notice, and a path flapping every 300 ms. Every run's events must pass `jumpctl 
 from __future__ import annotations
 
 import hashlib
+import heapq
+import json
 import os
 import re
 import threading
@@ -40,9 +42,18 @@ def two_paths(tmp_path: Path):
 
 
 def _audit(pair: Pair) -> None:
-    files = [str(p) for p in (pair.gw_events, pair.c_events) if p.exists()]
-    rc = audit.main([*files, "--no-timeline", "--tolerance-ms", "1000"])
+    files = [p for p in (pair.gw_events, pair.c_events) if p.exists()]
+    rc = audit.main([*map(str, files), "--no-timeline", "--tolerance-ms", "1000"])
     assert rc == 0, "jumpctl audit found violations in this run's events"
+    # as a SIEM sees them: both nodes in one stream (by time, each node's order kept)
+    merged = pair.gw_events.with_name("merged-events.jsonl")
+    lines = heapq.merge(
+        *([ln for ln in f.read_text().splitlines() if ln] for f in files),
+        key=lambda ln: json.loads(ln)["ts_ms"],
+    )
+    merged.write_text("".join(ln + "\n" for ln in lines))
+    rc = audit.main([str(merged), "--no-timeline", "--tolerance-ms", "1000"])
+    assert rc == 0, "jumpctl audit found violations in the merged client + gateway stream"
 
 
 def active_side(pair: Pair) -> tuple[str, str]:

@@ -1,14 +1,15 @@
-"""state_version is per (node, session): a stream that merges a client's and a gateway's
+"""Audits of real streams. state_version is per (node, session): a stream that merges a client's and a gateway's
 events (one Kafka topic, one index) shows each version twice and passes ``jumpctl audit``;
 a version that really goes back on one node fails it. The events come from the real cores
-(the simulated network) through the real event pipeline, merged in emission order."""
+(the simulated network) through the real event pipeline, merged in emission order. The
+audit reports the outage each switch's ``outage_ms`` says the user felt."""
 
 from __future__ import annotations
 
 from collections import Counter
 from typing import Any
 
-from jumping.audit import audit_events
+from jumping.audit import audit_events, format_summary, format_timeline
 from jumping.chain import chain_hash
 from jumping.core.outputs import Emit
 from jumping.service.events import EventPipeline
@@ -17,8 +18,9 @@ from jumping.testing.sim import SimNet
 KEY = bytes(range(32))
 
 
-def merged_failover_stream() -> list[dict[str, Any]]:
-    """A session that fails over from path 0 to path 1, both nodes' events in one list."""
+def merged_failover_stream(traffic: bool = False) -> list[dict[str, Any]]:
+    """A session that fails over from path 0 to path 1 (a silent death), both nodes' events
+    in one list; with ``traffic``, a packet every 2 ms echoed by the gateway throughout."""
     out: list[dict[str, Any]] = []
 
     class Sink:
@@ -39,9 +41,13 @@ def merged_failover_stream() -> list[dict[str, Any]]:
         pipes[side] = EventPipeline(
             net.core(side).node_id, [Sink()], KEY, lambda: "default", lambda: net.now
         )
+    net.echo = traffic
     net.start()
     net.run_for(1.0)
-    net.links[0].up = False
+    if traffic:
+        net.traffic(until=net.now + 6.0)
+        net.run_for(1.0)
+    net.links[0].up = False  # before an idle session goes quiet (idle_after_ms)
     net.run_for(5.0)
     return out
 
@@ -87,3 +93,22 @@ def test_a_real_version_regression_on_one_node_fails() -> None:
     assert set(report.by_check()) == {"STATE_VERSION"}, [str(v) for v in report.violations]
     assert {v.event["node_id"] for v in report.violations} == {"gw1"}
     assert any(v.index == gw[-1] for v in report.violations)
+
+
+def test_the_audit_reports_the_outage_as_felt() -> None:
+    events = merged_failover_stream(traffic=True)
+    switches = [e for e in events if e["event_type"] == "TRANSPORT_SWITCH"]
+    assert {e["node_id"] for e in switches} == {"c1", "gw1"}
+    worst = max(switches, key=lambda e: e["outage_ms"])
+    assert worst["outage_ms"] >= 100 > max(e["switch_latency_ms"] for e in switches)
+    report = audit_events(events, KEY)
+    assert report.ok, [str(v) for v in report.violations]
+    by_node = {t.node_id: t for t in report.tracks if t.outages}
+    for e in switches:
+        t = by_node[e["node_id"]]
+        assert (e["ts_ms"] - e["outage_ms"], e["ts_ms"]) in t.outages
+    summary = format_summary(report)
+    assert f"longest {worst['outage_ms']} ms" in summary, summary
+    assert f"outage {worst['outage_ms']} ms" in format_timeline(report)
+    # RECOVERING itself is short: the audit's other number is not the outage
+    assert max(t.longest_recovering_ms for t in report.tracks) < worst["outage_ms"]

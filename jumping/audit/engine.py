@@ -114,6 +114,8 @@ class SessionTrack:
     recovering_index: int = -1
     recovering_flagged: bool = False
     longest_recovering_ms: int = 0
+    #: (start, end) of each outage a TRANSPORT_SWITCH reported (``outage_ms`` before it)
+    outages: list[tuple[int, int]] = field(default_factory=list)
     #: transport id -> where it was bound (more than one entry is a TWO_BINDINGS violation)
     bound: dict[str, str] = field(default_factory=dict)
     switches: int = 0
@@ -125,6 +127,10 @@ class SessionTrack:
     bands: list[tuple[int, str]] = field(default_factory=list)
     marks: list[tuple[int, str]] = field(default_factory=list)
     rows: list[int] = field(default_factory=list)
+
+    @property
+    def longest_outage_ms(self) -> int:
+        return max((end - start for start, end in self.outages), default=0)
 
     @property
     def label(self) -> str:
@@ -488,6 +494,9 @@ class Auditor:
         self._bind(t, rec, old, new, f"switches from {old} to")
         t.switches += 1
         ts = e["ts_ms"]
+        outage = e.get("outage_ms")
+        if isinstance(outage, int) and not isinstance(outage, bool) and outage >= 0:
+            t.outages.append((ts - outage, ts))
         t.marks.append((ts, "switch"))
         if t.switch_times and ts - t.switch_times[-1] < self.switch_cooldown_ms - self.tolerance_ms:
             self._violate(

@@ -20,8 +20,13 @@ _MARKS = {
 }
 
 
+#: the outage band: from the last authenticated packet on the old transport to the switch
+_OUTAGE: dict[str, Any] = {"facecolor": "none", "edgecolor": "black", "hatch": "////"}
+
+
 def plot_timeline(report: AuditReport, path: str) -> None:
-    """One row per session x node: state bands, switch/reattach markers, violations."""
+    """One row per session x node: state bands, outages as felt (hatched, from the switch
+    events' ``outage_ms``), switch/reattach markers, violations."""
     try:
         import matplotlib
 
@@ -52,6 +57,11 @@ def plot_timeline(report: AuditReport, path: str) -> None:
             stop = bands[k + 1][0] if k + 1 < len(bands) else max(last, start)
             width = max(stop - start, (end - t0) * 0.004 if state == TERMINATED else 0)
             ax.barh(row, width / 1000, left=(start - t0) / 1000, color=_COLORS.get(state, "w"))
+        for start, stop in t.outages:  # the outage as felt, over the states it spanned
+            ax.barh(
+                row, max(stop - start, 1) / 1000, left=(start - t0) / 1000, height=0.35,
+                **_OUTAGE,
+            )  # fmt: skip
         for ts, kind in t.marks:
             if kind in _MARKS:
                 m, c, dy, _label = _MARKS[kind]
@@ -68,6 +78,7 @@ def plot_timeline(report: AuditReport, path: str) -> None:
         handles.append(
             Line2D([], [], marker=m, color=c, markeredgecolor="black", ls="", label=label)
         )
+    handles.append(Patch(label="outage felt", **_OUTAGE))
     handles.append(Line2D([], [], marker="X", color="red", ls="", label="violation"))
     ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
     ax.set_title("jumping audit: session state per session x node")

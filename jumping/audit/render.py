@@ -29,7 +29,11 @@ def _change(e: dict[str, Any]) -> str:
     if et == "TRANSPORT_ATTACHED":
         return f"-> {g('transport_id')} ({g('transport_kind')})"
     if et == "TRANSPORT_SWITCH":
-        return f"{g('old_transport_id')} -> {g('new_transport_id')} ({g('switch_latency_ms')} ms)"
+        felt = f", outage {g('outage_ms')} ms" if g("outage_ms") is not None else ""
+        return (
+            f"{g('old_transport_id')} -> {g('new_transport_id')} "
+            f"(switch {g('switch_latency_ms')} ms{felt})"
+        )
     if et in ("TRANSPORT_SWITCH_DENIED", "TRANSPORT_SWITCH_FAILED"):
         return f"x {g('new_transport_id')}"
     if et == "REATTACH_ATTEMPT":
@@ -134,6 +138,14 @@ def format_summary(report: AuditReport) -> str:
         f"  sessions: {len(sessions)}; failed over: {len(failed_over)}; "
         f"longest RECOVERING: {longest} ms"
     )
+    felt = [(t.longest_outage_ms, t) for t in report.tracks if t.outages]
+    if felt:
+        worst, where = max(felt, key=lambda x: x[0])
+        n = sum(len(t.outages) for _ms, t in felt)
+        out.append(
+            f"  outages felt (last authenticated packet on the old transport -> new binding): "
+            f"{n}, longest {worst} ms ({where.label})"
+        )
     if ended:
         out.append("  terminations: " + ", ".join(f"{r} {c}" for r, c in sorted(ended.items())))
     out.append("  by type: " + ", ".join(f"{k} {v}" for k, v in sorted(report.by_type.items())))

@@ -606,8 +606,7 @@ class ClientCore(NodeCore):
         if s.fsm.state is not State.RECOVERING and not self._transition(now, s, reason, **fields):
             return False
         self.switch_limiter.record(s.sid_hex, now_ms)
-        if s.bound_before is None:
-            s.bound_before = s.path
+        self._leave_path(s)
         s.path = target
         s.last_rx = now
         s.first_unacked = 0.0
@@ -725,8 +724,7 @@ class ClientCore(NodeCore):
         if st is not None:
             st.fresh_start()
             st.heard(now)
-        if s.bound_before is None:
-            s.bound_before = s.path
+        self._leave_path(s)
         self._bind(now, s, path, latency_ms=int((now - decided) * 1000))
         s.resuming = None
         s.first_unacked = 0.0

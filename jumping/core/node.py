@@ -468,6 +468,7 @@ class NodeCore:
         s.rx_packets += 1
         if path is s.path:
             s.last_rx = now  # health is judged on what the *active* path delivers
+            s.active_rx = now
             if kp is not s.current or s.fsm.state is not _ATTACHED:
                 self._unusual_rx(now, s, kp, path, plain)
         else:
@@ -566,7 +567,7 @@ class NodeCore:
             self.counters["rx_previous_keypair"] += 1
         if s.path is None and s.fsm.state is not _TERMINATED:
             s.path = path
-            s.last_rx = now
+            s.last_rx = s.active_rx = now
         elif path is not s.path:
             self.counters["rx_off_path"] += 1
             s.offpath_rx = now
@@ -946,8 +947,28 @@ class NodeCore:
         """Subclass hook: do the active path's measurements allow HEALTH_RECOVERED?"""
         return True
 
+    def _leave_path(self, s: Session) -> None:
+        """The session stops using its bound path before a new one is bound (a recovery
+        that tries other paths): remember it, and when it last delivered, for the switch."""
+        if s.bound_before is None:
+            s.bound_before = s.path
+            s.left_rx, s.left_unacked = s.active_rx, s.first_unacked
+
+    def _outage(self, now: float, s: Session, left: bool, latency_ms: int) -> dict[str, int]:
+        """TRANSPORT_SWITCH's view of the outage as the user felt it: from the last
+        authenticated packet on the old path (or, if the session had been idle since, the
+        first packet sent after it that went unanswered) to the decision to switch
+        (``detection_ms``) and to the new binding (``outage_ms``)."""
+        heard, unacked = (s.left_rx, s.left_unacked) if left else (s.active_rx, s.first_unacked)
+        start = heard
+        if unacked - heard > self.policy.idle_after_ms / 1000.0:
+            start = unacked  # nobody was waiting until this packet went out
+        outage = max(0, int((now - start) * 1000))
+        return {"detection_ms": max(0, outage - latency_ms), "outage_ms": outage}
+
     def _bind(self, now: float, s: Session, path: Any, latency_ms: int | None = None) -> None:
-        old = s.bound_before if s.bound_before is not None else s.path
+        left = s.bound_before is not None
+        old = s.bound_before if left else s.path
         s.bound_before = None
         s.path = path
         s.attach_count += 1
@@ -958,16 +979,18 @@ class NodeCore:
                 transport_kind=getattr(path, "kind", None),
             )  # fmt: skip
         elif old is not path:
+            if latency_ms is None:
+                latency_ms = int((now - s.state_since) * 1000)
+            outage = self._outage(now, s, left, latency_ms)
             self._emit(
                 "TRANSPORT_SWITCH", s, None,
                 old_transport_id=getattr(old, "transport_id", None),
                 old_transport_kind=getattr(old, "kind", None),
                 new_transport_id=getattr(path, "transport_id", None),
                 new_transport_kind=getattr(path, "kind", None),
-                switch_latency_ms=(
-                    latency_ms if latency_ms is not None else int((now - s.state_since) * 1000)
-                ),
+                switch_latency_ms=latency_ms, **outage,
             )  # fmt: skip
+        s.active_rx = now
 
     def path_lost(self, now: float, path: Any) -> list[Output]:
         """A transport died (closed/reset): sessions bound to it notice at once."""

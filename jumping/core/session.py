@@ -152,6 +152,9 @@ class Session:
         "pto",
         "suspect_since",
         "bound_before",
+        "active_rx",
+        "left_rx",
+        "left_unacked",
         "reattach_sent",
         "challenge",
         "offpath_rx",
@@ -199,6 +202,11 @@ class Session:
         self.pto = 0.15  # client: current probe timeout of the active path, seconds
         self.suspect_since = 0.0
         self.bound_before: Any = None  # the path before a recovery (for TRANSPORT_SWITCH)
+        #: last authenticated packet on the bound path (never moved by hand, unlike last_rx)
+        self.active_rx = now
+        #: active_rx and first_unacked of bound_before when the session left it
+        self.left_rx = now
+        self.left_unacked = 0.0
         self.reattach_sent = 0.0
         self.challenge: Any = None  # gateway: pending path validation
         self.offpath_rx = 0.0

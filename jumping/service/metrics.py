@@ -3,7 +3,8 @@ Prometheus metrics, served by twisted.web (``[metrics] listen = "127.0.0.1:9477"
 
 Nothing is counted per packet for metrics: a custom collector reads the core's counters
 and state when Prometheus scrapes. The only observation made as things happen is the
-switch-latency histogram, fed from TRANSPORT_SWITCH events (rare by construction).
+switch-latency and switch-outage histograms, fed from TRANSPORT_SWITCH events (rare by
+construction).
 """
 
 from __future__ import annotations
@@ -146,6 +147,14 @@ class Metrics:
             "jumping_switch_latency_seconds",
             "Time from the decision to move to another transport until it carries the session",
             buckets=(0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0),
+            registry=self.registry,
+        )
+        self.switch_outage = Histogram(
+            "jumping_switch_outage_seconds",
+            "Traffic outage a switch ended, as the user felt it: from the last authenticated "
+            "packet on the old transport (or the first unanswered one after idle) until the "
+            "new transport carries the session",
+            buckets=(0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
             registry=self.registry,
         )
 

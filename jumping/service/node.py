@@ -429,8 +429,12 @@ class NodeService(service.Service):
                 if self.events is not None:
                     self.events.emit(out)  # type: ignore[arg-type]
                 if self.metrics is not None and out.event_type == "TRANSPORT_SWITCH":  # type: ignore[union-attr]
-                    ms = out.fields.get("switch_latency_ms") or 0  # type: ignore[union-attr]
-                    self.metrics.switch_latency.observe(ms / 1000.0)
+                    fields = out.fields  # type: ignore[union-attr]
+                    self.metrics.switch_latency.observe(
+                        (fields.get("switch_latency_ms") or 0) / 1e3
+                    )
+                    if fields.get("outage_ms") is not None:
+                        self.metrics.switch_outage.observe(fields["outage_ms"] / 1000.0)
             elif t is ArmTimer:
                 self._arm(out.at)  # type: ignore[union-attr]
             elif t is Claim or t is Renew or t is Adopt or t is Release:

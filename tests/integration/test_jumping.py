@@ -113,6 +113,11 @@ def test_a_blackhole_during_ping_stream_resumes_on_b(two_paths) -> None:
     assert len(session_ids(pair)) == 1
     sw = [e for e in events(pair.gw_events) if e["event_type"] == "TRANSPORT_SWITCH"]
     assert len(sw) == 1
+    # the outage as felt (last authenticated packet on A -> bound to B) is in the event,
+    # and a silent death takes longer to detect than to switch
+    (f,) = sw
+    assert f["detection_ms"] + f["switch_latency_ms"] == f["outage_ms"], f
+    assert f["detection_ms"] > f["switch_latency_ms"], f
 
 
 SENDER = r"""

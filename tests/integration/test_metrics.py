@@ -90,6 +90,7 @@ def test_metrics_endpoint_passes_promtool(tmp_path: Path) -> None:
     assert 'jumping_sessions{node="gw1",state="ATTACHED"} 1.0' in text
     assert 'jumping_transitions_total{node="gw1",reason="HANDSHAKE_OK"} 1.0' in text
     assert "jumping_switch_latency_seconds_bucket" in text
+    assert "jumping_switch_outage_seconds_bucket" in text
     assert "jumping_event_sink_queue_depth" in text
     r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr

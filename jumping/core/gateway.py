@@ -463,7 +463,20 @@ class GatewayCore(NodeCore, SessionTakeover):
         if now - ch.sent_at < CHALLENGE_RETRY and ch.sent:
             return
         cost = wire.OVERHEAD + 1 + len(ch.nonce)
-        if ch.sent + cost > AMPLIFICATION * ch.received or ch.attempts >= CHALLENGE_ATTEMPTS:
+        if ch.attempts >= CHALLENGE_ATTEMPTS:
+            self.counters["anti_amplification_limited"] += 1
+            if not ch.failed:
+                # every challenge went unanswered: this path will not carry the session
+                ch.failed = True
+                self.counters["path_validation_failed"] += 1
+                self._emit(
+                    "TRANSPORT_SWITCH_FAILED", s, Reason.REATTACH_VALIDATION_FAILED.value,
+                    old_transport_id=getattr(s.path, "transport_id", None),
+                    new_transport_id=getattr(path, "transport_id", None),
+                    error="path_validation_timeout",
+                )  # fmt: skip
+            return
+        if ch.sent + cost > AMPLIFICATION * ch.received:
             self.counters["anti_amplification_limited"] += 1
             return
         ch.sent += cost
@@ -487,7 +500,7 @@ class GatewayCore(NodeCore, SessionTakeover):
         if not ok:
             self.counters["reattach_rejected"] += 1
             self._emit("REATTACH_RESULT", s, Reason.REATTACH_VALIDATION_FAILED.value, ok=False)
-            self._drop("REATTACH_INVALID")
+            self._drop("REATTACH_INVALID", path, s)
             return
         if path is s.path:
             if s.fsm.state is State.RECOVERING:
@@ -546,7 +559,9 @@ AMPLIFICATION = 3
 
 
 class _Challenge:
-    __slots__ = ("path", "why", "started", "nonce", "sent_at", "sent", "received", "attempts")
+    __slots__ = (
+        "path", "why", "started", "nonce", "sent_at", "sent", "received", "attempts", "failed",
+    )  # fmt: skip
 
     def __init__(self, path: Any, why: str, now: float, nonce: bytes) -> None:
         self.path = path
@@ -557,3 +572,4 @@ class _Challenge:
         self.sent = 0
         self.received = 0
         self.attempts = 0
+        self.failed = False  # TRANSPORT_SWITCH_FAILED was reported (once per challenge)

@@ -129,26 +129,40 @@ class WorkMeter:
 class ViolationLedger:
     """Counts drop reasons by security violation type, with the heaviest source prefixes.
 
-    ``flush`` returns, per violation type seen since the last flush: the exact count, up to
-    ``top`` prefixes with their (lower-bound) counts, and the count not attributed to them.
+    An occurrence that concerns a known session (``record(..., session=sid)``: a replay or
+    a forged packet aimed at its receiver index, an invalid reattach proof) is counted for
+    that session, up to ``sessions`` sessions per interval (the rest count node-wide).
+    ``flush`` returns, per (violation type, session or None) seen since the last flush: the
+    exact count, up to ``top`` prefixes with their (lower-bound) counts, and the count not
+    attributed to them. Every occurrence is in exactly one entry.
     """
 
-    def __init__(self, violations: Mapping[str, Iterable[str]], tracked: int = 64) -> None:
+    def __init__(
+        self, violations: Mapping[str, Iterable[str]], tracked: int = 64, sessions: int = 64
+    ) -> None:
         self.type_of = {r: v for v, reasons in violations.items() for r in reasons}
         self.tracked = tracked
-        self._counts: dict[str, int] = {}
-        self._sources: dict[str, dict[str, int]] = {}
+        self.sessions = sessions
+        self._counts: dict[tuple[str, str | None], int] = {}
+        self._sources: dict[tuple[str, str | None], dict[str, int]] = {}
+        self._attributed: set[str] = set()
 
-    def record(self, reason: str, source: str | None) -> None:
+    def record(self, reason: str, source: str | None, session: str | None = None) -> None:
         v = self.type_of.get(reason)
         if v is None:
             return
-        self._counts[v] = self._counts.get(v, 0) + 1
+        if session is not None and session not in self._attributed:
+            if len(self._attributed) < self.sessions:
+                self._attributed.add(session)
+            else:
+                session = None
+        key = (v, session)
+        self._counts[key] = self._counts.get(key, 0) + 1
         if source is None:
             return
-        mg = self._sources.get(v)
+        mg = self._sources.get(key)
         if mg is None:
-            mg = self._sources[v] = {}
+            mg = self._sources[key] = {}
         c = mg.get(source)
         if c is not None:
             mg[source] = c + 1
@@ -160,13 +174,14 @@ class ViolationLedger:
             for k in mg:
                 mg[k] -= 1
 
-    def flush(self, top: int) -> list[tuple[str, int, list[dict[str, Any]], int]]:
+    def flush(self, top: int) -> list[tuple[str, str | None, int, list[dict[str, Any]], int]]:
         out = []
-        for v, count in self._counts.items():
-            mg = self._sources.get(v, {})
+        for (v, sid), count in self._counts.items():
+            mg = self._sources.get((v, sid), {})
             heavy = sorted(mg.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
             named = [{"address": k, "count": n} for k, n in heavy]
-            out.append((v, count, named, count - sum(n for _k, n in heavy)))
+            out.append((v, sid, count, named, count - sum(n for _k, n in heavy)))
         self._counts = {}
         self._sources = {}
+        self._attributed = set()
         return out

@@ -67,6 +67,8 @@ _CONTROL = wire.MessageType.CONTROL
 _PROBING = (bytes((wire.Control.PROBE,)), bytes((wire.Control.PROBE_REPLY,)))
 _ATTACHED = State.ATTACHED
 _TERMINATED = State.TERMINATED
+#: states in which the session's transport may be lost (transport_lost_ttl_ms applies)
+_UNHEALTHY = (State.VOLATILE, State.DEGRADED, State.RECOVERING)
 _BOUND = (State.ATTACHED, State.VOLATILE, State.DEGRADED, State.RECOVERING)
 _REATTACH = struct.Struct("<Q16s")
 _NO_SESSION = bytes(16)
@@ -123,8 +125,12 @@ SECURITY_VIOLATIONS: dict[str, tuple[str, ...]] = {
         "REATTACH_INVALID",
         "UNEXPECTED_RESPONSE",
         "ADOPT_WRONG_CLIENT",
-        "ADOPT_STALE_VERSION",
     ),
+    # a resume whose state_version is older than the ownership record's: a replay of
+    # session state, or a client's stale copy
+    "STALE_STATE_VERSION": ("ADOPT_STALE_VERSION",),
+    # a takeover whose compare-and-swap lost: another gateway changed the record first
+    "OWNERSHIP_CONFLICT": ("ADOPT_CONFLICT",),
     "HANDSHAKE_FLOOD": (
         "BAD_MAC1",
         "COOKIE_REQUIRED",
@@ -254,15 +260,16 @@ class NodeCore:
         out, self.pending = self.pending, []
         return out
 
-    def _drop(self, reason: str, path: Any = None) -> None:
+    def _drop(self, reason: str, path: Any = None, s: Session | None = None) -> None:
         self.drops[reason] += 1
         self.pending.append(drop(reason))
-        self.security.record(reason, source_prefix(path))
+        self.security.record(reason, source_prefix(path), s.sid_hex if s is not None else None)
 
-    def _count(self, reason: str, path: Any = None) -> Drop:
-        """Count a drop of the data plane and return its (shared) Drop."""
+    def _count(self, reason: str, path: Any = None, s: Session | None = None) -> Drop:
+        """Count a drop of the data plane and return its (shared) Drop; ``s``: the session
+        it was aimed at, when known (its SECURITY_EVENT then names the session)."""
         self.drops[reason] += 1
-        self.security.record(reason, source_prefix(path))
+        self.security.record(reason, source_prefix(path), s.sid_hex if s is not None else None)
         return drop(reason)
 
     def _emit(
@@ -453,22 +460,23 @@ class NodeCore:
             return self._count("KEY_EXPIRED", path)
         replay = kp.replay
         if not replay.check(counter):
-            return self._count("REPLAY", path)
+            return self._count("REPLAY", path, kp.session)
         aead = kp.recv_aead
         if aead is None:
             return self._count("KEY_WIPED", path)
         try:
             plain = aead.decrypt(_NONCE_PAD + data[8:16], data[16:], data[:16])
         except InvalidTag:
-            return self._count("AUTH_FAILED", path)
+            return self._count("AUTH_FAILED", path, kp.session)
         if not replay.update(counter):
-            return self._count("REPLAY", path)
+            return self._count("REPLAY", path, kp.session)
         s = kp.session
         s.rx_bytes += len(data)
         s.rx_packets += 1
         if path is s.path:
             s.last_rx = now  # health is judged on what the *active* path delivers
             s.active_rx = now
+            s.lost_since = 0.0
             if kp is not s.current or s.fsm.state is not _ATTACHED:
                 self._unusual_rx(now, s, kp, path, plain)
         else:
@@ -490,7 +498,7 @@ class NodeCore:
         if not s.owned:
             return self._not_owned(s, plain)
         if not self._source_allowed(s, plain):
-            return self._count("SOURCE_NOT_ALLOWED", path)
+            return self._count("SOURCE_NOT_ALLOWED", path, s)
         return plain
 
     def _source_allowed(self, s: Session, packet: bytes) -> bool:
@@ -568,6 +576,7 @@ class NodeCore:
         if s.path is None and s.fsm.state is not _TERMINATED:
             s.path = path
             s.last_rx = s.active_rx = now
+            s.lost_since = 0.0
         elif path is not s.path:
             self.counters["rx_off_path"] += 1
             s.offpath_rx = now
@@ -730,13 +739,17 @@ class NodeCore:
         if now - self._security_at >= self.security_interval:
             window_ms = int((now - self._security_at) * 1000)
             self._security_at = now
-            for violation, count, top, rest in self.security.flush(
+            for violation, sid, count, top, rest in self.security.flush(
                 self.policy.security_top_sources
             ):
                 self.counters["security_events"] += 1
-                self._emit(
-                    "SECURITY_EVENT", None, None, violation_type=violation, count=count,
-                    window_ms=window_ms, top_sources=top, other_sources_count=rest,
+                s = self.sessions.get(bytes.fromhex(sid)) if sid is not None else None
+                self.pending.append(
+                    Emit(
+                        "SECURITY_EVENT", sid, s.fsm.state_version if s is not None else 0, None,
+                        {"violation_type": violation, "count": count, "window_ms": window_ms,
+                         "top_sources": top, "other_sources_count": rest},
+                    )
                 )  # fmt: skip
 
     # what arms timers ------------------------------------------------------------
@@ -757,10 +770,13 @@ class NodeCore:
         """Timers that a state owns: armed on entering it, disarmed on leaving."""
         p = self.policy
         self._disarm(s, T.STATE)
+        lost_until = self._lost_until(now, s)
         if new is State.VOLATILE:
-            self._arm(s, T.STATE, now + p.volatile_to_degraded_ms / 1000.0)
+            self._arm(s, T.STATE, min(now + p.volatile_to_degraded_ms / 1000.0, lost_until))
         elif new is State.RECOVERING:
-            self._arm(s, T.STATE, now + p.recovery_window_ms / 1000.0)
+            self._arm(s, T.STATE, min(now + p.recovery_window_ms / 1000.0, lost_until))
+        elif new is State.DEGRADED:
+            self._arm(s, T.STATE, lost_until)
         if previous is State.BIRTH:
             self._disarm(s, T.HANDSHAKE)
             s.last_data = now
@@ -772,6 +788,8 @@ class NodeCore:
         unanswered packet, also after idle)."""
         if s.first_unacked <= s.last_rx:
             s.first_unacked = now
+            if not s.lost_since:
+                s.lost_since = now  # kept across switch attempts until the path delivers
             if not s.timers[T.SILENCE]:
                 self._arm(s, T.SILENCE, now + self._silence_step())
 
@@ -864,22 +882,39 @@ class NodeCore:
         """Subclass hook while the peer is silent; returns when to look again."""
         return at
 
+    def _lost_until(self, now: float, s: Session) -> float:
+        """When transport_lost_ttl_ms ends the session: that long after its first packet
+        that went unanswered since the transport last delivered (``lost_since``; an idle
+        session's silence is not a loss). Not lost: look again one TTL from now."""
+        ttl = self.policy.transport_lost_ttl_ms / 1000.0
+        return (s.lost_since if s.lost_since else now) + ttl
+
     def _expired_state(self, now: float, s: Session) -> None:
         p = self.policy
         st = s.fsm.state
-        if st is State.VOLATILE:
+        lost_until = self._lost_until(now, s)
+        if st in _UNHEALTHY and now >= lost_until - _EPS:
+            # nothing authenticated on the session's transport for transport_lost_ttl_ms,
+            # across however many RECOVERING / DEGRADED stints (refused switches loop there)
+            self._tell_peer_terminated(now, s, Reason.TRANSPORT_TTL_EXCEEDED)
+            self._transition(
+                now, s, Reason.TRANSPORT_TTL_EXCEEDED, silence_ms=int((now - s.lost_since) * 1000)
+            )
+        elif st is State.VOLATILE:
             at = s.state_since + p.volatile_to_degraded_ms / 1000.0
             if now >= at - _EPS:
                 self._transition(now, s, Reason.VOLATILE_PERSISTED)
             else:
-                self._arm(s, T.STATE, at)
+                self._arm(s, T.STATE, min(at, lost_until))
         elif st is State.RECOVERING:
             at = s.state_since + p.recovery_window_ms / 1000.0
             if now >= at - _EPS:
                 self._tell_peer_terminated(now, s, Reason.RECOVERY_WINDOW_EXCEEDED)
                 self._transition(now, s, Reason.RECOVERY_WINDOW_EXCEEDED)
             else:
-                self._arm(s, T.STATE, at)
+                self._arm(s, T.STATE, min(at, lost_until))
+        elif st is State.DEGRADED:
+            self._arm(s, T.STATE, lost_until)
 
     def _expired_idle(self, now: float, s: Session) -> None:
         idle = self.policy.idle_after_ms / 1000.0
@@ -991,6 +1026,7 @@ class NodeCore:
                 switch_latency_ms=latency_ms, **outage,
             )  # fmt: skip
         s.active_rx = now
+        s.lost_since = 0.0
 
     def path_lost(self, now: float, path: Any) -> list[Output]:
         """A transport died (closed/reset): sessions bound to it notice at once."""

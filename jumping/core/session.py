@@ -155,6 +155,7 @@ class Session:
         "active_rx",
         "left_rx",
         "left_unacked",
+        "lost_since",
         "reattach_sent",
         "challenge",
         "offpath_rx",
@@ -207,6 +208,9 @@ class Session:
         #: active_rx and first_unacked of bound_before when the session left it
         self.left_rx = now
         self.left_unacked = 0.0
+        #: first packet that went unanswered since the bound path last delivered (0: none);
+        #: transport_lost_ttl_ms counts from it
+        self.lost_since = 0.0
         self.reattach_sent = 0.0
         self.challenge: Any = None  # gateway: pending path validation
         self.offpath_rx = 0.0

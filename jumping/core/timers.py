@@ -22,8 +22,11 @@ order below. The one-line contract of each timer:
 - ``SILENCE``: armed by the first packet that expects an answer after we last heard the
   peer; judges the silence since then: ``heartbeat_timeout_ms`` → VOLATILE,
   ``dead_after_ms`` → RECOVERING (gateway: asks the client for an echo meanwhile).
-- ``STATE``: armed on entering VOLATILE or RECOVERING; ``volatile_to_degraded_ms`` →
-  DEGRADED, ``recovery_window_ms`` → TERMINATED.
+- ``STATE``: armed on entering VOLATILE, DEGRADED or RECOVERING; ``volatile_to_degraded_ms``
+  → DEGRADED, ``recovery_window_ms`` → TERMINATED, and in any of the three, nothing
+  authenticated on the session's transport for ``transport_lost_ttl_ms`` since its first
+  unanswered packet (an idle session's silence is not a loss) → TERMINATED
+  (``TRANSPORT_TTL_EXCEEDED``: bounds a RECOVERING / DEGRADED loop of refused switches).
 - ``IDLE``: armed by traffic; ``idle_after_ms`` after the last data packet (either way) the
   session goes quiet: no heartbeat, no probe, only the client's NAT keepalive.
 - ``STATS``: armed by traffic; SESSION_STATS every ``stats_interval`` while bytes move, and

@@ -72,6 +72,8 @@ class Link:
     delay: float = 0.010
     loss: float = 0.0
     up: bool = True
+    #: "client" or "gateway": packets *to* that side are dropped (a one-way failure)
+    dead_to: str = ""
     delivered: int = 0
     lost: int = 0
     #: packets per second each way (0 = unlimited): above it packets queue, so a busy
@@ -156,7 +158,11 @@ class SimNet:
                     link, dest = self._link_of(out.path)
                 except KeyError:  # a stale path (old NAT mapping): the network drops it
                     continue
-                if not link.up or (link.loss and self.random.random() < link.loss):
+                if (
+                    not link.up
+                    or link.dead_to == dest
+                    or (link.loss and self.random.random() < link.loss)
+                ):
                     link.lost += 1
                     continue
                 link.delivered += 1

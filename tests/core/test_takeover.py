@@ -187,6 +187,16 @@ def test_takeover_with_stale_state_version_refused() -> None:
     assert gw.drops["ADOPT_STALE_VERSION"] == 1
     assert net.owner() == owner
     assert s.session_id not in gw.sessions
+    # and the SIEM hears of it: an aggregated STALE_STATE_VERSION (the
+    # service ticks every core at start, which arms its node-wide timers)
+    net.apply(third, gw.tick(net.now))
+    net.run_for(gw.security_interval + 0.1)
+    (sec,) = [
+        e
+        for e in net.events(third, "SECURITY_EVENT")
+        if e.fields["violation_type"] == "STALE_STATE_VERSION"
+    ]
+    assert sec.fields["count"] == 1, sec.fields
 
 
 def test_two_gateways_racing_to_adopt_exactly_one_wins() -> None:

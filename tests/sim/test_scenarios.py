@@ -138,6 +138,9 @@ def test_5_replay_flood_is_counted_and_aggregated() -> None:
         if e.event_type == "SECURITY_EVENT" and e.fields["violation_type"] == "REPLAY_DETECTED"
     ]
     assert len(sec) == 1 and sec[0].fields["count"] == 200 * 50
+    # aimed at one session's receiver index: the event names that session and the source
+    assert sec[0].session_id == g.sid_hex and sec[0].state_version == g.fsm.state_version
+    assert sec[0].fields["top_sources"] == [{"address": "10.201.1.1/32", "count": 200 * 50}]
     clean(net)
 
 

@@ -38,10 +38,10 @@ py=${PYTHON:-python3}
 pkgs=("twisted>=23.10" "zope.interface>=6" "pynacl>=1.5" "cryptography>=42" "prometheus-client>=0.17")
 [[ $mode != --runtime ]] && pkgs+=(tox "pytest>=8" "pytest-twisted>=1.14" "hypothesis>=6.100" "jsonschema>=4"
                                   "etcd3gw>=2.4" "kafka-python>=2.1,<3"
-                                  "aioquic>=1.7,<2" "atheris>=3.0,<4")
+                                  "aioquic>=1.7,<2" "atheris>=3.0,<4" "ocsf-emitter==0.3.0")
 if ! "$py" -c "import twisted, nacl, cryptography, zope.interface, prometheus_client" 2>/dev/null ||
    { [[ $mode != --runtime ]] && ! command -v tox >/dev/null; } ||
-   { [[ $mode != --runtime ]] && ! "$py" -c "import etcd3gw, kafka, aioquic, atheris" 2>/dev/null; }; then
+   { [[ $mode != --runtime ]] && ! "$py" -c "import etcd3gw, kafka, aioquic, atheris, ocsf_emitter" 2>/dev/null; }; then
   step "pip install ${pkgs[*]}"
   "$py" -m pip install -q "${pkgs[@]}" || fail "pip install failed"
 else

@@ -124,7 +124,7 @@ def control_plane_metrics(node: str, core: Any, listeners: list[Any]) -> Iterato
     lc = CounterMetricFamily(
         "jumping_listener_unauthenticated",
         "Listener counters of unauthenticated input",
-        labels=["node", "kind"],
+        labels=["node", "listener", "counter"],
     )
     paths = GaugeMetricFamily("jumping_listener_paths", "Authenticated paths a listener keeps",
                               labels=["node", "listener"])  # fmt: skip

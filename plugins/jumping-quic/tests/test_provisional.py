@@ -110,3 +110,33 @@ def test_unauthenticated_bounds_are_validated() -> None:
                 {"handshake_timeout_s": True}):  # fmt: skip
         with pytest.raises(ValueError, match=f"quic: {next(iter(bad))} must be an integer"):
             QuicOptions.parse(**bad)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_listeners_counters_reach_the_nodes_metrics() -> None:
+    from types import SimpleNamespace
+
+    from jumping.core.policy import Policy
+    from jumping.service.metrics import control_plane_metrics
+
+    async with rig() as r:
+        f = factory()
+        server = Receiver()
+        lst = r.listen(f, server)
+        path = await r.connect(f, lst, Receiver())
+        for tag in (b"one", b"two"):
+            path.send(tag)
+        await wait_until(lambda: len(server.got) == 2, "two datagrams")
+        server.got[0][0].confirm()
+        core = SimpleNamespace(policy=Policy())
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for m in control_plane_metrics("gw", core, [lst])
+            if m.name.startswith("jumping_listener")
+            for s in m.samples
+        }
+        who = ("listener", "QuicListener0")
+        unauth = "jumping_listener_unauthenticated_total"
+        assert samples[(unauth, (("counter", "provisional_paths"), who, ("node", "gw")))] == 2
+        assert samples[(unauth, (("counter", "refused_unauthenticated"), who, ("node", "gw")))] == 0
+        assert samples[("jumping_listener_paths", (who, ("node", "gw")))] == 1

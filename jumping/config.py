@@ -96,6 +96,13 @@ class NodeConfig:
     secret: Path | None = None
     #: ``[events] address_privacy``: full, truncated or hash (needs ``secret``)
     address_privacy: str = "full"
+    #: ``[node] user``/``group``, resolved: drop to this (uid, gid) after the privileged
+    #: start (twistd's ``--uid/--gid`` do the same); None = keep the identity started with
+    run_as: tuple[int, int] | None = None
+    #: ``[node] user``/``group`` as written (for messages)
+    run_as_names: tuple[str, str] | None = None
+    #: capabilities kept after the drop (``[node] capabilities``)
+    capabilities: tuple[str, ...] = ("CAP_NET_ADMIN",)
     metrics_listen: tuple[str, int] | None = None
     #: the IRateLimitPolicy plugin that limits transport switches per session
     rate_limit: PluginConfig = PluginConfig("token-bucket")
@@ -286,7 +293,10 @@ def parse_config(data: Mapping[str, Any], path: Path) -> NodeConfig:
     for moved, hint in _MOVED_NODE_KEYS.items():
         if moved in node:
             raise r.fail("[node]", f"{moved}: {hint}")
-    r.unknown(node, {"role", "node_id", "private_key", "secret"}, "[node]")
+    r.unknown(
+        node, {"role", "node_id", "private_key", "secret", "user", "group", "capabilities"},
+        "[node]",
+    )  # fmt: skip
     role = r.string(node, "role", "[node]")
     if role not in ("gateway", "client"):
         raise r.fail("[node]", f"role: must be 'gateway' or 'client', got {role!r}")
@@ -295,6 +305,14 @@ def parse_config(data: Mapping[str, Any], path: Path) -> NodeConfig:
         raise r.fail("[node]", f"node_id: must match [A-Za-z0-9_.-]{{1,64}}, got {node_id!r}")
     private_key = r.path_of(node, "private_key", "[node]")
     secret = r.path_of(node, "secret", "[node]") if "secret" in node else None
+    run_as, run_as_names = _run_as(r, node)
+    caps = node.get("capabilities", ["CAP_NET_ADMIN"])
+    from jumping.service.privileges import KNOWN
+
+    if not isinstance(caps, list) or not all(isinstance(c, str) and c in KNOWN for c in caps):
+        raise r.fail(
+            "[node]", f"capabilities: must be a list of {', '.join(sorted(KNOWN))}, got {caps!r}"
+        )
 
     t = r.table(data, "tun", "top level")
     r.unknown(t, {"name", "address", "mtu", "routes", "offload"}, "[tun]")
@@ -430,5 +448,39 @@ def parse_config(data: Mapping[str, Any], path: Path) -> NodeConfig:
         raise r.fail("[policy]", str(e)) from None
     return NodeConfig(
         path, role, node_id, private_key, tun, tuple(listen), tuple(peers), gateway,
-        ownership, tuple(events), policy, secret, privacy, metrics_listen, rate_limit,
+        ownership, tuple(events), policy, secret, privacy, run_as, run_as_names,
+        tuple(dict.fromkeys(caps)), metrics_listen, rate_limit,
     )  # fmt: skip
+
+
+def _run_as(r: _Reader, node: Mapping[str, Any]) -> tuple[tuple[int, int] | None, Any]:
+    """``[node] user``/``group`` resolved on this host: never uid or gid 0."""
+    import grp
+    import pwd
+
+    if "user" not in node:
+        if "group" in node:
+            raise r.fail("[node]", "group: needs user (the account to run as)")
+        return None, None
+    user = r.string(node, "user", "[node]")
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise r.fail("[node]", f"user: no such user {user!r} on this host") from None
+    if pw.pw_uid == 0:
+        raise r.fail("[node]", f"user: {user!r} is root (uid 0); choose an unprivileged account")
+    if "group" in node:
+        group = r.string(node, "group", "[node]")
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise r.fail("[node]", f"group: no such group {group!r} on this host") from None
+    else:  # the user's primary group
+        gid = pw.pw_gid
+        try:
+            group = grp.getgrgid(gid).gr_name
+        except KeyError:
+            group = str(gid)
+    if gid == 0:
+        raise r.fail("[node]", f"group: {group!r} is gid 0; choose an unprivileged group")
+    return (pw.pw_uid, gid), (user, group)

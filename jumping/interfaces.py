@@ -8,6 +8,43 @@ interfaces; :func:`jumping.plugin.load` finds it by name through
 implementation runs.
 
 Nothing here imports the reactor: these are descriptions, not code.
+
+Lifecycle
+---------
+A node runs under ``twistd``, which builds the service, may fork into the background, opens
+privileged resources, drops privileges, then runs the reactor. Anything started before the
+fork does not survive it (threads vanish, the daemon silently does nothing), and anything
+opened after the drop is opened without root. So every plugin follows these phases:
+
+1. **Construction** (``IJumpingPlugin.build(**options)``, inside ``makeService``, before the
+   fork, as root): validate the options and build objects, nothing else. A constructor
+   starts no thread, opens no file, socket or connection, grants no lease, schedules no
+   ``callLater``/``LoopingCall``. Bad options raise ``ValueError`` naming the option (the
+   node prints it and exits 1 before anything started).
+2. **Privileged start** (the node's ``privilegedStartService``, after the fork, still
+   root): the node opens the TUN device, calls :meth:`ITransportFactory.listen` (gateway)
+   and :meth:`ITransportFactory.connect` (a client's first paths), binds the metrics port.
+   No other plugin is called in this phase.
+3. **Start** (the node's ``startService``, on the reactor thread, after the privilege
+   drop: the process may run as an unprivileged user, with ``CAP_NET_ADMIN`` at most):
+   the node calls ``start()`` on every :class:`IEventSink`, then on the
+   :class:`IOwnershipBackend`. ``start()`` starts threads, opens files and connections,
+   grants leases, arms watches and looping calls. It returns ``None`` when the plugin is
+   ready at once, or a ``Deferred`` that fires when it is ready or fails with the reason
+   the node cannot run (the node logs that one line and exits with status 1). It never
+   blocks the reactor (blocking work belongs in the plugin's own threads) and is called at
+   most once. The node handles no session (reads neither the TUN device nor handshakes)
+   and reports no readiness (systemd ``READY=1``) before every ``start()`` has fired.
+4. **Stop** (the node's ``stopService``, after its sessions were terminated): ``close()``
+   on every sink and the backend. ``close()`` stops what ``start()`` started within a
+   short bound and returns a ``Deferred``; it also works when ``start()`` was never called
+   or failed, and a second call is harmless.
+
+Transports are opened in phase 2 *and* later (a client reopens paths after the drop), so
+a transport must work without root; a failure to get what it was configured with (e.g.
+socket buffers beyond ``net.core.rmem_max``) is logged, never silent. Rate-limit policies
+are pure objects without a lifecycle. ``jumping.testing.conformance`` checks the rules:
+constructing a plugin starts no thread, opens no descriptor and schedules no call.
 """
 
 from __future__ import annotations
@@ -182,6 +219,11 @@ class IPathMTU(Interface):
 class ITransportFactory(Interface):
     """
     Creates transports of one kind: listeners on a gateway, outgoing paths on a client.
+
+    The constructor only validates options (lifecycle phase 1). :meth:`listen` and the
+    client's first :meth:`connect` are called in the node's ``privilegedStartService``
+    (phase 2, as root); later ``connect`` calls (reconnects, new paths) come after the
+    privilege drop, so they must work without root and log what they could not configure.
     """
 
     kind = Attribute("``'udp'``, ``'tcp'`` or ``'quic'``.")
@@ -274,8 +316,20 @@ class IOwnershipBackend(Interface):
         record changes or disappears, until the returned object's ``cancel()`` is called.
         """
 
+    def start():  # type: ignore[no-untyped-def]
+        """
+        Connect, grant the node's lease, start threads and watches (lifecycle phase 3, see
+        the module docstring): called once, from the node's ``startService``, after the
+        fork and the privilege drop, before any other method.
+
+        :return: ``None`` if ready at once, or a Deferred firing when the backend can serve
+            claims; its errback (e.g. ``OwnershipUnavailable``: no quorum reachable) stops
+            the node with that reason.
+        """
+
     def close():  # type: ignore[no-untyped-def]
-        """Release the node's lease and stop. Returns a Deferred."""
+        """Release the node's lease and stop what :meth:`start` started. Returns a
+        Deferred. Works without a prior :meth:`start`; a second call is harmless."""
 
 
 class IRateLimitPolicy(Interface):
@@ -324,5 +378,19 @@ class IEventSink(Interface):
             The sink must not mutate it.
         """
 
+    def start():  # type: ignore[no-untyped-def]
+        """
+        Begin delivering (lifecycle phase 3, see the module docstring): start the writer
+        thread, open the file or the connection. Called once, from the node's
+        ``startService``, after the fork and the privilege drop. Events emitted before it
+        are kept within the queue bound and delivered once started.
+
+        :return: ``None`` if ready at once, or a Deferred firing when it is; a failure
+            (e.g. the events file cannot be created by the node's user) raises or errbacks
+            with a one-line reason, and the node does not start.
+        """
+
     def close():  # type: ignore[no-untyped-def]
-        """Flush what can be flushed within a short bound and stop. Returns a Deferred."""
+        """Flush what can be flushed within a short bound and stop what :meth:`start`
+        started. Returns a Deferred. Works without a prior :meth:`start`; events emitted
+        afterwards are dropped and counted."""

@@ -58,9 +58,9 @@ def _no_tun(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_default_token_bucket_takes_its_caps_from_the_policy(tmp_path: Path) -> None:
     svc = NodeService(load_config(_config(tmp_path, "")))
-    svc.prepare()
+    svc.build()
     try:
-        lim = svc.core.switch_limiter  # type: ignore[union-attr]
+        lim = svc.built.switch_limiter  # type: ignore[union-attr]
         assert (lim.max_per_min, lim.cooldown_ms) == (5, 700)
     finally:
         svc._close_all()
@@ -69,9 +69,9 @@ def test_default_token_bucket_takes_its_caps_from_the_policy(tmp_path: Path) -> 
 def test_table_options_go_to_the_plugin(tmp_path: Path) -> None:
     extra = '[rate_limit]\npolicy = "token-bucket"\nmax_per_min = 2\nmax_keys = 10\n'
     svc = NodeService(load_config(_config(tmp_path, extra)))
-    svc.prepare()
+    svc.build()
     try:
-        lim = svc.core.switch_limiter  # type: ignore[union-attr]
+        lim = svc.built.switch_limiter  # type: ignore[union-attr]
         assert (lim.max_per_min, lim.cooldown_ms, lim.max_keys) == (2, 700, 10)
     finally:
         svc._close_all()
@@ -82,13 +82,13 @@ def test_unknown_policy_plugin_lists_the_installed_ones(tmp_path: Path) -> None:
     with pytest.raises(
         StartupError, match=r"unknown rate-limit policy plugin 'leaky'.*token-bucket"
     ):
-        svc.prepare()
+        svc.build()
 
 
 def test_bad_option_is_a_clear_error(tmp_path: Path) -> None:
     svc = NodeService(load_config(_config(tmp_path, "[rate_limit]\nmax_per_min = 0\n")))
     with pytest.raises(StartupError, match="max_per_min must be an integer >= 1"):
-        svc.prepare()
+        svc.build()
 
 
 def test_bad_plugin_name_is_a_config_error(tmp_path: Path) -> None:

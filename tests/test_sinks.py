@@ -1,11 +1,14 @@
-"""Event sinks: JSON lines (rotation, full or read-only disk) and syslog, through the plugin
-loader; a sink never blocks nor raises, it drops and counts."""
+"""Event sinks: JSON lines (rotation, full or read-only disk, symlinks, file mode) and syslog,
+through the plugin loader; a sink never blocks nor raises, it drops and counts; it touches
+nothing before start()."""
 
 from __future__ import annotations
 
 import json
 import os
 import socket
+import stat
+import subprocess
 import time
 from pathlib import Path
 
@@ -57,6 +60,7 @@ def test_every_builtin_plugin_loads_and_verifies(tmp_path: Path) -> None:
 def test_jsonl_writes_rotates_and_counts(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     sink = plugin.load(IEventSink, "jsonl", path=str(path), rotate_bytes=4096, keep=2)
+    sink.start()
     for i in range(200):
         sink.emit(ev(i))
     wait_for(lambda: sink.delivered == 200)
@@ -68,27 +72,111 @@ def test_jsonl_writes_rotates_and_counts(tmp_path: Path) -> None:
     assert sink.dropped == 0
 
 
-@pytest.mark.skipif(os.geteuid() == 0 and not Path("/dev/full").exists(), reason="no /dev/full")
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs")
 def test_jsonl_on_a_full_disk_drops_and_counts_without_blocking(tmp_path: Path) -> None:
-    sink = plugin.load(IEventSink, "jsonl", path="/dev/full", max_queue=50)
-    t = time.monotonic()
-    for i in range(10_000):
-        sink.emit(ev(i))
-    assert time.monotonic() - t < 1.0  # never blocks the caller
-    wait_for(lambda: sink.queue_depth == 0)
-    assert sink.dropped > 0 and sink.delivered == 0
-    assert sink.dropped + sink.delivered <= 10_000
-    sink.close()
+    disk = tmp_path / "small"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], check=True)
+    try:
+        sink = plugin.load(IEventSink, "jsonl", path=str(disk / "e.jsonl"), max_queue=50)
+        sink.start()
+        t = time.monotonic()
+        for i in range(10_000):
+            sink.emit(ev(i))
+            if i % 50 == 0:
+                time.sleep(0.001)  # let the writer fill the disk
+        assert time.monotonic() - t < 30.0  # never waits on the disk
+        wait_for(lambda: sink.queue_depth == 0)
+        assert sink.dropped > 0 and 0 < sink.delivered < 10_000
+        assert sink.dropped + sink.delivered == 10_000
+        sink.close()
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
 
 
-def test_jsonl_read_only_directory(tmp_path: Path) -> None:
+def test_jsonl_unwritable_path_is_a_start_error_not_silent_loss(tmp_path: Path) -> None:
     ro = tmp_path / "ro"
     ro.mkdir()
     sink = plugin.load(IEventSink, "jsonl", path=str(ro / "sub" / "events.jsonl"))
+    with pytest.raises(OSError, match=r"jsonl: cannot write events to .*sub/events.jsonl: No such"):
+        sink.start()
     for i in range(10):
         sink.emit(ev(i))
-    wait_for(lambda: sink.dropped == 10)
     sink.close()
+    assert sink.dropped == 10 and sink.queue_depth == 0
+
+
+def test_jsonl_constructor_touches_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    sink = plugin.load(IEventSink, "jsonl", path=str(path))
+    sink.emit(ev(0))
+    assert not path.exists()  # nothing before start()
+    sink.start()
+    wait_for(lambda: sink.delivered == 1)
+    sink.close()
+    assert len(path.read_text().splitlines()) == 1
+
+
+def test_jsonl_refuses_a_symlink_and_never_writes_through_it(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    link = tmp_path / "events.jsonl"
+    link.symlink_to(victim)
+    sink = plugin.load(IEventSink, "jsonl", path=str(link))
+    with pytest.raises(OSError, match="is a symlink"):
+        sink.start()
+    assert victim.read_text() == "precious\n"
+
+
+def test_jsonl_rotation_target_replaced_by_a_symlink_is_not_followed(tmp_path: Path) -> None:
+    """A symlink planted at the live path between two writes is refused, not followed: the
+    batch is dropped and counted, the target untouched."""
+    path = tmp_path / "events.jsonl"
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    sink = plugin.load(IEventSink, "jsonl", path=str(path))
+    sink.start()
+    sink.emit(ev(0))
+    wait_for(lambda: sink.delivered == 1)
+    path.unlink()
+    path.symlink_to(victim)
+    sink.emit(ev(1))
+    wait_for(lambda: sink.dropped == 1)
+    sink.close()
+    assert victim.read_text() == "precious\n"
+
+
+def test_jsonl_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None:
+    sink = plugin.load(IEventSink, "jsonl", path="/dev/null")
+    with pytest.raises(OSError, match="not a regular file"):
+        sink.start()
+    fifo = tmp_path / "events.fifo"
+    os.mkfifo(fifo)
+    sink = plugin.load(IEventSink, "jsonl", path=str(fifo))
+    with pytest.raises(OSError, match="cannot write events"):  # and never blocks on it
+        sink.start()
+
+
+def test_jsonl_creates_files_with_a_safe_mode_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        path = tmp_path / "events.jsonl"
+        sink = plugin.load(IEventSink, "jsonl", path=str(path), rotate_bytes=4096, keep=2)
+        sink.start()
+        for i in range(100):
+            sink.emit(ev(i))
+        wait_for(lambda: sink.delivered == 100)
+        sink.close()
+        modes = {stat.S_IMODE(p.stat().st_mode) for p in tmp_path.glob("events.jsonl*")}
+        assert modes == {0o640}
+        custom = plugin.load(IEventSink, "jsonl", path=str(tmp_path / "b.jsonl"), mode=0o600)
+        custom.start()
+        custom.close()
+        assert stat.S_IMODE((tmp_path / "b.jsonl").stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
+    with pytest.raises(PluginError, match="mode must be file permissions without o\\+w"):
+        plugin.load(IEventSink, "jsonl", path=str(tmp_path / "c"), mode=0o666)
 
 
 @pytest.mark.parametrize("fmt", ["rfc5424", "cef"])
@@ -97,6 +185,7 @@ def test_syslog_sends_one_message_per_event(fmt: str) -> None:
     rx.bind(("127.0.0.1", 0))
     rx.settimeout(5)
     sink = plugin.load(IEventSink, "syslog", address=f"127.0.0.1:{rx.getsockname()[1]}", format=fmt)
+    sink.start()
     for i in range(3):
         sink.emit(ev(i))
     msgs = [rx.recv(65535).decode() for _ in range(3)]
@@ -129,6 +218,7 @@ def test_an_event_that_is_not_json_is_dropped_alone_and_the_sink_lives_on(
         else {"address": f"127.0.0.1:{rx.getsockname()[1]}"}
     )
     sink = plugin.load(IEventSink, name, **opts)
+    sink.start()
     try:
         bad = dict(ev(1), extra=object())  # json.dumps raises TypeError
         for e in (ev(0), bad, ev(2)):

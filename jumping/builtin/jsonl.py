@@ -4,12 +4,21 @@
 ``emit`` never blocks and never raises: a full queue or a failing disk drops the event and
 counts it (docs/protocol.md, invariant 9). Files rotate by size (``events.jsonl`` →
 ``events.jsonl.1``…).
+
+Lifecycle (``jumping.interfaces``): the constructor only validates; :meth:`start` (after
+twistd's fork and the privilege drop) creates or opens the file, so a file the node's user
+cannot write is a start-up error, not silent loss, and starts the writer thread. The file
+is opened with ``O_NOFOLLOW`` (a symlink planted at the path is refused, never followed)
+and created with ``mode`` (default 0640; never world-writable); an existing path that is
+not a regular file is refused.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import threading
 from collections import deque
 from typing import Any
@@ -30,6 +39,7 @@ class JSONLinesSink:
         max_queue: int = 10_000,
         rotate_bytes: int = 64 * 1024 * 1024,
         keep: int = 5,
+        mode: int = 0o640,
     ) -> None:
         if not isinstance(path, str) or not path:
             raise ValueError("jsonl: path must be a non-empty string")
@@ -40,7 +50,12 @@ class JSONLinesSink:
         ):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"jsonl: {k} must be an integer >= {lo}, got {v!r}")
+        if isinstance(mode, bool) or not isinstance(mode, int) or mode & ~0o666 or mode & 0o002:
+            raise ValueError(
+                f"jsonl: mode must be file permissions without o+w, e.g. 0o640, got {mode!r}"
+            )
         self.path = path
+        self.mode = mode
         self.max_queue = max_queue
         self.rotate_bytes = rotate_bytes
         self.keep = keep
@@ -52,8 +67,35 @@ class JSONLinesSink:
         self._q: deque[dict[str, Any]] = deque()
         self._cv = threading.Condition()
         self._stop = False
-        self._thread = threading.Thread(target=self._run, name=f"jsonl:{path}", daemon=True)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Create or open the file (a clear error if the node's user cannot), start the
+        writer thread."""
+        if self._thread is not None or self._stop:
+            return
+        try:
+            os.close(self._open())
+        except OSError as e:
+            raise OSError(f"jsonl: cannot write events to {self.path}: {e.strerror or e}") from None
+        self._thread = threading.Thread(target=self._run, name=f"jsonl:{self.path}", daemon=True)
         self._thread.start()
+
+    def _open(self) -> int:
+        """An append descriptor on the file: never through a symlink, only a regular file,
+        created with ``mode``."""
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(self.path, flags | os.O_NONBLOCK, self.mode)
+        except OSError as e:
+            if e.errno == errno.ELOOP:  # the last component is a symlink
+                raise OSError(e.errno, "is a symlink (refused, not followed)") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.EINVAL, "not a regular file")
+        os.set_blocking(fd, True)
+        return fd
 
     @property
     def queue_depth(self) -> int:
@@ -75,7 +117,7 @@ class JSONLinesSink:
     def _rotate(self) -> None:
         for i in range(self.keep - 1, 0, -1):
             src = f"{self.path}.{i}"
-            if os.path.exists(src):
+            if os.path.lexists(src):
                 os.replace(src, f"{self.path}.{i + 1}")
         if self.keep:
             os.replace(self.path, f"{self.path}.1")
@@ -109,21 +151,30 @@ class JSONLinesSink:
             except (TypeError, ValueError):
                 self.write_dropped += 1  # not JSON-serialisable: this event only
                 self._written += 1
-        size = os.path.getsize(self.path) if os.path.exists(self.path) else 0
         i = 0
         while i < len(lines):
-            if size >= self.rotate_bytes:
-                self._rotate()
-                size = 0
-            chunk: list[str] = []
-            while i < len(lines) and (size < self.rotate_bytes or not chunk):
-                chunk.append(lines[i])
-                size += len(lines[i])
-                i += 1
+            fd = self._open()
+            try:
+                size = os.fstat(fd).st_size
                 if size >= self.rotate_bytes:
-                    break
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write("".join(chunk))
+                    os.close(fd)
+                    fd = -1
+                    self._rotate()
+                    fd = self._open()
+                    size = 0
+                chunk: list[str] = []
+                while i < len(lines) and (size < self.rotate_bytes or not chunk):
+                    chunk.append(lines[i])
+                    size += len(lines[i])
+                    i += 1
+                    if size >= self.rotate_bytes:
+                        break
+                data = "".join(chunk).encode("utf-8")
+                while data:
+                    data = data[os.write(fd, data) :]
+            finally:
+                if fd >= 0:
+                    os.close(fd)
             self.delivered += len(chunk)
             self._written += len(chunk)
 
@@ -131,5 +182,9 @@ class JSONLinesSink:
         with self._cv:
             self._stop = True
             self._cv.notify()
-        self._thread.join(2.0)
+        if self._thread is not None:
+            self._thread.join(2.0)
+        else:  # never started: what was queued is dropped, and counted
+            self.overflow += len(self._q)
+            self._q.clear()
         return defer.succeed(None)

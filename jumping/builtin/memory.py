@@ -133,5 +133,9 @@ class MemoryOwnership:
         self.store.watchers.setdefault(session_id, []).append(w)
         return w
 
+    def start(self) -> None:
+        """Nothing to connect nor to start: ready at once (lifecycle phase 3)."""
+        return None
+
     def close(self) -> defer.Deferred[None]:
         return defer.succeed(None)

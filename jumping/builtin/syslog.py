@@ -3,7 +3,8 @@
 datagram socket, for classic SIEMs.
 
 Like every sink, ``emit`` never blocks: events go to a bounded queue and a thread sends
-them; overflow and send failures are dropped and counted.
+them; overflow and send failures are dropped and counted. The socket and the thread are
+created by :meth:`start` (after twistd's fork and privilege drop), not by the constructor.
 
 Options: ``address`` ("127.0.0.1:514" or "/dev/log"), ``format`` ("rfc5424" | "cef"),
 ``facility`` (0-23, default 13 = log audit), ``app_name``, ``max_queue``.
@@ -97,6 +98,13 @@ class SyslogSink:
         self._q: deque[dict[str, Any]] = deque()
         self._cv = threading.Condition()
         self._stop = False
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Open the datagram socket and start the sender thread."""
+        if self._thread is not None or self._stop:
+            return
         self._sock = socket.socket(self._family, socket.SOCK_DGRAM)
         self._thread = threading.Thread(target=self._run, name="syslog-sink", daemon=True)
         self._thread.start()
@@ -128,7 +136,7 @@ class SyslogSink:
             while self._q:
                 event = self._q.popleft()
                 try:
-                    self._sock.sendto(
+                    self._sock.sendto(  # type: ignore[union-attr]  # set before the thread
                         self._fmt(event, self.facility, self.app, self.host), self._addr
                     )
                     self.delivered += 1
@@ -139,6 +147,11 @@ class SyslogSink:
         with self._cv:
             self._stop = True
             self._cv.notify()
-        self._thread.join(2.0)
-        self._sock.close()
+        if self._thread is not None:
+            self._thread.join(2.0)
+        else:  # never started: what was queued is dropped, and counted
+            self.overflow += len(self._q)
+            self._q.clear()
+        if self._sock is not None:
+            self._sock.close()
         return defer.succeed(None)

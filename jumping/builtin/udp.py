@@ -208,15 +208,35 @@ class _Null(DatagramProtocol):
     noisy = False
 
 
+#: buffer shortfalls already logged, by (direction, reason): one line each, not one a socket
+_short_logged: set[tuple[str, str]] = set()
+
+
 def _tune(sock: socket.socket, size: int) -> None:
-    for force, plain in ((_SO_RCVBUFFORCE, socket.SO_RCVBUF), (_SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+    """Ask for ``size``-byte buffers each way: ``SO_*BUFFORCE`` (needs CAP_NET_ADMIN, which
+    a node keeps after dropping root), else the plain option (capped by the kernel at
+    ``net.core.rmem_max``/``wmem_max``). A socket that gets less says why, in the log."""
+    for what, opt, force, plain, limit in (
+        ("receive", "SO_RCVBUF", _SO_RCVBUFFORCE, socket.SO_RCVBUF, "rmem_max"),
+        ("send", "SO_SNDBUF", _SO_SNDBUFFORCE, socket.SO_SNDBUF, "wmem_max"),
+    ):
         try:
             sock.setsockopt(socket.SOL_SOCKET, force, size)
-        except OSError:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, plain, size)
-            except OSError:
-                pass
+            continue
+        except OSError as e:
+            why = f"{opt}FORCE refused ({e.strerror}: no CAP_NET_ADMIN)"
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, plain, size)
+            got = sock.getsockopt(socket.SOL_SOCKET, plain) // 2  # the kernel doubles it
+        except OSError as e:
+            got, why = 0, f"{why}; {opt} failed: {e.strerror}"
+        if got < size and (what, why) not in _short_logged:
+            _short_logged.add((what, why))
+            _log.warn(
+                "udp: {what} buffer {got} bytes instead of {size} (buffer_bytes): {why}; "
+                "raise net.core.{limit} or keep CAP_NET_ADMIN ([node] capabilities)",
+                what=what, got=got, size=size, why=why, limit=limit,
+            )  # fmt: skip
 
 
 def _fmt(addr: tuple[str, int]) -> str:

@@ -2,10 +2,22 @@
 The reactor glue of a Jumping node: TUN, transports, timers, ownership and events around
 one sans-IO :class:`~jumping.core.node.NodeCore`.
 
-Everything that can fail on bad configuration or a busy host (key file, plugins, TUN
-device, sockets) happens in :meth:`NodeService.prepare`, before the reactor runs: a failure
-there closes what was opened and raises :class:`StartupError` with one clear line, so
-nothing is ever half-started. :meth:`startService` only starts reading and timers.
+The node follows twistd's service phases (the plugin lifecycle in :mod:`jumping.interfaces`):
+
+- :meth:`NodeService.build` (``makeService``, before twistd forks): key files, plugins
+  (constructed, nothing started), the core. Opens nothing.
+- :meth:`NodeService.privilegedStartService` (after the fork, as root): the TUN device,
+  the listeners (gateway) or first paths (client), the metrics port; then, if twistd is
+  about to drop to another user, keep the capabilities to retain across its ``setuid``.
+- :meth:`NodeService.startService` (after the drop): confine the capabilities, start the
+  event sinks and the ownership backend; once all are ready, read the TUN device, serve
+  sessions, handle SIGHUP, and tell systemd ``READY=1``.
+- :meth:`NodeService.stopService`: terminate every session (the peer is told), close the
+  transports, the TUN device, the sinks and the backend.
+
+A failure in the first two phases closes what was opened and raises :class:`StartupError`
+(one line; twistd exits 1, also when daemonized). A plugin that cannot start in the third
+logs one line and the node exits with status 1.
 
 The data plane moves runs: what one socket read delivered goes to ``core.receive_batch``
 (the core reads the wire types) and its inner packets to the TUN device in one
@@ -55,13 +67,13 @@ from jumping.interfaces import (
     ITransportFactory,
 )
 from jumping.keys import event_keys, load_private_key, load_psk
-from jumping.service import mtu
+from jumping.service import mtu, privileges, sdnotify
 from jumping.service.events import EventPipeline
 from jumping.service.granularity import TimerLateness
 from jumping.service.gro import _GSO_NONE, _GSO_TCPV4, _NEEDS_CSUM, VNET_HDR_LEN
 from jumping.service.gro import _VNET_UNPACK as _VNET
 from jumping.service.ownership import OwnershipDriver
-from jumping.service.tun import TunDevice
+from jumping.service.tun import TunDevice, ip_command
 
 log = Logger()
 
@@ -84,7 +96,15 @@ class NodeService(service.Service):
         self.config = config
         self.reactor = reactor
         self.rng = rng
+        #: the core, once the node serves (after every plugin started); None before
         self.core: NodeCore | None = None
+        #: the core as built by :meth:`build`
+        self.built: NodeCore | None = None
+        #: (uid, gid) twistd switches to between the privileged start and the start
+        #: (``--uid/--gid`` or ``[node] user``); set by :mod:`jumping.tap`
+        self.run_as: tuple[int, int] | None = None
+        self.ready: defer.Deferred[None] = defer.Deferred()
+        self.not_ready_drops = 0
         self.tun: TunDevice | None = None
         self.listeners: list[Any] = []
         self.paths: list[Any] = []
@@ -104,27 +124,46 @@ class NodeService(service.Service):
         self.owners = OwnershipDriver(None, lambda: self.core, self._run, self.reactor.seconds)
         #: the tunnel MTU (set in prepare from [tun] and the transports; 0: not prepared)
         self.mtu = config.tun.mtu if config is not None else 0
+        #: (listen or endpoint config, ITransportFactory), built by :meth:`build`
+        self.factories: list[tuple[Any, Any]] = []
         #: client paths refused as candidates: they carry less than the tunnel MTU needs
         self.paths_refused_mtu = 0
         #: TUN packets read in the current wake-up, sealed together at its end
         self._tx: list[Any] = []
         self._answered = 0
 
-    # ------------------------------------------------------------------ startup
+    # ------------------------------------------------------------------ lifecycle
     def prepare(self) -> None:
-        """Do every fallible step; on failure undo them all and raise StartupError."""
+        """:meth:`build` then :meth:`open_privileged` (callers without twistd's phases)."""
+        if self.built is None:
+            self.build()
+        if self.tun is None:
+            self.open_privileged()
+
+    def build(self) -> None:
+        """Every fallible step that opens nothing (``makeService``, before the fork); on
+        failure undo what was done and raise StartupError."""
+        self._guard(self._build)
+
+    def open_privileged(self) -> None:
+        """Open the TUN device, the listeners or first paths, the metrics port (as root,
+        after the fork); on failure close everything and raise StartupError."""
+        self._guard(self._open_privileged)
+
+    def _guard(self, step: Callable[[], None]) -> None:
         try:
-            self._prepare()
+            step()
         except StartupError:
             self._close_all()
             raise
-        except (OSError, ValueError, plugin.PluginError, Exception) as e:
+        except Exception as e:
             self._close_all()
             raise StartupError(str(e) or type(e).__name__) from e
 
-    def _prepare(self) -> None:
+    def _build(self) -> None:
         cfg = self.config
         key = load_private_key(cfg.private_key)
+        ip_command()  # iproute2 at a trusted absolute path, or a clear error now
         now = self.reactor.seconds()
         common = dict(
             node_id=cfg.node_id, private_key=key, policy=cfg.policy, rng=self.rng, now=now
@@ -136,7 +175,7 @@ class NodeService(service.Service):
         # key alone goes to the auditor: `jumpctl chain-key`); without one, a zero chain key
         chain_key, address_key = event_keys(cfg.secret)
         self.events = EventPipeline(
-            cfg.node_id, self.sinks, chain_key, lambda: str(self.core.policy.version if self.core else cfg.policy.version),
+            cfg.node_id, self.sinks, chain_key, lambda: str(self.built.policy.version if self.built else cfg.policy.version),
             self.reactor.seconds, cfg.address_privacy, address_key,
         )  # fmt: skip
         rl = cfg.rate_limit
@@ -151,7 +190,7 @@ class NodeService(service.Service):
                 Peer(p.public_key, p.allowed_ips, p.name, load_psk(p.psk) if p.psk else None)
                 for p in cfg.peers
             ]
-            self.core = GatewayCore(peers=peers, **common)  # type: ignore[arg-type]
+            gateway = GatewayCore(peers=peers, **common)  # type: ignore[arg-type]
             own = cfg.ownership
             self.ownership = plugin.load(
                 IOwnershipBackend, own.name, node_id=cfg.node_id, **dict(own.options)
@@ -159,36 +198,43 @@ class NodeService(service.Service):
             self.owners.backend = self.ownership
             # a backend shared by several nodes (etcd, a shared memory store): a client may
             # resume here a session another gateway owned (takeover)
-            self.core.adopt_sessions = bool(getattr(self.ownership, "shared", True))
+            gateway.adopt_sessions = bool(getattr(self.ownership, "shared", True))
+            self.built = gateway
         else:
             gpsk = load_psk(cfg.gateway.psk) if cfg.gateway.psk else None
-            self.core = ClientCore(
+            self.built = ClientCore(
                 gateway_public_key=cfg.gateway.public_key, gateway_psk=gpsk, **common
             )  # type: ignore[arg-type]
-        tun = cfg.tun
         # transport plugins are built (no socket yet) before the TUN device, whose MTU must
         # fit the smallest of them (jumping/service/mtu.py)
+        tun = cfg.tun
         places = cfg.listen if cfg.role == "gateway" else cfg.gateway.endpoints
-        factories = [
+        self.factories = [
             (pl, plugin.load(ITransportFactory, pl.transport, **dict(pl.options))) for pl in places
         ]
         self.mtu = mtu.fit(
             tun.mtu, tun.mtu_auto, tun.address,
             [(f"transport {pl.transport!r} ({pl.host}:{pl.port})", mtu.limit_of(f))
-             for pl, f in factories],
+             for pl, f in self.factories],
         )  # fmt: skip
+        if cfg.metrics_listen is not None:
+            from jumping.service.metrics import Metrics
+
+            self.metrics = Metrics(self)
+
+    def _open_privileged(self) -> None:
+        cfg = self.config
+        tun = cfg.tun
+        factories = self.factories
         if self.mtu != tun.mtu:
             log.info("tun mtu {m}: the largest inner packet every transport carries", m=self.mtu)
         self.tun = TunDevice(
             self.reactor, tun.name, tun.address, self.mtu, tuple(tun.routes),
             self._tx.append, self._flush, tun.offload, self._tun_offloaded,
         )  # fmt: skip
-        if not getattr(self.tun, "vnet_hdr", False):
-            self.core.features &= ~FEATURE_SEGMENTS  # no GSO writes: take complete packets
-        if cfg.metrics_listen is not None:
-            from jumping.service.metrics import Metrics
-
-            self.metrics = Metrics(self)
+        if not getattr(self.tun, "vnet_hdr", False) and self.built is not None:
+            self.built.features &= ~FEATURE_SEGMENTS  # no GSO writes: take complete packets
+        if self.metrics is not None:
             try:
                 self.metrics_port = self.metrics.listen(self.reactor, *cfg.metrics_listen)
             except Exception as e:
@@ -198,38 +244,121 @@ class NodeService(service.Service):
                 self.listeners.append(factory.listen(self.reactor, lc.host, lc.port, self))
         else:
             for ep, factory in factories:
-                failures: list[Any] = []
-                d = self._connect(ep, factory)
-                d.addErrback(failures.append)
-                if failures:  # failed at once (bad bind address...): a configuration error
-                    failures[0].raiseException()
+                self._first_path(ep, factory)
+
+    def _first_path(self, ep: Any, factory: Any) -> None:
+        """Connect one configured endpoint. Failing at once (a bad bind address...) is a
+        configuration error, raised; failing later (a TCP endpoint refusing) is retried,
+        from a socket opened after the privilege drop."""
+        at_once: list[Any] = []
+        connecting = True
+
+        def failed(f: Any) -> None:
+            if connecting:
+                at_once.append(f)
+            else:
+                self._path_failed(ep, factory, f)
+
+        self._connect(ep, factory).addErrback(failed)
+        connecting = False
+        if at_once:
+            at_once[0].raiseException()
+
+    def privilegedStartService(self) -> None:  # noqa: N802
+        super().privilegedStartService()
+        self.prepare()
+        if self.run_as is not None and os.geteuid() == 0 and self.config.capabilities:
+            # twistd's setuid comes next: without this it would clear every capability
+            privileges.keep_capabilities_across_setuid()
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
-        if self.core is None:
-            self.prepare()
-        assert self.core is not None and self.tun is not None
+        try:
+            if self.tun is None:  # started without twistd's privileged phase (tests)
+                self.prepare()
+            self._confine()
+        except (StartupError, privileges.PrivilegeError) as e:
+            self._cannot_start(str(e))
+            return
+        d = self._start_plugins()
+        d.addCallback(lambda _: self._serve())
+        d.addErrback(lambda f: self._cannot_start(_reason(f)))
+
+    def _confine(self) -> None:
+        """After twistd's uid/gid switch: keep only the configured capabilities, check
+        that nothing of root is left, say what the node runs as."""
+        keep = self.config.capabilities
+        if self.run_as is None and os.geteuid() == 0:
+            log.warn("jumping {node} runs as root: set [node] user (or twistd --uid/--gid) to "
+                     "drop privileges after start-up", node=self.config.node_id)  # fmt: skip
+            return
+        ident = privileges.confine(keep, self.run_as)
+        log.info(
+            "privileges: uid {uid} gid {gid} groups {groups}; capabilities kept: {caps}",
+            uid=ident.uid, gid=ident.gid, groups=list(ident.groups),
+            caps=", ".join(ident.effective) or "none",
+        )  # fmt: skip
+        missing = sorted(set(keep) - set(ident.effective))
+        if missing:
+            log.warn("capabilities {caps} were not available to keep: sockets opened from now "
+                     "on get socket buffers only up to net.core.rmem_max/wmem_max",
+                     caps=", ".join(missing))  # fmt: skip
+
+    def _start_plugins(self) -> defer.Deferred[Any]:
+        """``start()`` every sink, then the ownership backend (after the sinks, so that a
+        backend failing at start can still be reported); fires when all are ready."""
+
+        def start(thing: Any, what: str) -> defer.Deferred[Any]:
+            d = defer.maybeDeferred(thing.start)
+            return d.addErrback(lambda f: defer.fail(StartupError(f"{what}: {_reason(f)}")))
+
+        sinks = [start(s, f"event sink {getattr(s, 'name', '?')}") for s in self.sinks]
+        d = defer.gatherResults(sinks, consumeErrors=True)
+        if self.ownership is not None:
+            name = self.config.ownership.name
+            d.addCallback(lambda _: start(self.ownership, f"ownership backend {name}"))
+        return d
+
+    def _serve(self) -> None:
+        """Every plugin is ready: serve sessions and tell systemd."""
+        if not self.running or self.tun is None or self.built is None:
+            return
+        self.core = core = self.built
         self._now = self.reactor.seconds
         self._write = self.tun.write
         self._write_many = self.tun.write_many
         self.tun.start()
+        n = len(self.listeners) + len(self.paths)
         log.info(
             "jumping {role} {node} up: tun {tun}, {n} transport(s)",
-            role=self.config.role,
-            node=self.config.node_id,
-            tun=self.tun.name,
-            n=len(self.listeners) + len(self.paths),
-        )
-        if isinstance(self.core, ClientCore):
+            role=self.config.role, node=self.config.node_id, tun=self.tun.name, n=n,
+        )  # fmt: skip
+        if isinstance(core, ClientCore):
             now = self._now()
             for p in self.paths:
-                self.core.add_path(now, p)
-            self._run(self.core.start(now))
-        self._run(self.core.tick(self._now()))
+                core.add_path(now, p)
+            self._run(core.start(now))
+        self._run(core.tick(self._now()))
         try:
             signal.signal(signal.SIGHUP, self._on_sighup)
         except ValueError:  # not the main thread (tests)
             pass
+        what = "listener(s)" if isinstance(core, GatewayCore) else "path(s)"
+        sdnotify.ready(f"{self.config.role} {self.config.node_id}: {n} {what}, tun {self.tun.name}")
+        self.ready.callback(None)
+
+    def _cannot_start(self, reason: str) -> None:
+        log.critical("jumping {node}: cannot start: {reason}", node=self.config.node_id,
+                     reason=reason)  # fmt: skip
+        sdnotify.status(f"cannot start: {reason}")
+        if not self.ready.called:
+            self.ready.errback(StartupError(reason))
+            self.ready.addErrback(lambda _: None)
+        exit_status_after_shutdown(1)
+        if self.reactor.running:
+            self.reactor.stop()
+        else:
+            self.reactor.callWhenRunning(self.reactor.stop)
 
     def _on_sighup(self, signum: int, frame: Any) -> None:
         self.reactor.callFromThread(self.reload_policy)
@@ -241,19 +370,23 @@ class NodeService(service.Service):
 
         if self.core is None:
             return False
+        sdnotify.reloading()
         try:
             policy = load_policy(self.config.path)
         except (ConfigError, OSError) as e:
             log.error("policy reload rejected, keeping version {v}: {e}",
                       v=self.core.policy.version, e=str(e))  # fmt: skip
             self.policy_rejections += 1
+            sdnotify.notify("READY=1", f"STATUS=policy reload rejected: {e}")
             return False
         self._run(self.core.set_policy(self.reactor.seconds(), policy))
         log.info("policy version {v} applied", v=policy.version)
+        sdnotify.notify("READY=1", f"STATUS=policy version {policy.version}")
         return True
 
     def stopService(self) -> defer.Deferred[None]:  # noqa: N802
         super().stopService()
+        sdnotify.stopping()
         core = self.core
         if core is not None:
             from jumping.core.fsm import Reason
@@ -297,6 +430,7 @@ class NodeService(service.Service):
                     log.failure("closing plugin")
         self.sinks = []
         self.ownership = None
+        self.core = None
         d: defer.Deferred[None] = defer.DeferredList(waits, consumeErrors=True).addCallback(
             lambda _: None
         )
@@ -400,21 +534,20 @@ class NodeService(service.Service):
             return path
         self.paths.append(path)
         self._endpoint_of[path] = (ep, factory)
-        if self.core is not None and self.running and isinstance(self.core, ClientCore):
+        if isinstance(self.core, ClientCore) and self.running:  # serving: a new candidate
             self._run(self.core.add_path(self.reactor.seconds(), path))
         return path
 
     def _reconnect(self, ep: Any, factory: Any) -> None:
         if not self.running:
             return
+        self._connect(ep, factory).addErrback(lambda f: self._path_failed(ep, factory, f))
 
-        def failed(f: Any) -> None:
-            log.warn("path to {h}:{p} ({t}): {e}", h=ep.host, p=ep.port, t=ep.transport,
-                     e=f.getErrorMessage())  # fmt: skip
-            if self.running:
-                self.reactor.callLater(RECONNECT_DELAY, self._reconnect, ep, factory)
-
-        self._connect(ep, factory).addErrback(failed)
+    def _path_failed(self, ep: Any, factory: Any, f: Any) -> None:
+        log.warn("path to {h}:{p} ({t}): {e}", h=ep.host, p=ep.port, t=ep.transport,
+                 e=f.getErrorMessage())  # fmt: skip
+        if self.running:
+            self.reactor.callLater(RECONNECT_DELAY, self._reconnect, ep, factory)
 
     # ------------------------------------------------------------------ outputs
     def _run(self, outputs: Iterable[Output]) -> None:
@@ -479,3 +612,26 @@ class NodeService(service.Service):
             "events": self.events.seq if self.events else 0,
             "ownership_healthy": bool(getattr(self.ownership, "healthy", True)),
         }
+
+
+def _reason(f: Any) -> str:
+    """One line from a Failure (or an exception)."""
+    e = getattr(f, "value", f)
+    return str(e) or type(e).__name__
+
+
+def exit_status_after_shutdown(code: int) -> None:
+    """Make the process exit with ``code`` once twistd has shut down (it would exit 0):
+    after twistd removed its pidfile, at interpreter exit."""
+    import atexit
+    import sys
+
+    def leave() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(code)
+
+    atexit.register(leave)

@@ -1,7 +1,9 @@
 """
 The TUN device: :class:`twisted.pair.tuntap.TuntapPort` in TUN mode without packet info,
 plus address/MTU/route configuration through iproute2 (``ip``), which every Linux host
-running a VPN has; Twisted's tuntap only opens the device.
+running a VPN has; Twisted's tuntap only opens the device. ``ip`` is run from a fixed,
+trusted absolute path (:data:`IP_PATHS`, never looked up in ``PATH``) with a minimal
+environment.
 
 The device exists as long as our file descriptor is open (not persistent): when the
 process stops, the kernel removes it and its routes.
@@ -12,7 +14,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import shutil
+import stat
 import subprocess
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -121,9 +123,38 @@ class TunProtocol:
         self.on_packet(datagram)
 
 
+#: where iproute2's ``ip`` may be, in this order: root-owned system directories only
+IP_PATHS = ("/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip")
+_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+
+
+def ip_command(candidates: Sequence[str] = IP_PATHS) -> str:
+    """The absolute path of ``ip``: the first candidate that exists, owned by root and not
+    writable by group or others.
+
+    :raise TunError: none qualifies (iproute2 missing, or a binary others could replace)."""
+    for path in candidates:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o111:
+            continue
+        if st.st_uid != 0 or st.st_mode & 0o022:
+            raise TunError(f"{path}: refusing to run an 'ip' binary that is not owned by root "
+                           "or is writable by group/others")  # fmt: skip
+        return path
+    raise TunError(
+        "the 'ip' command (iproute2) is required to configure the TUN device; not found at "
+        + ", ".join(candidates)
+    )
+
+
 def _ip(*args: str) -> None:
     try:
-        r = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
+        r = subprocess.run(
+            [ip_command(), *args], capture_output=True, text=True, timeout=10, env=_ENV
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         raise TunError(f"ip {' '.join(args)}: {e}") from None
     if r.returncode != 0:
@@ -145,8 +176,7 @@ class TunDevice:
         vnet_hdr: bool = True,
         on_offloaded: Callable[[bytes], bool] | None = None,
     ) -> None:
-        if shutil.which("ip") is None:
-            raise TunError("the 'ip' command (iproute2) is required to configure the TUN device")
+        ip_command()
         self.protocol = TunProtocol(on_packet)
         self.port = LeanTuntapPort(
             name.encode(), self.protocol, maxPacketSize=65536, reactor=reactor

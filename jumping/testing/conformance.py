@@ -56,6 +56,7 @@ from jumping.interfaces import (
     ITransport,
     ITransportFactory,
 )
+from jumping.testing.lifecycle import footprint, started_since, threads_since
 
 __all__ = [
     "BatchReceiver",
@@ -514,10 +515,15 @@ class OwnershipBackendTests:
     """
     Conformance of an ``IOwnershipBackend`` plugin (docs/protocol.md#cluster-ownership).
 
-    A subclass provides ``make_backends(self, n)``: ``n`` fresh backends (a list, or a
-    Deferred firing with one) with distinct ``node_id`` that share one cluster/store. Each
-    test uses random session ids, so a store shared between tests (a real cluster) is fine;
-    every backend is closed at the end of each test.
+    A subclass provides ``make_backends(self, n)``: ``n`` fresh, *unstarted* backends (a
+    list, or a Deferred firing with one) with distinct ``node_id`` that share one
+    cluster/store; the mixin calls their ``start()``. Each test uses random session ids, so
+    a store shared between tests (a real cluster) is fine; every backend is closed at the
+    end of each test.
+
+    Lifecycle (``jumping.interfaces``): constructing a backend starts no thread, opens no
+    descriptor and schedules no reactor call (no lease before ``start()``); ``close()``
+    works without ``start()`` and stops the threads ``start()`` made.
 
     Nothing memory-specific is assumed: tokens are positive ints that strictly increase on
     every hand-over (not necessarily by one), watch callbacks may arrive late (waits are
@@ -533,7 +539,16 @@ class OwnershipBackendTests:
         backends = list(await _with_timeout(self.make_backends(n), "make_backends"))
         assert len(backends) == n
         self._open = backends
+        for b in backends:
+            await self._start(b)
         return backends
+
+    async def _start(self, backend: Any) -> None:
+        r = backend.start()
+        if isinstance(r, defer.Deferred):
+            await _with_timeout(r, "IOwnershipBackend.start()")
+        else:
+            assert r is None, f"IOwnershipBackend.start() returns None or a Deferred, not {r!r}"
 
     async def _close(self) -> None:
         for b in getattr(self, "_open", []):
@@ -780,6 +795,48 @@ class OwnershipBackendTests:
         finally:
             await self._close()
 
+    # lifecycle ------------------------------------------------------------------
+    @pytest_twisted.ensureDeferred
+    async def test_constructing_starts_nothing(self) -> None:
+        before = footprint()
+        made = self.make_backends(1)
+        assert not isinstance(made, defer.Deferred) or made.called, (
+            "make_backends must build backends without waiting on the reactor"
+        )
+        after = footprint()
+        backends = list(await _with_timeout(made, "make_backends"))
+        self._open = backends
+        try:
+            started = started_since(before, after)
+            assert not started, (
+                "the constructor started something (it runs before twistd forks and drops "
+                "privileges; start() is the place): " + "; ".join(started)
+            )
+        finally:
+            await self._close()
+
+    @pytest_twisted.ensureDeferred
+    async def test_close_without_start_is_harmless(self) -> None:
+        backends = list(await _with_timeout(self.make_backends(1), "make_backends"))
+        for b in backends:
+            await _with_timeout(b.close(), "IOwnershipBackend.close() without start()")
+            await _with_timeout(b.close(), "a second IOwnershipBackend.close()")
+
+    @pytest_twisted.ensureDeferred
+    async def test_close_stops_the_threads_start_made(self) -> None:
+        before = footprint()
+        try:
+            (a,) = await self._backends(1)
+            sid = self.sid()
+            await _with_timeout(a.claim(sid, self.record(a.node_id), None), "claim")
+        finally:
+            await self._close()
+        await wait_until(
+            lambda: not threads_since(before),
+            "every thread start() made has ended after close()",
+            self.watch_timeout,
+        )
+
 
 # ---------------------------------------------------------------------------- rate limits
 
@@ -931,15 +988,21 @@ class EventSinkTests:
 
     A subclass provides:
 
-    - ``make_sink(self, max_queue=None)``: a fresh sink to a working destination; with
-      ``max_queue`` its queue must hold at most that many events (a sink without a queue
-      may ignore it). The subclass closes what it opened for the destination in its own
+    - ``make_sink(self, max_queue=None)``: a fresh, *unstarted* sink (as the plugin loader
+      builds it) to a working destination; with ``max_queue`` its queue must hold at most
+      that many events (a sink without a queue may ignore it). The mixin calls
+      ``start()``. The subclass closes what it opened for the destination in its own
       teardown (pytest fixture) if needed.
     - ``name``: the plugin's name, which the sink reports.
     - optionally ``destination_count(self)``: how many events reached the destination so
       far, or None (the default) when the test cannot observe it.
 
     Counters: ``delivered + dropped + queue_depth == emitted`` once the sink settles.
+
+    Lifecycle (``jumping.interfaces``): constructing a sink starts no thread, opens no
+    descriptor and schedules no reactor call; events emitted before ``start()`` are
+    delivered after it; ``close()`` works without ``start()`` and stops the threads
+    ``start()`` made.
     """
 
     name: str = ""
@@ -950,6 +1013,19 @@ class EventSinkTests:
 
     def destination_count(self) -> int | None:
         return None
+
+    async def started(self, max_queue: int | None = None) -> Any:
+        """A sink from :meth:`make_sink`, started (its ``start()`` awaited)."""
+        sink = self.make_sink(max_queue=max_queue)
+        await self.start(sink)
+        return sink
+
+    async def start(self, sink: Any) -> None:
+        r = sink.start()
+        if isinstance(r, defer.Deferred):
+            await _with_timeout(r, "IEventSink.start()", self.settle_timeout)
+        else:
+            assert r is None, f"IEventSink.start() returns None or a Deferred, not {r!r}"
 
     @staticmethod
     def accounted(sink: Any) -> int:
@@ -977,7 +1053,7 @@ class EventSinkTests:
     # tests -----------------------------------------------------------------------
     @pytest_twisted.ensureDeferred
     async def test_provides_interface_and_starts_at_zero(self) -> None:
-        sink = self.make_sink()
+        sink = await self.started()
         try:
             assert verifyObject(IEventSink, sink)
             assert sink.name == self.name
@@ -987,7 +1063,7 @@ class EventSinkTests:
 
     @pytest_twisted.ensureDeferred
     async def test_events_are_delivered_and_counted(self) -> None:
-        sink = self.make_sink()
+        sink = await self.started()
         try:
             n = self.emit_all(sink, (sample_event(i) for i in range(200)))
             await self.settle(sink, n)
@@ -999,7 +1075,7 @@ class EventSinkTests:
 
     @pytest_twisted.ensureDeferred
     async def test_odd_events_never_raise_nor_break_the_sink(self) -> None:
-        sink = self.make_sink()
+        sink = await self.started()
         try:
             events = odd_events()
             before = copy.deepcopy(events)
@@ -1015,7 +1091,7 @@ class EventSinkTests:
 
     @pytest_twisted.ensureDeferred
     async def test_emit_never_blocks_and_overflow_is_counted(self) -> None:
-        sink = self.make_sink(max_queue=16)
+        sink = await self.started(max_queue=16)
         try:
             events = [sample_event(i) for i in range(20_000)]
             t = time.monotonic()
@@ -1030,7 +1106,7 @@ class EventSinkTests:
 
     @pytest_twisted.ensureDeferred
     async def test_close_flushes_within_a_bound_then_emit_is_dropped(self) -> None:
-        sink = self.make_sink()
+        sink = await self.started()
         n = self.emit_all(sink, (sample_event(i) for i in range(500)))
         t = time.monotonic()
         await self.close(sink)
@@ -1042,3 +1118,54 @@ class EventSinkTests:
         sink.emit(sample_event(n))  # after close: no raise, counted as dropped
         assert sink.dropped == dropped + 1
         assert sink.delivered == n and sink.queue_depth == 0
+
+    # lifecycle ------------------------------------------------------------------
+    @pytest_twisted.ensureDeferred
+    async def test_constructing_starts_nothing(self) -> None:
+        before = footprint()
+        sink = self.make_sink()
+        after = footprint()
+        try:
+            started = started_since(before, after)
+            assert not started, (
+                "the constructor started something (it runs before twistd forks and drops "
+                "privileges; start() is the place): " + "; ".join(started)
+            )
+        finally:
+            await self.close(sink)
+
+    @pytest_twisted.ensureDeferred
+    async def test_events_emitted_before_start_are_delivered_after_it(self) -> None:
+        sink = self.make_sink()
+        try:
+            n = self.emit_all(sink, (sample_event(i) for i in range(5)))
+            assert sink.delivered == 0
+            await self.start(sink)
+            await self.settle(sink, n)
+            assert sink.delivered == n and sink.dropped == 0
+        finally:
+            await self.close(sink)
+
+    @pytest_twisted.ensureDeferred
+    async def test_close_without_start_drops_and_counts(self) -> None:
+        sink = self.make_sink()
+        n = self.emit_all(sink, (sample_event(i) for i in range(3)))
+        await self.close(sink)
+        assert sink.queue_depth == 0 and sink.delivered == 0
+        assert self.accounted(sink) == n
+        sink.emit(sample_event(n))
+        assert self.accounted(sink) == n + 1
+        await self.close(sink)  # a second close is harmless
+
+    @pytest_twisted.ensureDeferred
+    async def test_close_stops_the_threads_start_made(self) -> None:
+        before = footprint()
+        sink = await self.started()
+        n = self.emit_all(sink, (sample_event(i) for i in range(10)))
+        await self.settle(sink, n)
+        await self.close(sink)
+        await wait_until(
+            lambda: not threads_since(before),
+            "every thread start() made has ended after close()",
+            self.settle_timeout,
+        )

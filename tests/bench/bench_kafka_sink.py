@@ -62,6 +62,7 @@ def run(bootstrap: str, n: int, max_queue: int) -> dict:
     sink = plugin.load(
         IEventSink, "kafka", bootstrap_servers=bootstrap, topic=topic, max_queue=max_queue
     )
+    sink.start()
     # warm up: producer connected, topic created, metadata known
     sink.emit(event(0))
     deadline = time.monotonic() + 30
@@ -95,6 +96,7 @@ def run(bootstrap: str, n: int, max_queue: int) -> dict:
         time.sleep(0.0002)
     # 3. cost of a drop (bound reached, e.g. broker down): the worst steady case
     full = plugin.load(IEventSink, "kafka", bootstrap_servers="127.0.0.1:1", max_queue=1)
+    full.start()
     drop_ns = []
     for j in range(20000):
         t = time.perf_counter_ns()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -64,14 +65,23 @@ class Pair:
         c_extra: str = "",
         psk: tuple[str | None, str | None] = (None, None),
         gw_offload: bool = True,
+        node_extra: str = "",
+        daemon: bool = False,
+        twistd_args: tuple[str, ...] = (),
+        events_dir: Path | None = None,
     ) -> None:
         """``psk``: pre-shared key files (relative to ``tmp``) of the gateway's [[peers]]
         entry and of the client's [gateway] table (None: no psk at that end).
-        ``gw_offload``: the gateway's ``[tun] offload``."""
+        ``gw_offload``: the gateway's ``[tun] offload``.
+        ``node_extra``: lines for both ``[node]`` tables; ``daemon``: twistd forks into
+        the background (its default) with a pidfile, instead of ``-n``."""
         self.topo, self.tmp, self.cns, self.gns = topo, tmp, cns, gns
         self.port = port
+        self.daemon = daemon
+        self.twistd_args = twistd_args
         self.gw_pub = encode_key(write_keypair(tmp / "gw.key"))
         self.c_pub = encode_key(write_keypair(tmp / "c.key"))
+        evdir = events_dir or tmp
         pol = "".join(f"{k} = {json.dumps(v)}\n" for k, v in (policy or {}).items())
         listens = "".join(
             f'[[listen]]\ntransport = "{t}"\nhost = "0.0.0.0"\nport = {port}\n' for t in transports
@@ -82,6 +92,7 @@ class Pair:
 role = "gateway"
 node_id = "gw1"
 private_key = "gw.key"
+{node_extra}
 [tun]
 name = "jmpg0"
 address = "10.99.0.1/24"
@@ -93,7 +104,7 @@ allowed_ips = ["10.99.0.2/32"]
 {f'psk = "{psk[0]}"' if psk[0] else ""}
 [[events]]
 sink = "jsonl"
-path = "gw-events.jsonl"
+path = "{evdir / "gw-events.jsonl"}"
 [policy]
 {pol}{gw_extra}
 """)
@@ -108,6 +119,7 @@ path = "gw-events.jsonl"
 role = "client"
 node_id = "c1"
 private_key = "c.key"
+{node_extra}
 [tun]
 name = "jmpc0"
 address = "10.99.0.2/24"
@@ -117,20 +129,24 @@ public_key = "{self.gw_pub}"
 {eps}
 [[events]]
 sink = "jsonl"
-path = "c-events.jsonl"
+path = "{evdir / "c-events.jsonl"}"
 [policy]
 {pol}{c_extra}
 """)
-        self.gw_events = tmp / "gw-events.jsonl"
-        self.c_events = tmp / "c-events.jsonl"
+        self.gw_events = evdir / "gw-events.jsonl"
+        self.c_events = evdir / "c-events.jsonl"
         self.gw: subprocess.Popen[bytes] | None = None
         self.client: subprocess.Popen[bytes] | None = None
 
+    def pidfile(self, role: str) -> Path:
+        return self.tmp / f"{role}.pid"
+
     def cmd(self, role: str, conf: Path) -> list[str]:
+        mode = [f"--pidfile={self.pidfile(role)}"] if self.daemon else ["-n", "--pidfile="]
         return [
             twistd(),
-            "-n",
-            "--pidfile=",
+            *mode,
+            *self.twistd_args,
             f"--logfile={self.tmp / (role + '.log')}",
             "jumping",
             role,
@@ -138,9 +154,32 @@ path = "c-events.jsonl"
             str(conf),
         ]
 
+    def pid(self, role: str) -> int:
+        """The node's process id (the daemon's, from its pidfile)."""
+        if self.daemon:
+            return int(self.pidfile(role).read_text().strip())
+        proc = self.gw if role == "gateway" else self.client
+        assert proc is not None
+        return proc.pid
+
+    def _start_daemon(self, role: str, ns: str, conf: Path, env: dict[str, str]) -> None:
+        """twistd forks, its parent exits 0 once the child started (or 1, with the reason)."""
+        r = subprocess.run(
+            ["ip", "netns", "exec", ns, *self.cmd(role, conf)],
+            capture_output=True, text=True, timeout=30, env=env,
+        )  # fmt: skip
+        (self.tmp / f"{role}.out").write_text(r.stdout + r.stderr)
+        assert r.returncode == 0, f"twistd {role} exited {r.returncode}:\n{r.stdout}{r.stderr}"
+
     def start(self, timeout: float = 15, client_first: float = 0.0) -> None:
         """Start both daemons (the gateway first, or the client ``client_first`` s earlier)."""
         env = node_env()
+        if self.daemon:
+            self._start_daemon("gateway", self.gns, self.gw_conf, env)
+            self._wait_log("gateway", timeout)
+            self._start_daemon("client", self.cns, self.c_conf, env)
+            self.wait_attached(timeout)
+            return
         if client_first:
             self.client = self.topo.popen(
                 self.cns, *self.cmd("client", self.c_conf), env=env, log=self.tmp / "client.out"
@@ -164,6 +203,8 @@ path = "c-events.jsonl"
                 return
             proc = self.gw if role == "gateway" else self.client
             if proc is not None and proc.poll() is not None:
+                break
+            if self.daemon and not self.pidfile(role).exists():
                 break
             time.sleep(0.05)
         raise AssertionError(f"{role} did not start:\n{self.diagnostics()}")
@@ -190,8 +231,8 @@ path = "c-events.jsonl"
             "client.log",
             "gateway.out",
             "client.out",
-            "gw-events.jsonl",
-            "c-events.jsonl",
+            self.gw_events,
+            self.c_events,
         ):
             p = self.tmp / name
             if p.exists():
@@ -199,6 +240,35 @@ path = "c-events.jsonl"
         return "\n".join(parts)
 
     def stop(self) -> None:
+        if self.daemon:
+            for role in ("client", "gateway"):
+                if self.pidfile(role).exists():
+                    stop_pid(self.pid(role))
+            return
         for p in (self.client, self.gw):
             if p is not None:
                 self.topo.stop(p)
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout: float = 10) -> bool:
+    """Signal ``pid`` and wait until it is gone; SIGKILL after ``timeout``. True if it
+    exited on ``sig``."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return True
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    return False

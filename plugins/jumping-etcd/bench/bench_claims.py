@@ -64,6 +64,7 @@ async def run(args: argparse.Namespace, endpoints: str) -> dict[str, Any]:
         )  # fmt: skip
         for i in range(3)
     ]
+    await defer.gatherResults([b.start() for b in backends])  # leases, threads, watches
     sids = [secrets.token_hex(16) for _ in range(args.sessions)]
     latencies: list[float] = []
     before = db_size(endpoints)

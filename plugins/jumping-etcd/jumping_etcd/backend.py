@@ -139,8 +139,12 @@ class EtcdOwnership:
         ``OwnershipUnavailable``.
     :param int max_sessions: sessions this node tracks at most.
     :param clock: monotonic seconds for the lease deadlines (tests inject one).
-    :raise OwnershipUnavailable: no member reachable at start (the node refuses to start).
     :raise ValueError: a bad option (one line naming it).
+
+    Lifecycle (``jumping.interfaces``): the constructor only validates and builds; the
+    lease, the thread pool, the keep-alive and watch threads and the lease check start in
+    :meth:`start` (after twistd's fork and privilege drop), whose Deferred fails with
+    ``OwnershipUnavailable`` when no member is reachable (the node refuses to start).
     """
 
     def __init__(
@@ -189,40 +193,67 @@ class EtcdOwnership:
         self.deadline = LeaseDeadline(ttl, self.guard, self.stall_after, clock)
         self._heartbeat_key = prefix + HEARTBEAT + node_id
 
-        # refuse to start without a reachable cluster (clear one-line error)
-        t0 = clock()
-        try:
-            self._lease_id, revision = self._grant()
-        except OwnershipUnavailable as e:
-            eps = ", ".join(url(ep) for ep in self.cluster.endpoints)
-            raise OwnershipUnavailable(f"etcd: cannot start, cluster {eps} unusable: {e}") from None
-        self.deadline.granted(t0)
+        self._lease_id = 0  # granted by start()
         self._lease_gone = False
         self._need_lease = False
-        self.healthy = True
+        self.healthy = False  # until start() has a lease: no claim before it
         self.lost = 0  # times the lease was lost (everything reported lost)
         self.keepalive_failures = 0
         self.watch_restarts = 0
         self.watch_member = self.cluster.preferred  # index of the member the watch reads
         self._epoch = 0
         self._inflight = 0
+        self._started = False
         self._closed = False
         self._interest: dict[str, _Own] = {}
         self._watchers: dict[str, list[_Watch]] = {}
         self._chains: dict[str, defer.Deferred[None]] = {}  # session id -> its last call
         self._stop = threading.Event()
         self._watch_resp: Any = None
-
+        self._check_interval = check_interval
         self.pool = ThreadPool(minthreads=0, maxthreads=threads, name=f"etcd-{node_id}")
-        self.pool.start()
-        self._trigger = reactor.addSystemEventTrigger("during", "shutdown", self._stop_threads)
-        threading.Thread(target=self._keepalive_loop, name=f"etcd-keepalive-{node_id}",
-                         daemon=True).start()  # fmt: skip
-        threading.Thread(target=self._watch_loop, args=(revision + 1,),
-                         name=f"etcd-watch-{node_id}", daemon=True).start()  # fmt: skip
+        self._trigger: Any = None
         self._checker = LoopingCall(self._check_lease)
         self._checker.clock = reactor
-        self._checker.start(check_interval, now=False)
+
+    def start(self) -> defer.Deferred[None]:
+        """Grant this node's lease (in the pool, off the reactor), then start the keep-alive
+        and watch threads and the lease check. Fails with ``OwnershipUnavailable`` (one
+        line naming the members) when the cluster is unusable."""
+        if self._started or self._closed:
+            return defer.succeed(None)
+        self._started = True
+        self.pool.start()
+        self._trigger = self.reactor.addSystemEventTrigger("during", "shutdown", self._stop_threads)
+        t0 = self.clock()
+
+        def granted(lease: tuple[int, int]) -> None:
+            self._lease_id, revision = lease
+            if self._closed:  # closed while granting: give the lease back at once
+                self.pool.callInThread(self._revoke_quietly, self._lease_id)
+                return
+            self.deadline.granted(t0)
+            self.healthy = True
+            node_id = self.node_id
+            threading.Thread(target=self._keepalive_loop, name=f"etcd-keepalive-{node_id}",
+                             daemon=True).start()  # fmt: skip
+            threading.Thread(target=self._watch_loop, args=(revision + 1,),
+                             name=f"etcd-watch-{node_id}", daemon=True).start()  # fmt: skip
+            self._checker.start(self._check_interval, now=False)
+
+        def refused(f: Any) -> None:
+            f.trap(OwnershipUnavailable)
+            eps = ", ".join(url(ep) for ep in self.cluster.endpoints)
+            raise OwnershipUnavailable(f"etcd: cannot start, cluster {eps} unusable: {f.value}")
+
+        d = deferToThreadPool(self.reactor, self.pool, self._grant)
+        return d.addCallbacks(granted, refused)
+
+    def _revoke_quietly(self, lease: int) -> None:
+        try:
+            self.cluster.call("kv/lease/revoke", {"ID": str(lease)})
+        except OwnershipUnavailable:
+            pass
 
     # ------------------------------------------------------------------ helpers
     def _key(self, session_id: str) -> str:
@@ -321,6 +352,8 @@ class EtcdOwnership:
         key = self._key(session_id)
         value_record = json.loads(json.dumps(record))
         if not self.healthy:
+            if not self._lease_id:
+                raise OwnershipUnavailable(f"etcd: no lease yet (start() not done), not {doing}")
             raise OwnershipUnavailable(f"etcd: lease lost, not {doing} (fail closed)")
         return key, value_record
 
@@ -516,8 +549,14 @@ class EtcdOwnership:
         """Revoke the lease (frees every session of this node at once) and stop."""
         if self._closed:
             return defer.succeed(None)
+        if not self._started:  # nothing granted, nothing running
+            self._closed = True
+            return defer.succeed(None)
         lease = self._lease_id
-        d = self._run(self.cluster.call, "kv/lease/revoke", {"ID": str(lease)})
+        if lease:
+            d = self._run(self.cluster.call, "kv/lease/revoke", {"ID": str(lease)})
+        else:  # the grant is still under way: granted() gives it back
+            d = defer.succeed(None)
         self._closed = True
         if self._checker.running:
             self._checker.stop()

@@ -90,15 +90,17 @@ def etcd_cluster() -> Iterator[EtcdCluster]:
 
 @pytest.fixture
 def backends(etcd_cluster: EtcdCluster) -> Iterator[Any]:
-    """``make(node_id, **options)`` → a started EtcdOwnership; all closed at the end."""
+    """``await make(node_id, **options)`` → a started EtcdOwnership (its ``start()``
+    awaited: the lease is granted); all closed at the end."""
     from jumping_etcd.backend import EtcdOwnership
 
     made: list[Any] = []
 
-    def make(node_id: str, **options: Any) -> Any:
+    async def make(node_id: str, **options: Any) -> Any:
         options.setdefault("endpoints", etcd_cluster.endpoints)
         b = EtcdOwnership(node_id=node_id, **options)
         made.append(b)
+        await b.start()
         return b
 
     yield make

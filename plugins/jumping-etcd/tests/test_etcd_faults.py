@@ -48,7 +48,7 @@ async def retrying(make: Any, within: float) -> tuple[Any, float]:
 async def test_one_member_down_claims_renewals_and_watches_continue(
     backends: Any, etcd_cluster: Any
 ) -> None:
-    a, b = backends("m-a", timeout=1.0), backends("m-b", timeout=1.0)
+    a, b = await backends("m-a", timeout=1.0), await backends("m-b", timeout=1.0)
     held = []
     for _ in range(10):
         s = sid()
@@ -88,7 +88,7 @@ async def test_quorum_lost_fails_closed_within_the_ttl_then_recovers(
     backends: Any, etcd_cluster: Any
 ) -> None:
     ttl = 3
-    a = backends("q-a", ttl=ttl, timeout=0.5)
+    a = await backends("q-a", ttl=ttl, timeout=0.5)
     sessions = {}
     for _ in range(20):
         s = sid()
@@ -134,7 +134,7 @@ async def test_quorum_lost_fails_closed_within_the_ttl_then_recovers(
     await wait_until(lambda: a.healthy, "a new lease", 10)
     s = sid()
     assert await a.claim(s, record("q-a"), None) > 0
-    b = backends("q-b")
+    b = await backends("q-b")
     for s0 in sessions:
         got = await b.get(s0)
         assert got is None, "the old lease was revoked with the sessions reported lost"
@@ -149,7 +149,7 @@ async def test_a_frozen_watch_member_cannot_hide_a_takeover(
     fail over to them; another node takes the session over through them. The node must
     learn it (the new token, or a fail-closed ``None``) within its lease TTL."""
     ttl = 3
-    a = backends("fz-a", ttl=ttl, timeout=0.5)
+    a = await backends("fz-a", ttl=ttl, timeout=0.5)
     s = sid()
     t = await a.claim(s, record("fz-a"), None)
     seen: list[tuple[float, Any, Any]] = []
@@ -157,7 +157,7 @@ async def test_a_frozen_watch_member_cannot_hide_a_takeover(
     await sleep(a.interval + 0.1)
     member = getattr(a, "watch_member", 0) + 1  # the old backend watches the first member
     others = [u for k, u in enumerate(etcd_cluster.endpoint_list) if k != member - 1]
-    b = backends("fz-b", timeout=0.5, endpoints=",".join(others))
+    b = await backends("fz-b", timeout=0.5, endpoints=",".join(others))
     etcd_cluster.freeze_member(member)
     try:
         t2, _ = await retrying(lambda: b.claim(s, record("fz-b", 2), t), 5)

@@ -46,8 +46,8 @@ async def test_concurrent_claims_from_two_gateways_exactly_one_winner_1000_round
     backends: Any, etcd_cluster: Any
 ) -> None:
     # the two "gateways" talk to different members, so their transactions really race
-    a = backends("gw-a")
-    b = backends("gw-b", endpoints=list(reversed(etcd_cluster.endpoint_list)))
+    a = await backends("gw-a")
+    b = await backends("gw-b", endpoints=list(reversed(etcd_cluster.endpoint_list)))
     wins = {"gw-a": 0, "gw-b": 0}
     split = 0
     for i in range(1000):
@@ -77,7 +77,7 @@ async def test_concurrent_claims_from_two_gateways_exactly_one_winner_1000_round
 # ------------------------------------------------------------------ split brain
 @pytest_twisted.ensureDeferred
 async def test_split_brain_both_sides_are_told_and_the_id_is_burned(backends: Any) -> None:
-    a, b, c = backends("sb-a"), backends("sb-b"), backends("sb-c")
+    a, b, c = await backends("sb-a"), await backends("sb-b"), await backends("sb-c")
     s = sid()
     t = await a.claim(s, record("sb-a", 3), None)
     seen: list[tuple[Any, ...]] = []
@@ -95,7 +95,7 @@ async def test_split_brain_both_sides_are_told_and_the_id_is_burned(backends: An
 # ------------------------------------------------------------------ fencing
 @pytest_twisted.ensureDeferred
 async def test_stale_fencing_token_is_refused_everywhere(backends: Any) -> None:
-    a, b = backends("st-a"), backends("st-b")
+    a, b = await backends("st-a"), await backends("st-b")
     s = sid()
     t1 = await a.claim(s, record("st-a"), None)
     t2 = await b.claim(s, record("st-b"), t1)
@@ -108,7 +108,7 @@ async def test_stale_fencing_token_is_refused_everywhere(backends: Any) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_forged_record_is_not_accepted_as_ours(backends: Any, etcd_cluster: Any) -> None:
-    a = backends("fg-a")
+    a = await backends("fg-a")
     s = sid()
     t1 = await a.claim(s, record("fg-a"), None)
     seen: list[tuple[Any, ...]] = []
@@ -136,15 +136,39 @@ async def test_forged_record_is_not_accepted_as_ours(backends: Any, etcd_cluster
 
 
 # ------------------------------------------------------------------ bad configuration
-def test_unreachable_at_start_is_one_clear_line_and_no_backend() -> None:
-    t = time.monotonic()
-    with pytest.raises(OwnershipUnavailable) as info:
-        plugin.load(IOwnershipBackend, "etcd", node_id="gw", endpoints="http://127.0.0.1:23799",
+@pytest_twisted.ensureDeferred
+async def test_unreachable_at_start_is_one_clear_line_and_no_backend() -> None:
+    b = plugin.load(IOwnershipBackend, "etcd", node_id="gw", endpoints="http://127.0.0.1:23799",
                     timeout=0.5)  # fmt: skip
-    msg = str(info.value)
-    assert "\n" not in msg and "cannot start" in msg and "connection refused" in msg, msg
-    assert "http://127.0.0.1:23799" in msg
-    assert time.monotonic() - t < 3
+    t = time.monotonic()
+    try:
+        with pytest.raises(OwnershipUnavailable) as info:
+            await b.start()
+        msg = str(info.value)
+        assert "\n" not in msg and "cannot start" in msg and "connection refused" in msg, msg
+        assert "http://127.0.0.1:23799" in msg
+        assert time.monotonic() - t < 3
+        with pytest.raises(OwnershipUnavailable, match="no lease"):  # no lease: no claim
+            await b.claim(sid(), record("gw"), None)
+    finally:
+        await b.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_constructing_grants_no_lease(etcd_cluster: Any) -> None:
+    """The lease is granted by start() (after twistd's fork), not by the constructor."""
+
+    def leases() -> set[int]:  # "found N leases" then one hex id a line
+        return {int(x, 16) for x in etcd_cluster.etcdctl("lease", "list").split()[3:]}
+
+    before = leases()
+    b = plugin.load(IOwnershipBackend, "etcd", node_id="gw-lc", endpoints=etcd_cluster.endpoints)
+    try:
+        assert leases() - before == set(), "the constructor granted a lease"
+        await b.start()
+        assert b._lease_id in leases() - before
+    finally:
+        await b.close()
 
 
 @pytest.mark.parametrize(
@@ -169,7 +193,8 @@ def test_bad_options_are_one_line_errors(options: dict[str, Any], etcd_cluster: 
     assert "\n" not in str(info.value)
 
 
-def test_endpoint_that_is_not_etcd() -> None:
+@pytest_twisted.ensureDeferred
+async def test_endpoint_that_is_not_etcd() -> None:
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802
             self.send_response(404)
@@ -181,13 +206,15 @@ def test_endpoint_that_is_not_etcd() -> None:
 
     server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    b = plugin.load(IOwnershipBackend, "etcd", node_id="gw",
+                    endpoints=f"http://127.0.0.1:{server.server_port}")  # fmt: skip
     try:
         with pytest.raises(OwnershipUnavailable) as info:
-            plugin.load(IOwnershipBackend, "etcd", node_id="gw",
-                        endpoints=f"http://127.0.0.1:{server.server_port}")  # fmt: skip
+            await b.start()
         msg = str(info.value)
         assert "\n" not in msg and "cannot start" in msg and "Not Found" in msg, msg
     finally:
+        await b.close()
         server.shutdown()
         server.server_close()
 
@@ -232,7 +259,7 @@ def glue(backend: Any) -> tuple[NodeService, FakeGateway]:
 
 @pytest_twisted.ensureDeferred
 async def test_gateway_terminates_sessions_another_node_takes(backends: Any) -> None:
-    a, b = backends("gl-a"), backends("gl-b")
+    a, b = await backends("gl-a"), await backends("gl-b")
     svc, core = glue(a)
     s = sid()
     core.sessions[bytes.fromhex(s)] = _Session()
@@ -247,7 +274,7 @@ async def test_gateway_terminates_sessions_another_node_takes(backends: Any) -> 
 
 @pytest_twisted.ensureDeferred
 async def test_gateway_split_brain_ends_with_conflict_on_the_winner(backends: Any) -> None:
-    a, b = backends("gs-a"), backends("gs-b")
+    a, b = await backends("gs-a"), await backends("gs-b")
     svc, core = glue(a)
     s = sid()
     core.sessions[bytes.fromhex(s)] = _Session()

@@ -15,6 +15,9 @@
 - A broker that is down at start neither blocks nor fails the node: the producer is built
   in the thread and rebuilt with backoff; once built, kafka-python reconnects by itself
   (``reconnect_backoff_max_ms``).
+- Lifecycle (``jumping.interfaces``): the constructor only validates; :meth:`KafkaSink.start`
+  (after twistd's fork and privilege drop) starts the sender thread, which builds the
+  producer. Events emitted before ``start()`` wait in the bounded queue.
 """
 
 from __future__ import annotations
@@ -153,7 +156,13 @@ class KafkaSink:
         self._done = threading.Event()
         self._closed: defer.Deferred[None] | None = None
         self._thread = threading.Thread(target=self._run, name=f"kafka:{topic}", daemon=True)
-        self._thread.start()
+
+    def start(self) -> None:
+        """Start the sender thread (it connects to the brokers, never the reactor)."""
+        with self._lock:
+            if self._stopping or self._thread.ident is not None:
+                return
+            self._thread.start()
 
     # ------------------------------------------------------------------ IEventSink
     @property
@@ -190,6 +199,10 @@ class KafkaSink:
                 self._stop_at = time.monotonic() + self.close_timeout
                 self._stopping = True
                 self._q.put(_STOP)
+                if self._thread.ident is None:  # never started: count what waits, finish
+                    self._final = True
+                    self._drain_unsent()
+                    self._done.set()
                 if self._done.is_set():
                     self._closed.callback(None)
         d: defer.Deferred[None] = defer.Deferred()
@@ -198,6 +211,8 @@ class KafkaSink:
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait (off the reactor) until the sender thread has finished; True if it has."""
+        if self._thread.ident is None:
+            return self._done.is_set()
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
@@ -337,6 +352,18 @@ class KafkaSink:
         self._progress_at = time.monotonic()
         return None
 
+    def _drain_unsent(self) -> None:
+        """Whatever is still queued or never acknowledged counts as dropped."""
+        leftover = 0
+        while True:
+            try:
+                if self._q.get_nowait() is not _STOP:
+                    leftover += 1
+            except queue.Empty:
+                break
+        self._unsent += leftover + max(0, self._sent - self._acked - self._failed)
+        self._sent = self._acked + self._failed
+
     def _finish(self, producer: Any) -> None:
         if producer is not None:
             try:
@@ -351,16 +378,7 @@ class KafkaSink:
                 pass
         self._stopping = True
         self._final = True
-        # whatever is still queued or never acknowledged counts as dropped
-        leftover = 0
-        while True:
-            try:
-                if self._q.get_nowait() is not _STOP:
-                    leftover += 1
-            except queue.Empty:
-                break
-        self._unsent += leftover + max(0, self._sent - self._acked - self._failed)
-        self._sent = self._acked + self._failed
+        self._drain_unsent()
         with self._lock:
             self._done.set()
             if self._closed is not None:

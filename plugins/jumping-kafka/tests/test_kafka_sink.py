@@ -87,6 +87,7 @@ def test_unreachable_broker_at_start_neither_blocks_nor_raises() -> None:
     """A node whose broker is down still starts: emits return at once, the bound holds, every
     event is accounted for (dropped), and close() is bounded."""
     sink = plugin.load(IEventSink, "kafka", bootstrap_servers="127.0.0.1:1", max_queue=100)
+    sink.start()
     worst = 0.0
     t0 = time.perf_counter()
     for i in range(5000):
@@ -116,6 +117,8 @@ def test_jump_scenario_events_reach_kafka_keyed_ordered_valid_and_audited(
     broker.create_topic(topic, partitions=3)
     opts = {"bootstrap_servers": broker.bootstrap, "topic": topic}
     sinks = {side: plugin.load(IEventSink, "kafka", **opts) for side in ("client", "gateway")}
+    for s in sinks.values():
+        s.start()
     emitted = sim_jump({side: [s] for side, s in sinks.items()}, chain_key=KEY)
     total = sum(len(v) for v in emitted.values())
     for s in sinks.values():
@@ -174,6 +177,7 @@ def test_broker_outage_drops_and_counts_then_delivery_resumes(broker: Broker) ->
     sink = plugin.load(
         IEventSink, "kafka", bootstrap_servers=broker.bootstrap, topic=topic, max_queue=bound
     )
+    sink.start()
     stop = threading.Event()
     stats = {"emitted": 0, "worst": 0.0, "deepest": 0}
 
@@ -244,6 +248,7 @@ def test_a_wedged_producer_is_replaced_and_what_it_held_is_counted() -> None:
     sink = plugin.load(IEventSink, "kafka", bootstrap_servers="127.0.0.1:9", topic="t")
     made: list[_WedgedProducer] = []
     sink._producer = lambda: made.append(_WedgedProducer()) or made[-1]  # type: ignore[method-assign]
+    sink.start()
     sink.stall_s = 0.3
     for i in range(5):
         sink.emit(event(i, sid="ab" * 16))

@@ -17,7 +17,8 @@ declare -A runtime=([ip]=iproute2 [ping]=iputils-ping [nft]=nftables [iperf3]=ip
 declare -A testing=([tcpdump]=tcpdump [wireguard-go]=wireguard-go [wg]=wireguard-tools
                     [etcd]=etcd-server [etcdctl]=etcd-client [kcat]=kcat [promtool]=prometheus
                     [jq]=jq [cargo]=cargo [java]=default-jre-headless [mvn]=maven
-                    [setpriv]=util-linux)
+                    [systemd-analyze]=systemd [setpriv]=util-linux [unshare]=util-linux
+                    [ss]=iproute2)
 missing=()
 for c in "${!runtime[@]}"; do command -v "$c" >/dev/null || missing+=("${runtime[$c]}"); done
 if [[ $mode != --runtime ]]; then

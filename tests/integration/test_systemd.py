@@ -16,7 +16,6 @@ import pwd
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -27,6 +26,7 @@ import pytest
 from nodes import Pair, events, node_env, twistd
 
 from jumping.testing.netns import Topology
+from jumping.testing.notify import NotifySocket
 
 pytestmark = pytest.mark.netns
 
@@ -68,35 +68,6 @@ def sandboxed(u: dict[str, list[str]], instance: str, confdir: Path, writable: P
     return ["unshare", "--mount", "sh", "-c", mounts, "sh", *setpriv, *argv]
 
 
-class Notifications:
-    """The NOTIFY_SOCKET end: a datagram socket in a directory the node's user can reach."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        path.chmod(0o666)  # as systemd's: the node sends after dropping root
-        self.sock.settimeout(0.2)
-        self.got: list[dict[str, str]] = []
-
-    def wait(self, key: str, value: str, timeout: float = 20.0) -> dict[str, str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for msg in self.got:
-                if msg.get(key) == value:
-                    self.got.remove(msg)
-                    return msg
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                continue
-            self.got.append(dict(line.split("=", 1) for line in data.decode().splitlines()))
-        raise AssertionError(f"no {key}={value} within {timeout}s; got {self.got}")
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.fixture
 def world() -> Iterator[Path]:
     """Config, keys and events where the dropped node can read (configs, for SIGHUP) and
@@ -128,7 +99,7 @@ def test_units_run_sandboxed_notify_ready_reload_and_stop(world: Path) -> None:
         assert u["Type"] == ["notify"] and u["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     nobody = pwd.getpwnam("nobody")
     group = grp.getgrgid(nobody.pw_gid).gr_name
-    notify = Notifications(world / "notify.sock")
+    notify = NotifySocket(world / "notify.sock")
     env = {**node_env(), "NOTIFY_SOCKET": str(notify.path)}
     with Topology("js") as topo:
         cns, gns = topo.ns("c"), topo.ns("g")

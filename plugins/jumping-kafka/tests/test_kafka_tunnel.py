@@ -2,7 +2,7 @@
 A real tunnel (twistd gateway and client, TUN devices, two veth paths A and B in network
 namespaces made here) with ``[[events]] sink = "kafka"`` on both nodes, next to the JSON-lines
 sink that serves as ground truth. The broker is the session's real Kafka broker, reached from
-inside the namespaces through a loopback relay (nsbridge.py).
+inside the namespaces through a loopback relay (jumping/testing/nsbridge.py).
 
 - A jump: path A blackholed (nftables) during a ping stream; the session moves to B. Every
   event reaches the topic, validates against the schema, and ``jumpctl audit --kafka`` finds
@@ -30,10 +30,10 @@ import pytest
 from conftest import Broker, wait_for
 from kafkahelp import audit_topic, read_topic
 from nodes import Pair, events
-from nsbridge import LoopbackBridge
 
 from jumping import schema
 from jumping.testing.netns import Topology
+from jumping.testing.nsbridge import LoopbackBridge
 
 pytestmark = pytest.mark.netns
 A_G, B_G = "10.201.1.2", "10.201.2.2"

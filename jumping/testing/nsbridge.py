@@ -1,6 +1,6 @@
 """
-Make the test broker on the root namespace's 127.0.0.1:PORT appear on 127.0.0.1:PORT inside a
-test network namespace, loopback to loopback.
+Make a test server on the root namespace's 127.0.0.1:PORT (a Kafka broker, an etcd member)
+appear on 127.0.0.1:PORT inside a test network namespace, loopback to loopback.
 
 A Kafka client connects to the bootstrap address and then to the address the broker
 *advertises* (127.0.0.1:PORT), so the broker must be at the same address inside the

@@ -36,8 +36,10 @@ def leases(etcd: Any) -> set[int]:  # "found N leases" then one hex id a line
 
 
 def ttl_left(etcd: Any, lease: int) -> int:
-    out = etcd.etcdctl("lease", "timetolive", f"{lease:x}", "-w", "json")
-    return int(json.loads(out).get("TTL", -1))
+    """Seconds left (-1: expired or revoked), as etcdctl prints it (``"ttl"``)."""
+    out = json.loads(etcd.etcdctl("lease", "timetolive", f"{lease:x}", "-w", "json"))
+    assert "ttl" in out, f"etcdctl lease timetolive printed no ttl: {out}"
+    return int(out["ttl"])
 
 
 def records(etcd: Any) -> list[dict[str, Any]]:
@@ -79,7 +81,10 @@ def test_daemonized_gateway_keeps_its_lease_reloads_and_revokes_it(
                 assert threads >= 4, f"jsonl writer, keep-alive, watch, pool: {threads}"
 
                 # the session's record is under that lease, and the lease outlives its TTL
-                kvs = records(etcd_cluster)
+                # (the claim is written off the reactor: it may land just after ATTACHED)
+                deadline = time.monotonic() + 5
+                while not (kvs := records(etcd_cluster)) and time.monotonic() < deadline:
+                    time.sleep(0.05)
                 assert kvs and all(int(kv["lease"]) == lease for kv in kvs), kvs
                 time.sleep(TTL * 2 + 1)
                 assert ttl_left(etcd_cluster, lease) > 0, "the daemon stopped renewing"

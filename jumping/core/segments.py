@@ -146,9 +146,9 @@ def extend_run(run: SegmentRun, plain: bytes, chunk: int) -> bool:
     """Add the next piece to ``run`` if it is the next piece of the same super-packet."""
     if run.last or (chunk & MAX_PIECES) != run.next_index:
         return False
-    hl = run.hl
-    if plain[:hl] != run.template:
+    if not plain.startswith(run.template):
         return False
+    hl = run.hl
     n = len(plain) - hl
     end = run.offset + run.size + n
     payload = ((plain[2] << 8) | plain[3]) - hl

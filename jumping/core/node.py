@@ -63,6 +63,9 @@ _SEGMENT_BYTE = bytes((_SEGMENT,))
 _SEGMENTS = segments.FEATURE_SEGMENTS
 _start_run = segments.start_run
 _extend_run = segments.extend_run
+_LAST = segments.LAST
+_MAX_PIECES = segments.MAX_PIECES
+_VERSION = wire.VERSION
 _CONTROL = wire.MessageType.CONTROL
 _PROBING = (bytes((wire.Control.PROBE,)), bytes((wire.Control.PROBE_REPLY,)))
 _ATTACHED = State.ATTACHED
@@ -405,8 +408,14 @@ class NodeCore:
         source_allowed = self._source_allowed
         run: segments.SegmentRun | None = None
         lean: Keypair | None = None  # the keypair of the plain case, once established
-        lean_index = -1
-        for data in datagrams:
+        lean_index = b""
+        if type(datagrams) is not list:
+            datagrams = list(datagrams)
+        n = len(datagrams)
+        i = 0
+        while i < n:
+            data = datagrams[i]
+            i += 1
             kind = data[:1]
             if kind == _DATA_BYTE:
                 if lean is not None and data[4:8] == lean_index:
@@ -438,6 +447,7 @@ class NodeCore:
                         # joining a run means the same header as its first piece (which
                         # passed the source check); anything else is checked on its own
                         if run is not None and _extend_run(run, r, chunk):
+                            i = self._join_pieces(path, lean, lean_index, run, datagrams, i)
                             continue
                         if not source_allowed(lean.session, r):
                             self._count("SOURCE_NOT_ALLOWED", path)
@@ -450,19 +460,91 @@ class NodeCore:
                 if type(r) is not bytes:
                     continue
                 chunk = data[2] | (data[3] << 8)
-                if run is not None and _extend_run(run, r, chunk):
-                    continue
-                run = _start_run(r, chunk)
-                if run is None:
-                    self._count("MALFORMED_SEGMENT")
-                else:
+                if run is None or not _extend_run(run, r, chunk):
+                    run = _start_run(r, chunk)
+                    if run is None:
+                        self._count("MALFORMED_SEGMENT")
+                        continue
                     append(run)
+                if lean is not None:
+                    i = self._join_pieces(path, lean, lean_index, run, datagrams, i)
             else:
                 lean = None
                 other = self._receive_one(now, path, data)
                 if type(other) is bytes:
                     append(other)
         return Received(packets, self.take())
+
+    def _join_pieces(
+        self,
+        path: Any,
+        kp: Keypair,
+        index: bytes,
+        run: segments.SegmentRun,
+        datagrams: list[bytes],
+        i: int,
+    ) -> int:
+        """The DATA_SEGMENT datagrams from ``datagrams[i]`` on that are, in order, the next
+        pieces of ``run`` under ``kp`` (in the plain case, see :meth:`_lean_keypair`) with
+        fresh counters above the replay window's top, joined in one loop; returns the index
+        of the first datagram not taken, which the caller handles the ordinary way (so does
+        a piece that authenticates but does not fit: nothing was changed for it)."""
+        n = len(datagrams)
+        if run.last or i >= n:
+            return i
+        replay = kp.replay
+        decrypt = kp.recv_aead.decrypt  # type: ignore[union-attr]
+        unpack = _HDR.unpack_from
+        template = run.template
+        hl = run.hl
+        gso = run.gso_size
+        payload = ((template[2] << 8) | template[3]) - hl
+        add = run.pieces.append
+        nxt = run.next_index
+        end = run.offset + run.size
+        start = i
+        taken = 0
+        while i < n:
+            data = datagrams[i]
+            if data[:1] != _SEGMENT_BYTE or data[4:8] != index:
+                break
+            try:
+                _t, v, chunk, _idx, counter = unpack(data)
+            except struct.error:
+                break
+            if v != _VERSION or chunk & _MAX_PIECES != nxt or counter <= replay.top:
+                break
+            try:
+                plain = decrypt(_NONCE_PAD + data[8:16], data[16:], data[:16])
+            except InvalidTag:
+                break  # the ordinary path counts it
+            m = len(plain) - hl
+            if chunk & _LAST:
+                if m <= 0 or m > gso or end + m != payload or not plain.startswith(template):
+                    break
+                replay.update(counter)
+                add(memoryview(plain)[hl:])
+                end += m
+                nxt += 1
+                taken += len(data)
+                i += 1
+                run.last = True
+                break
+            if m != gso or end + m >= payload or not plain.startswith(template):
+                break
+            replay.update(counter)
+            add(memoryview(plain)[hl:])
+            end += m
+            nxt += 1
+            taken += len(data)
+            i += 1
+        if i > start:
+            run.size = end - run.offset
+            run.next_index = nxt
+            s = kp.session
+            s.rx_bytes += taken
+            s.rx_packets += i - start
+        return i
 
     def _lean_keypair(self, path: Any, data: bytes) -> tuple[Keypair | None, bytes]:
         """After ``data`` opened the ordinary way: its keypair if its session is in the

@@ -3,7 +3,7 @@ dispatch on the wire type themselves, and count drops with shared Drop objects."
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from jumping.core import wire
@@ -140,17 +140,21 @@ def _delivered(packets: list) -> list[bytes]:
 
 
 @settings(max_examples=80, deadline=None)
-@given(st.lists(st.integers(0, 20), max_size=40), st.booleans())
-def test_a_batch_is_exactly_its_datagrams_one_by_one(picks: list[int], detach: bool) -> None:
-    """receive_batch takes the datagrams after the first of a keypair the lean way; what
-    it delivers, drops and counts is what the same datagrams do one call each (replays,
-    forgeries, spoofed sources, control messages, junk and a session that is not in the
-    plain case included)."""
+@given(st.lists(st.integers(0, 20), max_size=40), st.booleans(), st.booleans())
+@example(list(range(21)), True, False)
+@example([3, 4, 4, 5, 6, 7, 9, 8, 10], False, False)
+def test_a_batch_is_exactly_its_datagrams_one_by_one(
+    picks: list[int], ordered: bool, detach: bool
+) -> None:
+    """receive_batch takes the datagrams after the first of a keypair the lean way, and
+    the pieces of a super-packet that follow in order in one loop; what it delivers, drops
+    and counts is what the same datagrams do one call each (replays, forgeries, spoofed
+    sources, control messages, junk and a session that is not in the plain case too)."""
     nets = [attached(seed=4), attached(seed=4)]
     inner = _inner()
     pools = [_pool(n, inner) for n in nets]
     assert pools[0] == pools[1]  # same seed, same keys: the same datagrams for both
-    batch = [pools[0][i % len(pools[0])] for i in picks]
+    batch = [pools[0][i % len(pools[0])] for i in (sorted(picks) if ordered else picks)]
     results = []
     for k, net in enumerate(nets):
         g = net.gateway

@@ -424,7 +424,7 @@ class NodeCore:
                         lean = None
                         r = open_data(now, path, data)
                     elif type(r) is bytes and not source_allowed(lean.session, r):
-                        r = self._count("SOURCE_NOT_ALLOWED", path)
+                        r = self._count("SOURCE_NOT_ALLOWED", path, lean.session)
                 else:
                     lean = None
                     r = open_data(now, path, data)
@@ -450,7 +450,7 @@ class NodeCore:
                             i = self._join_pieces(path, lean, lean_index, run, datagrams, i)
                             continue
                         if not source_allowed(lean.session, r):
-                            self._count("SOURCE_NOT_ALLOWED", path)
+                            self._count("SOURCE_NOT_ALLOWED", path, lean.session)
                             continue
                 else:
                     lean = None
@@ -579,15 +579,15 @@ class NodeCore:
             return None
         replay = kp.replay
         if not replay.check(counter):
-            return self._count("REPLAY", path)
+            return self._count("REPLAY", path, kp.session)
         try:
             plain = kp.recv_aead.decrypt(  # type: ignore[union-attr]
                 _NONCE_PAD + data[8:16], data[16:], data[:16]
             )
         except InvalidTag:
-            return self._count("AUTH_FAILED", path)
+            return self._count("AUTH_FAILED", path, kp.session)
         if not replay.update(counter):
-            return self._count("REPLAY", path)
+            return self._count("REPLAY", path, kp.session)
         s = kp.session
         s.rx_bytes += len(data)
         s.rx_packets += 1

@@ -6,8 +6,6 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, is_dataclass
-from pathlib import Path
 from typing import Any
 
 from jumping.errors import ConfigError, JumpingError
@@ -122,31 +120,19 @@ def _tls_pin(a: argparse.Namespace) -> int:
     return 0
 
 
-def _jsonable(v: Any) -> Any:
-    if is_dataclass(v) and not isinstance(v, type):
-        return {k: _jsonable(x) for k, x in asdict(v).items()}
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, bytes):
-        import base64
-
-        return base64.b64encode(v).decode()
-    if isinstance(v, Path):
-        return str(v)
-    return v
-
-
 def _show_config(a: argparse.Namespace) -> int:
-    from jumping.config import load_config
-    from jumping.keys import encode_key, load_private_key, public_key
+    from jumping import configcheck
 
-    cfg = load_config(a.file)
-    key = load_private_key(cfg.private_key)
-    out = _jsonable(cfg)
-    out["public_key"] = encode_key(public_key(key))
-    print(json.dumps(out, indent=2, sort_keys=True))
+    cfg, public = configcheck.check(a.file)
+    print(json.dumps(configcheck.resolved(cfg, public), indent=2, sort_keys=True))
+    return 0
+
+
+def _check(a: argparse.Namespace) -> int:
+    from jumping import configcheck
+
+    cfg, _public = configcheck.check(a.file)
+    print(f"{a.file}: ok: {configcheck.summary(cfg)}")
     return 0
 
 
@@ -213,7 +199,15 @@ def parser() -> argparse.ArgumentParser:
     tp = sub.add_parser("tls-pin", help="print the SPKI SHA-256 pin of a PEM certificate")
     tp.add_argument("path")
     tp.set_defaults(func=_tls_pin)
-    sc = sub.add_parser("show-config", help="validate a config file and print it resolved")
+    cc = sub.add_parser(
+        "check", help="validate a config file, its key files and plugins as twistd does"
+    )
+    cc.add_argument("file")
+    cc.set_defaults(func=_check)
+    sc = sub.add_parser(
+        "show-config",
+        help="validate a config file as twistd does, print it resolved (secrets redacted)",
+    )
     sc.add_argument("file")
     sc.set_defaults(func=_show_config)
     pl = sub.add_parser("plugins", help="list installed plugins")

@@ -254,7 +254,14 @@ class ITransportFactory(Interface):
 
 
 class IListener(Interface):
-    """A listening endpoint returned by :meth:`ITransportFactory.listen`."""
+    """
+    A listening endpoint returned by :meth:`ITransportFactory.listen`.
+
+    Optional, read by the node's metrics and ``jumpctl status`` when present: ``int``
+    counters of unauthenticated input named ``provisional_paths``, ``evicted``,
+    ``refused``, ``refused_unauthenticated``, ``handshake_timeouts``, ``idle_timeouts``,
+    and ``paths``, a sized collection of the authenticated paths it keeps.
+    """
 
     local_address = Attribute("``(host, port)`` actually bound (port resolved if 0 was asked).")
 
@@ -272,6 +279,17 @@ class IOwnershipBackend(Interface):
     """
 
     node_id = Attribute("``str``: this node's identity in the cluster.")
+    shared = Attribute(
+        "``bool``: other nodes use the same store (a cluster backend such as etcd). Read "
+        "once when the node is built: only then does a gateway answer a client resuming a "
+        "session it does not know by taking it over (:meth:`get` + :meth:`claim` with the "
+        "record's token); a backend only this node uses says False, and such a resume gets "
+        "a new session."
+    )
+    healthy = Attribute(
+        "``bool``: the backend can serve claims now (connected, lease held). Read by "
+        "``jumpctl status`` and the metrics; never blocks, never raises."
+    )
 
     def claim(session_id, record, expected_token):  # type: ignore[no-untyped-def]
         """
@@ -286,6 +304,11 @@ class IOwnershipBackend(Interface):
         :raise OwnershipConflict: (errback) the CAS failed: someone else holds it or the
             token is stale.
         :raise OwnershipUnavailable: (errback) the backend cannot be reached.
+
+        Failures are told apart by type (``jumping.errors.OwnershipConflict``,
+        ``jumping.errors.OwnershipUnavailable`` or subclasses): a conflict ends the session
+        with ``OWNERSHIP_CONFLICT``, anything else (including an exception of another type,
+        a bug) is treated as unavailable and ends it with ``OWNERSHIP_LOST``.
         """
 
     def renew(session_id, token, record):  # type: ignore[no-untyped-def]
@@ -294,6 +317,10 @@ class IOwnershipBackend(Interface):
 
         :return: Deferred firing with the (possibly new) token; errback
             ``OwnershipConflict`` if ``token`` is no longer current (the caller lost it).
+
+        The node calls it when a session's state_version moves on (``Renew``, the core's
+        output), so that a takeover elsewhere sees the current version; a conflict ends
+        the session as a failed claim does.
         """
 
     def release(session_id, token):  # type: ignore[no-untyped-def]
@@ -314,6 +341,14 @@ class IOwnershipBackend(Interface):
         """
         Call ``callback(session_id, new_token_or_None)`` on the reactor thread whenever the
         record changes or disappears, until the returned object's ``cancel()`` is called.
+
+        A backend that detects a split brain (two owners) may call
+        ``callback(session_id, None, 'conflict')``: the node then ends the session with
+        ``OWNERSHIP_CONFLICT`` instead of ``OWNERSHIP_LOST``. The node treats every token
+        other than the ones its own claims and renewals returned as another node's: it
+        fails closed.
+
+        :return: an object with a ``cancel()`` method (idempotent).
         """
 
     def start():  # type: ignore[no-untyped-def]
@@ -353,6 +388,17 @@ class IRateLimitPolicy(Interface):
 
     def forget(key):  # type: ignore[no-untyped-def]
         """Drop all state for ``key`` (the session ended). Keeps memory bounded."""
+
+    def reconfigure(policy):  # type: ignore[no-untyped-def]
+        """
+        The node's session policy, when the node is built and after every reload: take
+        from it the limits the plugin's own options (the ``[rate_limit]`` table) left open.
+
+        :param policy: a :class:`jumping.core.policy.Policy`; the switch limits are
+            ``policy.max_switches_per_min`` and ``policy.switch_cooldown_ms``.
+        Keeps the state of every key (a reload does not reset anyone's allowance). Must not
+        raise for a valid policy; the node never sets attributes on the plugin.
+        """
 
     tracked = Attribute("``int``: keys currently holding state (bounded by the policy).")
 

@@ -18,3 +18,6 @@ class TestTokenBucket(RateLimitPolicyTests):
             cooldown_ms=cooldown_ms,
             max_keys=max_keys,
         )
+
+    def make_policy_following(self, *, max_keys: int) -> Any:
+        return plugin.load(IRateLimitPolicy, "token-bucket", max_keys=max_keys)

@@ -81,6 +81,8 @@ class MemoryOwnership:
         #: several nodes share ownership only through a store passed in (tests): a node
         #: with its own store can never be asked to take a session over
         self.shared = store is not None
+        #: an in-process store is always reachable
+        self.healthy = True
         self.store = store or MemoryStore(max_sessions)
         if clock is None:
             from twisted.internet import reactor as clock

@@ -55,9 +55,9 @@ class ClientCore(NodeCore):
         self.stats: dict[Any, PathStats] = {p: PathStats(p, self._now) for p in paths}
         self.probe_interval = probe_interval_ms / 1000.0
         self.probe_seq = 0
-        self.switch_limiter: Any = switch_limiter or SwitchLimiter(
-            self.policy.max_switches_per_min, self.policy.switch_cooldown_ms
-        )
+        #: the IRateLimitPolicy for transport switches; follows the policy (reconfigure)
+        self.switch_limiter: Any = switch_limiter or SwitchLimiter()
+        self.switch_limiter.reconfigure(self.policy)
         self._denied_at = -1e18
         self.gateway = Peer(gateway_public_key, name="gateway", psk=gateway_psk)
         self.paths: list[Any] = list(paths)

@@ -80,9 +80,9 @@ class GatewayCore(NodeCore, SessionTakeover):
             p.handshake_source_table_size,
         )  # fmt: skip
         self.routes: dict[bytes, Session] = {}
-        self.switch_limiter: Any = switch_limiter or SwitchLimiter(
-            self.policy.max_switches_per_min, self.policy.switch_cooldown_ms
-        )
+        #: the IRateLimitPolicy for transport switches; follows the policy (reconfigure)
+        self.switch_limiter: Any = switch_limiter or SwitchLimiter()
+        self.switch_limiter.reconfigure(self.policy)
         self.control_bucket = TokenBucket(p.control_plane_per_s, p.control_plane_burst, self._now)
         self._denied_at: dict[bytes, float] = {}
 

@@ -208,6 +208,8 @@ class NodeCore:
     """What gateways and clients share. Not used directly: see GatewayCore, ClientCore."""
 
     role = "node"
+    #: the IRateLimitPolicy of transport switches (set by GatewayCore and ClientCore)
+    switch_limiter: Any
 
     def __init__(
         self,
@@ -1213,10 +1215,7 @@ class NodeCore:
         self.policy = policy
         self._key_lifetime = float(policy.key_lifetime_s)
         self._policy_changed(policy)
-        limiter = getattr(self, "switch_limiter", None)
-        if limiter is not None and hasattr(limiter, "cooldown_ms"):
-            limiter.max_per_min = policy.max_switches_per_min
-            limiter.cooldown_ms = policy.switch_cooldown_ms
+        self.switch_limiter.reconfigure(policy)
         self._emit(
             "POLICY_RELOADED", None, None, previous_policy_version=old.version,
             policy_digest=policy.digest(),

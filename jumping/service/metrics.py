@@ -60,11 +60,11 @@ class NodeCollector:
                                  labels=["node", "sink"])  # fmt: skip
         sv = CounterMetricFamily("jumping_event_sink_delivered", "Events delivered per sink",
                                  labels=["node", "sink"])  # fmt: skip
-        for i, sink in enumerate(svc.sinks):
-            name = f"{getattr(sink, 'name', 'sink')}{i}"
-            q.add_metric([node, name], getattr(sink, "queue_depth", 0))
-            sd.add_metric([node, name], getattr(sink, "dropped", 0))
-            sv.add_metric([node, name], getattr(sink, "delivered", 0))
+        for i, sink in enumerate(svc.sinks):  # IEventSink declares these
+            name = f"{sink.name}{i}"
+            q.add_metric([node, name], sink.queue_depth)
+            sd.add_metric([node, name], sink.dropped)
+            sv.add_metric([node, name], sink.delivered)
         yield q
         yield sd
         yield sv
@@ -74,6 +74,25 @@ class NodeCollector:
         w = CounterMetricFamily("jumping_tun_write_errors", "Failed TUN writes", labels=["node"])
         w.add_metric([node], svc.tun_write_errors)
         yield w
+        tk = CounterMetricFamily(
+            "jumping_takeovers",
+            "Sessions another gateway owned that a resume asked this one to take over, by "
+            "outcome (taken_over, or the reason it was refused)",
+            labels=["node", "outcome"],
+        )
+        tk.add_metric([node, "taken_over"], core.counters.get("sessions_adopted", 0))
+        for key, value in sorted(core.counters.items()):
+            if key.startswith("adopt_refused:"):
+                tk.add_metric([node, key.split(":", 1)[1]], value)
+        yield tk
+        ca = CounterMetricFamily(
+            "jumping_control_actions",
+            "Operator actions (reload, terminate, status...) by action and result",
+            labels=["node", "action", "result"],
+        )
+        for (action, result), value in sorted(svc.control_actions.items()):
+            ca.add_metric([node, action, result], value)
+        yield ca
         yield from control_plane_metrics(node, core, svc.listeners)
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections import Counter
 from collections.abc import Callable, Iterable
 from time import perf_counter
 from typing import Any
@@ -40,10 +41,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from jumping import plugin
 from jumping.core.client import ClientCore
 from jumping.core.gateway import GatewayCore
-from jumping.core.node import NodeCore, Peer
+from jumping.core.node import NodeCore
 from jumping.core.outputs import (
     Adopt,
     ArmTimer,
@@ -61,13 +61,10 @@ from jumping.core.segments import FEATURE_SEGMENTS, tcp4_header_length
 from jumping.interfaces import (
     IBatchDatagramReceiver,
     IBatchTransport,
-    IEventSink,
-    IOwnershipBackend,
-    IRateLimitPolicy,
-    ITransportFactory,
 )
-from jumping.keys import event_keys, load_private_key, load_psk
+from jumping.keys import event_keys
 from jumping.service import mtu, privileges, sdnotify
+from jumping.service.assemble import build_parts
 from jumping.service.events import EventPipeline
 from jumping.service.granularity import TimerLateness
 from jumping.service.gro import _GSO_NONE, _GSO_TCPV4, _NEEDS_CSUM, VNET_HDR_LEN
@@ -115,7 +112,8 @@ class NodeService(service.Service):
         self._timer_at = float("inf")
         self.timer_lateness = TimerLateness()
         self.tun_drops = 0
-        self.tun_write_errors = 0
+        #: operator actions by (action, result): ("reload", "applied"), ("reload", "rejected")...
+        self.control_actions: Counter[tuple[str, str]] = Counter()
         self.metrics: Any = None
         self.metrics_port: Any = None
         self._endpoint_of: dict[Any, tuple[Any, Any]] = {}
@@ -131,6 +129,11 @@ class NodeService(service.Service):
         #: TUN packets read in the current wake-up, sealed together at its end
         self._tx: list[Any] = []
         self._answered = 0
+
+    @property
+    def tun_write_errors(self) -> int:
+        """Packets the TUN device failed to write (counted by the device)."""
+        return self.tun.write_errors if self.tun is not None else 0
 
     # ------------------------------------------------------------------ lifecycle
     def prepare(self) -> None:
@@ -162,15 +165,16 @@ class NodeService(service.Service):
 
     def _build(self) -> None:
         cfg = self.config
-        key = load_private_key(cfg.private_key)
         ip_command()  # iproute2 at a trusted absolute path, or a clear error now
+        # keys and plugins: the same code as `jumpctl check` (jumping/service/assemble.py)
+        parts = build_parts(cfg)
+        self.sinks = parts.sinks
+        self.ownership = parts.ownership
         now = self.reactor.seconds()
         common = dict(
-            node_id=cfg.node_id, private_key=key, policy=cfg.policy, rng=self.rng, now=now
-        )
-        self.sinks = [
-            plugin.load(IEventSink, sink.name, **dict(sink.options)) for sink in cfg.events
-        ]
+            node_id=cfg.node_id, private_key=parts.private_key, policy=cfg.policy,
+            rng=self.rng, now=now, switch_limiter=parts.switch_limiter,
+        )  # fmt: skip
         # the chain key and the address key, both derived from the node secret (the chain
         # key alone goes to the auditor: `jumpctl chain-key`); without one, a zero chain key
         chain_key, address_key = event_keys(cfg.secret)
@@ -178,45 +182,21 @@ class NodeService(service.Service):
             cfg.node_id, self.sinks, chain_key, lambda: str(self.built.policy.version if self.built else cfg.policy.version),
             self.reactor.seconds, cfg.address_privacy, address_key,
         )  # fmt: skip
-        rl = cfg.rate_limit
-        rl_options = dict(rl.options)
-        if rl.name == "token-bucket":
-            # the built-in takes its caps from the policy unless the table sets them
-            rl_options.setdefault("max_per_min", cfg.policy.max_switches_per_min)
-            rl_options.setdefault("cooldown_ms", cfg.policy.switch_cooldown_ms)
-        common["switch_limiter"] = plugin.load(IRateLimitPolicy, rl.name, **rl_options)
         if cfg.role == "gateway":
-            peers = [
-                Peer(p.public_key, p.allowed_ips, p.name, load_psk(p.psk) if p.psk else None)
-                for p in cfg.peers
-            ]
-            gateway = GatewayCore(peers=peers, **common)  # type: ignore[arg-type]
-            own = cfg.ownership
-            self.ownership = plugin.load(
-                IOwnershipBackend, own.name, node_id=cfg.node_id, **dict(own.options)
-            )
+            gateway = GatewayCore(peers=parts.peers, **common)  # type: ignore[arg-type]
             self.owners.backend = self.ownership
             # a backend shared by several nodes (etcd, a shared memory store): a client may
             # resume here a session another gateway owned (takeover)
-            gateway.adopt_sessions = bool(getattr(self.ownership, "shared", True))
+            gateway.adopt_sessions = bool(self.ownership.shared)
             self.built = gateway
         else:
-            gpsk = load_psk(cfg.gateway.psk) if cfg.gateway.psk else None
             self.built = ClientCore(
-                gateway_public_key=cfg.gateway.public_key, gateway_psk=gpsk, **common
+                gateway_public_key=cfg.gateway.public_key,
+                gateway_psk=parts.gateway_psk,
+                **common,
             )  # type: ignore[arg-type]
-        # transport plugins are built (no socket yet) before the TUN device, whose MTU must
-        # fit the smallest of them (jumping/service/mtu.py)
-        tun = cfg.tun
-        places = cfg.listen if cfg.role == "gateway" else cfg.gateway.endpoints
-        self.factories = [
-            (pl, plugin.load(ITransportFactory, pl.transport, **dict(pl.options))) for pl in places
-        ]
-        self.mtu = mtu.fit(
-            tun.mtu, tun.mtu_auto, tun.address,
-            [(f"transport {pl.transport!r} ({pl.host}:{pl.port})", mtu.limit_of(f))
-             for pl, f in self.factories],
-        )  # fmt: skip
+        self.factories = parts.factories
+        self.mtu = parts.mtu
         if cfg.metrics_listen is not None:
             from jumping.service.metrics import Metrics
 
@@ -378,8 +358,10 @@ class NodeService(service.Service):
                       v=self.core.policy.version, e=str(e))  # fmt: skip
             self.policy_rejections += 1
             sdnotify.notify("READY=1", f"STATUS=policy reload rejected: {e}")
+            self.control_actions["reload", "rejected"] += 1
             return False
         self._run(self.core.set_policy(self.reactor.seconds(), policy))
+        self.control_actions["reload", "applied"] += 1
         log.info("policy version {v} applied", v=policy.version)
         sdnotify.notify("READY=1", f"STATUS=policy version {policy.version}")
         return True
@@ -608,9 +590,9 @@ class NodeService(service.Service):
             "counters": dict(core.counters),
             "tun_mtu": self.mtu,
             "paths_refused_mtu": self.paths_refused_mtu,
-            "tun_write_errors": self.tun_write_errors + (self.tun.write_errors if self.tun else 0),
+            "tun_write_errors": self.tun_write_errors,
             "events": self.events.seq if self.events else 0,
-            "ownership_healthy": bool(getattr(self.ownership, "healthy", True)),
+            "ownership_healthy": self.ownership is None or bool(self.ownership.healthy),
         }
 
 

@@ -25,13 +25,17 @@ from twisted.logger import Logger
 
 from jumping.core.gateway import GatewayCore, adoption_error
 from jumping.core.outputs import Adopt, Claim, Output, Release, Renew
+from jumping.errors import OwnershipConflict
 
 log = Logger()
 
 
 def ownership_error(f: Any) -> str:
-    """``unavailable`` or ``conflict`` from a backend's failure."""
-    return "unavailable" if "Unavailable" in type(f.value).__name__ else "conflict"
+    """What the core is told about a backend's failure, from the exception's type
+    (IOwnershipBackend.claim): a refused compare-and-swap (``OwnershipConflict`` or a
+    subclass) is a conflict; the backend being unreachable, or any other exception (a
+    plugin bug), is unavailability."""
+    return "conflict" if isinstance(f.value, OwnershipConflict) else "unavailable"
 
 
 def check_adoption(

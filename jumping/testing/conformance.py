@@ -576,6 +576,18 @@ class OwnershipBackendTests:
             await self._close()
 
     @pytest_twisted.ensureDeferred
+    async def test_shared_and_healthy_are_declared_booleans(self) -> None:
+        """The node reads ``shared`` (may it take sessions over?) and ``healthy`` (status,
+        metrics) from the interface, never by guessing: backends sharing a store say so."""
+        try:
+            backends = await self._backends(2)
+            for b in backends:
+                assert b.shared is True, "backends made to share one store must say shared"
+                assert b.healthy is True, "a started backend that serves claims is healthy"
+        finally:
+            await self._close()
+
+    @pytest_twisted.ensureDeferred
     async def test_claim_new_then_create_again_conflicts(self) -> None:
         try:
             a, b = await self._backends(2)
@@ -849,8 +861,11 @@ class RateLimitPolicyTests:
 
     A subclass provides ``make_policy(self, *, max_per_min, cooldown_ms, max_keys)``: a
     policy allowing at most ``max_per_min`` actions per key in any 60 s window, at least
-    ``cooldown_ms`` apart, tracking at most ``max_keys`` keys. The policy is pure: time
-    is what the caller passes, so these tests use instants far from the wall clock.
+    ``cooldown_ms`` apart, tracking at most ``max_keys`` keys (limits set by the plugin's
+    options, which ``reconfigure`` leaves alone); and ``make_policy_following(self, *,
+    max_keys)``: the plugin with no limit options, which takes them from the node's policy
+    (``reconfigure(policy)``). The policy is pure: time is what the caller passes, so
+    these tests use instants far from the wall clock.
     """
 
     max_per_min = 4
@@ -859,6 +874,11 @@ class RateLimitPolicyTests:
     T0 = 10**12  # ms; nowhere near time.time()
 
     def make_policy(self, *, max_per_min: int, cooldown_ms: int, max_keys: int) -> Any:
+        raise NotImplementedError("subclass must return the IRateLimitPolicy under test")
+
+    def make_policy_following(self, *, max_keys: int) -> Any:
+        """The plugin as built from a ``[rate_limit]`` table that sets no switch limits:
+        they come from the node's policy (``reconfigure``)."""
         raise NotImplementedError("subclass must return the IRateLimitPolicy under test")
 
     def policy(self) -> Any:
@@ -923,6 +943,36 @@ class RateLimitPolicyTests:
             p.record(f"k{i}", self.T0 + i)
             assert p.tracked <= self.max_keys
         assert p.tracked == self.max_keys
+
+    def test_reconfigure_takes_the_policy_limits_left_open_and_keeps_state(self) -> None:
+        from jumping.core.policy import Policy
+
+        p = self.make_policy_following(max_keys=self.max_keys)
+        assert verifyObject(IRateLimitPolicy, p)
+        p.reconfigure(Policy(max_switches_per_min=3, switch_cooldown_ms=400))
+        p.record("s", self.T0)
+        assert p.check("s", self.T0 + 399) == "COOLDOWN_ACTIVE"
+        assert p.check("s", self.T0 + 400) is None
+        p.record("s", self.T0 + 400)
+        p.record("s", self.T0 + 800)
+        assert p.check("s", self.T0 + 1200) == "SWITCH_RATE_LIMITED", "3 per minute"
+        # a reload: new limits apply to the history already recorded
+        p.reconfigure(Policy(max_switches_per_min=4, switch_cooldown_ms=2000))
+        assert p.tracked == 1, "reconfigure must keep every key's state"
+        assert p.check("s", self.T0 + 2799) == "COOLDOWN_ACTIVE"
+        assert p.check("s", self.T0 + 2800) is None
+        p.reconfigure(Policy(max_switches_per_min=2, switch_cooldown_ms=2000))
+        assert p.check("s", self.T0 + 2800) == "SWITCH_RATE_LIMITED", "2 per minute now"
+
+    def test_limits_set_by_options_survive_reconfigure(self) -> None:
+        from jumping.core.policy import Policy
+
+        p = self.policy()
+        p.record("s", self.T0)
+        p.reconfigure(Policy(max_switches_per_min=1, switch_cooldown_ms=60_000))
+        assert p.tracked == 1
+        assert p.check("s", self.T0 + self.cooldown_ms - 1) == "COOLDOWN_ACTIVE"
+        assert p.check("s", self.T0 + self.cooldown_ms) is None, "the option's cooldown holds"
 
     def test_only_documented_reasons_and_deterministic_in_time(self) -> None:
         import random

@@ -179,6 +179,8 @@ class EtcdOwnership:
             from twisted.internet import reactor
         self.reactor = reactor
         self.node_id = node_id
+        #: every gateway of the cluster uses the same etcd: sessions can be taken over
+        self.shared = True
         self.ttl = ttl
         self.prefix = prefix
         self.max_pending = max_pending

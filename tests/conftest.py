@@ -6,9 +6,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 # tests/integration/nodes.py and similar helpers are imported as plain modules
 sys.path.insert(0, str(Path(__file__).resolve().parent / "integration"))
+
+# No per-example deadline anywhere: hypothesis's 200 ms default is a timed assertion, and on a
+# loaded 2-core machine an example of the audit or data-plane properties can take longer.
+# Speed is measured by tests/bench, never asserted here. Explicit @settings inherit this.
+settings.register_profile("jumping", deadline=None)
+settings.load_profile("jumping")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

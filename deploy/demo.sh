@@ -97,6 +97,8 @@ backend = "memory"
 [[events]]
 sink = "jsonl"
 path = "gateway-events.jsonl"
+[control]
+socket = "$dir/gateway.sock"
 T
 cat >"$dir/client.toml" <<T
 [node]
@@ -115,6 +117,8 @@ port = 51820
 [[events]]
 sink = "jsonl"
 path = "client-events.jsonl"
+[control]
+socket = "$dir/client.sock"
 T
 
 # ------------------------------------------------------------------ run, prove
@@ -133,6 +137,10 @@ say "tunnel up"
 
 say "ping 10.99.0.1 through the tunnel"
 ip netns exec $C ping -c 5 -i 0.2 -W 2 10.99.0.1 | tail -2 || die "ping failed"
+
+say "the live tunnel as the gateway's operator sees it: jumpctl status, jumpctl sessions"
+$py -m jumping.cli status --socket "$dir/gateway.sock" || die "jumpctl status failed"
+$py -m jumping.cli sessions --socket "$dir/gateway.sock" || die "jumpctl sessions failed"
 
 say "TCP transfer of 16 MiB through the tunnel, checksum on both ends"
 ip netns exec $G "$vpy" - >"$dir/transfer-server.out" <<'PY' &

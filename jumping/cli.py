@@ -210,6 +210,9 @@ def parser() -> argparse.ArgumentParser:
     )
     sc.add_argument("file")
     sc.set_defaults(func=_show_config)
+    from jumping import ctl
+
+    ctl.add_commands(sub)
     pl = sub.add_parser("plugins", help="list installed plugins")
     pl.set_defaults(func=_plugins)
     from jumping import audit

@@ -78,6 +78,20 @@ class PluginConfig:
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
+#: where a node's control socket is when ``[control] socket`` is not set
+CONTROL_DIR = Path("/run/jumping")
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """``[control]``: the control socket ``jumpctl status/sessions/terminate/reload`` use."""
+
+    #: a UNIX socket path; default ``/run/jumping/NODE_ID.sock``
+    socket: Path
+    #: 0o600 (the node's user and root) or 0o660 (also the node's group)
+    mode: int = 0o600
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     path: Path
@@ -106,6 +120,8 @@ class NodeConfig:
     metrics_listen: tuple[str, int] | None = None
     #: the IRateLimitPolicy plugin that limits transport switches per session
     rate_limit: PluginConfig = PluginConfig("token-bucket")
+    #: the control socket (None only for configs built in code without one)
+    control: ControlConfig | None = None
 
 
 class _Reader:
@@ -286,6 +302,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> NodeConfig:
             "policy",
             "metrics",
             "rate_limit",
+            "control",
         },
         "top level",
     )
@@ -446,10 +463,25 @@ def parse_config(data: Mapping[str, Any], path: Path) -> NodeConfig:
         policy = Policy.from_mapping(pol)
     except PolicyError as e:
         raise r.fail("[policy]", str(e)) from None
+    ct = r.table(data, "control", "top level", required=False)
+    r.unknown(ct, {"socket", "mode"}, "[control]")
+    csock = (
+        r.path_of(ct, "socket", "[control]") if "socket" in ct else CONTROL_DIR / f"{node_id}.sock"
+    )
+    cmode = r.string(ct, "mode", "[control]", "0600")
+    if cmode not in ("0600", "0660"):
+        raise r.fail(
+            "[control]", f'mode: must be "0600" (owner only) or "0660" (and group), got {cmode!r}'
+        )
+    if len(bytes(csock)) > 107:
+        raise r.fail(
+            "[control]", f"socket: a UNIX socket path is at most 107 bytes, got {len(bytes(csock))}"
+        )
+    control = ControlConfig(csock, int(cmode, 8))
     return NodeConfig(
         path, role, node_id, private_key, tun, tuple(listen), tuple(peers), gateway,
         ownership, tuple(events), policy, secret, privacy, run_as, run_as_names,
-        tuple(dict.fromkeys(caps)), metrics_listen, rate_limit,
+        tuple(dict.fromkeys(caps)), metrics_listen, rate_limit, control,
     )  # fmt: skip
 
 

@@ -79,7 +79,7 @@ def test_unit_sandbox_and_readiness(name: str) -> None:
     assert "--nodaemon" in d["ExecStart"] and "--config /etc/jumping/%i.toml" in d["ExecStart"]
     assert d["NoNewPrivileges"] == "yes" and d["ProtectSystem"] == "strict"
     assert set(d["CapabilityBoundingSet"].split()) == {
-        "CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_SETUID", "CAP_SETGID",
+        "CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_SETUID", "CAP_SETGID", "CAP_CHOWN",
     }  # fmt: skip
     assert d["AmbientCapabilities"] == "" and d["ReadWritePaths"] == "/var/log/jumping"
     assert d["DeviceAllow"] == "/dev/net/tun rw" and d["DevicePolicy"] == "closed"

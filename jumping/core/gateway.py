@@ -328,6 +328,38 @@ class GatewayCore(NodeCore, SessionTakeover):
                 record = self._record(s, kp.handshake_ms, s.fsm.state_version)
                 self.pending.append(Renew(s.sid_hex, record, s.owner_token))
 
+    def set_peers(self, now: float, peers: Sequence[Peer]) -> list[Output]:
+        """Apply a reloaded ``[[peers]]`` list, live: a new peer can connect at once; a
+        removed peer's sessions end with ``POLICY_DENIED`` (the peer is told); a kept
+        peer's ``allowed_ips``, name and pre-shared key change in place (its session keeps
+        its state, keys, index and path; routes follow the new prefixes at once). Peers
+        that did not change are not touched, and nothing is emitted for them."""
+        self._now = now
+        wanted = {p.public_key: p for p in peers}
+        for key in [k for k in self.peers if k not in wanted]:
+            gone = self.peers.pop(key)
+            for sid, ad in list(self._adopting.items()):
+                if ad.peer is gone and ad.session is None and not ad.claiming:
+                    del self._adopting[sid]  # a takeover not yet answered: forget it
+            for s in [x for x in self.sessions.values() if x.peer is gone]:
+                self._tell_peer_terminated(now, s, Reason.POLICY_DENIED)
+                self._transition(now, s, Reason.POLICY_DENIED, detail="peer_removed")
+        for key, new in wanted.items():
+            old = self.peers.get(key)
+            if old is None:
+                self.peers[key] = new
+                continue
+            old.name, old.psk = new.name, new.psk
+            if old.networks != new.networks:
+                old.networks, old.exact = new.networks, new.exact
+                live = [x for x in self.sessions.values() if x.peer is old]
+                for key_, owner in list(self.routes.items()):
+                    if owner in live:
+                        del self.routes[key_]
+                for x in old.sessions:  # oldest first: the newest holds the routes
+                    self._set_routes(x)
+        return self.take()
+
     def claimed(
         self, now: float, session_id: str, token: int | None, error: str | None
     ) -> list[Output]:

@@ -335,15 +335,18 @@ class NodeCore:
             self._entered(now, s, change.previous, change.new)
         return True
 
-    def terminate(self, now: float, session_id: bytes, reason: Reason) -> list[Output]:
-        """Operator or ownership layer ends a session explicitly."""
+    def terminate(
+        self, now: float, session_id: bytes, reason: Reason, detail: str = ""
+    ) -> list[Output]:
+        """Operator or ownership layer ends a session explicitly (the peer is told);
+        ``detail`` goes in the event (e.g. the operator's ``--reason``)."""
         self._now = now
         s = self.sessions.get(session_id)
         if s is None:
             self._drop("UNKNOWN_SESSION")
         else:
             self._tell_peer_terminated(now, s, reason)
-            self._transition(now, s, reason)
+            self._transition(now, s, reason, detail=detail)
         return self.take()
 
     def _tell_peer_terminated(self, now: float, s: Session, reason: Reason) -> None:

@@ -63,7 +63,7 @@ from jumping.interfaces import (
     IBatchTransport,
 )
 from jumping.keys import event_keys
-from jumping.service import mtu, privileges, sdnotify
+from jumping.service import commands, control, mtu, privileges, reload, sdnotify
 from jumping.service.assemble import build_parts
 from jumping.service.events import EventPipeline
 from jumping.service.granularity import TimerLateness
@@ -114,6 +114,10 @@ class NodeService(service.Service):
         self.tun_drops = 0
         #: operator actions by (action, result): ("reload", "applied"), ("reload", "rejected")...
         self.control_actions: Counter[tuple[str, str]] = Counter()
+        #: the control socket's listening port (jumping/service/control.py), once bound
+        self.control_port: Any = None
+        #: reactor time the node started serving (uptime in ``jumpctl status``)
+        self.started_at: float | None = None
         self.metrics: Any = None
         self.metrics_port: Any = None
         self._endpoint_of: dict[Any, tuple[Any, Any]] = {}
@@ -247,6 +251,7 @@ class NodeService(service.Service):
     def privilegedStartService(self) -> None:  # noqa: N802
         super().privilegedStartService()
         self.prepare()
+        self._guard(self.open_control)
         if self.run_as is not None and os.geteuid() == 0 and self.config.capabilities:
             # twistd's setuid comes next: without this it would clear every capability
             privileges.keep_capabilities_across_setuid()
@@ -309,6 +314,7 @@ class NodeService(service.Service):
         self._write_many = self.tun.write_many
         self.tun.start()
         n = len(self.listeners) + len(self.paths)
+        self.started_at = self.reactor.seconds()
         log.info(
             "jumping {role} {node} up: tun {tun}, {n} transport(s)",
             role=self.config.role, node=self.config.node_id, tun=self.tun.name, n=n,
@@ -344,27 +350,41 @@ class NodeService(service.Service):
         self.reactor.callFromThread(self.reload_policy)
 
     def reload_policy(self) -> bool:
-        """Re-read the policy from the config file: applied whole, or rejected whole."""
-        from jumping.config import load_policy
-        from jumping.errors import ConfigError
+        """SIGHUP: the same as ``jumpctl reload`` (:meth:`reload`); True if applied."""
+        return bool(self.reload()["applied"])
 
+    def reload(self) -> dict[str, Any]:
+        """Re-read the configuration file: ``[policy]`` and ``[[peers]]`` applied whole, or
+        nothing at all (jumping/service/reload.py); systemd is told RELOADING, then READY
+        with the outcome."""
         if self.core is None:
-            return False
+            return reload.apply(self)
         sdnotify.reloading()
+        answer = reload.apply(self)
+        if answer["applied"]:
+            sdnotify.notify("READY=1", f"STATUS=policy version {answer['policy_version']}")
+        else:
+            sdnotify.notify("READY=1", f"STATUS=reload rejected: {answer['error']}")
+        return answer
+
+    def run_outputs(self, outputs: Iterable[Output]) -> None:
+        """Execute what a core call returned (for the operator commands)."""
+        self._run(outputs)
+
+    # ------------------------------------------------------------------ control socket
+    def open_control(self) -> None:
+        """Bind the control socket (as root, before the privilege drop; it is given to the
+        node's user, so it keeps working after it)."""
+        cc = self.config.control
+        if cc is None or self.control_port is not None:
+            return
         try:
-            policy = load_policy(self.config.path)
-        except (ConfigError, OSError) as e:
-            log.error("policy reload rejected, keeping version {v}: {e}",
-                      v=self.core.policy.version, e=str(e))  # fmt: skip
-            self.policy_rejections += 1
-            sdnotify.notify("READY=1", f"STATUS=policy reload rejected: {e}")
-            self.control_actions["reload", "rejected"] += 1
-            return False
-        self._run(self.core.set_policy(self.reactor.seconds(), policy))
-        self.control_actions["reload", "applied"] += 1
-        log.info("policy version {v} applied", v=policy.version)
-        sdnotify.notify("READY=1", f"STATUS=policy version {policy.version}")
-        return True
+            self.control_port = control.listen(
+                self.reactor, cc.socket, cc.mode, self.run_as,
+                lambda request: commands.handle(self, request),
+            )  # fmt: skip
+        except control.ControlError as e:
+            raise StartupError(str(e)) from None
 
     def stopService(self) -> defer.Deferred[None]:  # noqa: N802
         super().stopService()
@@ -399,6 +419,9 @@ class NodeService(service.Service):
         if self.metrics_port is not None:
             waits.append(defer.maybeDeferred(self.metrics_port.stopListening))
             self.metrics_port = None
+        if self.control_port is not None:
+            waits.append(defer.maybeDeferred(self.control_port.stopListening))
+            self.control_port = None
         for w in self.owners.watches.values():
             w.cancel()
         self.owners.watches.clear()

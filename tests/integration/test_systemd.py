@@ -59,9 +59,12 @@ def sandboxed(u: dict[str, list[str]], instance: str, confdir: Path, writable: P
     if u["NoNewPrivileges"] == ["yes"]:
         setpriv.append("--no-new-privs")
     assert u["ProtectSystem"] == ["strict"] and u["ReadWritePaths"] == ["/var/log/jumping"]
-    # ProtectSystem=strict + ReadWritePaths: / read-only, the events directory writable
+    assert u["RuntimeDirectory"] == ["jumping"] and u["RuntimeDirectoryMode"] == ["0750"]
+    # ProtectSystem=strict + ReadWritePaths: / read-only, the events directory writable;
+    # RuntimeDirectory: a fresh writable /run/jumping (the control socket), private here
     mounts = (
-        "mount --make-rprivate / && mount -o remount,bind,ro / && "
+        "mkdir -p /run/jumping && mount --make-rprivate / && "
+        "mount -t tmpfs -o mode=0750 tmpfs /run/jumping && mount -o remount,bind,ro / && "
         f'mount --bind "{writable}" "{writable}" && mount -o remount,bind,rw "{writable}" && '
         f'umask {u["UMask"][0]} && exec "$@"'
     )
@@ -121,7 +124,7 @@ def test_units_run_sandboxed_notify_ready_reload_and_stop(world: Path) -> None:
             st = status(gw.pid)
             assert st["Uid"].split() == [str(nobody.pw_uid)] * 4
             assert int(st["CapEff"], 16) == 1 << 12 and st["NoNewPrivs"] == "1"
-            bounding = {10, 12, 6, 7}  # the unit's CapabilityBoundingSet
+            bounding = {10, 12, 6, 7, 0}  # the unit's CapabilityBoundingSet
             assert int(st["CapBnd"], 16) == sum(1 << b for b in bounding)
 
             c = topo.popen(cns, *sandboxed(c_unit, "c", world, world / "log"), env=env,

@@ -62,13 +62,22 @@ def request(path: Path, payload: dict[str, Any], timeout: float = TIMEOUT) -> An
             if e.errno == errno.ENOTSOCK:
                 raise JumpingError(f"{path}: not a control socket") from None
             raise JumpingError(f"{path}: cannot connect: {e.strerror}") from None
-        s.sendall(json.dumps(payload).encode() + b"\n")
         buf = bytearray()
+        try:
+            s.sendall(json.dumps(payload).encode() + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            raise JumpingError(
+                f"{path}: the node closed the connection without answering"
+            ) from None
         while not buf.endswith(b"\n"):
             try:
                 chunk = s.recv(1 << 16)
             except TimeoutError:
                 raise JumpingError(f"{path}: no answer within {timeout:g} s") from None
+            except ConnectionResetError:  # the node went away while the request was queued
+                raise JumpingError(
+                    f"{path}: the node closed the connection without answering"
+                ) from None
             if not chunk:
                 raise JumpingError(f"{path}: the node closed the connection without answering")
             buf += chunk

@@ -131,11 +131,16 @@ version = "{version}"
     def alive(self, name: str) -> bool:
         if not DAEMON:
             return self.procs[name].poll() is None
+        # A killed multi-threaded daemon: its main thread is a zombie ('Z') while its other
+        # threads still exit, and they hold the descriptors (the control socket) until the
+        # last one is gone. Dead = no thread left but the zombie leader.
+        pid = self.pid(name)
         try:
-            stat = Path(f"/proc/{self.pid(name)}/stat").read_text()
+            tasks = os.listdir(f"/proc/{pid}/task")
+            stat = Path(f"/proc/{pid}/stat").read_text()
         except (OSError, ValueError):
             return False
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+        return len(tasks) > 1 or stat.rsplit(")", 1)[1].split()[0] != "Z"
 
     def gw_events(self) -> list[dict[str, Any]]:
         return events(self.tmp / "gw-events.jsonl")

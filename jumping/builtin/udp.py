@@ -262,9 +262,19 @@ class UDPPath:
         self._addr = addr
         self.local_address = listener.local_address
         self.remote_address = (addr[0], addr[1])
-        self.transport_id = f"udp:{_fmt(self.local_address)}>{_fmt(addr)}#{next(_ids)}"
+        self._n = next(_ids)
+        self._tid = ""
         self.connected = True
         self.send_errors = 0
+
+    @property
+    def transport_id(self) -> str:
+        """Made when first asked for: a flood from spoofed sources creates a provisional
+        path per datagram, and almost none of them is ever named."""
+        tid = self._tid
+        if not tid:
+            tid = self._tid = f"udp:{_fmt(self.local_address)}>{_fmt(self._addr)}#{self._n}"
+        return tid
 
     def send(self, data: bytes) -> None:
         if not self.connected:

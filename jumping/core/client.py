@@ -236,6 +236,18 @@ class ClientCore(NodeCore):
             return
         self.cookie = (cookie, now)
         self.counters["cookies_received"] += 1
+        s, hs = entry
+        if hs is s.handshake and not hs.with_cookie and not s.fsm.terminated:
+            # the gateway is under load and answered with a cookie instead of a handshake:
+            # send this attempt again at once, now with mac2, not a retry interval later
+            # (once per attempt: the retry carries a cookie, so a cookie reply to it waits
+            # for the retry timer; a forged reply, which needs our mac1, gains no more)
+            resume = hs is s.resume_hs
+            self.counters["cookie_retries"] += 1
+            self._initiate(now, s, path)
+            if resume and s.handshake is not None:
+                s.resume_hs = s.handshake
+                s.handshake.started = hs.started  # the switch was decided then
 
     def _seal_data(self, now: float, packet: bytes) -> tuple[Any, bytes] | Drop:
         s = self.session

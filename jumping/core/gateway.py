@@ -29,7 +29,7 @@ from jumping.core.node import (
     address_bytes,
     destination,
 )
-from jumping.core.outputs import Claim, Drop, Output, Release, Renew
+from jumping.core.outputs import Claim, Drop, Output, Release, Renew, Send
 from jumping.core.policy import Policy
 from jumping.core.ratelimit import SwitchLimiter
 from jumping.core.segments import FEATURE_SEGMENTS as _SEGMENTS
@@ -41,6 +41,8 @@ from jumping.core.takeover import (  # noqa: F401  (adoption_error: re-exported)
     adoption_error,
 )
 from jumping.core.timers import T
+
+_MAC_OFFSET = wire.INIT.size  # mac1, then mac2, follow the initiation's body
 
 
 class GatewayCore(NodeCore, SessionTakeover):
@@ -84,6 +86,12 @@ class GatewayCore(NodeCore, SessionTakeover):
         self.switch_limiter: Any = switch_limiter or SwitchLimiter()
         self.switch_limiter.reconfigure(self.policy)
         self.control_bucket = TokenBucket(p.control_plane_per_s, p.control_plane_burst, self._now)
+        #: the budgets of cookie replies (docs/security.md): node-wide and per source prefix
+        self.cookie_bucket = TokenBucket(p.cookie_replies_per_s, p.cookie_replies_burst, self._now)
+        self.cookie_source_limiter = SourceLimiter(
+            p.cookie_replies_per_source_per_s, p.cookie_replies_per_source_burst,
+            p.cookie_source_table_size,
+        )  # fmt: skip
         self._denied_at: dict[bytes, float] = {}
 
     # routing -----------------------------------------------------------------
@@ -181,6 +189,12 @@ class GatewayCore(NodeCore, SessionTakeover):
         )  # fmt: skip
         self.control_bucket.rate = policy.control_plane_per_s
         self.control_bucket.burst = policy.control_plane_burst
+        self.cookie_bucket.rate = policy.cookie_replies_per_s
+        self.cookie_bucket.burst = policy.cookie_replies_burst
+        self.cookie_source_limiter.configure(
+            policy.cookie_replies_per_source_per_s, policy.cookie_replies_per_source_burst,
+            policy.cookie_source_table_size,
+        )  # fmt: skip
         for s in self.sessions.values():
             s.validations = None  # the next validation starts a bucket under the new limits
 
@@ -191,23 +205,29 @@ class GatewayCore(NodeCore, SessionTakeover):
         if len(data) != wire.INIT_LEN:
             self._drop("BAD_LENGTH", path)
             return
-        mac_offset = wire.INIT.size
-        if not self.cookies.check_mac1(data, mac_offset):
+        cookies = self.cookies
+        if not cookies.check_mac1(data, _MAC_OFFSET):
             self._drop("BAD_MAC1", path)
             return
         # as in WireGuard: the work asked of us is measured; over the budget, only a source
         # that proved it receives at its address (mac2 = a MAC under our cookie for it) gets
         # a DH, and then no more than its prefix's share
         self.handshake_work.add(now)
+        prefix = source_prefix(path)
         if self.under_load(now):
-            addr = address_bytes(path)
-            if not self.cookies.check_mac2(now, data, mac_offset, addr):
-                self.counters["cookie_replies"] += 1
-                self._drop("COOKIE_REQUIRED", path)
-                self._send(path, self.cookies.cookie_reply(now, data, mac_offset, addr))
+            cookie = cookies.cookie(now, address_bytes(path))
+            if not cookies.check_mac2(cookie, data, _MAC_OFFSET):
+                # the cheap path of a flood: the cookie was computed once; a reply only
+                # within its source's and the node's budgets, else no answer at all
+                if self.cookie_source_limiter.allow(now, prefix) and self.cookie_bucket.take(now):
+                    self.counters["cookie_replies"] += 1
+                    self._drop_from("COOKIE_REQUIRED", prefix)
+                    self.pending.append(Send(path, cookies.cookie_reply(cookie, data, _MAC_OFFSET)))
+                else:
+                    self._drop_from("COOKIE_REPLY_LIMITED", prefix)
                 return
             self.counters["cookie_valid"] += 1
-        if not self.source_limiter.allow(now, source_prefix(path)):
+        if not self.source_limiter.allow(now, prefix):
             self._drop("HANDSHAKE_RATE_LIMITED", path)
             return
         try:

@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nacl.bindings import (
-    crypto_aead_xchacha20poly1305_ietf_decrypt,
-    crypto_aead_xchacha20poly1305_ietf_encrypt,
-)
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_decrypt
 from nacl.exceptions import CryptoError
 
 from jumping.core import wire
@@ -113,6 +112,8 @@ class Initiation:
         body = wire.pack_init(local_index, self._hs.write_message(payload))
         self.mac1 = mac(_hash(LABEL_MAC1 + peer_public), body)
         body += self.mac1
+        #: sent with a mac2 (the cookie of an earlier cookie reply)
+        self.with_cookie = cookie is not None
         mac2 = mac(cookie, body) if cookie is not None else bytes(wire.MAC_LEN)
         self.message = body + mac2
 
@@ -152,39 +153,97 @@ def read_cookie_reply(data: bytes, peer_public: bytes, last_mac1: bytes) -> byte
         raise HandshakeError("BAD_COOKIE_REPLY") from None
 
 
+_QUARTER_ROUNDS = (
+    (0, 4, 8, 12), (1, 5, 9, 13), (2, 6, 10, 14), (3, 7, 11, 15),
+    (0, 5, 10, 15), (1, 6, 11, 12), (2, 7, 8, 13), (3, 4, 9, 14),
+)  # fmt: skip
+
+
+def hchacha20(key: bytes, nonce16: bytes) -> bytes:
+    """HChaCha20 (draft-irtf-cfrg-xchacha, section 2.2): the subkey XChaCha20 derives from a
+    256-bit key and the first 16 bytes of its 24-byte nonce. Run once per cookie secret."""
+    m = 0xFFFFFFFF
+    x = [0x61707865, 0x3320646E, 0x79622D32, 0x6B206574]
+    x += list(struct.unpack("<8I", key)) + list(struct.unpack("<4I", nonce16))
+
+    def qr(a: int, b: int, c: int, d: int) -> None:
+        x[a] = (x[a] + x[b]) & m
+        x[d] ^= x[a]
+        x[d] = ((x[d] << 16) | (x[d] >> 16)) & m
+        x[c] = (x[c] + x[d]) & m
+        x[b] ^= x[c]
+        x[b] = ((x[b] << 12) | (x[b] >> 20)) & m
+        x[a] = (x[a] + x[b]) & m
+        x[d] ^= x[a]
+        x[d] = ((x[d] << 8) | (x[d] >> 24)) & m
+        x[c] = (x[c] + x[d]) & m
+        x[b] ^= x[c]
+        x[b] = ((x[b] << 7) | (x[b] >> 25)) & m
+
+    for _ in range(10):  # 20 rounds: a column round and a diagonal round each
+        for a, b, c, d in _QUARTER_ROUNDS:
+            qr(a, b, c, d)
+    return struct.pack("<8I", *x[0:4], *x[12:16])
+
+
 class CookieChecker:
-    """Gateway side of mac1/mac2 and cookie replies. Stateless per client."""
+    """Gateway side of mac1/mac2 and cookie replies. Stateless per client.
+
+    Made for the flood path (docs/security.md): the keyed BLAKE2s of mac1 and of the
+    current cookie secret are set up once and copied per message; the caller computes a
+    source's cookie once (:meth:`cookie`) for both the mac2 check and the reply; a reply is
+    sealed by one ChaCha20-Poly1305 object kept with the cookie secret. That is XChaCha20-
+    Poly1305 exactly (what :func:`read_cookie_reply` opens): the reply nonce is a random
+    16-byte prefix, drawn with each cookie secret, followed by an 8-byte counter, so the
+    XChaCha20 subkey (HChaCha20 of the reply key and the prefix) is the same for every reply
+    under one secret, and every nonce is unique."""
 
     def __init__(self, me: Identity, rng: Rng) -> None:
         self._me = me
         self._rng = rng
-        self._secret = b""
+        self._mac1 = hashlib.blake2s(digest_size=16, key=me.mac1_key)
+        self._secret_mac = self._mac1
         self._secret_at = -1e18
+        self._aead: ChaCha20Poly1305 | None = None
+        self._nonce_prefix = b""
+        self._nonce_n = 0
 
     def check_mac1(self, data: bytes, mac_offset: int) -> bool:
-        expected = mac(self._me.mac1_key, data[:mac_offset])
-        return hmac.compare_digest(expected, data[mac_offset : mac_offset + 16])
+        h = self._mac1.copy()
+        h.update(data[:mac_offset])
+        return hmac.compare_digest(h.digest(), data[mac_offset : mac_offset + 16])
 
-    def _cookie(self, now: float, address: bytes) -> bytes:
+    def _rotate(self, now: float) -> None:
+        self._secret_mac = hashlib.blake2s(digest_size=16, key=self._rng(32))
+        self._secret_at = now
+        self._nonce_prefix = self._rng(16)
+        self._nonce_n = 0
+        self._aead = ChaCha20Poly1305(hchacha20(self._me.cookie_key, self._nonce_prefix))
+
+    def cookie(self, now: float, address: bytes) -> bytes:
+        """The cookie of a source address under the current secret (rotated every
+        COOKIE_SECRET_LIFETIME seconds)."""
         if now - self._secret_at >= COOKIE_SECRET_LIFETIME:
-            self._secret = self._rng(32)
-            self._secret_at = now
-        return mac(self._secret, address)
+            self._rotate(now)
+        h = self._secret_mac.copy()
+        h.update(address)
+        return h.digest()
 
-    def check_mac2(self, now: float, data: bytes, mac_offset: int, address: bytes) -> bool:
-        expected = mac(self._cookie(now, address), data[: mac_offset + 16])
+    def check_mac2(self, cookie: bytes, data: bytes, mac_offset: int) -> bool:
+        """Does the message carry a mac2 under ``cookie`` (from :meth:`cookie`)?"""
+        expected = mac(cookie, data[: mac_offset + 16])
         return hmac.compare_digest(expected, data[mac_offset + 16 : mac_offset + 32])
 
-    def cookie_reply(self, now: float, data: bytes, mac_offset: int, address: bytes) -> bytes:
+    def cookie_reply(self, cookie: bytes, data: bytes, mac_offset: int) -> bytes:
+        """The cookie reply to the message ``data``, carrying ``cookie`` (from
+        :meth:`cookie`, which also set up the cipher)."""
+        aead = self._aead
+        assert aead is not None, "cookie() first"
+        self._nonce_n += 1
+        tail = self._nonce_n.to_bytes(8, "little")
+        sealed = aead.encrypt(b"\0\0\0\0" + tail, cookie, data[mac_offset : mac_offset + 16])
         sender = int.from_bytes(data[4:8], "little")
-        nonce = self._rng(24)
-        sealed = crypto_aead_xchacha20poly1305_ietf_encrypt(
-            self._cookie(now, address),
-            data[mac_offset : mac_offset + 16],
-            nonce,
-            self._me.cookie_key,
-        )
-        return wire.pack_cookie_reply(sender, nonce, sealed)
+        return wire.pack_cookie_reply(sender, self._nonce_prefix + tail, sealed)
 
 
 class Response:

@@ -137,6 +137,7 @@ SECURITY_VIOLATIONS: dict[str, tuple[str, ...]] = {
     "HANDSHAKE_FLOOD": (
         "BAD_MAC1",
         "COOKIE_REQUIRED",
+        "COOKIE_REPLY_LIMITED",
         "HANDSHAKE_AUTH_FAILED",
         "HANDSHAKE_RATE_LIMITED",
         "BAD_COOKIE_REPLY",
@@ -269,6 +270,12 @@ class NodeCore:
         self.drops[reason] += 1
         self.pending.append(drop(reason))
         self.security.record(reason, source_prefix(path), s.sid_hex if s is not None else None)
+
+    def _drop_from(self, reason: str, prefix: str | None) -> None:
+        """:meth:`_drop` for a packet from no session, its source prefix already known."""
+        self.drops[reason] += 1
+        self.pending.append(drop(reason))
+        self.security.record(reason, prefix)
 
     def _count(self, reason: str, path: Any = None, s: Session | None = None) -> Drop:
         """Count a drop of the data plane and return its (shared) Drop; ``s``: the session

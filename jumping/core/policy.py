@@ -54,6 +54,15 @@ class Policy:
     handshake_per_source_burst: int = 5
     #: source prefixes tracked for that limit (least recently used forgotten first)
     handshake_source_table_size: int = 8192
+    #: cookie replies under load (to initiations without a valid mac2): node-wide per
+    #: second and burst, and per source prefix (so one address cannot spend the node's
+    #: share), in a table of this many prefixes (least recently used forgotten first);
+    #: an initiation over either budget is dropped unanswered (counted)
+    cookie_replies_per_s: float = 20000.0
+    cookie_replies_burst: int = 2000
+    cookie_replies_per_source_per_s: float = 5.0
+    cookie_replies_per_source_burst: int = 5
+    cookie_source_table_size: int = 1024
     #: node-wide budget for path validations (challenges to new addresses), per second
     control_plane_per_s: float = 1000.0
     control_plane_burst: int = 2000
@@ -134,6 +143,11 @@ class Policy:
         rng("handshake_per_source_per_s", 0.1, 100_000)
         rng("handshake_per_source_burst", 1, 100_000)
         rng("handshake_source_table_size", 16, 10_000_000)
+        rng("cookie_replies_per_s", 1, 10_000_000)
+        rng("cookie_replies_burst", 1, 10_000_000)
+        rng("cookie_replies_per_source_per_s", 0.1, 100_000)
+        rng("cookie_replies_per_source_burst", 1, 100_000)
+        rng("cookie_source_table_size", 16, 10_000_000)
         rng("control_plane_per_s", 1, 1_000_000)
         rng("control_plane_burst", 1, 10_000_000)
         rng("path_validations_per_s", 0.1, 10_000)

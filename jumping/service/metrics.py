@@ -101,6 +101,8 @@ LIMITS = (
     "handshake_load_fraction", "handshake_per_source_per_s", "handshake_per_source_burst",
     "handshake_source_table_size", "control_plane_per_s", "control_plane_burst",
     "path_validations_per_s", "path_validation_burst", "key_expiry_grace_s",
+    "cookie_replies_per_s", "cookie_replies_burst", "cookie_replies_per_source_per_s",
+    "cookie_replies_per_source_burst", "cookie_source_table_size",
 )  # fmt: skip
 #: listener counters of unauthenticated input (UDP and TCP transports), if they have them
 LISTENER_COUNTERS = (
@@ -140,6 +142,18 @@ def control_plane_metrics(node: str, core: Any, listeners: list[Any]) -> Iterato
                                  labels=["node"])  # fmt: skip
         ev.add_metric([node], core.source_limiter.evicted)
         yield ev
+        cr = CounterMetricFamily("jumping_cookie_replies",
+                                 "Initiations without a valid mac2 under load: answered with a "
+                                 "cookie reply, or dropped unanswered over a budget",
+                                 labels=["node", "result"])  # fmt: skip
+        cr.add_metric([node, "sent"], core.drops["COOKIE_REQUIRED"])
+        cr.add_metric([node, "limited"], core.drops["COOKIE_REPLY_LIMITED"])
+        yield cr
+        ct = GaugeMetricFamily("jumping_cookie_sources_tracked",
+                               "Source prefixes in the per-source cookie reply budget",
+                               labels=["node"])  # fmt: skip
+        ct.add_metric([node], len(core.cookie_source_limiter))
+        yield ct
     lc = CounterMetricFamily(
         "jumping_listener_unauthenticated",
         "Listener counters of unauthenticated input",

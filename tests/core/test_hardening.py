@@ -11,9 +11,11 @@ from jumping.core.client import ClientCore
 from jumping.core.gateway import GatewayCore
 from jumping.core.handshake import (
     LABEL_MAC1,
+    CookieChecker,
     Identity,
     Initiation,
     _hash,
+    hchacha20,
     mac,
     read_cookie_reply,
 )
@@ -149,6 +151,123 @@ def test_a_source_with_a_valid_cookie_is_still_rate_limited() -> None:
     assert 0 < answered <= p.handshake_per_source_burst + p.handshake_per_source_per_s
     assert gw.drops["HANDSHAKE_RATE_LIMITED"] == 300 - answered
     assert len(gw.source_limiter) <= p.handshake_source_table_size
+
+
+def _stranger_inits(gw_key: bytes, now: float, n: int = 64) -> list[bytes]:
+    """Initiations with a valid mac1 (it needs only the gateway's public key) from a key the
+    gateway does not know: what the valid-mac1 flood sends."""
+    stranger = Identity(seeded_rng(5)(32))
+    return [
+        Initiation(stranger, public_key(gw_key), seeded_rng(i), now, i + 1).message
+        for i in range(n)
+    ]
+
+
+def test_cookie_replies_have_a_budget_per_source_and_node_wide() -> None:
+    """Under load every initiation without a valid mac2 used to get a cookie reply: about
+    45 us of the reactor each (one sendto among them). Replies now come out of a per-prefix
+    and a node-wide budget; the rest is dropped unanswered, counted, and reported as the
+    same aggregated HANDSHAKE_FLOOD."""
+    gw, gw_key, _client_key = _gateway(
+        cookie_replies_per_s=1000, cookie_replies_burst=100,
+        cookie_replies_per_source_per_s=2, cookie_replies_per_source_burst=3,
+    )  # fmt: skip
+    gw.cookie_mode = "always"
+    inits = _stranger_inits(gw_key, 100.0)
+    replies = 0
+    for i in range(200):  # one source, 200 initiations in one second
+        out = gw.receive(100.0 + i / 200, spoofed(1), inits[i % 64])
+        replies += sum(1 for o in out if isinstance(o, Send))
+    assert 3 <= replies <= 3 + 2
+    assert gw.drops["COOKIE_REPLY_LIMITED"] == 200 - replies
+    limited_one = gw.drops["COOKIE_REPLY_LIMITED"]
+    replies = 0
+    for i in range(5000):  # 5000 sources in a tenth of a second: the node's budget
+        out = gw.receive(102.0 + i / 50_000, spoofed(10 + i), inits[i % 64])
+        replies += sum(1 for o in out if isinstance(o, Send))
+    assert 100 <= replies <= 100 + 1000 * 0.1 + 1
+    assert gw.drops["COOKIE_REQUIRED"] == gw.counters["cookie_replies"]
+    assert gw.drops["COOKIE_REPLY_LIMITED"] - limited_one == 5000 - replies
+    assert len(gw.cookie_source_limiter) <= gw.policy.cookie_source_table_size
+    flood = [o.fields for o in gw.tick(112.5) + gw.tick(113.0) if isinstance(o, Emit)]
+    hs = [f for f in flood if f.get("violation_type") == "HANDSHAKE_FLOOD"]
+    assert sum(f["count"] for f in hs) == 5200 and len(hs) <= 2
+    # a reload applies new budgets to the live node
+    gw.set_policy(113.0, Policy(cookie_replies_per_s=5, cookie_replies_burst=7))
+    assert (gw.cookie_bucket.rate, gw.cookie_bucket.burst) == (5, 7)
+
+
+def test_cookie_reply_is_xchacha20poly1305_under_one_cipher_with_unique_nonces() -> None:
+    """The reply is sealed with a ChaCha20-Poly1305 kept with the cookie secret (XChaCha20's
+    subkey is the same for every nonce with the same 16-byte prefix): what the client opens
+    with XChaCha20-Poly1305, with a fresh nonce per reply."""
+    # draft-irtf-cfrg-xchacha-03, 2.2.1
+    key, nonce = bytes(range(32)), bytes.fromhex("000000090000004a0000000031415927")
+    assert hchacha20(key, nonce).hex() == (
+        "82413b4227b27bfed30e42508a877d73a0f9e4d58a74a853c12ec41326d3ecdc"
+    )
+    me = Identity(seeded_rng(1)(32))
+    cc = CookieChecker(me, seeded_rng(2))
+    hs = Initiation(Identity(seeded_rng(3)(32)), me.public, seeded_rng(4), 1.0, 9)
+    cookie = cc.cookie(1.0, b"('198.18.0.1', 4000)")
+    nonces = set()
+    for _ in range(3):
+        reply = cc.cookie_reply(cookie, hs.message, wire.INIT.size)
+        assert read_cookie_reply(reply, me.public, hs.mac1) == cookie
+        nonces.add(reply[8:32])
+    assert len(nonces) == 3
+    assert cc.cookie(200.0, b"('198.18.0.1', 4000)") != cookie  # the secret rotated
+
+
+def test_a_new_client_attaches_within_a_second_under_a_valid_mac1_flood() -> None:
+    """20 000 valid-mac1 initiations per second from spoofed sources; a legitimate client
+    that starts in the middle of it gets a cookie reply, sends its attempt again at once
+    with mac2, and is attached well within a second (not a retry interval later)."""
+    net = SimNet(seed=12)
+    gw = net.gateway
+    inits = _stranger_inits(net.gateway_key, net.now, 256)
+
+    def burst(k: int) -> None:
+        for j in range(50):
+            i = k * 50 + j
+            gw.receive(net.now, spoofed(i % 65536), inits[i % 256])
+
+    t0 = net.now
+    for k in range(400):  # 50 initiations every 2.5 ms for a second
+        net.call_at(t0 + k * 0.0025, lambda k=k: burst(k))
+    net.run_for(0.3)
+    assert gw.under_load(net.now)
+    start = net.now
+    net.start()
+    while net.states() != ("ATTACHED", "ATTACHED") and net.now < start + 1.0:
+        net.run_for(0.01)
+    assert net.states() == ("ATTACHED", "ATTACHED"), net.states()
+    assert net.now - start < 0.2
+    assert net.client.counters["cookie_retries"] == 1
+    assert gw.counters["cookie_valid"] >= 1
+    assert gw.counters["cookie_replies"] > 1000
+    net.run_for(1.0)
+    assert net.states() == ("ATTACHED", "ATTACHED")
+
+
+def test_a_cookie_reply_to_an_attempt_with_a_cookie_waits_for_the_retry_timer() -> None:
+    """The at-once resend after a cookie reply happens once per attempt: a forged or
+    repeated cookie reply (it needs only our mac1 and the gateway's public key) cannot make
+    the client send initiations in a loop."""
+    net = SimNet(seed=13)
+    gw_me = Identity(net.gateway_key)
+    cc = CookieChecker(gw_me, seeded_rng(9))
+    first = next(o for o in net.client.start(net.now) if isinstance(o, Send))
+    cookie = cc.cookie(net.now, b"x")
+    path = net.links[0].client_side
+    out = net.client.receive(net.now, path, cc.cookie_reply(cookie, first.data, wire.INIT.size))
+    again = [o for o in out if isinstance(o, Send)]
+    assert len(again) == 1 and again[0].data[0] == wire.MessageType.HANDSHAKE_INIT
+    assert again[0].data[-16:] != bytes(16)  # it carries a mac2
+    out = net.client.receive(net.now, path, cc.cookie_reply(cookie, again[0].data, wire.INIT.size))
+    assert not [o for o in out if isinstance(o, Send)]
+    assert net.client.counters["cookie_retries"] == 1
+    assert net.client.counters["cookies_received"] == 2
 
 
 # 4 ------------------------------------------------------------------------------------------

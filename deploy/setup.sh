@@ -18,7 +18,7 @@ declare -A testing=([tcpdump]=tcpdump [wireguard-go]=wireguard-go [wg]=wireguard
                     [etcd]=etcd-server [etcdctl]=etcd-client [kcat]=kcat [promtool]=prometheus
                     [jq]=jq [cargo]=cargo [java]=default-jre-headless [mvn]=maven
                     [systemd-analyze]=systemd [setpriv]=util-linux [unshare]=util-linux
-                    [ss]=iproute2)
+                    [ss]=iproute2 [gcc]=gcc)
 missing=()
 for c in "${!runtime[@]}"; do command -v "$c" >/dev/null || missing+=("${runtime[$c]}"); done
 if [[ $mode != --runtime ]]; then

@@ -43,6 +43,9 @@ from jumping.core.takeover import (  # noqa: F401  (adoption_error: re-exported)
 from jumping.core.timers import T
 
 _MAC_OFFSET = wire.INIT.size  # mac1, then mac2, follow the initiation's body
+_MAC2_OFFSET = _MAC_OFFSET + wire.MAC_LEN
+_NO_MAC2 = bytes(wire.MAC_LEN)  # what an initiation without a cookie carries as mac2
+_PROVEN = b"proven"  # marker: the initiation's mac2 is valid
 
 
 class GatewayCore(NodeCore, SessionTakeover):
@@ -215,11 +218,21 @@ class GatewayCore(NodeCore, SessionTakeover):
         self.handshake_work.add(now)
         prefix = source_prefix(path)
         if self.under_load(now):
-            cookie = cookies.cookie(now, address_bytes(path))
-            if not cookies.check_mac2(cookie, data, _MAC_OFFSET):
-                # the cheap path of a flood: the cookie was computed once; a reply only
-                # within its source's and the node's budgets, else no answer at all
-                if self.cookie_source_limiter.allow(now, prefix) and self.cookie_bucket.take(now):
+            # the cheap path of a flood: an initiation without a mac2 (zero: a source that
+            # has no cookie) needs no cookie computed to be refused; a reply only within
+            # the node's and its source's budgets (the node's looked at first: a spoofed
+            # flood beyond it touches no table), else no answer at all
+            cookie = b""
+            if data[_MAC2_OFFSET:] != _NO_MAC2:
+                cookie = cookies.cookie(now, address_bytes(path))
+                if cookies.check_mac2(cookie, data, _MAC_OFFSET):
+                    cookie = _PROVEN
+            if cookie is not _PROVEN:
+                bucket = self.cookie_bucket
+                if bucket.ready(now) and self.cookie_source_limiter.allow(now, prefix):
+                    bucket.take(now)
+                    if not cookie:
+                        cookie = cookies.cookie(now, address_bytes(path))
                     self.counters["cookie_replies"] += 1
                     self._drop_from("COOKIE_REQUIRED", prefix)
                     self.pending.append(Send(path, cookies.cookie_reply(cookie, data, _MAC_OFFSET)))

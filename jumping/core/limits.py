@@ -47,6 +47,16 @@ class TokenBucket:
         self.at = now
         self.denied = 0
 
+    def ready(self, now: float, n: float = 1.0) -> bool:
+        """Would :meth:`take` succeed now? (Takes nothing.)"""
+        if now > self.at:
+            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+            self.at = now
+        if self.tokens >= n:
+            return True
+        self.denied += 1
+        return False
+
     def take(self, now: float, n: float = 1.0) -> bool:
         if now > self.at:
             self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)

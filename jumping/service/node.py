@@ -41,6 +41,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from jumping.core import wire
 from jumping.core.client import ClientCore
 from jumping.core.gateway import GatewayCore
 from jumping.core.node import NodeCore
@@ -75,6 +76,8 @@ from jumping.service.tun import TunDevice, ip_command
 log = Logger()
 
 RECONNECT_DELAY = 1.0
+#: first bytes of DATA and DATA_SEGMENT: what goes through the core's batch path
+_TUNNEL_TYPES = (bytes((wire.MessageType.DATA,)), bytes((wire.MessageType.DATA_SEGMENT,)))
 
 
 class StartupError(Exception):
@@ -443,7 +446,19 @@ class NodeService(service.Service):
 
     # ------------------------------------------------------------------ hot paths
     def datagramReceived(self, transport: Any, data: bytes) -> None:  # noqa: N802
-        self.datagramsReceived(transport, (data,))
+        core = self.core
+        if core is None:
+            return
+        if data[:1] in _TUNNEL_TYPES:
+            self.datagramsReceived(transport, (data,))
+            return
+        # a handshake or control message alone: the core's plain path (a flood of
+        # initiations from spoofed sources comes this way, one datagram at a time)
+        t0 = perf_counter()
+        outputs = core.receive(self._now(), transport, data)
+        if outputs:
+            self._measure(core, t0)
+            self._run(outputs)
 
     def datagramsReceived(self, transport: Any, datagrams: Any) -> None:  # noqa: N802
         """A run of datagrams from one path read at once: the inner packets are written to
@@ -456,16 +471,16 @@ class NodeService(service.Service):
         if packets:
             self._write_many(packets)
         if outputs:
-            if (
-                isinstance(core, GatewayCore)
-                and core.counters["handshakes_answered"] != self._answered
-            ):
-                # what answering an initiation costs on this host, measured, so the core's
-                # load trigger (cookies) counts real work, not a guess
-                self._answered = core.counters["handshakes_answered"]
-                meter = core.handshake_work
-                meter.cost += (perf_counter() - t0 - meter.cost) * 0.1  # EWMA over ~10
+            self._measure(core, t0)
             self._run(outputs)
+
+    def _measure(self, core: NodeCore, t0: float) -> None:
+        """What answering an initiation costs on this host, measured, so the core's load
+        trigger (cookies) counts real work, not a guess."""
+        if isinstance(core, GatewayCore) and core.counters["handshakes_answered"] != self._answered:
+            self._answered = core.counters["handshakes_answered"]
+            meter = core.handshake_work
+            meter.cost += (perf_counter() - t0 - meter.cost) * 0.1  # EWMA over ~10
 
     def _tun_offloaded(self, frame: bytes) -> bool:
         """A TUN frame with a TCP super-packet or a pending checksum: queue it whole for
@@ -558,6 +573,8 @@ class NodeService(service.Service):
     def _run(self, outputs: Iterable[Output]) -> None:
         for out in outputs:
             t = type(out)
+            if t is Drop:  # counted by the core already; the commonest output of a flood
+                continue
             if t is Send:
                 out.path.send(out.data)  # type: ignore[union-attr]
             elif t is WriteTun:
@@ -579,8 +596,6 @@ class NodeService(service.Service):
                 self.owners.execute(out)
             elif t is ConfirmPath:
                 out.path.confirm()  # type: ignore[union-attr]
-            elif t is Drop:
-                pass
 
     def _arm(self, at: float) -> None:
         if self._timer is not None and self._timer.active():

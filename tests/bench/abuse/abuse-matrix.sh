@@ -18,7 +18,12 @@
 # Env: VPNS ("wireguard-go jumping"), SCENARIOS (all six, see frames.py), RATE (20000 pkt/s),
 # DURATION (10 s of flood), IPERF (0; 1 = iperf3 TCP jc -> js during each phase),
 # SETTLE_S (11: seconds after the flood before the final RSS / metrics / events are read;
-# Jumping aggregates SECURITY_EVENTs over 10 s; SETTLE_S_WG, 3, for wireguard-go), WG_BIN (wireguard-go binary), PEERS_DIR.
+# Jumping aggregates SECURITY_EVENTs over 10 s; SETTLE_S_WG, 3, for wireguard-go), WG_BIN (wireguard-go binary), PEERS_DIR,
+# NEW_CLIENT (1: a second, legitimate client starts NEW_CLIENT_AT s (3) into each flood, from
+# a namespace of its own; its handshake messages are captured on its veth and the report
+# gives the time from its first initiation to the handshake response, new_client_*; 0: off).
+# A VPNS word "jumping@DIR" runs the Jumping checkout in DIR (its adapter and code), e.g. the
+# code before a change beside the code after it, in the same sitting.
 #
 # Namespaces: jc/jg/js (the peer harness: fixed names, so run it under jt-bench, one at a
 # time) and two of this script, "jabx<pid>" (attacker) and "jabb<pid>" (blackhole). All
@@ -51,6 +56,11 @@ export PYTHONPATH=$repo${PYTHONPATH:+:$PYTHONPATH}
 
 NS_X=jabx$$   # attacker: runs the generator
 NS_B=jabb$$   # blackhole: receives the baseline flood, drops it
+NS_N=jabn$$   # a second, legitimate client that starts during the flood (NEW_CLIENT=1)
+NEW_CLIENT=${NEW_CLIENT:-1}
+NEW_CLIENT_AT=${NEW_CLIENT_AT:-3}
+IF_NG=ng; IF_GN=gn; N_G=10.203.0.1; N_N=10.203.0.2   # jabn:ng <-> jg:gn
+IN_N=10.99.0.3                                       # the second client's tunnel address
 IF_GX=gx; IF_XG=xg; X_G=10.202.0.1; X_X=10.202.0.2   # jg:gx <-> jabx:xg
 IF_XB=xb; IF_BX=bx                                     # jabx:xb <-> jabb:bx (no addresses)
 SPOOF_NET=198.18.0.0/15
@@ -62,7 +72,8 @@ done
 
 abuse_ns_down() {
   local ns
-  for ns in $NS_B $NS_X; do ns_exists "$ns" && ip netns del "$ns"; done
+  for ns in $NS_N $NS_B $NS_X; do ns_exists "$ns" && ip netns del "$ns"; done
+  rm -f /var/run/wireguard/wgbn0.sock
   return 0
 }
 
@@ -86,6 +97,69 @@ abuse_ns_up() {  # after topo_up: the attacker and the blackhole, wired to jg
   # the gateway's answers to spoofed sources go back into the attacker, which drops them
   ip -n $NS_G route add $SPOOF_NET via $X_X dev $IF_GX
   nsx "$NS_X" ping -c1 -W1 -q $X_G >/dev/null || die "attacker link not working"
+  if [[ $NEW_CLIENT == 1 ]]; then
+    ip netns add "$NS_N"
+    ip -n "$NS_N" link set lo up
+    nsx "$NS_N" sysctl -q -w net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 >/dev/null
+    ip link add $IF_NG netns "$NS_N" type veth peer name $IF_GN netns $NS_G
+    ip -n "$NS_N" addr add $N_N/24 dev $IF_NG
+    ip -n $NS_G addr add $N_G/24 dev $IF_GN
+    nsx $NS_G sysctl -q -w net.ipv4.conf.$IF_GN.rp_filter=0 >/dev/null
+    ip -n "$NS_N" link set $IF_NG up
+    ip -n $NS_G link set $IF_GN up
+    nsx "$NS_N" ping -c1 -W1 -q $N_G >/dev/null || die "new client link not working"
+    NEW_DIR=$(mktemp -d /tmp/jumping-abuse-newc.XXXXXX)
+    CLEANUP_HOOKS+=(new_rm_dir)
+    (umask 077
+     PYTHONPATH=$repo python3 -m jumping.cli keygen --out "$NEW_DIR/n.key" >/dev/null
+     wg genkey >"$NEW_DIR/wg.key" 2>/dev/null && wg pubkey <"$NEW_DIR/wg.key" >"$NEW_DIR/wg.pub" || true)
+  fi
+}
+new_rm_dir() { [[ -n ${NEW_DIR:-} ]] && rm -rf "$NEW_DIR"; NEW_DIR=; }
+
+# new_client_start GW_PUB : the second client, NEW_CLIENT_AT s from now (sets NEW_PID);
+# its handshake messages are captured on its veth into $SC_DIR/hs.jsonl (NEW_CAP_PID)
+new_client_start() {
+  local gw_pub=$1
+  bg_ns "$NS_N" "$SC_DIR/hs.capture.log" python3 "$here/capture.py" handshakes --if $IF_NG \
+    --port "$VPN_PORT" --duration $((DURATION + 8)) --out "$SC_DIR/hs.jsonl"
+  NEW_CAP_PID=$LAST_PID
+  if [[ $VPN == jumping ]]; then
+    cat >"$NEW_DIR/n.toml" <<T
+[node]
+role = "client"
+node_id = "bench-newclient"
+private_key = "n.key"
+[tun]
+name = "jbn0"
+address = "$IN_N/$IN_PREFIX"
+[gateway]
+public_key = "$gw_pub"
+[[gateway.endpoints]]
+transport = "udp"
+host = "$N_G"
+port = $VPN_PORT
+[[events]]
+sink = "jsonl"
+path = "$SC_DIR/jumping-newclient-events.jsonl"
+T
+    bg_ns "$NS_N" "$SC_DIR/jumping-newclient.log" sh -c "sleep $NEW_CLIENT_AT; exec env PYTHONPATH='$J_PYTHONPATH' '$(j_twistd)' -n --pidfile= --logfile=- jumping client --config '$NEW_DIR/n.toml'"
+  else
+    # wireguard-go initiates on the first packet: a ping through the new tunnel
+    bg_ns "$NS_N" "$SC_DIR/wg-newclient.log" sh -c "sleep $NEW_CLIENT_AT
+      ( for i in \$(seq 500); do [ -S /var/run/wireguard/wgbn0.sock ] && break; sleep 0.002; done
+        wg set wgbn0 private-key '$NEW_DIR/wg.key' peer '$gw_pub' endpoint '$N_G:$VPN_PORT' allowed-ips '$IN_NET'
+        ip addr add '$IN_N/$IN_PREFIX' dev wgbn0; ip link set wgbn0 up
+        ping -n -c 20 -i 0.05 -W 1 '$IN_G' ) >'$SC_DIR/wg-newclient-ping.log' 2>&1 &
+      exec env LOG_LEVEL=error WG_PROCESS_FOREGROUND=1 '$WG_BIN' -f wgbn0"
+  fi
+  NEW_PID=$LAST_PID
+}
+new_client_stop() {
+  stop_pid "${NEW_PID:-}"
+  stop_pid "${NEW_CAP_PID:-}"
+  rm -f /var/run/wireguard/wgbn0.sock
+  NEW_PID=; NEW_CAP_PID=
 }
 
 mac_of() { ip -n "$1" -o link show "$2" | grep -o 'link/ether [0-9a-f:]*' | awk '{print $2}'; }
@@ -131,10 +205,12 @@ phase() {
     bg_ns $NS_C "$SC_DIR/$name.iperf.json" iperf3 -c "$S_ADDR" -t "$DURATION" -J; iperf_pid=$LAST_PID
   fi
   sleep 0.5
+  if [[ $name == atk && $NEW_CLIENT == 1 ]]; then new_client_start "$GW_PUB"; fi
   counters "$name" 0 "$gw"
   fg_ns "$NS_X" "$SC_DIR/$name.gen.json" "$SC_DIR/flood" -i "$ifc" -m "$mac" \
     -f "$SC_DIR/frames" -r "$RATE" -d "$DURATION" -x $$ $GEN_ARGS || log "generator failed: $(cat "$SC_DIR/$name.gen.json")"
   counters "$name" 1 "$gw"
+  if [[ $name == atk && $NEW_CLIENT == 1 ]]; then new_client_stop; fi
   wait_pid "$ping_pid" 4
   if [[ -n $iperf_pid ]]; then wait_pid "$iperf_pid" 5; fi
   if [[ $name == atk ]]; then sleep "$settle"; fi
@@ -142,9 +218,9 @@ phase() {
   echo "rss_end $(rss_kib "$gw")" >>"$SC_DIR/$name.counters"
 }
 
-run_scenario() {  # run_scenario VPN SCENARIO
-  local vpn=$1 sc=$2 gw_pub repl=""
-  SC_DIR=$RUN_DIR/$vpn-$sc
+run_scenario() {  # run_scenario VPN SCENARIO LABEL
+  local vpn=$1 sc=$2 label=$3 gw_pub repl=""
+  SC_DIR=$RUN_DIR/$label-$sc
   mkdir -p "$SC_DIR"
   local run_dir_saved=$RUN_DIR
   RUN_DIR=$SC_DIR            # the adapters write their logs and events there
@@ -153,6 +229,10 @@ run_scenario() {  # run_scenario VPN SCENARIO
   nsx $NS_C ping -c 50 -i 0.02 -W 1 -q "$IN_G" >/dev/null 2>&1 || true   # tunnel warm
   nsx $NS_C ping -c 3 -W 2 -q "$IN_G" >/dev/null || die "$vpn: tunnel does not answer ping"
   if [[ $vpn == jumping ]]; then gw_pub=$(cat "$J_DIR/g.pub"); else gw_pub=$(cat "$WG_KEYDIR/g.pub"); fi
+  GW_PUB=$gw_pub
+  if [[ $NEW_CLIENT == 1 && $vpn != jumping ]]; then
+    nsx $NS_G wg set $WG_GIF peer "$(cat "$NEW_DIR/wg.pub")" allowed-ips "$IN_N/32"
+  fi
   if [[ $sc == exact_replay || $sc == bitflip_replay ]]; then
     # sealed packets of the live session, as they arrive at the gateway on path A
     bg_ns $NS_C /dev/null ping -n -i 0.002 -c 2500 -s 200 "$IN_G"
@@ -194,14 +274,26 @@ MAC_BX=$(mac_of "$NS_B" $IF_BX)
 if [[ $IPERF == 1 ]]; then bg_ns $NS_S "$RUN_DIR/iperf3-server.log" iperf3 -s; sleep 0.3; fi
 export JUMPING_GW_EXTRA="[metrics]
 listen = \"127.0.0.1:$METRICS_PORT\""
+if [[ $NEW_CLIENT == 1 ]]; then
+  JUMPING_GW_EXTRA+="
+[[peers]]
+public_key = \"$(cat "$NEW_DIR/n.pub")\"
+allowed_ips = [\"$IN_N/32\"]"
+fi
 # interleaved (per scenario: every VPN in turn), so that a drift of the machine hits all alike
 for sc in $SCENARIOS; do
-  for vpn in $VPNS; do
+  for word in $VPNS; do
+    vpn=${word%%@*}
+    root=$repo label=$vpn
+    if [[ $word == *@* ]]; then
+      root=$(cd "${word#*@}" && pwd)
+      label=$vpn@$(git -C "$root" rev-parse --short HEAD 2>/dev/null || basename "$root")
+    fi
     VPN=$vpn
     VPN_ADAPTER=""
-    if [[ $vpn == jumping ]]; then VPN_ADAPTER=$repo/tests/bench/vpn-jumping.sh; fi
+    if [[ $vpn == jumping ]]; then VPN_ADAPTER=$root/tests/bench/vpn-jumping.sh; fi
     VPN_ADAPTER=$VPN_ADAPTER load_vpn
-    run_scenario "$vpn" "$sc"
+    run_scenario "$vpn" "$sc" "$label"
   done
 done
 log "results: $OUT (this run: $RUN_OUT)"

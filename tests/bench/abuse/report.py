@@ -267,7 +267,7 @@ def _fmt(x: Any, nd: int = 1) -> str:
 def _cell(r: dict[str, Any]) -> list[str]:
     v, atk = r["verdict"], r["atk"]
     if v.get("status") == "not run":
-        return ["not run (" + _fmt(atk["delivered_fraction"], 2) + " delivered)"] + [""] * 8
+        return ["not run (" + _fmt(atk["delivered_fraction"], 2) + " delivered)"] + [""] * 9
     sec = r.get("security_events")
     sec_s = "–" if sec is None else (", ".join(f"{k} {s['count']}/{s['events']}ev"
                                                for k, s in sorted(sec.items())) or "none")  # fmt: skip
@@ -282,8 +282,18 @@ def _cell(r: dict[str, Any]) -> list[str]:
         _fmt(v["rtt_p99_increase_ms"], 2),
         f"{_fmt(rss0 / 1024 if rss0 else None, 1)} → {_fmt(peak / 1024 if peak else None, 1)}",
         _fmt(v["rss_growth_kib"] / 1024 if v["rss_growth_kib"] is not None else None, 2),
-        _fmt(atk["gw_cpu_pct"], 0), _fmt(v.get("throughput_kept"), 2), sec_s,
+        _fmt(atk["gw_cpu_pct"], 0), _fmt(v.get("throughput_kept"), 2), sec_s, _new_client(r),
     ]  # fmt: skip
+
+
+def _new_client(r: dict[str, Any]) -> str:
+    """The second client's handshake during the flood: ms (initiations sent, cookie replies
+    received); "none" if it never completed."""
+    if "new_client_initiations" not in r:
+        return "–"
+    ms = r.get("new_client_handshake_ms")
+    return (f"{_fmt(ms, 1) if ms is not None else 'none'} ({r['new_client_initiations']} init, "
+            f"{r.get('new_client_cookie_replies', 0)} cookie)")  # fmt: skip
 
 
 def _ratio(a: float | None, b: float | None) -> str:
@@ -297,12 +307,12 @@ def _ratio(a: float | None, b: float | None) -> str:
 def _ratios(j: dict[str, Any], w: dict[str, Any]) -> list[str]:
     """Jumping / wireguard-go per figure (RTT columns: p50 / p99 / max)."""
     if "not run" in (j["verdict"].get("status"), w["verdict"].get("status")):
-        return ["not run"] + [""] * 8
+        return ["not run"] + [""] * 9
     pj, pw = j["atk"]["ping"], w["atk"]["ping"]
     rtt = " / ".join(_ratio(pj[k], pw[k]) for k in ("rtt_p50_ms", "rtt_p99_ms", "rtt_max_ms"))
     return ["", "", rtt, "", "", _ratio(j["verdict"]["rss_growth_kib"], w["verdict"]["rss_growth_kib"]),
             _ratio(j["atk"]["gw_cpu_pct"], w["atk"]["gw_cpu_pct"]),
-            _ratio(j["verdict"].get("throughput_kept"), w["verdict"].get("throughput_kept")), ""]  # fmt: skip
+            _ratio(j["verdict"].get("throughput_kept"), w["verdict"].get("throughput_kept")), "", ""]  # fmt: skip
 
 
 def table(path: Path) -> str:
@@ -315,7 +325,7 @@ def table(path: Path) -> str:
             keys.append(k)
     cols = ["delivered pkt/s", "ping loss %", "RTT p50 / p99 / max ms", "p99 +ms vs base",
             "RSS MiB start → peak", "RSS +MiB", "gw CPU %", "tput kept",
-            "SECURITY_EVENTs (count/events)"]  # fmt: skip
+            "SECURITY_EVENTs (count/events)", "new client handshake ms"]  # fmt: skip
     head = "| scenario | rate | s | VPN | " + " | ".join(cols) + " |"
     lines = [head, "|" + "---|" * (4 + len(cols))]
     for k in keys:
@@ -328,7 +338,8 @@ def table(path: Path) -> str:
             ]
             for r in rs:
                 by_vpn[vpn] = r
-                lines.append(f"| {k[0]} | {int(k[1]) or 'max'} | {int(k[2])} | {vpn} | "
+                name = f"{vpn} {r.get('vpn_version', '')}".strip()
+                lines.append(f"| {k[0]} | {int(k[1]) or 'max'} | {int(k[2])} | {name} | "
                              + " | ".join(_cell(r)) + " |")  # fmt: skip
         if len(by_vpn) == 2:
             lines.append(f"| {k[0]} | | | ratio J/wg | "

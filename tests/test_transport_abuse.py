@@ -12,6 +12,7 @@ from twisted.internet import reactor, task
 
 from jumping import plugin
 from jumping.builtin.tcp import TCPTransportFactory, frame
+from jumping.errors import PluginError
 from jumping.interfaces import ITransportFactory
 
 
@@ -141,3 +142,40 @@ def test_tcp_timeouts_are_validated() -> None:
         TCPTransportFactory(max_unauthenticated=0)
     with pytest.raises(ValueError, match="idle_timeout_s"):
         TCPTransportFactory(idle_timeout_s=0)
+
+
+def test_a_udp_read_pass_serves_a_bounded_slice_of_unauthenticated_datagrams() -> None:
+    """A listener's read pass ends after ``unauthenticated_per_read`` datagrams from
+    addresses nothing authenticated on (the socket stays readable: the next pass goes on
+    where this one stopped), so that the reactor serves the TUN device and the timers
+    between two slices of a flood; datagrams of an authenticated path do not count."""
+    factory = plugin.load(ITransportFactory, "udp", unauthenticated_per_read=50)
+    server = Receiver()
+    listener = factory.listen(reactor, "127.0.0.1", 0, server)
+    port = listener.local_address[1]
+    live = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    junk = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(120)]
+    try:
+        live.sendto(b"auth", ("127.0.0.1", port))
+        listener.port.doRead()
+        assert len(server.got) == 1 and len(listener.paths) == 1
+        for i, s in enumerate(junk):  # 120 strangers, with 30 datagrams of the live path
+            s.sendto(b"x", ("127.0.0.1", port))
+            if i % 4 == 0:
+                live.sendto(b"data", ("127.0.0.1", port))
+        passes = []
+        for _ in range(4):
+            before = len(server.got)
+            listener.port.doRead()
+            passes.append(server.got[before:])
+        strangers = [sum(1 for t, _ in p if t not in listener.paths.values()) for p in passes]
+        assert strangers == [50, 50, 20, 0]
+        assert sum(len(p) for p in passes) == 150  # nothing lost, nothing twice
+        assert listener.yielded_reads == 2
+    finally:
+        live.close()
+        for s in junk:
+            s.close()
+        listener.port.stopListening()
+    with pytest.raises(PluginError, match="unauthenticated_per_read"):
+        plugin.load(ITransportFactory, "udp", unauthenticated_per_read=0)

@@ -70,6 +70,13 @@ class LeanPort(udp.Port):
     handler_many: Any = None
     gro = False
     handler_errors = 0
+    #: a read pass ends once this many datagrams of it came from unauthenticated sources
+    #: (the listener counts them in ``unknown``), so that the reactor serves the TUN device
+    #: and the timers between two slices of a flood; 0: no bound (client sockets)
+    unknown_per_read = 0
+    unknown = 0
+    #: read passes ended by that bound
+    yielded_reads = 0
     #: reads that returned a coalesced run of several datagrams
     coalesced_reads = 0
     _fresh: socket.socket | None = None
@@ -97,7 +104,12 @@ class LeanPort(udp.Port):
         handler = self.handler
         size = self.maxPacketSize
         read = 0
+        limit = self.unknown_per_read or -1
+        self.unknown = 0
         while read < self.maxThroughput:
+            if self.unknown == limit:
+                self.yielded_reads += 1
+                return
             try:
                 data, addr = recv(size)
             except OSError as e:
@@ -118,7 +130,12 @@ class LeanPort(udp.Port):
         handler = self.handler
         size = self.maxPacketSize
         read = 0
+        limit = self.unknown_per_read or -1
+        self.unknown = 0
         while read < self.maxThroughput:
+            if self.unknown == limit:
+                self.yielded_reads += 1
+                return
             try:
                 data, anc, _flags, addr = recv(size, _GRO_CMSG)
             except OSError as e:
@@ -145,11 +162,13 @@ class LeanPort(udp.Port):
 
 
 def _listen(
-    reactor: Any, port: int, host: str, handler: Any, gso: bool, handler_many: Any = None
-) -> LeanPort:
+    reactor: Any, port: int, host: str, handler: Any, gso: bool, handler_many: Any = None,
+    unknown_per_read: int = 0,
+) -> LeanPort:  # fmt: skip
     p = LeanPort(port, _Null(), host, 65535, reactor)
     p.handler = handler
     p.handler_many = handler_many
+    p.unknown_per_read = unknown_per_read
     p.startListening()
     if gso:
         try:
@@ -316,6 +335,7 @@ class UDPListener:
         max_paths: int,
         buffer_bytes: int,
         gso: bool = True,
+        unauthenticated_per_read: int = 0,
     ) -> None:
         self.receiver = receiver
         self.receive = receiver.datagramReceived
@@ -328,17 +348,25 @@ class UDPListener:
         #: datagrams that came from an address not in the table (a provisional path each)
         self.provisional_paths = 0
         many = self._on_datagrams if IBatchDatagramReceiver.providedBy(receiver) else None
-        self.port = _listen(reactor, port, host, self._on_datagram, gso, many)
+        self.port = _listen(
+            reactor, port, host, self._on_datagram, gso, many, unauthenticated_per_read
+        )
         self.sock: socket.socket = self.port.socket
         _tune(self.sock, buffer_bytes)
         bound = self.sock.getsockname()
         self.local_address = (bound[0], bound[1])
+
+    @property
+    def yielded_reads(self) -> int:
+        """Read passes ended early by ``unauthenticated_per_read``."""
+        return self.port.yielded_reads
 
     def _on_datagram(self, data: bytes, addr: Any) -> None:
         paths = self.paths
         path = paths.get(addr)
         if path is None:
             self.provisional_paths += 1
+            self.port.unknown += 1
             path = UDPPath(self, addr, provisional=True)
         else:
             paths.move_to_end(addr)
@@ -349,6 +377,7 @@ class UDPListener:
         path = paths.get(addr)
         if path is None:
             self.provisional_paths += 1
+            self.port.unknown += 1
             path = UDPPath(self, addr, provisional=True)
         else:
             paths.move_to_end(addr)
@@ -458,15 +487,30 @@ class UDPClientPath:
 class UDPTransportFactory:
     """``udp`` plugin. Options: ``max_paths`` (authenticated remote addresses per listener),
     ``buffer_bytes``, ``gso`` (segmentation/receive offload where the kernel has it;
-    default true)."""
+    default true), ``unauthenticated_per_read`` (a listener's read pass ends after this
+    many datagrams from addresses no packet authenticated on, so that a flood is served in
+    slices between which the reactor serves the TUN device and the timers; 256)."""
 
     kind = "udp"
 
     def __init__(
-        self, max_paths: int = 65536, buffer_bytes: int = 4 * 1024 * 1024, gso: bool = True
+        self,
+        max_paths: int = 65536,
+        buffer_bytes: int = 4 * 1024 * 1024,
+        gso: bool = True,
+        unauthenticated_per_read: int = 256,
     ) -> None:
         if not isinstance(max_paths, int) or not 1 <= max_paths <= 10_000_000:
             raise ValueError(f"udp: max_paths must be an integer in 1..10000000, got {max_paths!r}")
+        if (
+            not isinstance(unauthenticated_per_read, int)
+            or isinstance(unauthenticated_per_read, bool)
+            or not 1 <= unauthenticated_per_read <= 1_000_000
+        ):
+            raise ValueError(
+                "udp: unauthenticated_per_read must be an integer in 1..1000000, "
+                f"got {unauthenticated_per_read!r}"
+            )
         if not isinstance(buffer_bytes, int) or not 4096 <= buffer_bytes <= 1 << 30:
             raise ValueError(
                 f"udp: buffer_bytes must be an integer in 4096..1073741824, got {buffer_bytes!r}"
@@ -476,12 +520,14 @@ class UDPTransportFactory:
         self.max_paths = max_paths
         self.buffer_bytes = buffer_bytes
         self.gso = gso
+        self.unauthenticated_per_read = unauthenticated_per_read
 
     def listen(self, reactor: Any, host: str, port: int, receiver: Any) -> UDPListener:
         try:
             return UDPListener(
-                reactor, host, port, receiver, self.max_paths, self.buffer_bytes, self.gso
-            )
+                reactor, host, port, receiver, self.max_paths, self.buffer_bytes, self.gso,
+                self.unauthenticated_per_read,
+            )  # fmt: skip
         except CannotListenError as e:
             err = e.socketError
             raise OSError(

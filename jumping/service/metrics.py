@@ -107,7 +107,7 @@ LIMITS = (
 #: listener counters of unauthenticated input (UDP and TCP transports), if they have them
 LISTENER_COUNTERS = (
     "provisional_paths", "evicted", "refused", "refused_unauthenticated",
-    "handshake_timeouts", "idle_timeouts",
+    "handshake_timeouts", "idle_timeouts", "yielded_reads",
 )  # fmt: skip
 
 

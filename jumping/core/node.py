@@ -531,18 +531,13 @@ class NodeCore:
             except InvalidTag:
                 break  # the ordinary path counts it
             m = len(plain) - hl
-            if chunk & _LAST:
-                if m <= 0 or m > gso or end + m != payload or not plain.startswith(template):
+            last = chunk & _LAST
+            if last:
+                if m <= 0 or m > gso or end + m != payload:
                     break
-                replay.update(counter)
-                add(memoryview(plain)[hl:])
-                end += m
-                nxt += 1
-                taken += len(data)
-                i += 1
-                run.last = True
+            elif m != gso or end + m >= payload:
                 break
-            if m != gso or end + m >= payload or not plain.startswith(template):
+            if not plain.startswith(template):
                 break
             replay.update(counter)
             add(memoryview(plain)[hl:])
@@ -550,6 +545,9 @@ class NodeCore:
             nxt += 1
             taken += len(data)
             i += 1
+            if last:
+                run.last = True
+                break
         if i > start:
             run.size = end - run.offset
             run.next_index = nxt

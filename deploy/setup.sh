@@ -13,7 +13,9 @@ fail() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 [[ $(id -u) == 0 ]] || fail "run as root (network namespaces and TUN devices need it)"
 
 # command -> Debian package
-declare -A runtime=([ip]=iproute2 [ping]=iputils-ping [nft]=nftables [iperf3]=iperf3)
+# (gcc builds the data plane's C loops at `pip install .`, jumping/core/_dataplane.c; without
+# it the install falls back to their pure-Python twin)
+declare -A runtime=([ip]=iproute2 [ping]=iputils-ping [nft]=nftables [iperf3]=iperf3 [gcc]=gcc)
 declare -A testing=([tcpdump]=tcpdump [wireguard-go]=wireguard-go [wg]=wireguard-tools
                     [etcd]=etcd-server [etcdctl]=etcd-client [kcat]=kcat [promtool]=prometheus
                     [jq]=jq [cargo]=cargo [java]=default-jre-headless [mvn]=maven
@@ -21,6 +23,8 @@ declare -A testing=([tcpdump]=tcpdump [wireguard-go]=wireguard-go [wg]=wireguard
                     [ss]=iproute2 [gcc]=gcc)
 missing=()
 for c in "${!runtime[@]}"; do command -v "$c" >/dev/null || missing+=("${runtime[$c]}"); done
+# OpenSSL's headers for the same C loops (libcrypto itself is on every Debian machine)
+[[ -e /usr/include/openssl/evp.h ]] || missing+=(libssl-dev)
 if [[ $mode != --runtime ]]; then
   for c in "${!testing[@]}"; do command -v "$c" >/dev/null || missing+=("${testing[$c]}"); done
 fi

@@ -78,6 +78,20 @@ def test_editable_install_gives_twistd_jumping_and_jumpctl_plugins(tmp_path: Pat
     ):
         assert f"  {name} " in listed, f"jumpctl plugins does not list {name!r}:\n{listed}"
 
+    # the data plane's C loops were built by the install (where a compiler and OpenSSL's
+    # headers exist, as deploy/setup.sh makes sure), else their Python twin runs
+    impl = run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import jumping.core.aead as a; print(a.IMPLEMENTATION)",
+        ],
+        elsewhere,
+    ).stdout
+    if os.environ.get("JUMPING_REQUIRE_COMPILED") == "1":
+        assert impl.strip() == "c", impl
+    assert impl.strip() in ("c", "python"), impl
+
     # editable: a change in the checkout is what runs
     tap = repo / "jumping" / "tap.py"
     tap.write_text(tap.read_text().replace('"Run a Jumping gateway."', '"Run an edited gateway."'))

@@ -14,6 +14,7 @@ from jumping.core import segments, wire
 from jumping.core.segments import SegmentRun
 from jumping.service.gro import coalesce, run_buffers, segment
 from jumping.testing.sim import SimNet
+from tests.core.test_aead import IMPLEMENTATIONS, implementation
 from tests.test_gro import flow, tcp4
 
 CLIENT, SERVER = b"\x0a\x63\x00\x02", b"\x0a\x63\x01\x02"
@@ -67,6 +68,14 @@ def test_the_feature_is_negotiated_both_ways() -> None:
     st.integers(0, 2**32 - 1), st.integers(0, 99),
 )  # fmt: skip
 def test_pieces_become_exactly_the_segments_software_would_make(
+    n: int, mss: int, last: int, psh: bool, seed: int, loss_pct: int
+) -> None:
+    for impl in IMPLEMENTATIONS:  # the C loops and their Python twin alike
+        with implementation(impl):
+            _pieces_become_segments(n, mss, last, psh, seed, loss_pct)
+
+
+def _pieces_become_segments(
     n: int, mss: int, last: int, psh: bool, seed: int, loss_pct: int
 ) -> None:
     pkts = flow(n, mss=mss, last=min(last, mss), psh_last=psh)

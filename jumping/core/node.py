@@ -30,8 +30,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from cryptography.exceptions import InvalidTag
-
 from jumping.core import segments, wire
 from jumping.core.fsm import Reason, State
 from jumping.core.handshake import (
@@ -54,7 +52,6 @@ from jumping.core.timers import HANDLERS, ORDER, T
 
 Rng = Callable[[int], bytes]
 
-_NONCE_PAD = bytes(4)
 _HDR = wire.TRANSPORT_HEADER
 _DATA = wire.MessageType.DATA
 _DATA_BYTE = bytes((_DATA,))
@@ -63,9 +60,6 @@ _SEGMENT_BYTE = bytes((_SEGMENT,))
 _SEGMENTS = segments.FEATURE_SEGMENTS
 _start_run = segments.start_run
 _extend_run = segments.extend_run
-_LAST = segments.LAST
-_MAX_PIECES = segments.MAX_PIECES
-_VERSION = wire.VERSION
 _CONTROL = wire.MessageType.CONTROL
 _PROBING = (bytes((wire.Control.PROBE,)), bytes((wire.Control.PROBE_REPLY,)))
 _ATTACHED = State.ATTACHED
@@ -501,56 +495,17 @@ class NodeCore:
         fresh counters above the replay window's top, joined in one loop; returns the index
         of the first datagram not taken, which the caller handles the ordinary way (so does
         a piece that authenticates but does not fit: nothing was changed for it)."""
-        n = len(datagrams)
-        if run.last or i >= n:
+        if run.last or i >= len(datagrams):
             return i
-        replay = kp.replay
-        decrypt = kp.recv_aead.decrypt  # type: ignore[union-attr]
-        unpack = _HDR.unpack_from
-        template = run.template
-        hl = run.hl
-        gso = run.gso_size
-        payload = ((template[2] << 8) | template[3]) - hl
-        add = run.pieces.append
-        nxt = run.next_index
-        end = run.offset + run.size
+        t = run.template
         start = i
-        taken = 0
-        while i < n:
-            data = datagrams[i]
-            if data[:1] != _SEGMENT_BYTE or data[4:8] != index:
-                break
-            try:
-                _t, v, chunk, _idx, counter = unpack(data)
-            except struct.error:
-                break
-            if v != _VERSION or chunk & _MAX_PIECES != nxt or counter <= replay.top:
-                break
-            try:
-                plain = decrypt(_NONCE_PAD + data[8:16], data[16:], data[:16])
-            except InvalidTag:
-                break  # the ordinary path counts it
-            m = len(plain) - hl
-            last = chunk & _LAST
-            if last:
-                if m <= 0 or m > gso or end + m != payload:
-                    break
-            elif m != gso or end + m >= payload:
-                break
-            if not plain.startswith(template):
-                break
-            replay.update(counter)
-            add(memoryview(plain)[hl:])
-            end += m
-            nxt += 1
-            taken += len(data)
-            i += 1
-            if last:
-                run.last = True
-                break
+        i, run.next_index, end, last, taken = kp.recv_aead.open_pieces(  # type: ignore[union-attr]
+            datagrams, i, index, kp.replay, run.next_index, t, run.gso_size,
+            run.offset + run.size, ((t[2] << 8) | t[3]) - run.hl, run.pieces,
+        )  # fmt: skip
         if i > start:
             run.size = end - run.offset
-            run.next_index = nxt
+            run.last = last
             s = kp.session
             s.rx_bytes += taken
             s.rx_packets += i - start
@@ -590,11 +545,8 @@ class NodeCore:
         replay = kp.replay
         if not replay.check(counter):
             return self._count("REPLAY", path, kp.session)
-        try:
-            plain = kp.recv_aead.decrypt(  # type: ignore[union-attr]
-                _NONCE_PAD + data[8:16], data[16:], data[:16]
-            )
-        except InvalidTag:
+        plain = kp.recv_aead.open(data)  # type: ignore[union-attr]
+        if plain is None:
             return self._count("AUTH_FAILED", path, kp.session)
         if not replay.update(counter):
             return self._count("REPLAY", path, kp.session)
@@ -644,9 +596,8 @@ class NodeCore:
         aead = kp.recv_aead
         if aead is None:
             return self._count("KEY_WIPED", path)
-        try:
-            plain = aead.decrypt(_NONCE_PAD + data[8:16], data[16:], data[:16])
-        except InvalidTag:
+        plain = aead.open(data)
+        if plain is None:
             return self._count("AUTH_FAILED", path, kp.session)
         if not replay.update(counter):
             return self._count("REPLAY", path, kp.session)

@@ -14,18 +14,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-
+from jumping.core import aead as _aead
 from jumping.core import wire
 from jumping.core.fsm import SessionFSM
 from jumping.core.replay import ReplayWindow
 from jumping.core.timers import COUNT as TIMER_COUNT
 
-_NONCE_PAD = bytes(4)
-_QWORD = wire.TRANSPORT_HEADER
-_PACK_HEADER = wire.TRANSPORT_HEADER.pack
-_SEGMENT = wire.MessageType.DATA_SEGMENT
-_LAST = 0x8000
+_COUNTER_LIMIT = wire.COUNTER_LIMIT
 
 
 class Keypair:
@@ -61,8 +56,9 @@ class Keypair:
         self.handshake_ms = handshake_ms
         self.local_index = local_index
         self.remote_index = remote_index
-        self.send_aead: ChaCha20Poly1305 | None = ChaCha20Poly1305(send_key)
-        self.recv_aead: ChaCha20Poly1305 | None = ChaCha20Poly1305(recv_key)
+        aead = _aead.Aead  # the C loops where built, else their Python twin (aead.py)
+        self.send_aead: _aead.PyAead | None = aead(send_key)
+        self.recv_aead: _aead.PyAead | None = aead(recv_key)
         self.send_counter = 0
         self.replay = ReplayWindow(replay_bits)
         self.created = now
@@ -75,12 +71,10 @@ class Keypair:
         """Encrypt one message; None if the keypair is wiped or its counter is exhausted."""
         aead = self.send_aead
         c = self.send_counter
-        if aead is None or c >= wire.COUNTER_LIMIT:
+        if aead is None or c >= _COUNTER_LIMIT:
             return None
         self.send_counter = c + 1
-        cb = c.to_bytes(8, "little")
-        header = prefix + cb
-        return header + aead.encrypt(_NONCE_PAD + cb, plaintext, header)
+        return aead.seal(prefix + c.to_bytes(8, "little"), plaintext)
 
     def seal_pieces(self, packet: bytes, hl: int, gso_size: int) -> list[bytes] | None:
         """DATA_SEGMENT datagrams for a TCP/IPv4 super-packet (header length ``hl``): one
@@ -90,22 +84,10 @@ class Keypair:
         aead = self.send_aead
         count = -(-(len(packet) - hl) // gso_size) or 1
         c = self.send_counter
-        if aead is None or c + count > wire.COUNTER_LIMIT:
+        if aead is None or c + count > _COUNTER_LIMIT:
             return None
         self.send_counter = c + count
-        header = packet[:hl]
-        view = memoryview(packet)
-        encrypt = aead.encrypt
-        ri = self.remote_index
-        last = count - 1
-        out: list[bytes] = []
-        append = out.append
-        off = hl
-        for k in range(count):
-            h = _PACK_HEADER(_SEGMENT, wire.VERSION, k | _LAST if k == last else k, ri, c + k)
-            append(h + encrypt(_NONCE_PAD + h[8:], header + view[off : off + gso_size], h))
-            off += gso_size
-        return out
+        return aead.seal_pieces(packet, hl, gso_size, self.remote_index, c)
 
     def wipe(self) -> None:
         """Forget the keys. Python cannot zero the AEAD objects' memory; dropping the only

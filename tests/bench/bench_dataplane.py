@@ -3,7 +3,9 @@ Per-packet cost of the core data plane, beside the bare AEAD it wraps.
 
     python3 tests/bench/bench_dataplane.py [--packets 200000] [--size 1400]
 
-Prints JSON: µs per packet for ChaCha20-Poly1305 encrypt+decrypt alone, and for
+Prints JSON: µs per packet for ChaCha20-Poly1305 encrypt+decrypt alone (cryptography's, and
+the keypairs' own: ``implementation`` says which, the C loops or their Python twin, see
+jumping/core/aead.py; ``JUMPING_PURE_PYTHON=1`` picks the latter), and for
 ``seal_batch`` + ``receive_batch`` through real client/gateway cores, in runs of ``--batch``
 packets as the service calls them (replay window, counters, routing, source check
 included). The difference is what Jumping adds per packet; the
@@ -20,6 +22,7 @@ import time
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from jumping.core import aead as keypair_aead
 from jumping.testing.sim import SimNet
 
 
@@ -40,6 +43,13 @@ def main() -> None:
         ct = aead.encrypt(nonce, payload, hdr)
         aead.decrypt(nonce, ct, hdr)
     bare = (time.perf_counter() - t0) / n * 1e6
+    own = keypair_aead.Aead(os.urandom(32))
+    t0 = time.perf_counter()
+    for i in range(n):
+        nonce = bytes(4) + i.to_bytes(8, "little")
+        ct = own.encrypt(nonce, payload, hdr)
+        own.decrypt(nonce, ct, hdr)
+    bare_own = (time.perf_counter() - t0) / n * 1e6
 
     net = SimNet(seed=1)
     net.start()
@@ -82,7 +92,9 @@ def main() -> None:
                 "size": a.size,
                 "batch": a.batch,
                 "delivered": delivered,
+                "implementation": keypair_aead.IMPLEMENTATION,
                 "aead_only_us": round(bare, 3),
+                "keypair_aead_only_us": round(bare_own, 3),
                 "jumping_us": round(full, 3),
                 "overhead_us": round(full - bare, 3),
                 "segments_delivered": pieces,

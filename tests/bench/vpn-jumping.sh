@@ -22,8 +22,24 @@ J_DIR=
 J_QUIC_PORT=${JUMPING_QUIC_PORT:-443}
 J_PYTHONPATH=$JUMPING_ROOT:$JUMPING_ROOT/plugins/jumping-quic
 
-vpn_check() { need_cmds "$J_PY" ip; "$J_PY" -c "import twisted, nacl, cryptography" || die "python deps missing (bash $JUMPING_ROOT/deploy/setup.sh --runtime)"; }
-vpn_version() { (cd "$JUMPING_ROOT" && echo "jumping-$(git rev-parse --short HEAD 2>/dev/null || echo src)"); }
+vpn_check() { need_cmds "$J_PY" ip; "$J_PY" -c "import twisted, nacl, cryptography" || die "python deps missing (bash $JUMPING_ROOT/deploy/setup.sh --runtime)"; j_build; }
+# The daemons run from the checkout: the data plane's C loops (jumping/core/_dataplane.c) are
+# built in place when missing or older than their source (a failed build leaves the
+# pure-Python twin; JUMPING_PURE_PYTHON=1 picks it anyway). The version names which ran.
+j_build() {
+  local so tmp
+  so=$(compgen -G "$JUMPING_ROOT/jumping/core/_dataplane*.so" | head -n1 || true)
+  [[ -n $so && ! $JUMPING_ROOT/jumping/core/_dataplane.c -nt $so ]] && return 0
+  tmp=$(mktemp -d /tmp/jumping-build.XXXXXX)
+  (cd "$JUMPING_ROOT" && "$J_PY" setup.py -q build_ext --inplace --build-temp "$tmp/t" --build-lib "$tmp/l") >"$tmp/log" 2>&1 ||
+    echo "vpn-jumping: the C loops did not build (see $tmp/log): pure Python" >&2
+  rm -rf "$tmp"
+}
+vpn_version() {
+  local impl
+  impl=$(cd "$JUMPING_ROOT" && "$J_PY" -c "import jumping.core.aead as a; print(a.IMPLEMENTATION)" 2>/dev/null || echo "?")
+  (cd "$JUMPING_ROOT" && echo "jumping-$(git rev-parse --short HEAD 2>/dev/null || echo src)-$impl")
+}
 
 j_twistd() { command -v twistd || echo "$(dirname "$(command -v "$J_PY")")/twistd"; }
 

@@ -10,6 +10,7 @@ from jumping.core import wire
 from jumping.core.node import QUEUED, Received, Sealed, drop
 from jumping.core.outputs import ArmTimer, Drop, Send
 from jumping.testing.sim import SimNet, capture, ipv4
+from tests.core.test_aead import IMPLEMENTATIONS, implementation
 from tests.test_gro import flow, tcp4
 from tests.test_segments import kernel_segments, super_packet
 
@@ -149,7 +150,14 @@ def test_a_batch_is_exactly_its_datagrams_one_by_one(
     """receive_batch takes the datagrams after the first of a keypair the lean way, and
     the pieces of a super-packet that follow in order in one loop; what it delivers, drops
     and counts is what the same datagrams do one call each (replays, forgeries, spoofed
-    sources, control messages, junk and a session that is not in the plain case too)."""
+    sources, control messages, junk and a session that is not in the plain case too), with
+    the data plane's loops in C and in Python."""
+    for impl in IMPLEMENTATIONS:
+        with implementation(impl):
+            _batch_is_one_by_one(picks, ordered, detach)
+
+
+def _batch_is_one_by_one(picks: list[int], ordered: bool, detach: bool) -> None:
     nets = [attached(seed=4), attached(seed=4)]
     inner = _inner()
     pools = [_pool(n, inner) for n in nets]

@@ -1,0 +1,548 @@
+/*
+ * jumping.core._dataplane: the data plane's per-packet loops in C (optional).
+ *
+ * One type, Aead: ChaCha20-Poly1305 (RFC 8439) through OpenSSL's libcrypto, with one
+ * encryption and one decryption context made once per key and re-armed with each nonce
+ * (cryptography's AEAD copies a fresh context per call, about half of the cost of sealing
+ * a 1400-byte packet). Besides encrypt/decrypt with cryptography's signature, it has the
+ * data plane's loops: seal one message behind its header, open one, seal a TCP super-packet
+ * as DATA_SEGMENT pieces, and join in-order pieces of a super-packet (replay window
+ * included). jumping/core/aead.py is the pure-Python twin of every method, and the
+ * reference: the tests run both and compare them.
+ *
+ * Nothing here allocates per piece beyond the Python object it returns.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <openssl/evp.h>
+#include <string.h>
+
+#define TAG 16
+#define HDR 16
+#define T_SEGMENT 6
+#define VERSION 1
+#define LAST 0x8000u
+#define MAX_PIECES 0x7FFFu
+
+static PyObject *InvalidTag; /* cryptography.exceptions.InvalidTag */
+
+typedef struct {
+    PyObject_HEAD
+    EVP_CIPHER_CTX *enc;
+    EVP_CIPHER_CTX *dec;
+} Aead;
+
+static void
+Aead_dealloc(Aead *self)
+{
+    EVP_CIPHER_CTX_free(self->enc); /* frees and cleanses the key schedule */
+    EVP_CIPHER_CTX_free(self->dec);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+Aead_init(Aead *self, PyObject *args, PyObject *kwds)
+{
+    Py_buffer key;
+    static char *kwlist[] = {"key", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*", kwlist, &key))
+        return -1;
+    if (key.len != 32) {
+        PyBuffer_Release(&key);
+        PyErr_SetString(PyExc_ValueError, "ChaCha20Poly1305 key must be 32 bytes.");
+        return -1;
+    }
+    EVP_CIPHER_CTX_free(self->enc);
+    EVP_CIPHER_CTX_free(self->dec);
+    self->enc = EVP_CIPHER_CTX_new();
+    self->dec = EVP_CIPHER_CTX_new();
+    int ok = self->enc && self->dec
+        && EVP_EncryptInit_ex(self->enc, EVP_chacha20_poly1305(), NULL, key.buf, NULL) == 1
+        && EVP_DecryptInit_ex(self->dec, EVP_chacha20_poly1305(), NULL, key.buf, NULL) == 1;
+    PyBuffer_Release(&key);
+    if (!ok) {
+        PyErr_SetString(PyExc_RuntimeError, "libcrypto refused ChaCha20-Poly1305");
+        return -1;
+    }
+    return 0;
+}
+
+/* out = ciphertext of (a, b) || tag; aad as given. 0 on success. */
+static int
+seal2(EVP_CIPHER_CTX *c, const unsigned char *nonce, const unsigned char *aad, int aadlen,
+      const unsigned char *a, int alen, const unsigned char *b, int blen, unsigned char *out)
+{
+    int n;
+    if (EVP_EncryptInit_ex(c, NULL, NULL, NULL, nonce) != 1)
+        return -1;
+    if (aadlen && EVP_EncryptUpdate(c, NULL, &n, aad, aadlen) != 1)
+        return -1;
+    if (alen && EVP_EncryptUpdate(c, out, &n, a, alen) != 1)
+        return -1;
+    if (blen && EVP_EncryptUpdate(c, out + alen, &n, b, blen) != 1)
+        return -1;
+    if (EVP_EncryptFinal_ex(c, out + alen + blen, &n) != 1)
+        return -1;
+    return EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_AEAD_GET_TAG, TAG, out + alen + blen) == 1 ? 0 : -1;
+}
+
+/* Decrypt in (len bytes of ciphertext followed by the tag): the first alen bytes of
+ * plaintext into a, the rest into b. 0 if it authenticated. */
+static int
+open2(EVP_CIPHER_CTX *c, const unsigned char *nonce, const unsigned char *aad, int aadlen,
+      const unsigned char *in, int len, unsigned char *a, int alen, unsigned char *b)
+{
+    int n;
+    if (EVP_DecryptInit_ex(c, NULL, NULL, NULL, nonce) != 1)
+        return -1;
+    if (aadlen && EVP_DecryptUpdate(c, NULL, &n, aad, aadlen) != 1)
+        return -1;
+    if (alen && EVP_DecryptUpdate(c, a, &n, in, alen) != 1)
+        return -1;
+    if (len > alen && EVP_DecryptUpdate(c, b, &n, in + alen, len - alen) != 1)
+        return -1;
+    if (EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_AEAD_SET_TAG, TAG, (void *)(in + len)) != 1)
+        return -1;
+    return EVP_DecryptFinal_ex(c, b + (len - alen), &n) == 1 ? 0 : -1;
+}
+
+static int
+check_nonce(Py_buffer *nonce)
+{
+    if (nonce->len != 12) {
+        PyErr_SetString(PyExc_ValueError, "Nonce must be 12 bytes");
+        return -1;
+    }
+    return 0;
+}
+
+static int
+check_size(Py_ssize_t n)
+{
+    if (n > (1 << 30)) {
+        PyErr_SetString(PyExc_OverflowError, "Data or associated data too long.");
+        return -1;
+    }
+    return 0;
+}
+
+/* encrypt(nonce, data, associated_data) -> ciphertext || tag (as cryptography's) */
+static PyObject *
+Aead_encrypt(Aead *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer nonce, data, aad = {0};
+    PyObject *out = NULL;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "encrypt(nonce, data, associated_data)");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &nonce, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &data, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&nonce);
+        return NULL;
+    }
+    if (args[2] != Py_None && PyObject_GetBuffer(args[2], &aad, PyBUF_SIMPLE) < 0)
+        goto done;
+    if (check_nonce(&nonce) < 0 || check_size(data.len) < 0 || check_size(aad.len) < 0)
+        goto done;
+    out = PyBytes_FromStringAndSize(NULL, data.len + TAG);
+    if (out == NULL)
+        goto done;
+    if (seal2(self->enc, nonce.buf, aad.buf, (int)aad.len, data.buf, (int)data.len, NULL, 0,
+              (unsigned char *)PyBytes_AS_STRING(out)) < 0) {
+        Py_CLEAR(out);
+        PyErr_SetString(PyExc_RuntimeError, "libcrypto failed to encrypt");
+    }
+done:
+    PyBuffer_Release(&nonce);
+    PyBuffer_Release(&data);
+    if (aad.obj)
+        PyBuffer_Release(&aad);
+    return out;
+}
+
+/* decrypt(nonce, data, associated_data) -> plaintext; InvalidTag if it does not
+ * authenticate (as cryptography's) */
+static PyObject *
+Aead_decrypt(Aead *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer nonce, data, aad = {0};
+    PyObject *out = NULL;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "decrypt(nonce, data, associated_data)");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &nonce, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &data, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&nonce);
+        return NULL;
+    }
+    if (args[2] != Py_None && PyObject_GetBuffer(args[2], &aad, PyBUF_SIMPLE) < 0)
+        goto done;
+    if (check_nonce(&nonce) < 0 || check_size(data.len) < 0 || check_size(aad.len) < 0)
+        goto done;
+    if (data.len < TAG) {
+        PyErr_SetNone(InvalidTag);
+        goto done;
+    }
+    out = PyBytes_FromStringAndSize(NULL, data.len - TAG);
+    if (out == NULL)
+        goto done;
+    if (open2(self->dec, nonce.buf, aad.buf, (int)aad.len, data.buf, (int)(data.len - TAG),
+              NULL, 0, (unsigned char *)PyBytes_AS_STRING(out)) < 0) {
+        Py_CLEAR(out);
+        PyErr_SetNone(InvalidTag);
+    }
+done:
+    PyBuffer_Release(&nonce);
+    PyBuffer_Release(&data);
+    if (aad.obj)
+        PyBuffer_Release(&aad);
+    return out;
+}
+
+/* seal(header, plaintext) -> header || AEAD(plaintext): the 16-byte transport header is
+ * the associated data and its last 8 bytes (the counter) the nonce's. */
+static PyObject *
+Aead_seal(Aead *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer h, p;
+    PyObject *out = NULL;
+    unsigned char nonce[12] = {0};
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "seal(header, plaintext)");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &h, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &p, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&h);
+        return NULL;
+    }
+    if (h.len != HDR) {
+        PyErr_SetString(PyExc_ValueError, "a transport header is 16 bytes");
+        goto done;
+    }
+    if (check_size(p.len) < 0)
+        goto done;
+    out = PyBytes_FromStringAndSize(NULL, HDR + p.len + TAG);
+    if (out == NULL)
+        goto done;
+    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out);
+    memcpy(o, h.buf, HDR);
+    memcpy(nonce + 4, o + 8, 8);
+    if (seal2(self->enc, nonce, o, HDR, p.buf, (int)p.len, NULL, 0, o + HDR) < 0) {
+        Py_CLEAR(out);
+        PyErr_SetString(PyExc_RuntimeError, "libcrypto failed to encrypt");
+    }
+done:
+    PyBuffer_Release(&h);
+    PyBuffer_Release(&p);
+    return out;
+}
+
+/* open(datagram) -> plaintext, or None if it does not authenticate (the caller parsed
+ * the 16-byte header). */
+static PyObject *
+Aead_open(Aead *self, PyObject *arg)
+{
+    Py_buffer d;
+    PyObject *out = NULL;
+    unsigned char nonce[12] = {0};
+    if (PyObject_GetBuffer(arg, &d, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (d.len < HDR + TAG || check_size(d.len) < 0) {
+        PyBuffer_Release(&d);
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    const unsigned char *in = d.buf;
+    memcpy(nonce + 4, in + 8, 8);
+    out = PyBytes_FromStringAndSize(NULL, d.len - HDR - TAG);
+    if (out != NULL && open2(self->dec, nonce, in, HDR, in + HDR, (int)(d.len - HDR - TAG),
+                             NULL, 0, (unsigned char *)PyBytes_AS_STRING(out)) < 0) {
+        Py_DECREF(out);
+        out = Py_None;
+        Py_INCREF(out);
+    }
+    PyBuffer_Release(&d);
+    return out;
+}
+
+static void
+put_header(unsigned char *h, unsigned chunk, uint32_t ri, uint64_t counter)
+{
+    h[0] = T_SEGMENT;
+    h[1] = VERSION;
+    h[2] = chunk & 0xFF;
+    h[3] = chunk >> 8;
+    for (int k = 0; k < 4; k++)
+        h[4 + k] = (ri >> (8 * k)) & 0xFF;
+    for (int k = 0; k < 8; k++)
+        h[8 + k] = (counter >> (8 * k)) & 0xFF;
+}
+
+/* seal_pieces(packet, hl, gso_size, remote_index, counter) -> [datagram]: one
+ * DATA_SEGMENT datagram per gso_size piece of the payload, each sealed on its own behind
+ * the super-packet's header (jumping/core/segments.py); counters from ``counter`` on. */
+static PyObject *
+Aead_seal_pieces(Aead *self, PyObject *args)
+{
+    Py_buffer pk;
+    Py_ssize_t hl, gso;
+    unsigned long ri;
+    unsigned long long c;
+    PyObject *out = NULL;
+    if (!PyArg_ParseTuple(args, "y*nnkK", &pk, &hl, &gso, &ri, &c))
+        return NULL;
+    if (hl < 0 || hl > pk.len || gso <= 0 || check_size(pk.len) < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "bad header length or segment size");
+        goto done;
+    }
+    Py_ssize_t payload = pk.len - hl;
+    Py_ssize_t count = (payload + gso - 1) / gso;
+    if (count < 1)
+        count = 1;
+    out = PyList_New(count);
+    if (out == NULL)
+        goto done;
+    const unsigned char *p = pk.buf;
+    unsigned char nonce[12] = {0};
+    for (Py_ssize_t k = 0; k < count; k++) {
+        Py_ssize_t off = k * gso;
+        Py_ssize_t n = payload - off < gso ? payload - off : gso;
+        if (n < 0)
+            n = 0;
+        PyObject *d = PyBytes_FromStringAndSize(NULL, HDR + hl + n + TAG);
+        if (d == NULL) {
+            Py_CLEAR(out);
+            goto done;
+        }
+        unsigned char *o = (unsigned char *)PyBytes_AS_STRING(d);
+        unsigned chunk = (unsigned)k | (k == count - 1 ? LAST : 0);
+        put_header(o, chunk, (uint32_t)ri, c + (unsigned long long)k);
+        memcpy(nonce + 4, o + 8, 8);
+        if (seal2(self->enc, nonce, o, HDR, p, (int)hl, p + hl + off, (int)n, o + HDR) < 0) {
+            Py_DECREF(d);
+            Py_CLEAR(out);
+            PyErr_SetString(PyExc_RuntimeError, "libcrypto failed to encrypt");
+            goto done;
+        }
+        PyList_SET_ITEM(out, k, d);
+    }
+done:
+    PyBuffer_Release(&pk);
+    return out;
+}
+
+/* The replay window of jumping/core/replay.py, moved forward to ``counter`` (> top):
+ * blocks passed over are cleared, the counter's bit set. */
+static int
+replay_advance(PyObject *blocks, Py_ssize_t mask, long long *top, unsigned long long counter)
+{
+    long long index = (long long)(counter >> 6);
+    long long current = *top >= 0 ? (*top >> 6) : -1;
+    long long diff = index - current;
+    if (diff > 0) {
+        if (diff > mask)
+            diff = mask + 1;
+        for (long long i = 1; i <= diff; i++) {
+            PyObject *zero = PyLong_FromLong(0);
+            if (zero == NULL)
+                return -1;
+            PyList_SetItem(blocks, (Py_ssize_t)((current + i) & mask), zero);
+        }
+    }
+    *top = (long long)counter;
+    Py_ssize_t i = (Py_ssize_t)(index & mask);
+    unsigned long long b = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(blocks, i));
+    if (b == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    PyObject *v = PyLong_FromUnsignedLongLong(b | (1ULL << (counter & 63)));
+    if (v == NULL)
+        return -1;
+    PyList_SetItem(blocks, i, v);
+    return 0;
+}
+
+/* open_pieces(datagrams, i, index, replay, nxt, template, gso, end, payload, pieces)
+ *   -> (i, nxt, end, last, taken_bytes)
+ * The DATA_SEGMENT datagrams from datagrams[i] on that are, in order, the next pieces of
+ * a run (receiver index ``index``, next piece ``nxt``, header ``template``, segment size
+ * ``gso``, payload bytes so far ``end`` of ``payload``) with counters above the replay
+ * window's top: each authenticated, its counter marked in ``replay``, its payload appended
+ * to ``pieces``. Stops at the first datagram that is not such a piece (nothing was changed
+ * for it) and after the last piece. */
+static PyObject *
+Aead_open_pieces(Aead *self, PyObject *args)
+{
+    PyObject *datagrams, *replay, *pieces;
+    Py_ssize_t i, nxt, gso, end, payload;
+    Py_buffer index, tpl;
+    if (!PyArg_ParseTuple(args, "O!ny*Ony*nnnO!", &PyList_Type, &datagrams, &i, &index,
+                          &replay, &nxt, &tpl, &gso, &end, &payload, &PyList_Type, &pieces))
+        return NULL;
+    PyObject *res = NULL, *blocks = NULL, *topo = NULL, *masko = NULL;
+    Py_ssize_t hl = tpl.len, taken = 0, mask;
+    int last = 0;
+    long long top;
+    if (index.len != 4) {
+        PyErr_SetString(PyExc_ValueError, "a receiver index is 4 bytes");
+        goto done;
+    }
+    blocks = PyObject_GetAttrString(replay, "blocks");
+    topo = PyObject_GetAttrString(replay, "top");
+    masko = PyObject_GetAttrString(replay, "mask");
+    if (blocks == NULL || topo == NULL || masko == NULL)
+        goto done;
+    if (!PyList_Check(blocks)) {
+        PyErr_SetString(PyExc_TypeError, "replay.blocks must be a list");
+        goto done;
+    }
+    mask = PyLong_AsSsize_t(masko);
+    if (mask == -1 && PyErr_Occurred())
+        goto done;
+    if (mask < 0 || mask >= PyList_GET_SIZE(blocks)) {
+        PyErr_SetString(PyExc_ValueError, "replay window inconsistent");
+        goto done;
+    }
+    top = PyLong_AsLongLong(topo);
+    if (top == -1 && PyErr_Occurred()) {
+        /* a top at or above 2**63: no counter can pass "above top" here; take none */
+        PyErr_Clear();
+        res = Py_BuildValue("nnnOn", i, nxt, end, Py_False, (Py_ssize_t)0);
+        goto done;
+    }
+    long long top0 = top;
+    unsigned char head[128];
+    unsigned char nonce[12] = {0};
+    Py_ssize_t n = PyList_GET_SIZE(datagrams);
+    if (hl > (Py_ssize_t)sizeof(head))
+        n = 0; /* an IPv4+TCP header is at most 120 bytes */
+    while (i < n) {
+        PyObject *d = PyList_GET_ITEM(datagrams, i);
+        if (!PyBytes_Check(d))
+            break;
+        const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(d);
+        Py_ssize_t len = PyBytes_GET_SIZE(d);
+        if (len < HDR || b[0] != T_SEGMENT || memcmp(b + 4, index.buf, 4) != 0)
+            break;
+        unsigned chunk = b[2] | (b[3] << 8);
+        unsigned long long counter = 0;
+        for (int k = 7; k >= 0; k--)
+            counter = (counter << 8) | b[8 + k];
+        if (b[1] != VERSION || (Py_ssize_t)(chunk & MAX_PIECES) != nxt)
+            break;
+        if (top >= 0 && counter <= (unsigned long long)top)
+            break;
+        if (counter > (unsigned long long)LLONG_MAX)
+            break; /* never below COUNTER_LIMIT... but then the ordinary path decides */
+        Py_ssize_t m = len - HDR - TAG - hl;
+        int is_last = (chunk & LAST) != 0;
+        if (is_last) {
+            if (m <= 0 || m > gso || end + m != payload)
+                break;
+        } else if (m != gso || end + m >= payload)
+            break;
+        PyObject *piece = PyBytes_FromStringAndSize(NULL, m);
+        if (piece == NULL)
+            goto done;
+        memcpy(nonce + 4, b + 8, 8);
+        if (open2(self->dec, nonce, b, HDR, b + HDR, (int)(len - HDR - TAG), head, (int)hl,
+                  (unsigned char *)PyBytes_AS_STRING(piece)) < 0
+            || memcmp(head, tpl.buf, hl) != 0) {
+            Py_DECREF(piece); /* the ordinary path counts it */
+            break;
+        }
+        if (replay_advance(blocks, mask, &top, counter) < 0 || PyList_Append(pieces, piece) < 0) {
+            Py_DECREF(piece);
+            goto done;
+        }
+        Py_DECREF(piece);
+        end += m;
+        nxt += 1;
+        taken += len;
+        i += 1;
+        if (is_last) {
+            last = 1;
+            break;
+        }
+    }
+    if (top != top0) {
+        PyObject *t = PyLong_FromLongLong(top);
+        if (t == NULL || PyObject_SetAttrString(replay, "top", t) < 0) {
+            Py_XDECREF(t);
+            goto done;
+        }
+        Py_DECREF(t);
+    }
+    res = Py_BuildValue("nnnOn", i, nxt, end, last ? Py_True : Py_False, taken);
+done:
+    Py_XDECREF(blocks);
+    Py_XDECREF(topo);
+    Py_XDECREF(masko);
+    PyBuffer_Release(&index);
+    PyBuffer_Release(&tpl);
+    return res;
+}
+
+static PyMethodDef Aead_methods[] = {
+    {"encrypt", (PyCFunction)(void (*)(void))Aead_encrypt, METH_FASTCALL,
+     "encrypt(nonce, data, associated_data) -> ciphertext and tag"},
+    {"decrypt", (PyCFunction)(void (*)(void))Aead_decrypt, METH_FASTCALL,
+     "decrypt(nonce, data, associated_data) -> plaintext; InvalidTag"},
+    {"seal", (PyCFunction)(void (*)(void))Aead_seal, METH_FASTCALL,
+     "seal(header, plaintext) -> header + AEAD(plaintext)"},
+    {"open", (PyCFunction)Aead_open, METH_O, "open(datagram) -> plaintext or None"},
+    {"seal_pieces", (PyCFunction)Aead_seal_pieces, METH_VARARGS,
+     "seal_pieces(packet, hl, gso_size, remote_index, counter) -> [datagram]"},
+    {"open_pieces", (PyCFunction)Aead_open_pieces, METH_VARARGS,
+     "open_pieces(datagrams, i, index, replay, nxt, template, gso, end, payload, pieces)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject AeadType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "jumping.core._dataplane.Aead",
+    .tp_basicsize = sizeof(Aead),
+    .tp_dealloc = (destructor)Aead_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "ChaCha20-Poly1305 with reused libcrypto contexts, and the data plane's loops",
+    .tp_methods = Aead_methods,
+    .tp_init = (initproc)Aead_init,
+    .tp_new = PyType_GenericNew,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_dataplane",
+    "The data plane's per-packet loops in C (jumping/core/aead.py is their twin).", -1, NULL,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__dataplane(void)
+{
+    PyObject *exc = PyImport_ImportModule("cryptography.exceptions");
+    if (exc == NULL)
+        return NULL;
+    InvalidTag = PyObject_GetAttrString(exc, "InvalidTag");
+    Py_DECREF(exc);
+    if (InvalidTag == NULL)
+        return NULL;
+    if (PyType_Ready(&AeadType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&AeadType);
+    if (PyModule_AddObject(m, "Aead", (PyObject *)&AeadType) < 0) {
+        Py_DECREF(&AeadType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -49,6 +49,9 @@ Aead_init(Aead *self, PyObject *args, PyObject *kwds)
         return -1;
     if (key.len != 32) {
         PyBuffer_Release(&key);
+        EVP_CIPHER_CTX_free(self->enc);
+        EVP_CIPHER_CTX_free(self->dec);
+        self->enc = self->dec = NULL;
         PyErr_SetString(PyExc_ValueError, "ChaCha20Poly1305 key must be 32 bytes.");
         return -1;
     }
@@ -61,6 +64,9 @@ Aead_init(Aead *self, PyObject *args, PyObject *kwds)
         && EVP_DecryptInit_ex(self->dec, EVP_chacha20_poly1305(), NULL, key.buf, NULL) == 1;
     PyBuffer_Release(&key);
     if (!ok) {
+        EVP_CIPHER_CTX_free(self->enc);
+        EVP_CIPHER_CTX_free(self->dec);
+        self->enc = self->dec = NULL;
         PyErr_SetString(PyExc_RuntimeError, "libcrypto refused ChaCha20-Poly1305");
         return -1;
     }
@@ -106,6 +112,15 @@ open2(EVP_CIPHER_CTX *c, const unsigned char *nonce, const unsigned char *aad, i
     return EVP_DecryptFinal_ex(c, b + (len - alen), &n) == 1 ? 0 : -1;
 }
 
+/* an Aead whose __init__ did not succeed has no contexts: refuse, never crash */
+#define NEED_KEY(self)                                                               \
+    do {                                                                             \
+        if ((self)->enc == NULL || (self)->dec == NULL) {                            \
+            PyErr_SetString(PyExc_ValueError, "Aead has no key");                    \
+            return NULL;                                                             \
+        }                                                                            \
+    } while (0)
+
 static int
 check_nonce(Py_buffer *nonce)
 {
@@ -132,6 +147,7 @@ Aead_encrypt(Aead *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer nonce, data, aad = {0};
     PyObject *out = NULL;
+    NEED_KEY(self);
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "encrypt(nonce, data, associated_data)");
         return NULL;
@@ -169,6 +185,7 @@ Aead_decrypt(Aead *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer nonce, data, aad = {0};
     PyObject *out = NULL;
+    NEED_KEY(self);
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "decrypt(nonce, data, associated_data)");
         return NULL;
@@ -211,6 +228,7 @@ Aead_seal(Aead *self, PyObject *const *args, Py_ssize_t nargs)
     Py_buffer h, p;
     PyObject *out = NULL;
     unsigned char nonce[12] = {0};
+    NEED_KEY(self);
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "seal(header, plaintext)");
         return NULL;
@@ -251,6 +269,7 @@ Aead_open(Aead *self, PyObject *arg)
     Py_buffer d;
     PyObject *out = NULL;
     unsigned char nonce[12] = {0};
+    NEED_KEY(self);
     if (PyObject_GetBuffer(arg, &d, PyBUF_SIMPLE) < 0)
         return NULL;
     if (d.len < HDR + TAG || check_size(d.len) < 0) {
@@ -296,6 +315,7 @@ Aead_seal_pieces(Aead *self, PyObject *args)
     unsigned long ri;
     unsigned long long c;
     PyObject *out = NULL;
+    NEED_KEY(self);
     if (!PyArg_ParseTuple(args, "y*nnkK", &pk, &hl, &gso, &ri, &c))
         return NULL;
     if (hl < 0 || hl > pk.len || gso <= 0 || check_size(pk.len) < 0) {
@@ -383,6 +403,7 @@ Aead_open_pieces(Aead *self, PyObject *args)
     PyObject *datagrams, *replay, *pieces;
     Py_ssize_t i, nxt, gso, end, payload;
     Py_buffer index, tpl;
+    NEED_KEY(self);
     if (!PyArg_ParseTuple(args, "O!ny*Ony*nnnO!", &PyList_Type, &datagrams, &i, &index,
                           &replay, &nxt, &tpl, &gso, &end, &payload, &PyList_Type, &pieces))
         return NULL;

@@ -67,6 +67,13 @@ def test_encrypt_and_decrypt_are_cryptographys(
         c.encrypt(nonce[:11], data, ad)
     with pytest.raises(ValueError):
         C(key[:31])
+    keyless = C.__new__(C)  # never initialised, or re-initialised with a bad key
+    with pytest.raises(ValueError):
+        keyless.encrypt(nonce, data, ad)
+    with pytest.raises(ValueError):
+        c.__init__(key[:16])
+    with pytest.raises(ValueError):
+        c.open(bytes(40))
 
 
 @needs_c

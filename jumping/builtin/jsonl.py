@@ -1,5 +1,6 @@
 """
-``jsonl`` event sink: one JSON object per line, written by a thread behind a bounded queue.
+``jsonl`` event sink: one JSON object per line, written by a thread behind a bounded queue
+(:class:`jumping.sinkwriter.BoundedWriter`).
 
 ``emit`` never blocks and never raises: a full queue or a failing disk drops the event and
 counts it (docs/protocol.md, invariant 9). Files rotate by size (``events.jsonl`` →
@@ -19,14 +20,13 @@ import errno
 import json
 import os
 import stat
-import threading
-from collections import deque
 from typing import Any
 
 from twisted.internet import defer
 from zope.interface import implementer
 
 from jumping.interfaces import IEventSink
+from jumping.sinkwriter import BoundedWriter
 
 
 @implementer(IEventSink)
@@ -59,27 +59,21 @@ class JSONLinesSink:
         self.max_queue = max_queue
         self.rotate_bytes = rotate_bytes
         self.keep = keep
-        self.overflow = 0  # dropped on the reactor thread (queue full, closed)
         self.write_dropped = 0  # dropped on the writer thread (write failed, not JSON)
         self.delivered = 0
-        self.write_errors = 0
         self._written = 0
-        self._q: deque[dict[str, Any]] = deque()
-        self._cv = threading.Condition()
-        self._stop = False
-        self._thread: threading.Thread | None = None
+        self._writer = BoundedWriter(f"jsonl:{path}", max_queue, self._write_batch)
 
     def start(self) -> None:
         """Create or open the file (a clear error if the node's user cannot), start the
         writer thread."""
-        if self._thread is not None or self._stop:
+        if self._writer.started or self._writer.closing:
             return
         try:
             os.close(self._open())
         except OSError as e:
             raise OSError(f"jsonl: cannot write events to {self.path}: {e.strerror or e}") from None
-        self._thread = threading.Thread(target=self._run, name=f"jsonl:{self.path}", daemon=True)
-        self._thread.start()
+        self._writer.start()
 
     def _open(self) -> int:
         """An append descriptor on the file: never through a symlink, only a regular file,
@@ -99,20 +93,24 @@ class JSONLinesSink:
 
     @property
     def queue_depth(self) -> int:
-        return len(self._q)
+        return self._writer.queued
+
+    @property
+    def overflow(self) -> int:
+        """Dropped on the reactor thread: the queue was full, or the sink closed."""
+        return self._writer.overflow
+
+    @property
+    def write_errors(self) -> int:
+        return self._writer.errors
 
     @property
     def dropped(self) -> int:
-        # two counters, each written by one thread only: no update is ever lost
-        return self.overflow + self.write_dropped
+        # counters each written by one thread only: no update is ever lost
+        return self._writer.overflow + self._writer.failed + self.write_dropped
 
     def emit(self, event: dict[str, Any]) -> None:
-        if len(self._q) >= self.max_queue or self._stop:
-            self.overflow += 1
-            return
-        self._q.append(event)
-        with self._cv:
-            self._cv.notify()
+        self._writer.put(event)
 
     def _rotate(self) -> None:
         for i in range(self.keep - 1, 0, -1):
@@ -124,22 +122,14 @@ class JSONLinesSink:
         else:
             os.unlink(self.path)
 
-    def _run(self) -> None:
-        while True:
-            with self._cv:
-                while not self._q and not self._stop:
-                    self._cv.wait(0.5)
-                if self._stop and not self._q:
-                    return
-            batch: list[dict[str, Any]] = []
-            while self._q and len(batch) < 1000:
-                batch.append(self._q.popleft())
-            try:
-                self._write(batch)
-            except Exception:  # a full or read-only disk, anything: never kill the thread
-                self.write_errors += 1
-                self.write_dropped += len(batch) - self._written
-            self._written = 0
+    def _write_batch(self, batch: list[dict[str, Any]]) -> None:
+        """Writer thread: append the batch; what a failure left unwritten is counted."""
+        try:
+            self._write(batch)
+        except Exception as e:  # a full or read-only disk, anything: never kill the thread
+            self._writer.note_error(e)
+            self.write_dropped += len(batch) - self._written
+        self._written = 0
 
     def _write(self, batch: list[dict[str, Any]]) -> None:
         """Append, rotating whenever the file would exceed ``rotate_bytes``."""
@@ -179,12 +169,5 @@ class JSONLinesSink:
             self._written += len(chunk)
 
     def close(self) -> defer.Deferred[None]:
-        with self._cv:
-            self._stop = True
-            self._cv.notify()
-        if self._thread is not None:
-            self._thread.join(2.0)
-        else:  # never started: what was queued is dropped, and counted
-            self.overflow += len(self._q)
-            self._q.clear()
-        return defer.succeed(None)
+        """Write what is queued (for at most 2 s, on the writer thread), then stop."""
+        return self._writer.close(2.0)

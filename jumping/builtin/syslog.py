@@ -3,7 +3,7 @@
 datagram socket, for classic SIEMs.
 
 Like every sink, ``emit`` never blocks: events go to a bounded queue and a thread sends
-them; overflow and send failures are dropped and counted. The socket and the thread are
+them (:class:`jumping.sinkwriter.BoundedWriter`); overflow and send failures are dropped and counted. The socket and the thread are
 created by :meth:`start` (after twistd's fork and privilege drop), not by the constructor.
 
 Options: ``address`` ("127.0.0.1:514" or "/dev/log"), ``format`` ("rfc5424" | "cef"),
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +21,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from jumping.interfaces import IEventSink
+from jumping.sinkwriter import BoundedWriter
 
 # severity by event type: terminations and security events stand out
 _SEVERITY = {"SECURITY_EVENT": 4, "SESSION_TERMINATED": 5, "TRANSPORT_SWITCH_DENIED": 5}
@@ -92,66 +91,55 @@ class SyslogSink:
         self.app = app_name
         self.host = socket.gethostname()
         self.max_queue = max_queue
-        self.overflow = 0  # dropped on the reactor thread (queue full, closed)
         self.send_dropped = 0  # dropped on the sender thread (send failed, bad event)
         self.delivered = 0
-        self._q: deque[dict[str, Any]] = deque()
-        self._cv = threading.Condition()
-        self._stop = False
         self._sock: socket.socket | None = None
-        self._thread: threading.Thread | None = None
+        self._writer = BoundedWriter("syslog-sink", max_queue, self._send, finish=self._finish)
 
     def start(self) -> None:
         """Open the datagram socket and start the sender thread."""
-        if self._thread is not None or self._stop:
+        if self._writer.started or self._writer.closing:
             return
         self._sock = socket.socket(self._family, socket.SOCK_DGRAM)
-        self._thread = threading.Thread(target=self._run, name="syslog-sink", daemon=True)
-        self._thread.start()
+        self._writer.start()
 
     @property
     def queue_depth(self) -> int:
-        return len(self._q)
+        return self._writer.queued
+
+    @property
+    def overflow(self) -> int:
+        """Dropped on the reactor thread: the queue was full, or the sink closed."""
+        return self._writer.overflow
 
     @property
     def dropped(self) -> int:
-        # two counters, each written by one thread only: no update is ever lost
-        return self.overflow + self.send_dropped
+        # counters each written by one thread only: no update is ever lost
+        return self._writer.overflow + self._writer.failed + self.send_dropped
 
     def emit(self, event: dict[str, Any]) -> None:
-        if self._stop or len(self._q) >= self.max_queue:
-            self.overflow += 1
-            return
-        self._q.append(event)
-        with self._cv:
-            self._cv.notify()
+        self._writer.put(event)
 
-    def _run(self) -> None:
-        while True:
-            with self._cv:
-                while not self._q and not self._stop:
-                    self._cv.wait(0.5)
-                if self._stop and not self._q:
-                    return
-            while self._q:
-                event = self._q.popleft()
-                try:
-                    self._sock.sendto(  # type: ignore[union-attr]  # set before the thread
-                        self._fmt(event, self.facility, self.app, self.host), self._addr
-                    )
-                    self.delivered += 1
-                except Exception:  # never kill the thread
-                    self.send_dropped += 1
+    def _send(self, batch: list[dict[str, Any]]) -> None:
+        """Sender thread: one datagram per event; a failure drops that event alone."""
+        for event in batch:
+            try:
+                self._sock.sendto(  # type: ignore[union-attr]  # set before the thread
+                    self._fmt(event, self.facility, self.app, self.host), self._addr
+                )
+                self.delivered += 1
+            except Exception as e:  # never kill the thread
+                self.send_dropped += 1
+                self._writer.note_error(e)
 
-    def close(self) -> defer.Deferred[None]:
-        with self._cv:
-            self._stop = True
-            self._cv.notify()
-        if self._thread is not None:
-            self._thread.join(2.0)
-        else:  # never started: what was queued is dropped, and counted
-            self.overflow += len(self._q)
-            self._q.clear()
+    def _finish(self, leftover: list[dict[str, Any]]) -> None:
+        self.send_dropped += len(leftover)
         if self._sock is not None:
             self._sock.close()
-        return defer.succeed(None)
+
+    def close(self) -> defer.Deferred[None]:
+        """Send what is queued (for at most 2 s, on the sender thread), then stop."""
+        d = self._writer.close(2.0)
+        if not self._writer.started and self._sock is not None:
+            self._sock.close()
+        return d

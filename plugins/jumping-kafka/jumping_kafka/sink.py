@@ -1,10 +1,10 @@
 """
 ``kafka`` event sink: SIEM events to an Apache Kafka topic (kafka-python).
 
-- :meth:`KafkaSink.emit` runs on the reactor thread: it checks one bound and puts the event
-  on a ``queue.SimpleQueue``, nothing else. It never blocks on the network and never raises
-  (docs/protocol.md, invariant 9). One daemon thread owns the ``KafkaProducer``,
-  serialises and sends.
+- :meth:`KafkaSink.emit` runs on the reactor thread: it checks one bound and queues the
+  event (:class:`jumping.sinkwriter.BoundedWriter`, the writer every threaded sink shares),
+  nothing else. It never blocks on the network and never raises (docs/protocol.md,
+  invariant 9). The writer's daemon thread owns the ``KafkaProducer``, serialises and sends.
 - The bound covers every event accepted and not yet acknowledged: those in our queue *and*
   those inside the producer (batched, in flight, being retried). Past ``max_queue`` new
   events are dropped and counted; so are records the broker never acknowledged within
@@ -23,8 +23,6 @@
 from __future__ import annotations
 
 import json
-import queue
-import threading
 import time
 from typing import Any
 
@@ -33,9 +31,9 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from jumping.interfaces import IEventSink
+from jumping.sinkwriter import BoundedWriter
 
 log = Logger()
-_STOP = object()
 
 # plugin option -> (type, lower bound); all of them go to KafkaProducer under the same name
 _INT_OPTIONS = {
@@ -132,8 +130,6 @@ class KafkaSink:
         config.update(bootstrap_servers=self.bootstrap, acks="all")
         self.config = config
         # counters: each is written by one thread only (reads from others are fine)
-        self._full = 0  # reactor thread: dropped because the bound was reached or closed
-        self._accepted = 0  # reactor thread: put on the queue
         self._sent = 0  # sender thread: handed to the producer
         self._unsent = 0  # sender thread: the producer refused it, or left over at close
         self._acked = 0  # producer I/O thread: acknowledged by the broker (acks=all)
@@ -148,21 +144,20 @@ class KafkaSink:
         self.reconnects = 0
         self.connected = False
         self.last_error = ""
-        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._stopping = False
-        self._stop_at = 0.0
         self._final = False
-        self._lock = threading.Lock()
-        self._done = threading.Event()
-        self._closed: defer.Deferred[None] | None = None
-        self._thread = threading.Thread(target=self._run, name=f"kafka:{topic}", daemon=True)
+        self._stop_at = 0.0
+        self._attempts = 0  # sender thread: producers it tried to build
+        self._in_hand = 0  # sender thread: taken from the queue, not yet sent nor counted
+        self._producer_obj: Any = None
+        # the bound covers our queue *and* what the producer holds (batched, in flight)
+        self._writer = BoundedWriter(
+            f"kafka:{topic}", self.max_queue, self._send_batch, batch=500,
+            held=self._in_producer, idle=self._idle, idle_s=1.0, finish=self._finish,
+        )  # fmt: skip
 
     def start(self) -> None:
         """Start the sender thread (it connects to the brokers, never the reactor)."""
-        with self._lock:
-            if self._stopping or self._thread.ident is not None:
-                return
-            self._thread.start()
+        self._writer.start()
 
     # ------------------------------------------------------------------ IEventSink
     @property
@@ -171,58 +166,44 @@ class KafkaSink:
 
     @property
     def dropped(self) -> int:
-        return self._full + self._unsent + self._failed
+        return self._writer.overflow + self._writer.failed + self._unsent + self._failed
+
+    def _in_producer(self) -> int:
+        """Taken from the queue and not settled: in the sender's hands or the producer's."""
+        return self._in_hand + max(0, self._sent - self._acked - self._failed)
 
     @property
     def queue_depth(self) -> int:
         """Accepted, not yet acknowledged nor dropped: in our queue or inside the producer.
 
-        Each counter has one writer (``_accepted`` the emitting thread, the others the
-        sender side) and only grows, so a racy read can only overstate the depth: the
-        bound holds."""
-        return max(0, self._accepted - self._acked - self._failed - self._unsent)
+        Each counter has one writer and only grows, so a racy read can only overstate
+        the depth: the bound holds."""
+        return self._writer.queued + self._in_producer()
 
     def emit(self, event: dict[str, Any]) -> None:
-        # the reactor's whole cost: a bound check and a put (C code, never waits on I/O)
-        if self._stopping or self.queue_depth >= self.max_queue:
-            self._full += 1
-            return
-        self._accepted += 1
-        self._q.put(event)
+        # the reactor's whole cost: a bound check and an append (never waits on I/O)
+        self._writer.put(event)
 
     def close(self) -> defer.Deferred[None]:
         """Send what is queued and flush, for at most ``close_timeout_ms`` (plus a bounded
         producer shutdown), in the sender thread; the Deferred fires when it is done."""
-        with self._lock:
-            if self._closed is None:
-                self._closed = defer.Deferred()
-                self._stop_at = time.monotonic() + self.close_timeout
-                self._stopping = True
-                self._q.put(_STOP)
-                if self._thread.ident is None:  # never started: count what waits, finish
-                    self._final = True
-                    self._drain_unsent()
-                    self._done.set()
-                if self._done.is_set():
-                    self._closed.callback(None)
-        d: defer.Deferred[None] = defer.Deferred()
-        self._closed.addBoth(lambda r: (d.callback(None), r)[1])
+        self._stop_at = time.monotonic() + self.close_timeout
+        d = self._writer.close(self.close_timeout)
+        if not self._writer.started:
+            self._final = True
         return d
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait (off the reactor) until the sender thread has finished; True if it has."""
-        if self._thread.ident is None:
-            return self._done.is_set()
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        return self._writer.join(timeout)
 
     def stats(self) -> dict[str, Any]:
         return {
             "queue_depth": self.queue_depth,
             "delivered": self.delivered,
             "dropped": self.dropped,
-            "dropped_full": self._full,
-            "dropped_unsent": self._unsent,
+            "dropped_full": self._writer.overflow,
+            "dropped_unsent": self._unsent + self._writer.failed,
             "dropped_failed": self._failed,
             "reconnects": self.reconnects,
             "connected": self.connected,
@@ -275,6 +256,9 @@ class KafkaSink:
         config = {k: v for k, v in config.items() if k in known}
         backoff = 0.2
         while True:
+            if self._writer.closing and self._attempts:
+                return None  # closing, and the brokers were unreachable: do not wait again
+            self._attempts += 1
             try:
                 return KafkaProducer(**config)
             except Exception as e:
@@ -288,50 +272,44 @@ class KafkaSink:
                     )
             deadline = time.monotonic() + backoff
             while time.monotonic() < deadline:
-                if self._stopping:
+                if self._writer.closing:
                     return None
                 time.sleep(0.05)
             backoff = min(backoff * 2, 5.0)
 
-    def _run(self) -> None:
-        producer = None
+    def _idle(self) -> None:
+        self._producer_obj = self._check_stall(self._producer_obj)
+
+    def _send_batch(self, batch: list[dict[str, Any]]) -> None:
+        """Sender thread: hand each event to the producer (built, or rebuilt, on demand)."""
+        self._in_hand = len(batch)
+        for item in batch:
+            # counted (sent or dropped) first, then out of hand: a racy read overstates only
+            self._send_one(item)
+            self._in_hand -= 1
+
+    def _send_one(self, item: dict[str, Any]) -> None:
+        producer = self._producer_obj = self._check_stall(self._producer_obj)
+        if producer is None:
+            producer = self._producer_obj = self._producer()
+            if producer is None:  # closing while the brokers were unreachable
+                self._unsent += 1
+                return
+        if self._writer.closing and time.monotonic() > self._stop_at:
+            self._unsent += 1
+            return
+        key = item.get("session_id") or item.get("node_id") or ""
         try:
-            while True:
-                try:
-                    item = self._q.get(timeout=1.0)
-                except queue.Empty:
-                    producer = self._check_stall(producer)
-                    continue
-                if item is _STOP:
-                    break
-                producer = self._check_stall(producer)
-                if producer is None:
-                    producer = self._producer()
-                    if producer is None:
-                        self._unsent += 1
-                        break
-                if self._stopping and time.monotonic() > self._stop_at:
-                    self._unsent += 1
-                    continue
-                key = item.get("session_id") or item.get("node_id") or ""
-                try:
-                    future = producer.send(
-                        self.topic, key=str(key).encode(), value=_serialize(item)
-                    )
-                except Exception as e:  # metadata or buffer unavailable within max_block_ms
-                    self._unsent += 1
-                    self._down(e)
-                    continue
-                if self._sent == self._acked + self._failed:
-                    self._progress_at = time.monotonic()  # the stall clock starts now
-                self._sent += 1
-                future.add_callback(self._ok, self._gen)
-                future.add_errback(self._nok, self._gen)
-        except Exception as e:  # never let the thread die silently
-            log.failure("kafka sink: sender thread failed")
-            self.last_error = repr(e)
-        finally:
-            self._finish(producer)
+            future = producer.send(self.topic, key=str(key).encode(), value=_serialize(item))
+        except Exception as e:  # metadata or buffer unavailable within max_block_ms
+            self._unsent += 1
+            self._down(e)
+            return
+        if self._sent == self._acked + self._failed:
+            self._progress_at = time.monotonic()  # the stall clock starts now
+        self._sent += 1
+        future.add_callback(self._ok, self._gen)
+        future.add_errback(self._nok, self._gen)
 
     def _check_stall(self, producer: Any) -> Any:
         """Replace a producer that holds records and has settled none for ``stall_s``."""
@@ -352,36 +330,19 @@ class KafkaSink:
         self._progress_at = time.monotonic()
         return None
 
-    def _drain_unsent(self) -> None:
-        """Whatever is still queued or never acknowledged counts as dropped."""
-        leftover = 0
-        while True:
-            try:
-                if self._q.get_nowait() is not _STOP:
-                    leftover += 1
-            except queue.Empty:
-                break
-        self._unsent += leftover + max(0, self._sent - self._acked - self._failed)
-        self._sent = self._acked + self._failed
-
-    def _finish(self, producer: Any) -> None:
+    def _finish(self, leftover: list[Any]) -> None:
+        """Sender thread, at the end: flush within what is left of the close bound; what
+        is still queued or never acknowledged counts as dropped."""
+        producer = self._producer_obj
         if producer is not None:
             try:
-                producer.flush(
-                    timeout=max(0.0, self._stop_at - time.monotonic()) if self._stopping else 1.0
-                )
+                producer.flush(timeout=max(0.0, self._stop_at - time.monotonic()))
             except Exception:
                 pass
             try:
                 producer.close(timeout=1.0)
             except Exception:
                 pass
-        self._stopping = True
         self._final = True
-        self._drain_unsent()
-        with self._lock:
-            self._done.set()
-            if self._closed is not None:
-                from twisted.internet import reactor
-
-                reactor.callFromThread(self._closed.callback, None)  # type: ignore[attr-defined]
+        self._unsent += len(leftover) + max(0, self._sent - self._acked - self._failed)
+        self._sent = self._acked + self._failed

@@ -56,6 +56,12 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _boot(e: Any) -> str | None:
+    """The event's ``boot_id`` (which start of its node emitted it), if it has one."""
+    b = e.get("boot_id") if isinstance(e, dict) else None
+    return b if isinstance(b, str) else None
+
+
 @dataclass(frozen=True, slots=True)
 class Violation:
     check: str
@@ -91,6 +97,8 @@ class NodeInfo:
     first_seq: int | None = None
     last_seq: int | None = None
     restarts: int = 0
+    #: the node's runs seen, by ``boot_id``, in the order they were checked
+    boots: list[str] = field(default_factory=list)
     last_ts: int = 0
     last_where: str = ""
 
@@ -214,6 +222,8 @@ class Auditor:
         self.report = AuditReport(chain_verified=chain_key is not None, order=order)
         self._current: dict[tuple[str, str], SessionTrack] = {}
         self._owners: dict[str, list[tuple[str, str, Record]]] = {}
+        #: node -> its EVENTS_LOST announcements (and where they are), for SEQ_GAP messages
+        self._lost: dict[str, list[tuple[dict[str, Any], str]]] = {}
 
     # ------------------------------------------------------------------ input
     def add(self, event: Any, where: str) -> None:
@@ -241,6 +251,8 @@ class Auditor:
             node = e.get("node_id")
             if isinstance(node, str):
                 per_node.setdefault(node, []).append(rec)
+                if e.get("event_type") == "EVENTS_LOST":
+                    self._lost.setdefault(node, []).append((e, rec.where))
         for node, recs in per_node.items():
             if report.order == "seq":
                 recs = self._sorted(recs)
@@ -256,7 +268,12 @@ class Auditor:
         return report
 
     def _sorted(self, recs: list[Record]) -> list[Record]:
-        """Per node by (epoch, seq); an epoch starts at each seq 0 (a node restart)."""
+        """Per node by (run, seq). A run is one start of the node: its ``boot_id`` where
+        events carry one (docs/events.md, "Event identity"), runs ordered by their first
+        ``ts_ms``; for older events without it, a run starts at each seq 0 (guessed from
+        timestamps). Duplicates are records with the same (node_id, boot_id, seq): one is
+        kept, the others counted; two *different* events with one identity are a
+        violation."""
 
         def ts(r: Record) -> int:
             v = r.event.get("ts_ms")
@@ -266,19 +283,56 @@ class Auditor:
             v = r.event.get("seq")
             return v if _is_int(v) else -1
 
+        boot_start: dict[str, int] = {}
+        for r in recs:
+            b = _boot(r.event)
+            if b is not None:
+                boot_start[b] = min(boot_start.get(b, ts(r)), ts(r))
         starts = sorted(
-            ts(r) for r in recs if seq(r) == 0 and r.event.get("prev_hash") == ZERO_HASH
-        )
-        recs = sorted(
-            recs, key=lambda r: (max(bisect.bisect_right(starts, ts(r)) - 1, 0), seq(r), r.index)
-        )
+            [ts(r) for r in recs if _boot(r.event) is None and seq(r) == 0
+             and r.event.get("prev_hash") == ZERO_HASH] + list(boot_start.values())
+        )  # fmt: skip
+
+        def run(r: Record) -> tuple[int, str]:
+            b = _boot(r.event)
+            at = boot_start[b] if b is not None else ts(r)
+            return max(bisect.bisect_right(starts, at) - 1, 0), b or ""
+
+        recs = sorted(recs, key=lambda r: (run(r), seq(r), r.index))
         out: list[Record] = []
         for r in recs:
-            if out and seq(out[-1]) == seq(r) and canonical(out[-1].event) == canonical(r.event):
-                self.report.duplicates += 1
-                continue
+            if out and seq(out[-1]) == seq(r) and _boot(out[-1].event) == _boot(r.event):
+                if canonical(out[-1].event) == canonical(r.event):
+                    self.report.duplicates += 1
+                    continue
+                if _boot(r.event) is not None:
+                    self._violate(
+                        "SEQ_ORDER", r,
+                        f"two different events with one identity (node {r.event.get('node_id')}"
+                        f", boot_id {_boot(r.event)}, seq {seq(r)}); the other is at "
+                        f"{out[-1].where}",
+                    )  # fmt: skip
+                    continue
             out.append(r)
         return out
+
+    def _announced(self, node: str, boot: str | None, first: int, last: int) -> str:
+        """What EVENTS_LOST events of that node say about the missing seqs, if anything."""
+        said = [
+            (e, where)
+            for e, where in self._lost.get(node, [])
+            if (e.get("lost_boot_id") or e.get("boot_id")) == boot
+            and _is_int(e.get("first_seq")) and _is_int(e.get("last_seq"))
+            and e["first_seq"] <= last and e["last_seq"] >= first
+        ]  # fmt: skip
+        if not said:
+            return ""
+        parts = [
+            f"seq {e['first_seq']}..{e['last_seq']} ({e.get('count')} event(s), "
+            f"sink {e.get('sink', '?')}) at {where}"
+            for e, where in said
+        ]
+        return "; announced by EVENTS_LOST: " + ", ".join(parts)
 
     def _check_chain(self, info: NodeInfo, recs: list[Record]) -> set[int]:
         """Seq and hash chain of one node; returns the events that came out of sequence."""
@@ -291,6 +345,9 @@ class Auditor:
                 info.last_ts = max(info.last_ts, e["ts_ms"])
                 info.last_where = rec.where
             seq, ph = e.get("seq"), e.get("prev_hash")
+            b = _boot(e)
+            if b is not None and b not in info.boots:
+                info.boots.append(b)
             if not _is_int(seq) or not isinstance(ph, str):
                 continue  # a SCHEMA violation already
             if last is None:
@@ -306,7 +363,19 @@ class Auditor:
                 last = rec
                 continue
             lseq = last.event["seq"]
-            if seq == 0 and ph == ZERO_HASH:
+            boot, lboot = _boot(e), _boot(last.event)
+            if boot is not None and lboot is not None and boot != lboot:
+                # a new start of the node, known from its boot_id, not guessed
+                info.restarts += 1
+                if seq != 0 or ph != ZERO_HASH:
+                    self._violate(
+                        "SEQ_GAP", rec,
+                        f"node {info.node_id} restarted (boot_id {boot}) and its first event "
+                        f"here has seq {seq}: {seq} event(s) of that run missing"
+                        + self._announced(info.node_id, boot, 0, seq - 1),
+                    )  # fmt: skip
+                last = rec
+            elif seq == 0 and ph == ZERO_HASH and (boot is None or lboot is None):
                 lts, ts = last.event.get("ts_ms"), e.get("ts_ms")
                 if _is_int(lts) and _is_int(ts) and ts < lts:
                     self._violate(
@@ -328,7 +397,8 @@ class Auditor:
                 self._violate(
                     "SEQ_GAP", rec,
                     f"seq jumps from {lseq} ({last.where}) to {seq}: "
-                    f"{seq - lseq - 1} event(s) missing",
+                    f"{seq - lseq - 1} event(s) missing"
+                    + self._announced(info.node_id, boot, lseq + 1, seq - 1),
                 )  # fmt: skip
                 last = rec
             else:

@@ -123,12 +123,16 @@ def format_summary(report: AuditReport) -> str:
     n = len(report.records)
     out = ["summary", f"  events: {n} from {len(report.nodes)} node(s)"]
     if report.duplicates:
-        out.append(f"  exact duplicates ignored: {report.duplicates}")
+        out.append(
+            f"  duplicates ignored (same node_id, boot_id, seq, same content): {report.duplicates}"
+        )
     mode = "seq and keyed hash chain" if report.chain_verified else "seq only (no --chain-key)"
     for info in report.nodes.values():
         out.append(
             f"  node {info.node_id}: {info.events} events, seq {info.first_seq}..{info.last_seq}, "
-            f"restarts {info.restarts}, checked {mode}"
+            f"restarts {info.restarts}"
+            + (f" (runs by boot_id: {', '.join(b[:8] for b in info.boots)})" if info.boots else "")
+            + f", checked {mode}"
         )
     sessions = {t.session_id for t in report.tracks}
     ended = Counter(t.terminated_reason for t in report.tracks if t.terminated_reason)

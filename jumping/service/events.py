@@ -1,7 +1,8 @@
 """
 Turn the core's ``Emit`` outputs into SIEM events (docs/events.md) and fan them out.
 
-Each event gets the base fields, a gap-free per-node ``seq`` and ``prev_hash``: a keyed
+Each event gets the base fields, the node process's ``boot_id`` (random, one per start), a
+gap-free per-node ``seq`` and ``prev_hash``: a keyed
 BLAKE2s over the previous event's canonical JSON, so a consumer holding the chain key can
 detect lost, reordered or altered events (``jumpctl audit`` verifies it). Addresses are
 rendered per ``[events] address_privacy`` first; the keyed hash uses a separate address key,
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -97,7 +99,14 @@ class EventPipeline:
         clock: Callable[[], float],
         address_privacy: str = "full",
         address_key: bytes | None = None,
+        boot_id: str | None = None,
     ) -> None:
+        #: this start of the node (docs/events.md, "Event identity"): with ``seq`` it names
+        #: every event uniquely, across restarts, so (node_id, boot_id, seq) is the identity
+        #: consumers deduplicate on
+        self.boot_id = boot_id if boot_id is not None else os.urandom(16).hex()
+        if not re.fullmatch(r"[0-9a-f]{32}", self.boot_id):
+            raise ValueError(f"boot_id must be 32 lowercase hex digits, got {self.boot_id!r}")
         self.hide = address_filter(address_privacy, address_key)
         self.privacy = address_privacy
         self.node_id = node_id
@@ -117,6 +126,7 @@ class EventPipeline:
             "event_type": e.event_type,
             "session_id": e.session_id,
             "node_id": self.node_id,
+            "boot_id": self.boot_id,
             "policy_version": self.policy_version(),
             "state_version": e.state_version,
             "reason_code": e.reason_code,

@@ -80,6 +80,8 @@ class PluginConfig:
 
 #: where a node's control socket is when ``[control] socket`` is not set
 CONTROL_DIR = Path("/run/jumping")
+#: the parent of a node's state directory when ``[node] state_dir`` is not set
+STATE_DIR = Path("/var/lib/jumping")
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,9 @@ class NodeConfig:
     rate_limit: PluginConfig = PluginConfig("token-bucket")
     #: the control socket (None only for configs built in code without one)
     control: ControlConfig | None = None
+    #: ``[node] state_dir``: what the node keeps across restarts (the Kafka sink's spool);
+    #: default ``/var/lib/jumping/NODE_ID``, created (0750, the node's user) when needed
+    state_dir: Path | None = None
 
 
 class _Reader:
@@ -311,7 +316,8 @@ def parse_config(data: Mapping[str, Any], path: Path) -> NodeConfig:
         if moved in node:
             raise r.fail("[node]", f"{moved}: {hint}")
     r.unknown(
-        node, {"role", "node_id", "private_key", "secret", "user", "group", "capabilities"},
+        node,
+        {"role", "node_id", "private_key", "secret", "user", "group", "capabilities", "state_dir"},
         "[node]",
     )  # fmt: skip
     role = r.string(node, "role", "[node]")
@@ -428,12 +434,9 @@ def parse_config(data: Mapping[str, Any], path: Path) -> NodeConfig:
         where = f"{sinks_where} #{i + 1}"
         sink = r.plugin_name(et, "sink", where)
         opts = {k: v for k, v in et.items() if k != "sink"}
-        if (
-            "path" in opts
-            and isinstance(opts["path"], str)
-            and not Path(opts["path"]).is_absolute()
-        ):
-            opts["path"] = str(r.base / opts["path"])
+        for key in ("path", "spool_dir"):  # a file or directory, relative to this file
+            if key in opts and isinstance(opts[key], str) and not Path(opts[key]).is_absolute():
+                opts[key] = str(r.base / opts[key])
         events.append(PluginConfig(sink, opts))
     met = r.table(data, "metrics", "top level", required=False)
     r.unknown(met, {"listen"}, "[metrics]")
@@ -478,10 +481,13 @@ def parse_config(data: Mapping[str, Any], path: Path) -> NodeConfig:
             "[control]", f"socket: a UNIX socket path is at most 107 bytes, got {len(bytes(csock))}"
         )
     control = ControlConfig(csock, int(cmode, 8))
+    state_dir = (
+        r.path_of(node, "state_dir", "[node]") if "state_dir" in node else STATE_DIR / node_id
+    )
     return NodeConfig(
         path, role, node_id, private_key, tun, tuple(listen), tuple(peers), gateway,
         ownership, tuple(events), policy, secret, privacy, run_as, run_as_names,
-        tuple(dict.fromkeys(caps)), metrics_listen, rate_limit, control,
+        tuple(dict.fromkeys(caps)), metrics_listen, rate_limit, control, state_dir,
     )  # fmt: skip
 
 

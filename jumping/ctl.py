@@ -11,6 +11,7 @@ import errno
 import json
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -128,9 +129,19 @@ def format_status(st: dict[str, Any]) -> str:
         lines.append(f"peers: {st['peers']}")
     for s in st["sinks"]:
         lines.append(
-            f"event sink: {s['name']} delivered {s['delivered']}, dropped {s['dropped']}, "
-            f"queued {s['queue_depth']}"
+            f"event sink: {s['name']} {s.get('state', 'unknown')}: delivered {s['delivered']}, "
+            f"dropped {s['dropped']}, queued {s['queue_depth']}"
         )
+        if "spool_backlog" in s:
+            lines.append(
+                f"  spool: {s['spool_backlog']} event(s) waiting, oldest "
+                f"{s['spool_oldest_age_s']:.1f} s, {_bytes(s['spool_bytes'])} of "
+                f"{_bytes(s['spool_max_bytes'])}, dropped when full {s['spool_dropped']}"
+            )
+        if s.get("last_error"):
+            when = s.get("last_error_at")
+            at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when)) if when else "?"
+            lines.append(f"  last error ({at}): {s['last_error']}")
     for lst in st["listeners"]:
         lines.append(f"listening: {lst['local']}")
     for p in st["paths"]:

@@ -414,7 +414,10 @@ class IEventSink(Interface):
     name = Attribute("``str``: the sink plugin's name.")
     dropped = Attribute("``int``: events dropped so far (queue full, write failed).")
     delivered = Attribute("``int``: events handed to the destination so far.")
-    queue_depth = Attribute("``int``: events accepted but not yet delivered.")
+    queue_depth = Attribute(
+        "``int``: events accepted but not yet delivered, in memory (a sink with a disk "
+        "spool reports what the spool holds in ``health()``)."
+    )
 
     def emit(event):  # type: ignore[no-untyped-def]
         """
@@ -439,4 +442,49 @@ class IEventSink(Interface):
     def close():  # type: ignore[no-untyped-def]
         """Flush what can be flushed within a short bound and stop what :meth:`start`
         started. Returns a Deferred. Works without a prior :meth:`start`; events emitted
-        afterwards are dropped and counted."""
+        afterwards are dropped and counted.
+
+        A sink may also provide :class:`ISinkHealth` and :class:`IDurableEventSink`."""
+
+
+class ISinkHealth(Interface):
+    """
+    An event sink that reports its health (``jumpctl status``, docs/operations.md, "Event
+    sinks"; the ``jumping_event_sink_state`` metric). Optional: a sink without it shows
+    ``unknown``.
+    """
+
+    def health():  # type: ignore[no-untyped-def]
+        """
+        Called on the reactor thread; must not block nor raise.
+
+        :return: a dict with ``state`` (``"ok"``, ``"degraded"`` or ``"failing"``),
+            ``last_error`` (str or None), ``last_error_at`` (Unix seconds or None), and any
+            details (a spool's ``spool_bytes``, ``spool_backlog``, ``spool_oldest_age_s``).
+        """
+
+
+class IDurableEventSink(Interface):
+    """
+    An event sink that keeps events on disk across restarts (the Kafka sink's spool) and
+    drops only when full, announcing the gap (``EVENTS_LOST``, docs/events.md).
+    """
+
+    def bind_state_dir(path):  # type: ignore[no-untyped-def]
+        """
+        Called in ``makeService`` (before the fork) with the node's state directory
+        (``[node] state_dir``).
+
+        :return: the directory the sink will keep its state in, inside ``path``, or None
+            when it needs none there; if any sink returns one, the node creates ``path``
+            for its user in the privileged start.
+        """
+
+    def take_losses():  # type: ignore[no-untyped-def]
+        """
+        Called on the reactor thread every second; must not block.
+
+        :return: the events dropped since the last call, once the sink has room for an
+            announcement: a list of (boot_id or None, first_seq, last_seq, count). The node
+            emits one ``EVENTS_LOST`` per entry.
+        """

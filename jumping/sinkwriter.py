@@ -9,9 +9,10 @@ batches, by one daemon thread that does the blocking work (disk, socket, network
   downstream, e.g. records inside a Kafka producer) the item is dropped and counted in
   :attr:`overflow`.
 - The thread calls ``write(batch)`` with up to ``batch`` items at a time, in order. ``write``
-  does its own counting (delivered, dropped per item); an exception out of it is a safety
-  net only: the whole batch is counted in :attr:`failed`, the error kept in
-  :attr:`last_error`, and the thread lives on.
+  does its own counting (delivered, dropped per item) and may return how many it
+  delivered (for :meth:`health`); an exception out of it is a safety net only: the whole
+  batch is counted in :attr:`failed`, the error kept in :attr:`last_error`, and the
+  thread lives on.
 - ``idle()`` is called when nothing arrived for ``idle_s`` (a sink's housekeeping: a
   wedged producer, a retry), ``finish(leftover)`` once at the end on the thread, with what
   was still queued when the close deadline passed.
@@ -36,7 +37,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-__all__ = ["BoundedWriter"]
+__all__ = ["BoundedWriter", "sink_health"]
 
 
 class BoundedWriter:
@@ -44,7 +45,7 @@ class BoundedWriter:
         self,
         name: str,
         max_queue: int,
-        write: Callable[[list[Any]], None],
+        write: Callable[[list[Any]], int | None],
         *,
         batch: int = 1000,
         held: Callable[[], int] | None = None,
@@ -69,6 +70,9 @@ class BoundedWriter:
         self.errors = 0
         self.last_error = ""
         self.last_error_at: float | None = None
+        #: wall-clock times of the last delivery and the last drop (for :meth:`health`)
+        self.last_delivery_at: float | None = None
+        self.last_drop_at: float | None = None
         self._q: deque[Any] = deque()
         self._wake = threading.Event()
         self._closing = False
@@ -92,6 +96,7 @@ class BoundedWriter:
         q = self._q
         if self._closing or len(q) + (self._held() if self._held else 0) >= self.max_queue:
             self.overflow += 1
+            self.last_drop_at = time.time()
             return False
         q.append(item)
         if not self._wake.is_set():
@@ -143,7 +148,22 @@ class BoundedWriter:
         self.errors += 1
         text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
         self.last_error = text[:300]
-        self.last_error_at = time.time()
+        self.last_error_at = self.last_drop_at = time.time()
+
+    def health(self, window_s: float = 60.0) -> dict[str, Any]:
+        """``state``: ``failing`` when the last error (within ``window_s``) has not been
+        followed by any delivery, ``degraded`` when there was an error or a drop within
+        ``window_s``, else ``ok``; with the last error and its time (Unix seconds)."""
+        now = time.time()
+        err = self.last_error_at
+        recent_err = err is not None and now - err <= window_s
+        if recent_err and (self.last_delivery_at is None or self.last_delivery_at < err):  # type: ignore[operator]
+            state = "failing"
+        elif recent_err or (self.last_drop_at is not None and now - self.last_drop_at <= window_s):
+            state = "degraded"
+        else:
+            state = "ok"
+        return {"state": state, "last_error": self.last_error or None, "last_error_at": err}
 
     def _run(self) -> None:
         q = self._q
@@ -159,7 +179,8 @@ class BoundedWriter:
                         break
                     batch = [q.popleft() for _ in range(min(len(q), self._batch))]
                     try:
-                        self._write(batch)
+                        if self._write(batch):
+                            self.last_delivery_at = time.time()
                     except Exception as e:  # never let the thread die
                         self.failed += len(batch)
                         self.note_error(e)
@@ -189,3 +210,15 @@ class BoundedWriter:
 
             for d in waiters:
                 reactor.callFromThread(d.callback, None)  # type: ignore[attr-defined]
+
+
+def sink_health(sink: Any) -> dict[str, Any]:
+    """A sink's ``health()`` (optional for IEventSink plugins), or ``unknown``; never raises."""
+    from jumping.interfaces import ISinkHealth
+
+    if not ISinkHealth.providedBy(sink):
+        return {"state": "unknown"}
+    try:
+        return dict(sink.health())
+    except Exception as e:
+        return {"state": "unknown", "last_error": f"health(): {type(e).__name__}: {e}"}

@@ -467,7 +467,7 @@ def test_unreadable_file_is_an_input_error(capsys: pytest.CaptureFixture[str]) -
     status, out, err = run_cli(capsys, "/nonexistent/events.jsonl", str(DATA / "clean.jsonl"))
     assert status == 2
     assert "INPUT ERROR /nonexistent/events.jsonl: cannot read: No such file" in err
-    assert "events: 33 from 3 node(s)" in out
+    assert "events: 34 from 3 node(s)" in out
 
 
 def test_stdin_and_several_files(

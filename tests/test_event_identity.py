@@ -77,3 +77,20 @@ def test_two_different_events_with_one_identity_are_a_violation() -> None:
     report = audit_events([*run, forged], KEY, order="seq")
     assert [v.check for v in report.violations] == ["SEQ_ORDER"]
     assert "two different events with one identity" in report.violations[0].message
+
+
+def test_a_gap_names_the_events_lost_announcement_that_covers_it() -> None:
+    run = run_of("gw1", 10, 1_800_000_000_000)
+    boot = run[0]["boot_id"]
+    now = [run[-1]["ts_ms"] / 1000 + 1]
+    # the announcement is emitted later by the same run: rebuild the run with it appended
+    pipe = EventPipeline("gw1", [], KEY, lambda: "1", lambda: now[0], boot_id=boot)
+    events = [pipe.emit(Emit("POLICY_RELOADED", None, 0, None, {"previous_policy_version": "1"}))
+              for _ in range(10)]  # fmt: skip
+    fields = {"first_seq": 4, "last_seq": 6, "count": 3, "sink": "kafka0", "lost_boot_id": boot}
+    events.append(pipe.emit(Emit("EVENTS_LOST", None, 0, None, fields)))
+    kept = events[:4] + events[7:]
+    report = audit_events(kept, KEY, order="seq")
+    assert [v.check for v in report.violations] == ["SEQ_GAP"]
+    msg = report.violations[0].message
+    assert "3 event(s) missing" in msg and "announced by EVENTS_LOST: seq 4..6" in msg

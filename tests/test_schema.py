@@ -22,6 +22,7 @@ DOCUMENTED_EVENT_TYPES = [
     "SESSION_STATE_CHANGE", "TRANSPORT_ATTACHED", "TRANSPORT_SWITCH", "TRANSPORT_SWITCH_DENIED",
     "TRANSPORT_SWITCH_FAILED", "REATTACH_ATTEMPT", "REATTACH_RESULT", "SECURITY_EVENT",
     "POLICY_EVENT", "POLICY_RELOADED", "OWNERSHIP_CHANGE", "SESSION_STATS", "SESSION_TERMINATED",
+    "EVENTS_LOST",
 ]  # fmt: skip
 DOCUMENTED_VIOLATIONS = [
     "REPLAY_DETECTED", "INVALID_PROOF", "DUAL_ACTIVE_ATTEMPT", "OWNERSHIP_CONFLICT",
@@ -82,6 +83,10 @@ VALID: dict[str, dict[str, Any]] = {
         "SESSION_TERMINATED", reason_code="RECOVERY_WINDOW_EXCEEDED", lifetime_ms=11_019,
         bytes_in=33, bytes_out=1683, packets_in=1, packets_out=40,
     ),
+    "EVENTS_LOST": base(
+        "EVENTS_LOST", session_id=None, state_version=0, sink="kafka0", first_seq=120,
+        last_seq=131, count=12, lost_boot_id="ab" * 16,
+    ),
 }  # fmt: skip
 
 
@@ -137,6 +142,10 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], dict[str, Any]], str]] = [
     ("SESSION_TERMINATED", put(reason_code=None), "reason_code: None is not of type"),
     ("SESSION_TERMINATED", drop("lifetime_ms"), "'lifetime_ms' is a required property"),
     ("SESSION_TERMINATED", drop("bytes_out"), "'bytes_out' is a required property"),
+    ("EVENTS_LOST", drop("first_seq"), "'first_seq' is a required property"),
+    ("EVENTS_LOST", put(count=0), "count: 0 is less than the minimum of 1"),
+    ("EVENTS_LOST", put(session_id=SID), "session_id: '0123456789abcdef0123456789abcdef' is"),
+    ("EVENTS_LOST", put(lost_boot_id="x"), "lost_boot_id: 'x' does not match"),
     # base fields, on any type
     ("TRANSPORT_ATTACHED", put(schema="jumping.event/2"), "schema: 'jumping.event/1' was expected"),
     ("TRANSPORT_ATTACHED", put(session_id=SID.upper()), "session_id: '0123456789ABCDEF"),
@@ -150,6 +159,7 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], dict[str, Any]], str]] = [
     ("TRANSPORT_ATTACHED", drop("node_id"), "'node_id' is a required property"),
     ("TRANSPORT_ATTACHED", drop("prev_hash"), "'prev_hash' is a required property"),
     ("TRANSPORT_ATTACHED", put(node_id=""), "node_id: '' should be non-empty"),
+    ("TRANSPORT_ATTACHED", put(boot_id="AB" * 16), "boot_id: 'ABABAB"),
 ]
 
 

@@ -25,11 +25,11 @@ from typing import Any
 from twisted.internet import defer
 from zope.interface import implementer
 
-from jumping.interfaces import IEventSink
+from jumping.interfaces import IEventSink, ISinkHealth
 from jumping.sinkwriter import BoundedWriter
 
 
-@implementer(IEventSink)
+@implementer(IEventSink, ISinkHealth)
 class JSONLinesSink:
     name = "jsonl"
 
@@ -122,14 +122,20 @@ class JSONLinesSink:
         else:
             os.unlink(self.path)
 
-    def _write_batch(self, batch: list[dict[str, Any]]) -> None:
+    def _write_batch(self, batch: list[dict[str, Any]]) -> int:
         """Writer thread: append the batch; what a failure left unwritten is counted."""
+        before = self.delivered
         try:
             self._write(batch)
         except Exception as e:  # a full or read-only disk, anything: never kill the thread
             self._writer.note_error(e)
             self.write_dropped += len(batch) - self._written
         self._written = 0
+        return self.delivered - before
+
+    def health(self) -> dict[str, Any]:
+        """For ``jumpctl status`` (docs/operations.md, "Event sinks")."""
+        return self._writer.health()
 
     def _write(self, batch: list[dict[str, Any]]) -> None:
         """Append, rotating whenever the file would exceed ``rotate_bytes``."""

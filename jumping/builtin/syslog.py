@@ -20,7 +20,7 @@ from typing import Any
 from twisted.internet import defer
 from zope.interface import implementer
 
-from jumping.interfaces import IEventSink
+from jumping.interfaces import IEventSink, ISinkHealth
 from jumping.sinkwriter import BoundedWriter
 
 # severity by event type: terminations and security events stand out
@@ -56,7 +56,7 @@ def cef(event: dict[str, Any], facility: int, app: str, host: str) -> bytes:
     )
 
 
-@implementer(IEventSink)
+@implementer(IEventSink, ISinkHealth)
 class SyslogSink:
     name = "syslog"
 
@@ -120,8 +120,13 @@ class SyslogSink:
     def emit(self, event: dict[str, Any]) -> None:
         self._writer.put(event)
 
-    def _send(self, batch: list[dict[str, Any]]) -> None:
+    def health(self) -> dict[str, Any]:
+        """For ``jumpctl status`` (docs/operations.md, "Event sinks")."""
+        return self._writer.health()
+
+    def _send(self, batch: list[dict[str, Any]]) -> int:
         """Sender thread: one datagram per event; a failure drops that event alone."""
+        before = self.delivered
         for event in batch:
             try:
                 self._sock.sendto(  # type: ignore[union-attr]  # set before the thread
@@ -131,6 +136,7 @@ class SyslogSink:
             except Exception as e:  # never kill the thread
                 self.send_dropped += 1
                 self._writer.note_error(e)
+        return self.delivered - before
 
     def _finish(self, leftover: list[dict[str, Any]]) -> None:
         self.send_dropped += len(leftover)

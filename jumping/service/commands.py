@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from jumping.service.control import ControlError
+from jumping.sinkwriter import sink_health
 
 #: the text given with ``jumpctl terminate --reason`` is cut to this many characters
 MAX_REASON = 200
@@ -64,6 +65,7 @@ def status(svc: Any) -> dict[str, Any]:
                 "delivered": s.delivered,
                 "dropped": s.dropped,
                 "queue_depth": s.queue_depth,
+                **sink_health(s),
             }
             for s in svc.sinks
         ],  # fmt: skip

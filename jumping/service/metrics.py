@@ -15,6 +15,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from jumping.sinkwriter import sink_health
+
 STATES = ("BIRTH", "ATTACHED", "VOLATILE", "DEGRADED", "RECOVERING")
 
 
@@ -60,14 +62,36 @@ class NodeCollector:
                                  labels=["node", "sink"])  # fmt: skip
         sv = CounterMetricFamily("jumping_event_sink_delivered", "Events delivered per sink",
                                  labels=["node", "sink"])  # fmt: skip
+        hs = GaugeMetricFamily("jumping_event_sink_state",
+                               "1 for the sink's health state (ok, degraded, failing)",
+                               labels=["node", "sink", "state"])  # fmt: skip
+        sb = GaugeMetricFamily("jumping_event_spool_bytes", "Bytes in the sink's disk spool",
+                               labels=["node", "sink"])  # fmt: skip
+        sn = GaugeMetricFamily("jumping_event_spool_backlog",
+                               "Events in the sink's disk spool not yet acknowledged",
+                               labels=["node", "sink"])  # fmt: skip
+        sa = GaugeMetricFamily("jumping_event_spool_oldest_age_seconds",
+                               "Age of the oldest event in the spool not yet acknowledged",
+                               labels=["node", "sink"])  # fmt: skip
         for i, sink in enumerate(svc.sinks):  # IEventSink declares these
             name = f"{sink.name}{i}"
             q.add_metric([node, name], sink.queue_depth)
             sd.add_metric([node, name], sink.dropped)
             sv.add_metric([node, name], sink.delivered)
+            health = sink_health(sink)
+            for state in ("ok", "degraded", "failing"):
+                hs.add_metric([node, name, state], 1.0 if health.get("state") == state else 0.0)
+            if "spool_bytes" in health:
+                sb.add_metric([node, name], health["spool_bytes"])
+                sn.add_metric([node, name], health["spool_backlog"])
+                sa.add_metric([node, name], health["spool_oldest_age_s"])
         yield q
         yield sd
         yield sv
+        yield hs
+        yield sb
+        yield sn
+        yield sa
         e = CounterMetricFamily("jumping_events", "Events emitted", labels=["node"])
         e.add_metric([node], svc.events.seq if svc.events else 0)
         yield e

@@ -41,6 +41,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from jumping.config import STATE_DIR
 from jumping.core import wire
 from jumping.core.client import ClientCore
 from jumping.core.gateway import GatewayCore
@@ -62,6 +63,7 @@ from jumping.core.segments import FEATURE_SEGMENTS, tcp4_header_length
 from jumping.interfaces import (
     IBatchDatagramReceiver,
     IBatchTransport,
+    IDurableEventSink,
 )
 from jumping.keys import event_keys
 from jumping.service import commands, control, mtu, privileges, reload, sdnotify
@@ -78,6 +80,8 @@ log = Logger()
 RECONNECT_DELAY = 1.0
 #: first bytes of DATA and DATA_SEGMENT: what goes through the core's batch path
 _TUNNEL_TYPES = (bytes((wire.MessageType.DATA,)), bytes((wire.MessageType.DATA_SEGMENT,)))
+#: how often sinks are asked for dropped events to announce (EVENTS_LOST)
+LOSS_CHECK_S = 1.0
 
 
 class StartupError(Exception):
@@ -109,6 +113,10 @@ class NodeService(service.Service):
         self.listeners: list[Any] = []
         self.paths: list[Any] = []
         self.sinks: list[Any] = []
+        #: sinks that keep state in the node's state directory (``[node] state_dir``)
+        self.state_users: list[Any] = []
+        #: the periodic check for dropped events to announce (EVENTS_LOST)
+        self._losses: Any = None
         self.ownership: Any = None
         self.events: EventPipeline | None = None
         self._timer: Any = None
@@ -176,6 +184,13 @@ class NodeService(service.Service):
         # keys and plugins: the same code as `jumpctl check` (jumping/service/assemble.py)
         parts = build_parts(cfg)
         self.sinks = parts.sinks
+        # sinks that keep state across restarts (the Kafka sink's spool) get the node's
+        # state directory, which the privileged start creates for the node's user
+        self.state_users = [
+            s for s in self.sinks
+            if IDurableEventSink.providedBy(s)
+            and s.bind_state_dir(str(cfg.state_dir or STATE_DIR / cfg.node_id))
+        ]  # fmt: skip
         self.ownership = parts.ownership
         now = self.reactor.seconds()
         common = dict(
@@ -209,8 +224,26 @@ class NodeService(service.Service):
 
             self.metrics = Metrics(self)
 
+    def _make_state_dir(self) -> None:
+        """The node's state directory (as root, before the drop): created 0750 and given to
+        the node's user; an existing one is used as it is (its owner decides)."""
+        cfg = self.config
+        d = cfg.state_dir or STATE_DIR / cfg.node_id
+        if d.is_dir():
+            return
+        try:
+            d.mkdir(mode=0o750, parents=True)
+            if self.run_as is not None and os.geteuid() == 0:
+                os.chown(d, *self.run_as)
+        except OSError as e:
+            raise StartupError(
+                f"state directory {d}: cannot create it: {e.strerror or e}"
+            ) from None
+
     def _open_privileged(self) -> None:
         cfg = self.config
+        if self.state_users:
+            self._make_state_dir()
         tun = cfg.tun
         factories = self.factories
         if self.mtu != tun.mtu:
@@ -328,6 +361,12 @@ class NodeService(service.Service):
                 core.add_path(now, p)
             self._run(core.start(now))
         self._run(core.tick(self._now()))
+        if any(IDurableEventSink.providedBy(s) for s in self.sinks):
+            from twisted.internet import task
+
+            self._losses = task.LoopingCall(self.announce_losses)
+            self._losses.clock = self.reactor
+            self._losses.start(LOSS_CHECK_S, now=False)
         try:
             signal.signal(signal.SIGHUP, self._on_sighup)
         except ValueError:  # not the main thread (tests)
@@ -335,6 +374,24 @@ class NodeService(service.Service):
         what = "listener(s)" if isinstance(core, GatewayCore) else "path(s)"
         sdnotify.ready(f"{self.config.role} {self.config.node_id}: {n} {what}, tun {self.tun.name}")
         self.ready.callback(None)
+
+    def announce_losses(self) -> None:
+        """Events a sink dropped (its spool was full, or the queue in front of it), once it
+        has room again: one EVENTS_LOST per range, to every sink (docs/events.md)."""
+        for i, sink in enumerate(self.sinks):
+            label = f"{sink.name}{i}"
+            if not IDurableEventSink.providedBy(sink):
+                continue
+            for boot, first, last, count in sink.take_losses():
+                fields: dict[str, Any] = {
+                    "sink": label, "first_seq": max(first, 0),
+                    "last_seq": max(last, first, 0), "count": count,
+                }  # fmt: skip
+                if boot is not None:
+                    fields["lost_boot_id"] = boot
+                log.warn("event sink {sink}: {n} event(s) dropped (seq {a}..{b}), announced",
+                         sink=fields["sink"], n=count, a=first, b=last)  # fmt: skip
+                self._run([Emit("EVENTS_LOST", None, 0, None, fields)])
 
     def _cannot_start(self, reason: str) -> None:
         log.critical("jumping {node}: cannot start: {reason}", node=self.config.node_id,
@@ -425,6 +482,9 @@ class NodeService(service.Service):
         if self.control_port is not None:
             waits.append(defer.maybeDeferred(self.control_port.stopListening))
             self.control_port = None
+        if self._losses is not None and self._losses.running:
+            self._losses.stop()
+        self._losses = None
         for w in self.owners.watches.values():
             w.cancel()
         self.owners.watches.clear()

@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any
 
@@ -30,7 +31,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from jumping.interfaces import IEventSink
+from jumping.interfaces import IDurableEventSink, IEventSink, ISinkHealth
 from jumping.sinkwriter import BoundedWriter
 
 log = Logger()
@@ -78,11 +79,17 @@ def _servers(value: Any) -> list[str]:
     return out
 
 
+_SPOOL_OPTIONS = (
+    "spool", "spool_dir", "spool_max_bytes", "spool_segment_bytes", "spool_fsync",
+    "spool_fsync_interval_ms", "spool_full",
+)  # fmt: skip
+
+
 def _serialize(event: dict[str, Any]) -> bytes:
     return json.dumps(event, sort_keys=True, separators=(",", ":")).encode()
 
 
-@implementer(IEventSink)
+@implementer(IEventSink, ISinkHealth, IDurableEventSink)
 class KafkaSink:
     """An ``IEventSink`` writing to one Kafka topic. Options are the keys of its
     ``[[events]]`` table (see ``plugins/jumping-kafka/README.md``)."""
@@ -97,11 +104,12 @@ class KafkaSink:
         close_timeout_ms: int = 3000,
         **options: Any,
     ) -> None:
+        spool_options = {k: options.pop(k) for k in _SPOOL_OPTIONS if k in options}
         unknown = sorted(set(options) - set(_INT_OPTIONS) - set(_STR_OPTIONS))
         if unknown:
             known = ", ".join(
                 ["bootstrap_servers", "topic", "max_queue", "close_timeout_ms"]
-                + sorted([*_INT_OPTIONS, *_STR_OPTIONS])
+                + sorted([*_INT_OPTIONS, *_STR_OPTIONS, *_SPOOL_OPTIONS])
             )
             raise ValueError(f"kafka: unknown option(s) {', '.join(unknown)}; known: {known}")
         if not isinstance(topic, str) or not topic or len(topic) > 249:
@@ -146,26 +154,57 @@ class KafkaSink:
         self.last_error = ""
         self._final = False
         self._stop_at = 0.0
+        self._started = False
+        self._closing = False
         self._attempts = 0  # sender thread: producers it tried to build
         self._in_hand = 0  # sender thread: taken from the queue, not yet sent nor counted
         self._producer_obj: Any = None
+        self.last_error_at: float | None = None
+        #: the durable path (jumping_kafka/spooled.py), or None: memory only (spool = false)
+        self.spooled = _spooled(self, topic, self.max_queue, spool_options)
         # the bound covers our queue *and* what the producer holds (batched, in flight)
         self._writer = BoundedWriter(
             f"kafka:{topic}", self.max_queue, self._send_batch, batch=500,
             held=self._in_producer, idle=self._idle, idle_s=1.0, finish=self._finish,
         )  # fmt: skip
 
+    def bind_state_dir(self, state_dir: str) -> str | None:
+        """The node's state directory (``[node] state_dir``): the spool goes to
+        ``STATE_DIR/spool/kafka-TOPIC`` unless ``spool_dir`` is set. Returns the directory
+        the spool will use inside the state directory, or None if it needs none (no spool,
+        or ``spool_dir`` set: the operator made it usable by the node's user)."""
+        if self.spooled is None or self.spooled.spool.directory:
+            return None
+        self.spooled.spool.directory = os.path.join(state_dir, "spool", f"kafka-{self.topic}")
+        return self.spooled.spool.directory
+
     def start(self) -> None:
-        """Start the sender thread (it connects to the brokers, never the reactor)."""
+        """Start the sender thread (it connects to the brokers, never the reactor); with the
+        spool, open it first (an unusable spool directory is a one-line start error)."""
+        if self.spooled is not None:
+            if self._started or self._closing:
+                return
+            if not self.spooled.spool.directory:
+                raise OSError(
+                    "kafka: no spool directory: set spool_dir, or run in a node ([node] "
+                    "state_dir), or set spool = false"
+                )
+            self.spooled.start()
+            self._started = True
+            return
         self._writer.start()
 
     # ------------------------------------------------------------------ IEventSink
     @property
     def delivered(self) -> int:
+        if self.spooled is not None:
+            return self.spooled.delivered
         return self._acked
 
     @property
     def dropped(self) -> int:
+        if self.spooled is not None:
+            return self.spooled.dropped
         return self._writer.overflow + self._writer.failed + self._unsent + self._failed
 
     def _in_producer(self) -> int:
@@ -177,17 +216,45 @@ class KafkaSink:
         """Accepted, not yet acknowledged nor dropped: in our queue or inside the producer.
 
         Each counter has one writer and only grows, so a racy read can only overstate
-        the depth: the bound holds."""
+        the depth: the bound holds. With the spool: the memory queue in front of it (what
+        the spool holds is :meth:`health`'s ``spool_backlog``)."""
+        if self.spooled is not None:
+            return self.spooled.writer.queued
         return self._writer.queued + self._in_producer()
 
     def emit(self, event: dict[str, Any]) -> None:
         # the reactor's whole cost: a bound check and an append (never waits on I/O)
-        self._writer.put(event)
+        if self.spooled is not None:
+            self.spooled.put(event)
+        else:
+            self._writer.put(event)
+
+    def take_losses(self) -> list[tuple[str | None, int, int, int]]:
+        """Ranges of dropped events the node announces (EVENTS_LOST) once the spool has
+        room: (boot_id, first_seq, last_seq, count). Empty without a spool."""
+        return self.spooled.take_losses() if self.spooled is not None else []
 
     def close(self) -> defer.Deferred[None]:
         """Send what is queued and flush, for at most ``close_timeout_ms`` (plus a bounded
-        producer shutdown), in the sender thread; the Deferred fires when it is done."""
+        producer shutdown), in the sender thread; the Deferred fires when it is done. With
+        the spool, what is not acknowledged by then stays in it for the next start."""
         self._stop_at = time.monotonic() + self.close_timeout
+        if self.spooled is not None:
+            d: defer.Deferred[None] = defer.Deferred()
+            if self._closing:
+                return defer.succeed(None)
+            self._closing = True
+
+            def done() -> None:
+                from twisted.internet import reactor
+
+                reactor.callFromThread(d.callback, None)  # type: ignore[attr-defined]
+
+            if not self._started:
+                self.spooled.writer.close(0)
+                return defer.succeed(None)
+            self.spooled.close(self.close_timeout, done)
+            return d
         d = self._writer.close(self.close_timeout)
         if not self._writer.started:
             self._final = True
@@ -195,7 +262,66 @@ class KafkaSink:
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait (off the reactor) until the sender thread has finished; True if it has."""
+        if self.spooled is not None:
+            return self.spooled.join(timeout)
         return self._writer.join(timeout)
+
+    # ------------------------------------------------------------------ health
+    def delivering(self) -> None:
+        """An acknowledgement came (shipper or producer thread)."""
+        if not self.connected:
+            self.connected = True
+            log.info(
+                "kafka sink: delivering to {servers} topic {topic}",
+                servers=self.bootstrap,
+                topic=self.topic,
+            )
+
+    def failing(self, exc: Any) -> None:
+        """A send failed or timed out (shipper or producer thread)."""
+        self._down(exc)
+
+    def health(self) -> dict[str, Any]:
+        """What ``jumpctl status`` shows for this sink (docs/operations.md): ``state`` ok
+        (delivering, nothing old waiting), degraded (not connected, or a backlog older
+        than 10 s, or events dropped in the last minute... see the doc) or failing (no
+        delivery for longer than ``delivery_timeout_ms``, or the spool full), the last
+        error and when, and the spool's backlog."""
+        now = time.time()
+        out: dict[str, Any] = {
+            "connected": self.connected,
+            "last_error": self.last_error or None,
+            "last_error_at": self.last_error_at,
+        }
+        spooled = self.spooled
+        backlog = 0
+        age = 0.0
+        full = False
+        if spooled is not None and self._started:
+            sp = spooled.spool
+            backlog = sp.backlog
+            age = max(0.0, now - sp.oldest_ts_ms / 1000) if backlog and sp.oldest_ts_ms else 0.0
+            full = not sp.has_room
+            out.update(
+                spool_dir=sp.directory, spool_bytes=sp.used_bytes, spool_max_bytes=sp.max_bytes,
+                spool_backlog=backlog, spool_oldest_age_s=round(age, 3),
+                spool_dropped=sp.dropped_full, resends=spooled.resends,
+            )  # fmt: skip
+        limit = self.config["delivery_timeout_ms"] / 1000
+        if full or (
+            not self.connected
+            and self.last_error
+            and (backlog or spooled is None)
+            and self.last_error_at is not None
+            and age > limit
+        ):
+            state = "failing"
+        elif not self.connected or age > 10.0:
+            state = "degraded"
+        else:
+            state = "ok"
+        out["state"] = state
+        return out
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -233,6 +359,7 @@ class KafkaSink:
 
     def _down(self, exc: Any) -> None:
         self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        self.last_error_at = time.time()
         if self.connected:
             self.connected = False
             log.warn(
@@ -256,7 +383,7 @@ class KafkaSink:
         config = {k: v for k, v in config.items() if k in known}
         backoff = 0.2
         while True:
-            if self._writer.closing and self._attempts:
+            if (self._writer.closing or self._closing) and self._attempts:
                 return None  # closing, and the brokers were unreachable: do not wait again
             self._attempts += 1
             try:
@@ -272,7 +399,7 @@ class KafkaSink:
                     )
             deadline = time.monotonic() + backoff
             while time.monotonic() < deadline:
-                if self._writer.closing:
+                if self._writer.closing or self._closing:
                     return None
                 time.sleep(0.05)
             backoff = min(backoff * 2, 5.0)
@@ -346,3 +473,38 @@ class KafkaSink:
         self._final = True
         self._unsent += len(leftover) + max(0, self._sent - self._acked - self._failed)
         self._sent = self._acked + self._failed
+
+
+def _spooled(sink: KafkaSink, topic: str, max_queue: int, opts: dict[str, Any]) -> Any:
+    """The spool options, checked (a bad size or policy is a one-line error at load)."""
+    from jumping.spool import SegmentLog, parse_size
+    from jumping_kafka.spooled import SpooledDelivery
+
+    on = opts.get("spool", True)
+    if not isinstance(on, bool):
+        raise ValueError(f"kafka: spool must be true or false, got {on!r}")
+    if not on:
+        extra = sorted(set(opts) - {"spool"})
+        if extra:
+            raise ValueError(f"kafka: {', '.join(extra)} need spool = true")
+        return None
+    directory = opts.get("spool_dir", "")
+    if not isinstance(directory, str):
+        raise ValueError(f"kafka: spool_dir must be a path, got {directory!r}")
+    max_bytes = parse_size(
+        "kafka: spool_max_bytes", opts.get("spool_max_bytes", 256 << 20), 64 * 1024
+    )
+    seg = parse_size(
+        "kafka: spool_segment_bytes",
+        opts.get("spool_segment_bytes", min(8 << 20, max_bytes // 4)),
+        4096,
+    )
+    interval = _int("spool_fsync_interval_ms", opts.get("spool_fsync_interval_ms", 1000), 1)
+    try:
+        log_ = SegmentLog(
+            directory, max_bytes, seg, str(opts.get("spool_fsync", "interval")), interval,
+            str(opts.get("spool_full", "drop_newest")),
+        )  # fmt: skip
+    except ValueError as e:
+        raise ValueError(f"kafka: {e}") from None
+    return SpooledDelivery(sink, log_, max_queue)

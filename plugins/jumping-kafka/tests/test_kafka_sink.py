@@ -86,7 +86,9 @@ def test_bad_options_are_clear_errors(options: dict[str, Any], message: str) -> 
 def test_unreachable_broker_at_start_neither_blocks_nor_raises() -> None:
     """A node whose broker is down still starts: emits return at once, the bound holds, every
     event is accounted for (dropped), and close() is bounded."""
-    sink = plugin.load(IEventSink, "kafka", bootstrap_servers="127.0.0.1:1", max_queue=100)
+    sink = plugin.load(
+        IEventSink, "kafka", bootstrap_servers="127.0.0.1:1", max_queue=100, spool=False
+    )
     sink.start()
     worst = 0.0
     t0 = time.perf_counter()
@@ -116,7 +118,10 @@ def test_jump_scenario_events_reach_kafka_keyed_ordered_valid_and_audited(
     topic = broker.topic("jump")
     broker.create_topic(topic, partitions=3)
     opts = {"bootstrap_servers": broker.bootstrap, "topic": topic}
-    sinks = {side: plugin.load(IEventSink, "kafka", **opts) for side in ("client", "gateway")}
+    sinks = {
+        side: plugin.load(IEventSink, "kafka", spool_dir=str(tmp_path / side), **opts)
+        for side in ("client", "gateway")
+    }
     for s in sinks.values():
         s.start()
     emitted = sim_jump({side: [s] for side, s in sinks.items()}, chain_key=KEY)
@@ -175,8 +180,9 @@ def test_broker_outage_drops_and_counts_then_delivery_resumes(broker: Broker) ->
     topic = broker.topic("outage")
     bound = 200
     sink = plugin.load(
-        IEventSink, "kafka", bootstrap_servers=broker.bootstrap, topic=topic, max_queue=bound
-    )
+        IEventSink, "kafka", bootstrap_servers=broker.bootstrap, topic=topic, max_queue=bound,
+        spool=False,
+    )  # fmt: skip
     sink.start()
     stop = threading.Event()
     stats = {"emitted": 0, "worst": 0.0, "deepest": 0}
@@ -245,7 +251,7 @@ class _WedgedProducer:
 
 
 def test_a_wedged_producer_is_replaced_and_what_it_held_is_counted() -> None:
-    sink = plugin.load(IEventSink, "kafka", bootstrap_servers="127.0.0.1:9", topic="t")
+    sink = plugin.load(IEventSink, "kafka", bootstrap_servers="127.0.0.1:9", topic="t", spool=False)
     made: list[_WedgedProducer] = []
     sink._producer = lambda: made.append(_WedgedProducer()) or made[-1]  # type: ignore[method-assign]
     sink.start()

@@ -119,6 +119,9 @@ def clean() -> list[dict[str, Any]]:
                detail="peer_terminated"),
         c1.ev(80030, "SESSION_TERMINATED", A, 6, "OPERATOR_TERMINATED", lifetime_ms=79940,
               bytes_in=8_400_000, bytes_out=1_100_000),
+        # a loss announced about an earlier run of gw1 (its spool was full before a restart)
+        gw1.ev(90000, "EVENTS_LOST", None, 0, sink="kafka0", first_seq=4100, last_seq=4199,
+               count=100, lost_boot_id="0f" * 16),
     ]  # fmt: skip
     return ev
 

@@ -4,6 +4,8 @@ Kafka event sink benchmark against a real broker (deploy/kafka): events/s delive
 
     python3 tests/bench/bench_kafka_sink.py                 # starts a broker on a free port
     python3 tests/bench/bench_kafka_sink.py --bootstrap 127.0.0.1:19092   # an existing one
+    python3 tests/bench/bench_kafka_sink.py --modes spool   # only the disk spool (default:
+                                                            # memory, then spool, one run)
 
 Needs the plugin importable (installed, or PYTHONPATH=.:plugins/jumping-kafka), kafka-python,
 java and the jars of deploy/kafka/install.sh. Events are realistic (SESSION_STATS, ~400 B).
@@ -54,14 +56,24 @@ def event(i: int) -> dict:
     }
 
 
-def run(bootstrap: str, n: int, max_queue: int) -> dict:
+def run(bootstrap: str, n: int, max_queue: int, mode: str = "memory") -> dict:
+    """One sink: ``memory`` (``spool = false``) or ``spool`` (the disk spool, in a fresh
+    temporary directory, default settings)."""
     from jumping import plugin
     from jumping.interfaces import IEventSink
 
     topic = f"bench-{uuid.uuid4().hex[:8]}"
+    tmp = tempfile.mkdtemp(prefix="bench-spool-")
+
+    def spool(name: str) -> dict:
+        if mode == "memory":
+            return {"spool": False}
+        return {"spool_dir": os.path.join(tmp, name)}
+
     sink = plugin.load(
-        IEventSink, "kafka", bootstrap_servers=bootstrap, topic=topic, max_queue=max_queue
-    )
+        IEventSink, "kafka", bootstrap_servers=bootstrap, topic=topic, max_queue=max_queue,
+        **spool("sink"),
+    )  # fmt: skip
     sink.start()
     # warm up: producer connected, topic created, metadata known
     sink.emit(event(0))
@@ -95,7 +107,9 @@ def run(bootstrap: str, n: int, max_queue: int) -> dict:
         idle_ns.append(time.perf_counter_ns() - t)
         time.sleep(0.0002)
     # 3. cost of a drop (bound reached, e.g. broker down): the worst steady case
-    full = plugin.load(IEventSink, "kafka", bootstrap_servers="127.0.0.1:1", max_queue=1)
+    full = plugin.load(
+        IEventSink, "kafka", bootstrap_servers="127.0.0.1:1", max_queue=1, **spool("full")
+    )
     full.start()
     drop_ns = []
     for j in range(20000):
@@ -111,7 +125,11 @@ def run(bootstrap: str, n: int, max_queue: int) -> dict:
         xs = sorted(xs)
         return round(xs[min(len(xs) - 1, int(q * len(xs)))] / 1000, 2)
 
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
     return {
+        "mode": mode,
         "events": n,
         "event_bytes": len(json.dumps(evs[0], sort_keys=True, separators=(",", ":"))),
         "delivered_per_s": round(n / elapsed),
@@ -132,9 +150,18 @@ def main() -> int:
     ap.add_argument("--bootstrap", help="an existing broker (default: start one)")
     ap.add_argument("-n", type=int, default=50_000, help="events (default 50000)")
     ap.add_argument("--max-queue", type=int, default=10_000)
+    ap.add_argument("--modes", default="memory,spool", help="memory,spool (default both)")
     args = ap.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
+    if not set(modes) <= {"memory", "spool"}:
+        ap.error("--modes: memory and/or spool")
+
+    def all_modes(bootstrap: str) -> None:
+        for m in modes:
+            print(json.dumps(run(bootstrap, args.n, args.max_queue, m), indent=2), flush=True)
+
     if args.bootstrap:
-        print(json.dumps(run(args.bootstrap, args.n, args.max_queue), indent=2))
+        all_modes(args.bootstrap)
         return 0
     port = free_port()
     with tempfile.TemporaryDirectory() as d:
@@ -145,7 +172,7 @@ def main() -> int:
             print(r.stdout + r.stderr, file=sys.stderr)
             return 1
         try:
-            print(json.dumps(run(f"127.0.0.1:{port}", args.n, args.max_queue), indent=2))
+            all_modes(f"127.0.0.1:{port}")
         finally:
             subprocess.run([*broker, "stop", d], env=env, capture_output=True)
     return 0

@@ -77,12 +77,15 @@ class Pair:
         daemon: bool = False,
         twistd_args: tuple[str, ...] = (),
         events_dir: Path | None = None,
+        own_control: bool = True,
     ) -> None:
         """``psk``: pre-shared key files (relative to ``tmp``) of the gateway's [[peers]]
         entry and of the client's [gateway] table (None: no psk at that end).
         ``gw_offload``: the gateway's ``[tun] offload``.
         ``node_extra``: lines for both ``[node]`` tables; ``daemon``: twistd forks into
-        the background (its default) with a pidfile, instead of ``-n``."""
+        the background (its default) with a pidfile, instead of ``-n``; ``own_control``:
+        each node's control socket in ``tmp`` (False: the default, /run/jumping/NODE.sock,
+        for tests that give the nodes a private /run/jumping)."""
         self.topo, self.tmp, self.cns, self.gns = topo, tmp, cns, gns
         self.port = port
         self.daemon = daemon
@@ -113,7 +116,7 @@ allowed_ips = ["10.99.0.2/32"]
 [[events]]
 sink = "jsonl"
 path = "{evdir / "gw-events.jsonl"}"
-{_control(tmp / "gw.sock", gw_extra)}
+{_control(tmp / "gw.sock", gw_extra) if own_control else ""}
 [policy]
 {pol}{gw_extra}
 """)
@@ -139,7 +142,7 @@ public_key = "{self.gw_pub}"
 [[events]]
 sink = "jsonl"
 path = "{evdir / "c-events.jsonl"}"
-{_control(tmp / "c.sock", c_extra)}
+{_control(tmp / "c.sock", c_extra) if own_control else ""}
 [policy]
 {pol}{c_extra}
 """)

@@ -302,6 +302,8 @@ port = 51820
 [[events]]
 sink = "jsonl"
 path = "{tmp_path / "n-events.jsonl"}"
+[control]
+socket = "{tmp_path / "c2.sock"}"
 """)
         mac1_flood_file(tmp_path / "mac1.frames", decode_key(pair.gw_pub))
         gx_mac = topo.run(gns, "cat", "/sys/class/net/gx/address").stdout.strip()

@@ -109,7 +109,7 @@ def test_units_run_sandboxed_notify_ready_reload_and_stop(world: Path) -> None:
         topo.link(cns, "ca", "10.201.1.1/24", gns, "ga", f"{GW}/24")
         pair = Pair(
             topo, world, cns, gns, [GW], node_extra=f'user = "nobody"\ngroup = "{group}"',
-            events_dir=world / "log", policy={"version": "1"},
+            events_dir=world / "log", policy={"version": "1"}, own_control=False,
         )  # fmt: skip
         gw = topo.popen(gns, *sandboxed(gw_unit, "gw", world, world / "log"), env=env,
                         log=world / "gateway.log")  # fmt: skip

@@ -147,6 +147,17 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         b.stop()
 
 
+@pytest.fixture(autouse=True)
+def _broker_left_running(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that stopped the broker and failed before starting it again must not fail
+    every test after it: the broker is started again after such a test."""
+    yield
+    if "broker" in request.fixturenames:
+        b = request.getfixturevalue("broker")
+        if not b.running:
+            b.start()
+
+
 def wait_for(cond: Any, timeout: float = 30.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -140,6 +140,8 @@ def test_broker_outage_loses_nothing_and_a_full_spool_announces_its_gap(
         broker.stop()
         wait_for(lambda: small.dropped > 100, 60, "the small spool full")
         assert small.take_losses() == [], "nothing is announced while the spool is full"
+        # not ok once a send has failed or the oldest event waits longer than 10 s
+        wait_for(lambda: big.health()["state"] != "ok", 60, "the big sink's health to drop")
         during = big.health()
         assert big.dropped == 0 and during["spool_backlog"] > 0
         assert during["state"] in ("degraded", "failing")

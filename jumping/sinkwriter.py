@@ -73,6 +73,9 @@ class BoundedWriter:
         #: wall-clock times of the last delivery and the last drop (for :meth:`health`)
         self.last_delivery_at: float | None = None
         self.last_drop_at: float | None = None
+        #: items the thread took from the queue and has not finished writing (``write`` may
+        #: lower it item by item as it hands them on)
+        self.taking = 0
         self._q: deque[Any] = deque()
         self._wake = threading.Event()
         self._closing = False
@@ -177,13 +180,17 @@ class BoundedWriter:
                 while q:
                     if self._closing and time.monotonic() > self._deadline:
                         break
-                    batch = [q.popleft() for _ in range(min(len(q), self._batch))]
+                    # counted as taken before it leaves the queue: a racy read of
+                    # queued + taking can only overstate what the writer holds
+                    self.taking = min(len(q), self._batch)
+                    batch = [q.popleft() for _ in range(self.taking)]
                     try:
                         if self._write(batch):
                             self.last_delivery_at = time.time()
                     except Exception as e:  # never let the thread die
                         self.failed += len(batch)
                         self.note_error(e)
+                    self.taking = 0
                 if self._closing and (not q or time.monotonic() > self._deadline):
                     break
         finally:

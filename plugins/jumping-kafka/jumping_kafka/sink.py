@@ -157,7 +157,6 @@ class KafkaSink:
         self._started = False
         self._closing = False
         self._attempts = 0  # sender thread: producers it tried to build
-        self._in_hand = 0  # sender thread: taken from the queue, not yet sent nor counted
         self._producer_obj: Any = None
         self.last_error_at: float | None = None
         #: the durable path (jumping_kafka/spooled.py), or None: memory only (spool = false)
@@ -209,7 +208,7 @@ class KafkaSink:
 
     def _in_producer(self) -> int:
         """Taken from the queue and not settled: in the sender's hands or the producer's."""
-        return self._in_hand + max(0, self._sent - self._acked - self._failed)
+        return self._writer.taking + max(0, self._sent - self._acked - self._failed)
 
     @property
     def queue_depth(self) -> int:
@@ -409,11 +408,10 @@ class KafkaSink:
 
     def _send_batch(self, batch: list[dict[str, Any]]) -> None:
         """Sender thread: hand each event to the producer (built, or rebuilt, on demand)."""
-        self._in_hand = len(batch)
         for item in batch:
             # counted (sent or dropped) first, then out of hand: a racy read overstates only
             self._send_one(item)
-            self._in_hand -= 1
+            self._writer.taking -= 1
 
     def _send_one(self, item: dict[str, Any]) -> None:
         producer = self._producer_obj = self._check_stall(self._producer_obj)

@@ -12,7 +12,7 @@ confirmed rekey, checked by every gateway before it answers a resume.
 from __future__ import annotations
 
 import hmac
-import ipaddress
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +32,7 @@ from jumping.core.node import (
 from jumping.core.outputs import Claim, Drop, Output, Release, Renew, Send
 from jumping.core.policy import Policy
 from jumping.core.ratelimit import SwitchLimiter
+from jumping.core.routes import PrefixTable
 from jumping.core.segments import FEATURE_SEGMENTS as _SEGMENTS
 from jumping.core.session import Keypair, Session
 from jumping.core.takeover import (  # noqa: F401  (adoption_error: re-exported)
@@ -84,7 +85,14 @@ class GatewayCore(NodeCore, SessionTakeover):
             p.handshake_per_source_per_s, p.handshake_per_source_burst,
             p.handshake_source_table_size,
         )  # fmt: skip
+        #: host routes: a peer's /32 and /128 -> the session that confirmed last
         self.routes: dict[bytes, Session] = {}
+        self._ranks: dict[bytes, int] = {}
+        self._rank_seq = itertools.count()
+        for peer in peers:
+            self._rank(peer)
+        #: every allowed IP of each peer with a live session, longest prefix first
+        self.prefixes = PrefixTable(self._rank)
         #: the IRateLimitPolicy for transport switches; follows the policy (reconfigure)
         self.switch_limiter: Any = switch_limiter or SwitchLimiter()
         self.switch_limiter.reconfigure(self.policy)
@@ -97,21 +105,36 @@ class GatewayCore(NodeCore, SessionTakeover):
         )  # fmt: skip
         self._denied_at: dict[bytes, float] = {}
 
-    # routing -----------------------------------------------------------------
+    # routing (jumping/core/routes.py) ------------------------------------------------
+    def _rank(self, peer: Peer) -> int:
+        """A peer's place in the configuration (ties between identical prefixes)."""
+        r = self._ranks.get(peer.public_key)
+        if r is None:
+            r = self._ranks[peer.public_key] = next(self._rank_seq)
+        return r
+
     def _source_allowed(self, s: Session, packet: bytes) -> bool:
         return bool(s.peer.allows(packet))
 
     def _set_routes(self, s: Session) -> None:
-        for n in s.peer.networks:
-            if n.num_addresses == 1:
-                self.routes[n.network_address.packed] = s
+        routes = self.routes
+        for key in s.peer.exact:
+            routes[key] = s
+
+    def _drop_routes(self, s: Session) -> None:
+        """Remove the host routes that point at ``s`` (its peer's /32 and /128s)."""
+        routes = self.routes
+        for key in s.peer.exact:
+            if routes.get(key) is s:
+                del routes[key]
 
     def _forget_routes(self, s: Session) -> None:
-        for key, owner in list(self.routes.items()):
-            if owner is s:
-                del self.routes[key]
-        if s in s.peer.sessions:
-            s.peer.sessions.remove(s)
+        self._drop_routes(s)
+        live = s.peer.sessions
+        if s in live:
+            live.remove(s)
+            if not live:
+                self.prefixes.remove(s.peer, s.peer.networks)
 
     def _route(self, packet: bytes) -> Session | None:
         dst = destination(packet)
@@ -120,11 +143,8 @@ class GatewayCore(NodeCore, SessionTakeover):
         s = self.routes.get(dst)
         if s is not None:
             return s
-        addr = ipaddress.ip_address(dst)
-        for peer in self.peers.values():
-            if peer.sessions and any(addr in n for n in peer.networks):
-                return peer.sessions[-1]
-        return None
+        peer = self.prefixes.lookup(dst)
+        return peer.sessions[-1] if peer is not None else None
 
     def _seal_data(self, now: float, packet: bytes) -> tuple[Any, bytes] | Drop:
         """Encrypt one TUN packet for the session owning its destination."""
@@ -285,6 +305,8 @@ class GatewayCore(NodeCore, SessionTakeover):
         self._born(now, s, now + self.handshake_timeout)
         live = s.peer.sessions
         live.append(s)
+        if len(live) == 1:
+            self.prefixes.add(s.peer, s.peer.networks)
         if len(live) > 2:
             old = live[0]
             self._tell_peer_terminated(now, old, Reason.POLICY_DENIED)
@@ -371,24 +393,28 @@ class GatewayCore(NodeCore, SessionTakeover):
         wanted = {p.public_key: p for p in peers}
         for key in [k for k in self.peers if k not in wanted]:
             gone = self.peers.pop(key)
+            self._ranks.pop(key, None)
             for sid, ad in list(self._adopting.items()):
                 if ad.peer is gone and ad.session is None and not ad.claiming:
                     del self._adopting[sid]  # a takeover not yet answered: forget it
-            for s in [x for x in self.sessions.values() if x.peer is gone]:
+            for s in list(gone.sessions):
                 self._tell_peer_terminated(now, s, Reason.POLICY_DENIED)
                 self._transition(now, s, Reason.POLICY_DENIED, detail="peer_removed")
         for key, new in wanted.items():
             old = self.peers.get(key)
             if old is None:
                 self.peers[key] = new
+                self._rank(new)
                 continue
             old.name, old.psk = new.name, new.psk
             if old.networks != new.networks:
+                for x in old.sessions:
+                    self._drop_routes(x)
+                if old.sessions:
+                    self.prefixes.remove(old, old.networks)
                 old.networks, old.exact = new.networks, new.exact
-                live = [x for x in self.sessions.values() if x.peer is old]
-                for key_, owner in list(self.routes.items()):
-                    if owner in live:
-                        del self.routes[key_]
+                if old.sessions:
+                    self.prefixes.add(old, old.networks)
                 for x in old.sessions:  # oldest first: the newest holds the routes
                     self._set_routes(x)
         return self.take()

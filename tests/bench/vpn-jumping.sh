@@ -168,12 +168,36 @@ vpn_down() {
 
 vpn_set_endpoint() { :; }  # the client finds its paths itself (see the jumping issue)
 
-vpn_rehandshake() {  # restart the client: a brand-new session on the next packet
+# The client's TUN device is up with its address and its routes (route to the gateway's
+# tunnel address and to S_NET through it): a packet sent now goes into the tunnel.
+j_client_ready() {
+  nsx $NS_C ip -o link show dev $J_CIF 2>/dev/null | grep -q '[<,]UP[,>]' &&
+    nsx $NS_C ip -o addr show dev $J_CIF 2>/dev/null | grep -q " $IN_C/" &&
+    nsx $NS_C ip route get "$IN_G" 2>/dev/null | grep -q "dev $J_CIF" &&
+    nsx $NS_C ip route show "$S_NET" 2>/dev/null | grep -q "dev $J_CIF"
+}
+
+# Restart the client: a brand-new session (the new daemon handshakes as it starts). Returns
+# once the new client's TUN device and routes exist, so the harness's next packet enters the
+# tunnel (handshakes.sh's warm case times it: what is left of the handshake + one round
+# trip). Not once ATTACHED: that would hide the handshake from the measurement.
+vpn_rehandshake() {
   local d=${RUN_DIR:-/tmp} i
   stop_pid "${VPN_PIDS[0]}"
+  # the kernel removes the old device (and its routes) when its last descriptor closes
+  for ((i = 0; i < 250; i++)); do
+    nsx $NS_C ip link show dev $J_CIF >/dev/null 2>&1 || break
+    sleep 0.02
+  done
   rm -f "$d/jumping-client-events.jsonl"
   bg_ns $NS_C "$d/jumping-client.log" env PYTHONPATH="$J_PYTHONPATH" "$(j_twistd)" -n --pidfile= --logfile=- jumping client --config "$J_DIR/c.toml"
   VPN_PIDS[0]=$LAST_PID
+  for ((i = 0; i < 1000; i++)); do
+    j_client_ready && return 0
+    pid_alive "$LAST_PID" || die "jumping client exited at restart (see $d/jumping-client.log)"
+    sleep 0.01
+  done
+  die "jumping client's TUN device or routes not up 10 s after restart (see $d/jumping-client.log)"
 }
 
 vpn_show() { cat "${RUN_DIR:-/tmp}"/jumping-*-events.jsonl 2>/dev/null | tail -n 20; }

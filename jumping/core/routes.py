@@ -1,0 +1,92 @@
+"""
+The gateway's routing table: which session a TUN packet goes to, by its destination.
+
+Two parts, both independent of the number of sessions per look-up and per change:
+
+- **host routes** (``exact``): a peer's /32 and /128 allowed IPs, pointing at the session
+  that confirmed last (``_set_routes`` on the gateway), removed with that session;
+- **prefix routes** (:class:`PrefixTable`): every allowed IP of every peer that has a live
+  session, as one dict per prefix length (per IP version); a look-up tries the lengths
+  present, longest first, so it costs one dict probe per distinct prefix length in use
+  (a handful), not one test per peer. The match is the peer's newest session.
+
+A destination without a host route goes to the longest matching prefix; between peers that
+list the very same prefix, the one configured first wins.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+from collections.abc import Callable
+from typing import Any
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class PrefixTable:
+    """Longest-prefix match from an address (packed bytes) to a peer."""
+
+    __slots__ = ("_tables", "_lengths", "_rank")
+
+    def __init__(self, rank: Callable[[Any], int]) -> None:
+        #: address length in bytes (4, 16) -> prefix length -> network as int -> peers
+        #: (in configuration order: ``rank``)
+        self._tables: dict[int, dict[int, dict[int, list[Any]]]] = {4: {}, 16: {}}
+        #: address length -> prefix lengths in use, longest first
+        self._lengths: dict[int, tuple[int, ...]] = {4: (), 16: ()}
+        self._rank = rank
+
+    @staticmethod
+    def _key(n: Network) -> tuple[int, int, int]:
+        size = 4 if n.version == 4 else 16
+        return size, n.prefixlen, int(n.network_address) >> (size * 8 - n.prefixlen)
+
+    def add(self, peer: Any, networks: tuple[Network, ...]) -> None:
+        rank = self._rank
+        for n in networks:
+            size, plen, key = self._key(n)
+            by_len = self._tables[size]
+            table = by_len.get(plen)
+            if table is None:
+                table = by_len[plen] = {}
+                self._lengths[size] = tuple(sorted(by_len, reverse=True))
+            entry = table.get(key)
+            if entry is None:
+                table[key] = [peer]
+            elif peer not in entry:
+                bisect.insort(entry, peer, key=rank)
+
+    def remove(self, peer: Any, networks: tuple[Network, ...]) -> None:
+        for n in networks:
+            size, plen, key = self._key(n)
+            by_len = self._tables[size]
+            table = by_len.get(plen)
+            entry = table.get(key) if table is not None else None
+            if entry is None or peer not in entry:
+                continue
+            entry.remove(peer)
+            if entry:
+                continue
+            del table[key]  # type: ignore[union-attr]
+            if not table:
+                del by_len[plen]
+                self._lengths[size] = tuple(sorted(by_len, reverse=True))
+
+    def lookup(self, address: bytes) -> Any:
+        """The peer whose prefix matches ``address`` longest (None: no match)."""
+        size = len(address)
+        lengths = self._lengths.get(size)
+        if not lengths:
+            return None
+        a = int.from_bytes(address, "big")
+        bits = size * 8
+        tables = self._tables[size]
+        for plen in lengths:
+            entry = tables[plen].get(a >> (bits - plen))
+            if entry is not None:
+                return entry[0]
+        return None
+
+    def __len__(self) -> int:
+        return sum(len(t) for by_len in self._tables.values() for t in by_len.values())

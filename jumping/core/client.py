@@ -312,6 +312,7 @@ class ClientCore(NodeCore):
         revision-1 gateway ignores the body, so DATA_SEGMENT is never sent to it)."""
         s.features_sent += 1
         s.features_at = now
+        self.counters["feature_announcements"] += 1
         self._control(now, s, wire.Control.KEEPALIVE, self._features_body())
         if s.features_sent < FEATURE_ANNOUNCEMENTS:
             self._arm(s, T.FEATURES, now + FEATURE_RETRY_S)

@@ -83,7 +83,14 @@ class CipherState:
     def initialize_key(self, k: bytes) -> None:
         self.k = k
         self.n = 0
-        self._aead = ChaCha20Poly1305(k)
+        self._aead = None  # made when first used: a handshake mixes in more keys than it uses
+
+    def _cipher(self) -> ChaCha20Poly1305:
+        aead = self._aead
+        if aead is None:
+            assert self.k is not None
+            aead = self._aead = ChaCha20Poly1305(self.k)
+        return aead
 
     def _nonce(self) -> bytes:
         if self.n >= MAX_NONCE:
@@ -91,26 +98,26 @@ class CipherState:
         return b"\x00\x00\x00\x00" + self.n.to_bytes(8, "little")
 
     def encrypt_with_ad(self, ad: bytes, plaintext: bytes) -> bytes:
-        if self._aead is None:
+        if self.k is None:
             return plaintext
-        ct = self._aead.encrypt(self._nonce(), plaintext, ad)
+        ct = self._cipher().encrypt(self._nonce(), plaintext, ad)
         self.n += 1
         return ct
 
     def decrypt_with_ad(self, ad: bytes, ciphertext: bytes) -> bytes:
-        if self._aead is None:
+        if self.k is None:
             return ciphertext
         try:
-            pt = self._aead.decrypt(self._nonce(), ciphertext, ad)
+            pt = self._cipher().decrypt(self._nonce(), ciphertext, ad)
         except InvalidTag:
             raise NoiseError("authentication failed") from None
         self.n += 1
         return pt
 
     def rekey(self) -> None:
-        if self._aead is None:
+        if self.k is None:
             raise NoiseError("no key to rekey")
-        k = self._aead.encrypt(b"\xff" * 12, bytes(32), b"")[:32]
+        k = self._cipher().encrypt(b"\xff" * 12, bytes(32), b"")[:32]
         n = self.n
         self.initialize_key(k)
         self.n = n

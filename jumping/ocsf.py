@@ -17,10 +17,13 @@ Each ``jumping.event/1`` event maps to the OCSF class that fits it:
 Nothing is lost: ``unmapped.jumping`` is the original event, byte for byte the object the
 chain covers, so ``seq``, ``prev_hash`` and every field stay verifiable
 (``jumpctl audit`` on the originals). ``metadata.sequence`` is ``seq``,
-``metadata.correlation_uid`` the ``session_id``, ``metadata.uid`` ``node_id:boot:seq``,
-and ``metadata.log_provider`` the node's **boot identity** (``node_id@ts_ms`` of the
-run's ``seq`` 0 event, see :class:`Exporter`; ``node_id@?`` when the history starts
-after it). The mapping is pure: it never changes the Jumping stream.
+``metadata.correlation_uid`` the ``session_id``, ``metadata.uid`` ``boot:seq``, and
+``metadata.log_provider`` the node's **boot identity** ``node_id@boot_id``: with the
+event's ``seq`` that is the event's identity (docs/events.md), so one event exported twice
+gets one ``uid`` and two runs' events never share one. Events of older nodes carry no
+``boot_id``; for them the boot identity is ``node_id@ts_ms`` of their run's ``seq`` 0 event
+(see :class:`Exporter`), ``node_id@?`` when the history starts after it. The mapping is
+pure: it never changes the Jumping stream.
 """
 
 from __future__ import annotations
@@ -115,7 +118,10 @@ def to_ocsf(event: dict[str, Any], boot: str | None = None) -> dict[str, Any]:
     class_uid, activity_id, activity_name = _class_and_activity(e)
     severity = _severity(e)
     node, seq, sid = e["node_id"], e["seq"], e["session_id"]
-    boot = boot or f"{node}@?"
+    if e.get("boot_id") is not None:
+        boot = f"{node}@{e['boot_id']}"
+    else:
+        boot = boot or f"{node}@?"
     out: dict[str, Any] = {
         "class_uid": class_uid,
         "class_name": CLASS_NAME[class_uid],
@@ -175,8 +181,9 @@ def to_ocsf(event: dict[str, Any], boot: str | None = None) -> dict[str, Any]:
 
 
 class Exporter:
-    """Maps a stream in order, tracking each node's boot identity (the ``ts_ms`` of its
-    latest ``seq`` 0 event with a zero ``prev_hash``)."""
+    """Maps a stream in order. An event's boot identity is its ``boot_id``; for events without
+    one (older nodes) the exporter tracks it per node: the ``ts_ms`` of the node's latest
+    ``seq`` 0 event with a zero ``prev_hash``."""
 
     def __init__(self) -> None:
         self.boots: dict[str, str] = {}

@@ -87,8 +87,8 @@ def test_every_event_of_a_full_scenario_maps_and_validates() -> None:
     for e, o in zip(events, mapped, strict=True):
         assert o["unmapped"]["jumping"] == e  # seq, prev_hash and all: the chain stays
         assert o["metadata"]["sequence"] == e["seq"] and o["time"] == e["ts_ms"]
-        assert o["metadata"]["log_provider"].startswith(e["node_id"] + "@")
-        assert "?" not in o["metadata"]["log_provider"]  # both histories start at seq 0
+        assert o["metadata"]["log_provider"] == f"{e['node_id']}@{e['boot_id']}"
+        assert o["metadata"]["uid"] == f"{e['node_id']}@{e['boot_id']}:{e['seq']}"
     sec = [o for o in mapped if o["class_uid"] == ocsf.DETECTION_FINDING]
     assert any(o["finding_info"]["title"] == "REPLAY_DETECTED" for o in sec)
     switch = [o for o in mapped if o["unmapped"]["jumping"]["event_type"] == "TRANSPORT_SWITCH"]
@@ -142,3 +142,22 @@ def test_jumpctl_export_ocsf(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     src.write_text(src.read_text() + '{"event_type": "SESSION_STATS"}\n')
     assert cli.main(["export", "--ocsf", str(src), "--out", str(out)]) == 2
     assert f"{src}:{len(events) + 1}:" in capsys.readouterr().err
+
+
+def test_the_uid_is_the_event_identity_across_restarts_and_partial_exports() -> None:
+    """metadata.uid is (node_id, boot_id, seq): two runs of one node that reuse seq numbers get
+    different uids, and an export that starts in the middle of a run gives the uids a full
+    export gives. Events without boot_id (older nodes) keep the ts_ms-of-seq-0 identity."""
+    events = scenario()
+    node = events[0]["node_id"]
+    run1 = [e for e in events if e["node_id"] == node]
+    run2 = [{**e, "boot_id": "f" * 32} for e in run1]  # the same node started again
+    full = [o["metadata"]["uid"] for o in map(ocsf.Exporter().map, run1 + run2)]
+    assert len(set(full)) == len(full) == 2 * len(run1)
+    tail = [o["metadata"]["uid"] for o in map(ocsf.Exporter().map, run1[3:])]
+    assert tail == full[3 : len(run1)]
+    assert all("?" not in uid for uid in tail)
+    old = [{k: v for k, v in e.items() if k != "boot_id"} for e in run1]
+    legacy = [o["metadata"]["log_provider"] for o in map(ocsf.Exporter().map, old)]
+    assert set(legacy) == {f"{node}@{run1[0]['ts_ms']}"}
+    assert ocsf.Exporter().map(old[3])["metadata"]["log_provider"] == f"{node}@?"

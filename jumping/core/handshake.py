@@ -250,11 +250,22 @@ class Response:
     """The gateway's side: read an initiation, then (once the caller has decided which
     session it belongs to) write the response."""
 
-    def __init__(self, me: Identity, data: bytes, rng: Rng) -> None:
+    def __init__(
+        self,
+        me: Identity,
+        data: bytes,
+        rng: Rng,
+        static_static: Callable[[bytes], bytes | None] | None = None,
+    ) -> None:
+        """``static_static``: DH(our static key, a peer's) computed in advance, per peer (see
+        :class:`~jumping.core.noise.HandshakeState`); one of the responder's four DH
+        operations less per handshake."""
         if len(data) != wire.INIT_LEN:
             raise HandshakeError("BAD_LENGTH")
         _t, _v, _r, self.remote_index, noise_msg = wire.INIT.unpack_from(data)
-        self._hs = HandshakeState(PATTERN, False, PROLOGUE, s=me.private, rng=rng)
+        self._hs = HandshakeState(
+            PATTERN, False, PROLOGUE, s=me.private, rng=rng, static_static=static_static
+        )
         try:
             payload = self._hs.read_message(noise_msg)
         except NoiseError:

@@ -218,7 +218,11 @@ class HandshakeState:
         rng: Rng | None = None,
         e: bytes | None = None,
         re: bytes | None = None,
+        static_static: Callable[[bytes], bytes | None] | None = None,
     ) -> None:
+        """``static_static``, if given, returns DH(``s``, a remote static key) computed in
+        advance (as wireguard-go's precomputed static-static), or None to compute it here;
+        it must be a pure function of the two keys, or the handshake fails to authenticate."""
         self.protocol_name = f"Noise_{pattern}_25519_ChaChaPoly_BLAKE2s"
         pre_i, pre_r, self._messages = parse_pattern(pattern)
         self._psk_mode = "psk" in pattern
@@ -233,6 +237,7 @@ class HandshakeState:
         self.re = re
         self.psks = list(psks)
         self._rng = rng
+        self._static_static = static_static
         self._turn = 0
         for tokens, mine in ((pre_i, initiator), (pre_r, not initiator)):
             for token in tokens:
@@ -271,6 +276,10 @@ class HandshakeState:
         pub = self.re if theirs == "e" else self.rs
         if priv is None or pub is None:
             raise NoiseError(f"missing key for {token}")
+        if token == "ss" and self._static_static is not None:
+            known = self._static_static(pub)
+            if known is not None:
+                return known
         return dh(priv, pub)
 
     def _next_psk(self) -> bytes:

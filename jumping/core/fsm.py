@@ -45,6 +45,7 @@ class Reason(str, Enum):
     OWNERSHIP_LOST = "OWNERSHIP_LOST"
     OWNERSHIP_CONFLICT = "OWNERSHIP_CONFLICT"
     POLICY_DENIED = "POLICY_DENIED"
+    SESSION_EVICTED = "SESSION_EVICTED"
 
 
 S = State
@@ -89,6 +90,7 @@ TRANSITIONS: tuple[tuple[tuple[State, ...], State, tuple[Reason, ...]], ...] = (
             R.OWNERSHIP_LOST,
             R.OWNERSHIP_CONFLICT,
             R.POLICY_DENIED,
+            R.SESSION_EVICTED,
         ),
     ),
 )

@@ -76,6 +76,8 @@ class GatewayCore(NodeCore, SessionTakeover):
         #: is configured: the responder's ``ss`` without a DH operation, one of four per
         #: handshake (wireguard-go precomputes it the same way, when a peer is created)
         self._static_static: dict[bytes, bytes] = {}
+        #: quiet sessions in the order they went quiet: eviction candidates, oldest first
+        self._quiet: dict[bytes, None] = {}
         for key in self.peers:
             self._precompute(key)
         self.cookies = CookieChecker(self.me, self.rng)
@@ -305,10 +307,18 @@ class GatewayCore(NodeCore, SessionTakeover):
         return s if self._register(now, s) else None
 
     def _register(self, now: float, s: Session) -> bool:
-        """Enter ``s`` in the session table (a peer keeps at most two live sessions)."""
+        """Enter ``s`` in the session table (a peer keeps at most two live sessions). A full
+        table makes room by evicting the session that went quiet first, if it has moved no
+        data for ``session_evict_idle_s``; else ``s`` is refused."""
         if len(self.sessions) >= self.max_sessions:
-            self._drop("SESSION_TABLE_FULL")
-            return False
+            victim = self._evictable(now)
+            if victim is not None:
+                self.counters["sessions_evicted"] += 1
+                self._tell_peer_terminated(now, victim, Reason.SESSION_EVICTED)
+                self._transition(now, victim, Reason.SESSION_EVICTED, detail="session_table_full")
+            if len(self.sessions) >= self.max_sessions:  # one eviction per new session at most
+                self._drop("SESSION_TABLE_FULL")
+                return False
         self.sessions[s.session_id] = s
         self._born(now, s, now + self.handshake_timeout)
         live = s.peer.sessions
@@ -390,6 +400,26 @@ class GatewayCore(NodeCore, SessionTakeover):
                 # refuses this initiation and every older one from now on
                 record = self._record(s, kp.handshake_ms, s.fsm.state_version)
                 self.pending.append(Renew(s.sid_hex, record, s.owner_token))
+
+    def _evictable(self, now: float) -> Session | None:
+        """The session that went quiet first, if it has moved no data for
+        ``session_evict_idle_s``; None if there is none. ``_quiet`` is in the order sessions
+        went quiet (a quiet session's timers stop, so it is the order of their last data);
+        entries of sessions that woke or ended are gone, so this is O(1), not a scan."""
+        for sid in self._quiet:
+            s = self.sessions[sid]
+            return s if s.last_data <= now - self.policy.session_evict_idle_s else None
+        return None
+
+    def _terminated(self, now: float, s: Session, reason: Reason) -> None:
+        self._quiet.pop(s.session_id, None)
+        super()._terminated(now, s, reason)
+
+    def _went_quiet(self, now: float, s: Session) -> None:
+        self._quiet[s.session_id] = None
+
+    def _woke(self, now: float, s: Session) -> None:
+        self._quiet.pop(s.session_id, None)
 
     def _precompute(self, key: bytes) -> None:
         try:

@@ -214,7 +214,7 @@ class NodeCore:
         policy: Policy,
         rng: Rng,
         now: float,
-        max_sessions: int = 100_000,
+        max_sessions: int | None = None,
         handshake_retry_ms: int = 1000,
         handshake_timeout_ms: int = 15_000,
         reattach_interval_ms: int = 250,
@@ -227,7 +227,9 @@ class NodeCore:
         self.policy = policy
         self._key_lifetime = float(policy.key_lifetime_s)
         self.rng = rng
-        self.max_sessions = max_sessions
+        #: a fixed session table size (tests, benchmarks); None: the policy's
+        #: ``session_table_size``, which a reload can change
+        self._max_sessions = max_sessions
         self.handshake_retry = handshake_retry_ms / 1000.0
         self.handshake_timeout = handshake_timeout_ms / 1000.0
         self.reattach_interval = reattach_interval_ms / 1000.0
@@ -1166,6 +1168,14 @@ class NodeCore:
             if s.path is path and s.fsm.state in (_ATTACHED, State.VOLATILE, State.DEGRADED):
                 self._transition(now, s, Reason.TRANSPORT_DEAD, detail="transport_lost")
         return self.take()
+
+    @property
+    def max_sessions(self) -> int:
+        """The session table's size (a smaller one after a reload ends no session: new ones
+        are refused, or evict a quiet one, until the table is below it)."""
+        if self._max_sessions is not None:
+            return self._max_sessions
+        return self.policy.session_table_size
 
     def set_policy(self, now: float, policy: Policy) -> list[Output]:
         """Apply a validated policy atomically; every later event carries its version."""

@@ -63,6 +63,12 @@ class Policy:
     cookie_replies_per_source_per_s: float = 5.0
     cookie_replies_per_source_burst: int = 5
     cookie_source_table_size: int = 1024
+    #: the gateway's session table: at most this many sessions; when it is full, a new
+    #: authenticated session evicts the session that went quiet first, if it has moved no
+    #: data for session_evict_idle_s (SESSION_EVICTED), else it is refused
+    #: (SESSION_TABLE_FULL); a session that moved data since then is never evicted
+    session_table_size: int = 131072
+    session_evict_idle_s: int = 600
     #: node-wide budget for path validations (challenges to new addresses), per second
     control_plane_per_s: float = 1000.0
     control_plane_burst: int = 2000
@@ -148,6 +154,8 @@ class Policy:
         rng("cookie_replies_per_source_per_s", 0.1, 100_000)
         rng("cookie_replies_per_source_burst", 1, 100_000)
         rng("cookie_source_table_size", 16, 10_000_000)
+        rng("session_table_size", 1, 10_000_000)
+        rng("session_evict_idle_s", 1, 30 * 86400)
         rng("control_plane_per_s", 1, 1_000_000)
         rng("control_plane_burst", 1, 10_000_000)
         rng("path_validations_per_s", 0.1, 10_000)

@@ -360,32 +360,41 @@ done:
 }
 
 /* The replay window of jumping/core/replay.py, moved forward to ``counter`` (> top):
- * blocks passed over are cleared, the counter's bit set. */
+ * blocks passed over are cleared, the counter's bit set. All or nothing: every object is
+ * made before the window changes, so a failure (out of memory, a block that is not an
+ * unsigned int) leaves blocks and ``*top`` as they were. */
 static int
 replay_advance(PyObject *blocks, Py_ssize_t mask, long long *top, unsigned long long counter)
 {
     long long index = (long long)(counter >> 6);
     long long current = *top >= 0 ? (*top >> 6) : -1;
     long long diff = index - current;
-    if (diff > 0) {
-        if (diff > mask)
-            diff = mask + 1;
-        for (long long i = 1; i <= diff; i++) {
-            PyObject *zero = PyLong_FromLong(0);
-            if (zero == NULL)
-                return -1;
-            PyList_SetItem(blocks, (Py_ssize_t)((current + i) & mask), zero);
-        }
-    }
-    *top = (long long)counter;
     Py_ssize_t i = (Py_ssize_t)(index & mask);
-    unsigned long long b = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(blocks, i));
-    if (b == (unsigned long long)-1 && PyErr_Occurred())
-        return -1;
+    unsigned long long b = 0; /* a block passed over is cleared: the counter's is among them */
+    if (diff <= 0) {
+        b = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(blocks, i));
+        if (b == (unsigned long long)-1 && PyErr_Occurred())
+            return -1;
+    }
     PyObject *v = PyLong_FromUnsignedLongLong(b | (1ULL << (counter & 63)));
     if (v == NULL)
         return -1;
+    if (diff > 0) {
+        PyObject *zero = PyLong_FromLong(0);
+        if (zero == NULL) {
+            Py_DECREF(v);
+            return -1;
+        }
+        if (diff > mask)
+            diff = mask + 1;
+        for (long long k = 1; k <= diff; k++) {
+            Py_INCREF(zero);
+            PyList_SetItem(blocks, (Py_ssize_t)((current + k) & mask), zero);
+        }
+        Py_DECREF(zero);
+    }
     PyList_SetItem(blocks, i, v);
+    *top = (long long)counter;
     return 0;
 }
 
@@ -471,7 +480,7 @@ Aead_open_pieces(Aead *self, PyObject *args)
             break;
         PyObject *piece = PyBytes_FromStringAndSize(NULL, m);
         if (piece == NULL)
-            goto done;
+            goto failed;
         memcpy(nonce + 4, b + 8, 8);
         if (open2(self->dec, nonce, b, HDR, b + HDR, (int)(len - HDR - TAG), head, (int)hl,
                   (unsigned char *)PyBytes_AS_STRING(piece)) < 0
@@ -481,7 +490,7 @@ Aead_open_pieces(Aead *self, PyObject *args)
         }
         if (replay_advance(blocks, mask, &top, counter) < 0 || PyList_Append(pieces, piece) < 0) {
             Py_DECREF(piece);
-            goto done;
+            goto failed;
         }
         Py_DECREF(piece);
         end += m;
@@ -502,6 +511,19 @@ Aead_open_pieces(Aead *self, PyObject *args)
         Py_DECREF(t);
     }
     res = Py_BuildValue("nnnOn", i, nxt, end, last ? Py_True : Py_False, taken);
+    goto done;
+failed:
+    /* the pieces before this one are marked in the window: its top must say so too, or
+     * their counters (and the blocks cleared for them) would pass the replay check again */
+    if (top != top0) {
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        PyObject *t = PyLong_FromLongLong(top);
+        if (t == NULL || PyObject_SetAttrString(replay, "top", t) < 0)
+            PyErr_Clear(); /* the first error is the one raised */
+        Py_XDECREF(t);
+        PyErr_Restore(et, ev, tb);
+    }
 done:
     Py_XDECREF(blocks);
     Py_XDECREF(topo);

@@ -13,7 +13,7 @@ import binascii
 import ipaddress
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -272,6 +272,35 @@ def _plugin_options(r: _Reader, d: Mapping[str, Any], where: str) -> dict[str, A
     return out
 
 
+def _first_overlap(
+    nets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> tuple[int, int] | None:
+    """The first prefix (in file order) that overlaps an earlier one, and the first earlier one
+    it overlaps, as indexes into ``nets``; None if no two overlap. Prefixes overlap only by
+    containment, so one sweep in address order, with a stack of the prefixes that contain the
+    current one, finds every overlapping pair: O(n log n), where testing each prefix against
+    every earlier one took minutes for 10 000 peers."""
+    order = sorted(
+        range(len(nets)),
+        key=lambda k: (nets[k].version, int(nets[k].network_address), nets[k].prefixlen),
+    )
+    best: tuple[int, int] | None = None
+    stack: list[int] = []
+    for k in order:
+        net = nets[k]
+        start = int(net.network_address)
+        while stack and (
+            nets[stack[-1]].version != net.version or int(nets[stack[-1]].broadcast_address) < start
+        ):
+            stack.pop()
+        for c in stack:  # each contains ``net``: a pair (earlier, later) in file order
+            pair = (max(c, k), min(c, k))
+            if best is None or pair < best:
+                best = pair
+        stack.append(k)
+    return best
+
+
 def load_policy(config_path: str | Path) -> Policy:
     """Only the policy of a config file (SIGHUP reload): ConfigError if anything is wrong."""
     return load_config(config_path).policy
@@ -376,14 +405,15 @@ def parse_config(data: Mapping[str, Any], path: Path) -> NodeConfig:
         if not isinstance(ips, list) or not ips:
             raise r.fail(where, "allowed_ips: must be a non-empty list of prefixes")
         nets = tuple(_network(r, x, where, "allowed_ips") for x in ips)
-        for n in nets:
-            net = ipaddress.ip_network(n)
-            for other, j in seen:
-                if net.version == other.version and net.overlaps(other):
-                    raise r.fail(where, f"allowed_ips: {n} overlaps {other} of [[peers]] #{j + 1}")
-            seen.append((net, i))
+        seen.extend((ipaddress.ip_network(n), i) for n in nets)
         psk = r.path_of(pt, "psk", where) if "psk" in pt else None
         peers.append(PeerConfig(r.key(pt, "public_key", where), nets, str(pt.get("name", "")), psk))
+    clash = _first_overlap([net for net, _i in seen])
+    if clash is not None:
+        (net, i), (other, j) = seen[clash[0]], seen[clash[1]]
+        raise r.fail(
+            f"[[peers]] #{i + 1}", f"allowed_ips: {net} overlaps {other} of [[peers]] #{j + 1}"
+        )
     gateway = None
     if "gateway" in data:
         g = r.table(data, "gateway", "top level")

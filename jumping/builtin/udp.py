@@ -485,7 +485,9 @@ class UDPClientPath:
 
 @implementer(ITransportFactory)
 class UDPTransportFactory:
-    """``udp`` plugin. Options: ``max_paths`` (authenticated remote addresses per listener),
+    """``udp`` plugin. Options: ``max_paths`` (authenticated remote addresses per listener;
+    262144, twice the default session table, so that one address per session, and the old
+    addresses sessions roamed from, fit),
     ``buffer_bytes``, ``gso`` (segmentation/receive offload where the kernel has it;
     default true), ``unauthenticated_per_read`` (a listener's read pass ends after this
     many datagrams from addresses no packet authenticated on, so that a flood is served in
@@ -495,7 +497,7 @@ class UDPTransportFactory:
 
     def __init__(
         self,
-        max_paths: int = 65536,
+        max_paths: int = 262144,
         buffer_bytes: int = 4 * 1024 * 1024,
         gso: bool = True,
         unauthenticated_per_read: int = 256,

@@ -1,0 +1,487 @@
+"""
+Many sessions against one real gateway: a twistd gateway (its TUN device, UDP) in a network
+namespace this script creates, and load generator processes in the same namespace, each
+running its share of N client cores, every one on its own UDP socket and its own source
+address (127.0.0.0/8 is local: client n sends from 127.(1 + n >> 16).(n >> 8 & 255).(n & 255)),
+so the gateway sees N distinct sources, as from N hosts, each inside its per-source limits.
+The gateway runs on CPU 0 and the generators on the other CPUs (taskset), so they do not
+steal its core.
+
+    python3 tests/bench/scale/loadgen.py --sessions 10000 [--procs 4] [--rate 2000]
+        [--hold 190] [--window 30] [--active 0] [--json out.json]
+
+Phases, one JSON line at the end (and progress on stderr):
+- **ramp**: clients start handshakes at ``--rate`` per second in all; reported: the rate the
+  gateway completed them (wall), and handshakes per gateway CPU-second (utime + stime of the
+  gateway process while it ramped: "per core" in docs/benchmarks.md);
+- **idle hold**: nothing but the quiet model's NAT keepalives for ``--hold`` seconds (default
+  190: past ``rekey_after_s`` 120 plus ``key_expiry_grace_s`` 60, when idle keys are wiped),
+  then over ``--window`` seconds: gateway RSS per session, defined as (RSS with N idle
+  sessions - RSS with the same N peers configured and no session) / N, gateway CPU (% of a
+  core) and UDP datagrams per second on the wire;
+- **active** (``--active M``): M sessions send one ICMP echo per second through the tunnel
+  to the gateway's TUN address, for ``--window`` seconds; the replies' round trips give
+  p50/p99 latency, and the gateway's CPU is measured meanwhile;
+- **audit**: ``jumpctl audit`` of the gateway's event stream (invariants, gaps).
+
+Needs root (namespace, TUN), taskset (util-linux). Memory: about 30 KiB per client core in the
+generators (the gateway is what is measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(ROOT))  # the tree this script is in, not an installed copy
+GW_PORT = 51820
+GW_ADDR = "10.64.0.1"
+
+
+def client_source(n: int) -> str:
+    return f"127.{1 + (n >> 16)}.{(n >> 8) & 255}.{n & 255}"
+
+
+def client_inner(n: int) -> str:
+    m = n + 2  # 10.64.0.0/10: .0.0 is the network, .0.1 the gateway
+    return f"10.{64 + (m >> 16)}.{(m >> 8) & 255}.{m & 255}"
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def udp_in(ns: str) -> int:
+    """UDP datagrams received in the namespace so far (both ends live there: each datagram on
+    the wire is received once)."""
+    out = subprocess.run(
+        ["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    rows = [ln.split() for ln in out.splitlines() if ln.startswith("Udp:")]
+    return int(dict(zip(rows[0][1:], rows[1][1:], strict=True))["InDatagrams"])
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------- generator
+def icmp_echo(src: str, dst: str, ident: int, seq: int, stamp: float) -> bytes:
+    """An IPv4 ICMP echo request carrying ``stamp`` (checksums right: the gateway's kernel
+    answers it)."""
+    import socket
+
+    def csum(b: bytes) -> int:
+        if len(b) % 2:
+            b += b"\0"
+        s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+        while s >> 16:
+            s = (s & 0xFFFF) + (s >> 16)
+        return ~s & 0xFFFF
+
+    body = struct.pack("!d", stamp) + b"j" * 24
+    icmp = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + body
+    icmp = icmp[:2] + struct.pack("!H", csum(icmp)) + icmp[4:]
+    hdr = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), seq & 0xFFFF, 0, 64, 1, 0,
+        socket.inet_aton(src), socket.inet_aton(dst),
+    )  # fmt: skip
+    hdr = hdr[:10] + struct.pack("!H", csum(hdr)) + hdr[12:]
+    return hdr + icmp
+
+
+def generator(args: argparse.Namespace) -> int:
+    """Client cores ``--first`` .. ``--first + --count - 1`` on their own UDP sockets; reads
+    commands on stdin (``active M SECONDS``, ``quit``), reports on stdout."""
+    from twisted.internet import protocol, reactor, stdio
+    from twisted.protocols.basic import LineReceiver
+
+    from jumping.core.client import ClientCore
+    from jumping.core.outputs import ArmTimer, Send, WriteTun
+    from jumping.core.policy import Policy
+    from jumping.keys import decode_key
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = args.count + 1024
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(want, soft), max(want, hard)))
+    gw_pub = decode_key(Path(args.gateway_pub).read_text())
+    keys = Path(args.client_keys).read_text().split()[args.first : args.first + args.count]
+    clock: Any = reactor
+    state = {"attached": 0, "rtts": [], "sent": 0}
+    out = sys.stdout
+
+    def say(line: str) -> None:
+        out.write(line + "\n")
+        out.flush()
+
+    class UDPPath(protocol.DatagramProtocol):
+        transport_id = "udp"
+        kind = "udp"
+        connected = True
+
+        def __init__(self, n: int) -> None:
+            self.n = n
+            self.core: Any = None
+            self.remote_address = ("127.0.0.1", GW_PORT)
+            self.timer: Any = None
+            self.up = False
+
+        def datagramReceived(self, data: bytes, addr: Any) -> None:  # noqa: N802
+            self.run(self.core.receive(clock.seconds(), self, data))
+
+        def send(self, data: bytes) -> None:
+            self.transport.write(data, self.remote_address)
+
+        def run(self, outs: list[Any]) -> None:
+            for o in outs:
+                if isinstance(o, Send):
+                    o.path.send(o.data)
+                elif isinstance(o, ArmTimer):
+                    if self.timer is not None and self.timer.active():
+                        if self.timer.getTime() <= o.at:
+                            continue
+                        self.timer.cancel()
+                    self.timer = clock.callLater(max(0.0, o.at - clock.seconds()), self.fire)
+                elif isinstance(o, WriteTun):
+                    d = o.data
+                    if len(d) >= 36 and d[9] == 1 and d[20] == 0:  # an ICMP echo reply
+                        (stamp,) = struct.unpack_from("!d", d, 28)
+                        state["rtts"].append(clock.seconds() - stamp)
+            s = self.core.session
+            if not self.up and s is not None and s.fsm.state.value == "ATTACHED":
+                self.up = True
+                state["attached"] += 1
+
+        def fire(self) -> None:
+            self.timer = None
+            self.run(self.core.tick(clock.seconds()))
+
+        def ping(self, seq: int) -> None:
+            now = clock.seconds()
+            packet = icmp_echo(client_inner(self.n), GW_ADDR, self.n & 0xFFFF, seq, now)
+            state["sent"] += 1
+            self.run(self.core.seal(now, packet))
+
+    policy = Policy()
+    paths: list[UDPPath] = []
+    for i, key in enumerate(keys):
+        n = args.first + i
+        p = UDPPath(n)
+        reactor.listenUDP(0, p, interface=client_source(n))
+        p.core = ClientCore(
+            gateway_public_key=gw_pub, paths=[p], node_id=f"c{n}",
+            private_key=bytes.fromhex(key), policy=policy, rng=os.urandom, now=clock.seconds(),
+        )  # fmt: skip
+        paths.append(p)
+    gap = 1.0 / args.rate if args.rate > 0 else 0.0
+
+    def start(i: int) -> None:
+        # a batch per reactor turn, so that answers are read while the ramp goes on
+        now = clock.seconds()
+        end = min(len(paths), i + max(1, int(0.01 / gap)) if gap else len(paths))
+        for p in paths[i:end]:
+            p.run(p.core.start(now))
+        if end < len(paths):
+            clock.callLater(gap * (end - i), start, end)
+
+    last = [-1]
+
+    def report() -> None:
+        if state["attached"] != last[0]:
+            last[0] = state["attached"]
+            say(f"attached {state['attached']}")
+        clock.callLater(0.5, report)
+
+    class Commands(LineReceiver):
+        delimiter = b"\n"
+
+        def lineReceived(self, line: bytes) -> None:  # noqa: N802
+            words = line.decode().split()
+            if not words:
+                return
+            if words[0] == "quit":
+                reactor.stop()
+            elif words[0] == "active":
+                m, seconds = int(words[1]), float(words[2])
+                state["rtts"], state["sent"] = [], 0
+                for k, p in enumerate(paths[:m]):
+                    for t in range(int(seconds)):
+                        clock.callLater(t + k / max(1, m), p.ping, t)
+                clock.callLater(seconds + 2.0, self.done)
+
+        def done(self) -> None:
+            rtts = state["rtts"]
+            say("active " + json.dumps({"sent": state["sent"], "rtts_ms": [
+                round(r * 1000, 3) for r in rtts]}))  # fmt: skip
+
+    stdio.StandardIO(Commands())
+    clock.callLater(0.0, start, 0)
+    clock.callLater(0.5, report)
+    reactor.run()
+    return 0
+
+
+# ---------------------------------------------------------------------------- driver
+class Gen:
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.attached = 0
+
+    def poll_lines(self, timeout: float) -> list[str]:
+        import select
+
+        assert self.proc.stdout is not None
+        lines = []
+        r, _w, _x = select.select([self.proc.stdout], [], [], timeout)
+        if r:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"generator {self.proc.pid} ended (rc {self.proc.poll()})")
+            lines.append(line.strip())
+        for line in lines:
+            if line.startswith("attached "):
+                self.attached = int(line.split()[1])
+        return lines
+
+
+def driver(args: argparse.Namespace) -> int:
+    from nacl.public import PrivateKey
+
+    from jumping.core.noise import public_key
+    from jumping.keys import encode_key
+
+    n_cpu = os.cpu_count() or 1
+    if n_cpu < 2:
+        raise SystemExit("loadgen: needs 2 CPUs (the gateway on one, the generators on the rest)")
+    if args.sessions > 250 * 65536:
+        raise SystemExit("loadgen: --sessions beyond the address plan")
+    gen_cpus = f"1-{n_cpu - 1}" if n_cpu > 2 else "1"
+    ns = f"jscale{os.getpid()}"
+    work = Path(tempfile.mkdtemp(prefix="jumping-scale."))
+    procs: list[subprocess.Popen[Any]] = []
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    twistd = shutil.which("twistd") or str(Path(sys.executable).with_name("twistd"))
+    nsx = ["ip", "netns", "exec", ns]
+    result: dict[str, Any] = {"bench": "scale", "sessions": args.sessions, "procs": args.procs}
+    try:
+        from jumping.core import aead
+
+        result["compiled_dataplane"] = aead.Aead is not aead.PyAead
+        result["version"] = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True,
+        ).stdout.strip()  # fmt: skip
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        subprocess.run([sys.executable, "-m", "jumping.cli", "keygen", "--out",
+                        str(work / "g.key")], check=True, env=env, capture_output=True)  # fmt: skip
+        log(f"keys for {args.sessions} clients")
+        clients = [PrivateKey.generate().encode() for _ in range(args.sessions)]
+        (work / "clients.keys").write_text("\n".join(k.hex() for k in clients))
+        peers = "".join(
+            f'[[peers]]\npublic_key = "{encode_key(public_key(k))}"\n'
+            f'allowed_ips = ["{client_inner(n)}/32"]\n'
+            for n, k in enumerate(clients)
+        )
+        (work / "g.toml").write_text(
+            '[node]\nrole = "gateway"\nnode_id = "scale-gw"\nprivate_key = "g.key"\n'
+            f'[tun]\nname = "jscale0"\naddress = "{GW_ADDR}/10"\n'
+            f'[[listen]]\ntransport = "udp"\nhost = "127.0.0.1"\nport = {GW_PORT}\n'
+            f'[[events]]\nsink = "jsonl"\npath = "{work / "gw-events.jsonl"}"\n'
+            f'[control]\nsocket = "{work / "gw.sock"}"\n' + peers
+        )
+        log("gateway starting (CPU 0)")
+        gw = subprocess.Popen(
+            nsx + ["taskset", "-c", "0", twistd, "-n", "--pidfile=",
+                   f"--logfile={work / 'gw.log'}", "jumping", "gateway", "--config",
+                   str(work / "g.toml")], env=env,
+        )  # fmt: skip
+        procs.append(gw)
+        deadline = time.monotonic() + 60 + args.sessions / 5000
+        while not (work / "gw.sock").exists():
+            if gw.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    "gateway did not start:\n" + (work / "gw.log").read_text()[-3000:]
+                )
+            time.sleep(0.2)
+        time.sleep(args.settle)
+        result["gateway_rss_peers_only_bytes"] = rss0 = rss_bytes(gw.pid)
+        log(f"gateway up, {rss0 / 2**20:.1f} MiB with {args.sessions} peers and no session")
+
+        per = -(-args.sessions // args.procs)
+        gens: list[Gen] = []
+        cpu0, t0 = cpu_seconds(gw.pid), time.monotonic()
+        for k in range(args.procs):
+            first, count = k * per, min(per, args.sessions - k * per)
+            if count <= 0:
+                break
+            p = subprocess.Popen(
+                nsx + ["taskset", "-c", gen_cpus, sys.executable, __file__, "--role",
+                       "generator", "--gateway-pub", str(work / "g.pub"), "--client-keys",
+                       str(work / "clients.keys"), "--first", str(first), "--count",
+                       str(count), "--rate", str(args.rate / args.procs)],
+                env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            procs.append(p)
+            gens.append(Gen(p))
+        ramp_deadline = time.monotonic() + args.sessions / max(1.0, args.rate) * 3 + 60
+        shown = 0.0
+        while sum(g.attached for g in gens) < args.sessions:
+            for g in gens:
+                g.poll_lines(0.05)
+            if time.monotonic() - shown > 5:
+                shown = time.monotonic()
+                log(f"ramp: {sum(g.attached for g in gens)}/{args.sessions} attached")
+            if time.monotonic() > ramp_deadline:
+                break
+        cpu1, t1 = cpu_seconds(gw.pid), time.monotonic()
+        done = sum(g.attached for g in gens)
+        result["ramp"] = {
+            "attached": done, "wall_s": round(t1 - t0, 2),
+            "handshakes_per_s_wall": round(done / (t1 - t0)),
+            "gateway_cpu_s": round(cpu1 - cpu0, 2),
+            "handshakes_per_gateway_cpu_s": round(done / max(1e-9, cpu1 - cpu0)),
+            "offered_rate": args.rate,
+        }  # fmt: skip
+        log(f"ramp: {result['ramp']}")
+
+        log(f"idle hold {args.hold} s")
+        end = time.monotonic() + args.hold
+        while time.monotonic() < end:
+            for g in gens:
+                g.poll_lines(0.2)
+        u0, c0, w0 = udp_in(ns), cpu_seconds(gw.pid), time.monotonic()
+        rss_idle = []
+        while time.monotonic() < w0 + args.window:
+            rss_idle.append(rss_bytes(gw.pid))
+            for g in gens:
+                g.poll_lines(0.2)
+        u1, c1, w1 = udp_in(ns), cpu_seconds(gw.pid), time.monotonic()
+        rss1 = int(statistics.median(rss_idle))
+        result["idle"] = {
+            "hold_s": args.hold, "window_s": round(w1 - w0, 1),
+            "gateway_rss_bytes": rss1,
+            "bytes_per_idle_session": round((rss1 - rss0) / max(1, done)),
+            "gateway_cpu_pct": round(100 * (c1 - c0) / (w1 - w0), 2),
+            "wire_udp_per_s": round((u1 - u0) / (w1 - w0), 1),
+        }  # fmt: skip
+        log(f"idle: {result['idle']}")
+
+        if args.active:
+            m = args.active
+            share: list[int] = []
+            left = m
+            for _g in gens:
+                take = min(left, -(-m // len(gens)))
+                share.append(take)
+                left -= take
+            c0, w0 = cpu_seconds(gw.pid), time.monotonic()
+            for g, take in zip(gens, share, strict=True):
+                assert g.proc.stdin is not None
+                g.proc.stdin.write(f"active {take} {args.window}\n")
+                g.proc.stdin.flush()
+            rtts: list[float] = []
+            sent = 0
+            waiting = {id(g) for g, take in zip(gens, share, strict=True) if take}
+            deadline = time.monotonic() + args.window + 60
+            while waiting and time.monotonic() < deadline:
+                for g in gens:
+                    for line in g.poll_lines(0.1):
+                        if line.startswith("active "):
+                            r = json.loads(line[len("active ") :])
+                            rtts += r["rtts_ms"]
+                            sent += r["sent"]
+                            waiting.discard(id(g))
+            c1, w1 = cpu_seconds(gw.pid), time.monotonic()
+            rtts.sort()
+
+            def q(f: float) -> float | None:
+                return rtts[min(len(rtts) - 1, int(f * len(rtts)))] if rtts else None
+
+            result["active"] = {
+                "sessions": m, "seconds": args.window, "echo_sent": sent,
+                "echo_answered": len(rtts), "rtt_ms_p50": q(0.50), "rtt_ms_p99": q(0.99),
+                "rtt_ms_max": rtts[-1] if rtts else None,
+                "gateway_cpu_pct": round(100 * (c1 - c0) / (w1 - w0), 2),
+            }  # fmt: skip
+            log(f"active: {result['active']}")
+
+        for g in gens:
+            assert g.proc.stdin is not None
+            g.proc.stdin.write("quit\n")
+            g.proc.stdin.flush()
+        gw.terminate()
+        gw.wait(60)
+        audit = subprocess.run(
+            [sys.executable, "-m", "jumping.cli", "audit", str(work / "gw-events.jsonl")],
+            capture_output=True, text=True, env=env,
+        )  # fmt: skip
+        summary = audit.stdout[audit.stdout.rfind("\nsummary\n") + 1 :].strip()
+        result["audit"] = {"rc": audit.returncode, "summary": summary.splitlines()}
+        log(f"audit rc {audit.returncode}")
+        text = json.dumps(result)
+        print(text)
+        if args.json:
+            Path(args.json).write_text(text + "\n")
+        return 0 if done == args.sessions and audit.returncode == 0 else 1
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            log(f"kept {work}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap.add_argument("--role", default="driver", choices=["driver", "generator"])
+    ap.add_argument("--sessions", type=int, default=10000)
+    ap.add_argument("--procs", type=int, default=4, help="generator processes")
+    ap.add_argument("--rate", type=float, default=2000.0, help="handshakes started per second")
+    ap.add_argument("--settle", type=float, default=5.0)
+    ap.add_argument("--hold", type=float, default=190.0, help="idle hold before measuring")
+    ap.add_argument("--window", type=float, default=30.0)
+    ap.add_argument("--active", type=int, default=0, help="sessions sending 1 echo/s")
+    ap.add_argument("--json", help="also write the result here")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--gateway-pub")
+    ap.add_argument("--client-keys")
+    ap.add_argument("--first", type=int, default=0)
+    ap.add_argument("--count", type=int, default=0)
+    a = ap.parse_args()
+    if a.role == "driver" and (a.sessions < 1 or a.procs < 1 or a.rate <= 0):
+        ap.error("--sessions, --procs and --rate must be positive")
+    return generator(a) if a.role == "generator" else driver(a)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -59,3 +59,29 @@ class ReplayWindow:
 
     def check_and_update(self, counter: int) -> bool:
         return self.check(counter) and self.update(counter)
+
+
+class WipedWindow(ReplayWindow):
+    """The window of a keypair whose keys are wiped (an idle session's expired keys are kept
+    as a tombstone, so that what still arrives under them is named and counted): nothing can
+    be accepted without the keys, so it holds no bits (a window of 8192 bits is 1-5 KiB per
+    keypair: a list of 128 slots and the ints in them). ``check`` passes, so that a packet
+    reaches its caller's count of wiped keys; ``update`` accepts nothing. Stateless: one
+    instance, :data:`WIPED`, serves every wiped keypair."""
+
+    __slots__ = ()
+    top = -1
+    blocks: list[int] = []  # noqa: RUF012 - never mutated: check/update below never touch it
+    bits = size = mask = 0
+
+    def __init__(self) -> None:  # no bits
+        pass
+
+    def check(self, counter: int) -> bool:
+        return True
+
+    def update(self, counter: int) -> bool:
+        return False
+
+
+WIPED = WipedWindow()

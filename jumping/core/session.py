@@ -17,7 +17,7 @@ from typing import Any
 from jumping.core import aead as _aead
 from jumping.core import wire
 from jumping.core.fsm import SessionFSM
-from jumping.core.replay import ReplayWindow
+from jumping.core.replay import WIPED, ReplayWindow
 from jumping.core.timers import COUNT as TIMER_COUNT
 
 _COUNTER_LIMIT = wire.COUNTER_LIMIT
@@ -91,9 +91,12 @@ class Keypair:
 
     def wipe(self) -> None:
         """Forget the keys. Python cannot zero the AEAD objects' memory; dropping the only
-        references is what we can do (documented in SECURITY notes)."""
+        references is what we can do (documented in SECURITY notes). The replay window goes
+        too: without keys nothing is accepted, and a wiped keypair kept as a tombstone would
+        otherwise hold its 1-5 KiB of bits for as long as its session stays idle."""
         self.send_aead = None
         self.recv_aead = None
+        self.replay = WIPED
 
 
 class Session:

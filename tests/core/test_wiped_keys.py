@@ -1,0 +1,36 @@
+"""A keypair whose keys expired while its session was idle stays as a tombstone (so that what
+still arrives under it is named and counted) but gives up its replay window: the one shared
+WIPED window, which holds no bits, passes every check (the packet reaches the KEY_EXPIRED or
+KEY_WIPED count, never REPLAY) and accepts nothing."""
+
+from __future__ import annotations
+
+from jumping.core.replay import WIPED, ReplayWindow
+from jumping.testing.sim import SimNet, capture, ipv4
+
+
+def test_the_wiped_window_holds_nothing_and_accepts_nothing() -> None:
+    assert isinstance(WIPED, ReplayWindow)
+    assert WIPED.check(0) and WIPED.check(2**63)
+    assert not WIPED.update(5) and WIPED.top == -1 and WIPED.blocks == []
+
+
+def test_an_idle_sessions_expired_keys_keep_no_window() -> None:
+    net = SimNet(seed=6)
+    net.start()
+    net.run_for(0.5)
+    net.traffic(until=net.now + 1.0)
+    late = capture(net, "client", ipv4("10.99.0.2", "10.99.0.1", b"late"))
+    gw = net.gateway
+    (s,) = gw.sessions.values()
+    live = s.current
+    assert live is not None and live.replay is not WIPED and live.replay.top >= 0
+    net.run_for(net.policy.key_lifetime_s + 5.0)  # idle: no rekey, the keys expire
+    (s,) = gw.sessions.values()
+    assert s.current is None and s.previous is live, "kept as a tombstone"
+    assert live.recv_aead is None and live.replay is WIPED
+    assert all(k.replay is WIPED for k in net.client.session.keypairs() if k.recv_aead is None)  # type: ignore[union-attr]
+    before = (gw.drops["KEY_EXPIRED"], gw.drops["REPLAY"])
+    net.apply("gateway", gw.receive(net.now, net.links[0].gateway_side, late))
+    assert (gw.drops["KEY_EXPIRED"], gw.drops["REPLAY"]) == (before[0] + 1, before[1])
+    assert s.previous is live and live.replay is WIPED, "nothing changed"

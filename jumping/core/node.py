@@ -357,6 +357,7 @@ class NodeCore:
             self._control(now, s, wire.Control.TERMINATE, reason.value.encode()[:64])
 
     def _terminated(self, now: float, s: Session, reason: Reason) -> None:
+        self.counters["sessions_ended"] += 1
         for kp in s.keypairs():
             self.index.pop(kp.local_index, None)
             kp.wipe()

@@ -72,6 +72,7 @@ from jumping.service.events import EventPipeline
 from jumping.service.granularity import TimerLateness
 from jumping.service.gro import _GSO_NONE, _GSO_TCPV4, _NEEDS_CSUM, VNET_HDR_LEN
 from jumping.service.gro import _VNET_UNPACK as _VNET
+from jumping.service.heap import TRIM_INTERVAL_S, HeapTrimmer
 from jumping.service.ownership import OwnershipDriver
 from jumping.service.tun import TunDevice, ip_command
 
@@ -117,6 +118,8 @@ class NodeService(service.Service):
         self.state_users: list[Any] = []
         #: the periodic check for dropped events to announce (EVENTS_LOST)
         self._losses: Any = None
+        self._heap: HeapTrimmer | None = None
+        self._heap_loop: Any = None
         self.ownership: Any = None
         self.events: EventPipeline | None = None
         self._timer: Any = None
@@ -367,6 +370,13 @@ class NodeService(service.Service):
             self._losses = task.LoopingCall(self.announce_losses)
             self._losses.clock = self.reactor
             self._losses.start(LOSS_CHECK_S, now=False)
+        self._heap = HeapTrimmer(core.counters)
+        if self._heap.available:
+            from twisted.internet import task
+
+            self._heap_loop = task.LoopingCall(self._heap.check)
+            self._heap_loop.clock = self.reactor
+            self._heap_loop.start(TRIM_INTERVAL_S, now=False)
         try:
             signal.signal(signal.SIGHUP, self._on_sighup)
         except ValueError:  # not the main thread (tests)
@@ -485,6 +495,9 @@ class NodeService(service.Service):
         if self._losses is not None and self._losses.running:
             self._losses.stop()
         self._losses = None
+        if self._heap_loop is not None and self._heap_loop.running:
+            self._heap_loop.stop()
+        self._heap_loop = None
         for w in self.owners.watches.values():
             w.cancel()
         self.owners.watches.clear()

@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))  # the tree this script is in, not an installed copy
 GW_PORT = 51820
 GW_ADDR = "10.64.0.1"
+FD_SPARE = 512  # descriptors a generator needs besides its sockets
 
 
 def client_source(n: int) -> str:
@@ -123,9 +124,11 @@ def generator(args: argparse.Namespace) -> int:
     from jumping.keys import decode_key
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = args.count + 1024
+    want = args.count + FD_SPARE
+    if want > hard:
+        raise SystemExit(f"loadgen: {args.count} sockets need {want} descriptors, limit {hard}")
     if soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (max(want, soft), max(want, hard)))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     gw_pub = decode_key(Path(args.gateway_pub).read_text())
     keys = Path(args.client_keys).read_text().split()[args.first : args.first + args.count]
     clock: Any = reactor
@@ -330,10 +333,17 @@ def driver(args: argparse.Namespace) -> int:
         result["gateway_rss_peers_only_bytes"] = rss0 = rss_bytes(gw.pid)
         log(f"gateway up, {rss0 / 2**20:.1f} MiB with {args.sessions} peers and no session")
 
-        per = -(-args.sessions // args.procs)
+        # one descriptor per session: as many processes as the hard limit needs (it cannot
+        # be raised without CAP_SYS_RESOURCE)
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        procs = max(args.procs, -(-args.sessions // max(1, hard - FD_SPARE)))
+        if procs != args.procs:
+            log(f"{procs} generator processes (RLIMIT_NOFILE hard limit {hard})")
+        result["procs"] = procs
+        per = -(-args.sessions // procs)
         gens: list[Gen] = []
         cpu0, t0 = cpu_seconds(gw.pid), time.monotonic()
-        for k in range(args.procs):
+        for k in range(procs):
             first, count = k * per, min(per, args.sessions - k * per)
             if count <= 0:
                 break
@@ -341,7 +351,7 @@ def driver(args: argparse.Namespace) -> int:
                 nsx + ["taskset", "-c", gen_cpus, sys.executable, __file__, "--role",
                        "generator", "--gateway-pub", str(work / "g.pub"), "--client-keys",
                        str(work / "clients.keys"), "--first", str(first), "--count",
-                       str(count), "--rate", str(args.rate / args.procs)],
+                       str(count), "--rate", str(args.rate / procs)],
                 env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             )  # fmt: skip
             procs.append(p)

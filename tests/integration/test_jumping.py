@@ -290,3 +290,64 @@ def test_policy_reload_on_sighup_is_atomic(tmp_path: Path) -> None:
             assert all(e["policy_version"] == "2" for e in later)
         finally:
             pair.stop()
+
+
+METRICS = 'import urllib.request,sys; sys.stdout.write(urllib.request.urlopen("http://127.0.0.1:9477/metrics", timeout=5).read().decode())'
+
+
+def _outage_histogram(text: str) -> tuple[float, float]:
+    """(count, sum) of jumping_switch_outage_seconds in a Prometheus exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for fam in text_string_to_metric_families(text):
+        if fam.name == "jumping_switch_outage_seconds":
+            got = {s.name[len(fam.name) :]: s.value for s in fam.samples}
+            return got["_count"], got["_sum"]
+    raise AssertionError("no jumping_switch_outage_seconds in /metrics")
+
+
+def test_silent_death_outage_in_events_audit_and_metrics(tmp_path: Path, capsys) -> None:
+    """A silent death of the active path under a ping stream, through twistd: each node's
+    JSON-lines TRANSPORT_SWITCH says how long detection took and how long the traffic
+    stopped, `jumpctl audit` on the files reports that outage, and each node's
+    jumping_switch_outage_seconds observed it."""
+    metrics = '[metrics]\nlisten = "127.0.0.1:9477"\n'  # each namespace has its own loopback
+    with Topology("jo") as topo:
+        cns, gns = topo.ns("c"), topo.ns("g")
+        topo.link(cns, "ca", "10.201.1.1/24", gns, "ga", "10.201.1.2/24")
+        topo.link(cns, "cb", "10.201.2.1/24", gns, "gb", "10.201.2.2/24")
+        pair = Pair(topo, tmp_path, cns, gns, [A_G, B_G], gw_extra=metrics, c_extra=metrics)
+        try:
+            pair.start()
+            ifc, ifg = active_side(pair)
+            t = threading.Timer(1.0, blackhole, (topo, pair, ifc, ifg))
+            t.start()
+            sent, received = ping_stream(topo, pair, 300, 0.01)
+            t.join()
+            assert active_side(pair)[0] != ifc, "the client should be on the other path"
+            scraped = {ns: topo.run(ns, "python3", "-c", METRICS).stdout for ns in (gns, cns)}
+        finally:
+            pair.stop()
+    files = {gns: pair.gw_events, cns: pair.c_events}
+    felt = []
+    for ns, path in files.items():
+        sw = [e for e in events(path) if e["event_type"] == "TRANSPORT_SWITCH"]
+        assert len(sw) == 1, (path.name, sw)
+        (e,) = sw
+        # detection: last authenticated packet on A -> decision; outage: -> bound to B. A
+        # silent death is found by timeouts (> 0), far below the 300-probe stream's 3 s
+        assert 0 < e["detection_ms"] <= e["outage_ms"] < 1000, e
+        assert e["outage_ms"] == e["detection_ms"] + e["switch_latency_ms"], e
+        felt.append(e["outage_ms"])
+        count, total = _outage_histogram(scraped[ns])
+        assert count == 1, (path.name, scraped[ns])
+        assert total == pytest.approx(e["outage_ms"] / 1000.0), (path.name, e, total)
+    # the ping stream lost about as much as the nodes say the outage was (10 ms per probe)
+    assert (sent - received) * 10 <= max(felt) + 200, (sent, received, felt)
+    capsys.readouterr()
+    rc = audit.main([str(pair.gw_events), str(pair.c_events), "--no-timeline"])
+    report = capsys.readouterr().out
+    assert rc == 0, report
+    m = re.search(r"outages felt .*: (\d+), longest (\d+) ms", report)
+    assert m, report
+    assert (int(m.group(1)), int(m.group(2))) == (2, max(felt)), report

@@ -69,6 +69,11 @@ class Policy:
     #: (SESSION_TABLE_FULL); a session that moved data since then is never evicted
     session_table_size: int = 131072
     session_evict_idle_s: int = 600
+    #: a gateway's handshake messages wait in a queue of this many (the oldest dropped when
+    #: it is full, counted) and are served with at most this much work per reactor turn,
+    #: so that data and the TUN device never wait behind a flood of them
+    handshake_queue_size: int = 1024
+    handshake_turn_budget_ms: float = 1.0
     #: node-wide budget for path validations (challenges to new addresses), per second
     control_plane_per_s: float = 1000.0
     control_plane_burst: int = 2000
@@ -156,6 +161,8 @@ class Policy:
         rng("cookie_source_table_size", 16, 10_000_000)
         rng("session_table_size", 1, 10_000_000)
         rng("session_evict_idle_s", 1, 30 * 86400)
+        rng("handshake_queue_size", 1, 1_000_000)
+        rng("handshake_turn_budget_ms", 0.05, 1000.0)
         rng("control_plane_per_s", 1, 1_000_000)
         rng("control_plane_burst", 1, 10_000_000)
         rng("path_validations_per_s", 0.1, 10_000)

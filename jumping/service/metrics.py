@@ -118,6 +118,8 @@ class NodeCollector:
             ca.add_metric([node, action, result], value)
         yield ca
         yield from control_plane_metrics(node, core, svc.listeners)
+        if getattr(svc, "queue_handshakes", False):
+            yield from handshake_queue_metrics(node, svc.handshakes)
 
 
 #: the control-plane limits of the policy, exported as gauges (docs/security.md)
@@ -126,7 +128,8 @@ LIMITS = (
     "handshake_source_table_size", "control_plane_per_s", "control_plane_burst",
     "path_validations_per_s", "path_validation_burst", "key_expiry_grace_s",
     "cookie_replies_per_s", "cookie_replies_burst", "cookie_replies_per_source_per_s",
-    "cookie_replies_per_source_burst", "cookie_source_table_size",
+    "cookie_replies_per_source_burst", "cookie_source_table_size", "handshake_queue_size",
+    "handshake_turn_budget_ms",
 )  # fmt: skip
 #: listener counters of unauthenticated input (UDP and TCP transports), if they have them
 LISTENER_COUNTERS = (
@@ -194,6 +197,31 @@ def control_plane_metrics(node: str, core: Any, listeners: list[Any]) -> Iterato
             paths.add_metric([node, f"{type(lst).__name__}{i}"], len(table))
     yield lc
     yield paths
+
+
+def handshake_queue_metrics(node: str, queue: Any) -> Iterator[Metric]:
+    """The gateway's handshake queue (jumping/service/handshakes.py)."""
+    g = GaugeMetricFamily("jumping_handshake_queue_depth",
+                          "Handshake messages waiting for their turn, now and at most",
+                          labels=["node", "which"])  # fmt: skip
+    g.add_metric([node, "now"], len(queue))
+    g.add_metric([node, "max"], queue.high_water)
+    yield g
+    c = CounterMetricFamily("jumping_handshake_queue",
+                            "Handshake messages queued, served, and dropped unread because "
+                            "the queue was full (the oldest first)",
+                            labels=["node", "result"])  # fmt: skip
+    c.add_metric([node, "queued"], queue.queued)
+    c.add_metric([node, "served"], queue.served)
+    c.add_metric([node, "dropped"], queue.dropped)
+    yield c
+    t = CounterMetricFamily("jumping_handshake_queue_turns",
+                            "Reactor turns that served the handshake queue; yielded: ended "
+                            "on the time budget with messages still waiting",
+                            labels=["node", "result"])  # fmt: skip
+    t.add_metric([node, "all"], queue.turns)
+    t.add_metric([node, "yielded"], queue.yielded)
+    yield t
 
 
 class Metrics:

@@ -72,6 +72,7 @@ from jumping.service.events import EventPipeline
 from jumping.service.granularity import TimerLateness
 from jumping.service.gro import _GSO_NONE, _GSO_TCPV4, _NEEDS_CSUM, VNET_HDR_LEN
 from jumping.service.gro import _VNET_UNPACK as _VNET
+from jumping.service.handshakes import HandshakeQueue
 from jumping.service.heap import TRIM_INTERVAL_S, HeapTrimmer
 from jumping.service.ownership import OwnershipDriver
 from jumping.service.tun import TunDevice, ip_command
@@ -81,6 +82,18 @@ log = Logger()
 RECONNECT_DELAY = 1.0
 #: first bytes of DATA and DATA_SEGMENT: what goes through the core's batch path
 _TUNNEL_TYPES = (bytes((wire.MessageType.DATA,)), bytes((wire.MessageType.DATA_SEGMENT,)))
+#: first bytes of the handshake messages: what a gateway puts in its handshake queue
+_HANDSHAKE_TYPES = frozenset(
+    bytes((t,))
+    for t in (
+        wire.MessageType.HANDSHAKE_INIT,
+        wire.MessageType.HANDSHAKE_RESP,
+        wire.MessageType.COOKIE_REPLY,
+    )
+)
+#: lengths of the handshake messages: a coalesced run of datagrams (UDP GRO: one size, the
+#: last one may be shorter) can hold one only where its first or last datagram has one
+_HANDSHAKE_LENGTHS = frozenset((wire.INIT_LEN, wire.RESP_LEN, wire.COOKIE_LEN))
 #: how often sinks are asked for dropped events to announce (EVENTS_LOST)
 LOSS_CHECK_S = 1.0
 
@@ -147,6 +160,11 @@ class NodeService(service.Service):
         #: TUN packets read in the current wake-up, sealed together at its end
         self._tx: list[Any] = []
         self._answered = 0
+        #: a gateway's handshake messages wait here and are served in time-bounded turns,
+        #: so that data never waits behind a flood of them (jumping/service/handshakes.py)
+        self.handshakes = HandshakeQueue(self.reactor, self._handshake)
+        #: True on a gateway (set by :meth:`build`): handshakes go through the queue
+        self.queue_handshakes = False
 
     @property
     def tun_write_errors(self) -> int:
@@ -214,6 +232,7 @@ class NodeService(service.Service):
             # resume here a session another gateway owned (takeover)
             gateway.adopt_sessions = bool(self.ownership.shared)
             self.built = gateway
+            self.queue_handshakes = True
         else:
             self.built = ClientCore(
                 gateway_public_key=cfg.gateway.public_key,
@@ -348,6 +367,7 @@ class NodeService(service.Service):
         if not self.running or self.tun is None or self.built is None:
             return
         self.core = core = self.built
+        self.limits_changed()
         self._now = self.reactor.seconds
         self._write = self.tun.write
         self._write_many = self.tun.write_many
@@ -437,6 +457,14 @@ class NodeService(service.Service):
             sdnotify.notify("READY=1", f"STATUS=reload rejected: {answer['error']}")
         return answer
 
+    def limits_changed(self) -> None:
+        """The policy's limits of the service (the handshake queue), applied (at the start
+        and after a reload)."""
+        core = self.core or self.built
+        if core is not None:
+            p = core.policy
+            self.handshakes.configure(p.handshake_queue_size, p.handshake_turn_budget_ms / 1e3)
+
     def run_outputs(self, outputs: Iterable[Output]) -> None:
         """Execute what a core call returned (for the operator commands)."""
         self._run(outputs)
@@ -472,6 +500,7 @@ class NodeService(service.Service):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        self.handshakes.clear()
         waits: list[defer.Deferred[Any]] = []
         for lst in (self.listeners, self.paths):
             for t in lst:
@@ -522,11 +551,22 @@ class NodeService(service.Service):
         core = self.core
         if core is None:
             return
-        if data[:1] in _TUNNEL_TYPES:
+        kind = data[:1]
+        if kind in _TUNNEL_TYPES:
             self.datagramsReceived(transport, (data,))
             return
-        # a handshake or control message alone: the core's plain path (a flood of
-        # initiations from spoofed sources comes this way, one datagram at a time)
+        if kind in _HANDSHAKE_TYPES and self.queue_handshakes:
+            # a flood of initiations (from spoofed sources, one datagram at a time) costs
+            # the read pass one append each; the work waits for the queue's turn
+            self.handshakes.put(transport, data)
+            return
+        self._handshake(transport, data)
+
+    def _handshake(self, transport: Any, data: bytes) -> None:
+        """One handshake or control message: the core's plain path."""
+        core = self.core
+        if core is None:
+            return
         t0 = perf_counter()
         outputs = core.receive(self._now(), transport, data)
         if outputs:
@@ -535,10 +575,28 @@ class NodeService(service.Service):
 
     def datagramsReceived(self, transport: Any, datagrams: Any) -> None:  # noqa: N802
         """A run of datagrams from one path read at once: the inner packets are written to
-        the TUN device together (coalesced where they are one TCP flow)."""
+        the TUN device together (coalesced where they are one TCP flow). On a gateway, the
+        handshake messages of the run go to the handshake queue."""
         core = self.core
         if core is None:
             return
+        if (
+            self.queue_handshakes
+            and datagrams
+            and (
+                len(datagrams[0]) in _HANDSHAKE_LENGTHS or len(datagrams[-1]) in _HANDSHAKE_LENGTHS
+            )
+        ):
+            put = self.handshakes.put
+            rest: list[bytes] = []
+            for d in datagrams:
+                if d[:1] in _HANDSHAKE_TYPES:
+                    put(transport, d)
+                else:
+                    rest.append(d)
+            if not rest:
+                return
+            datagrams = rest
         t0 = perf_counter()
         packets, outputs = core.receive_batch(self._now(), transport, datagrams)
         if packets:
@@ -698,6 +756,12 @@ class NodeService(service.Service):
             "node_id": self.config.node_id,
             "sessions": dict(core.state_counts()),
             "drops": dict(core.drops),
+            "handshake_queue": {
+                "depth": len(self.handshakes),
+                "max_depth": self.handshakes.high_water,
+                "queued": self.handshakes.queued,
+                "dropped": self.handshakes.dropped,
+            },
             "counters": dict(core.counters),
             "tun_mtu": self.mtu,
             "paths_refused_mtu": self.paths_refused_mtu,

@@ -95,6 +95,7 @@ def apply(svc: Any) -> dict[str, Any]:
         return {"applied": False, "error": str(e)}
     now = svc.reactor.seconds()
     svc.run_outputs(core.set_policy(now, p.config.policy))
+    svc.limits_changed()
     if isinstance(core, GatewayCore):
         svc.run_outputs(core.set_peers(now, p.peers))
     svc.config = p.config

@@ -207,6 +207,12 @@ def run_record(a: argparse.Namespace) -> dict[str, Any]:
         }  # fmt: skip
         rec["cookies_required_at_end"] = m1.get("jumping_cookies_required")
         rec["handshake_load_at_end"] = m1.get("jumping_handshake_load")
+        rec["handshake_queue"] = {
+            r: m1.get(f'jumping_handshake_queue_total{{result="{r}"}}', 0)
+            - m0.get(f'jumping_handshake_queue_total{{result="{r}"}}', 0)
+            for r in ("queued", "served", "dropped")
+        }  # fmt: skip
+        rec["handshake_queue"]["max_depth"] = m1.get('jumping_handshake_queue_depth{which="max"}')
     else:
         hs0 = (d / "wg-hs0.txt").read_text().split() if (d / "wg-hs0.txt").exists() else []
         hs1 = (d / "wg-hs1.txt").read_text().split() if (d / "wg-hs1.txt").exists() else []

@@ -136,8 +136,14 @@ def generator(args: argparse.Namespace) -> int:
     out = sys.stdout
 
     def say(line: str) -> None:
-        out.write(line + "\n")
-        out.flush()
+        try:
+            out.write(line + "\n")
+            out.flush()
+        except (BrokenPipeError, ValueError):
+            # the driver is gone (it ended or was killed): nobody reads the reports, and
+            # a generator without its driver has no reason to go on
+            if reactor.running:
+                reactor.stop()
 
     class UDPPath(protocol.DatagramProtocol):
         transport_id = "udp"
@@ -233,6 +239,11 @@ def generator(args: argparse.Namespace) -> int:
                     for t in range(int(seconds)):
                         clock.callLater(t + k / max(1, m), p.ping, t)
                 clock.callLater(seconds + 2.0, self.done)
+
+        def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+            # stdin closed: the driver ended without "quit" (killed, or it failed)
+            if reactor.running:
+                reactor.stop()
 
         def done(self) -> None:
             rtts = state["rtts"]

@@ -12,7 +12,17 @@
 #                                namespace etcd.sh runs in); its clients still reach it
 #   etcd.sh rejoin-member DIR N  undo isolate-member
 #   etcd.sh status DIR           `etcdctl endpoint status` of the cluster
-#   etcd.sh endpoints            print the client URLs, comma-separated
+#   etcd.sh endpoints [DIR]      print the client URLs, comma-separated
+#   etcd.sh ctl DIR ARGS...      etcdctl ARGS on the cluster (as etcd's root user if secure)
+#
+# Security: ETCD_SECURE=1 at `start` (remembered in DIR) serves clients over TLS only, with
+# client certificates required (--client-cert-auth), and enables etcd authentication. It
+# makes a CA and certificates under DIR/tls (ca.pem; member.pem, CN etcd-member, for
+# 127.0.0.1/localhost/$HOST; client.pem/client.key, no CN: etcd's JSON gateway answers 400
+# to a client certificate with a CN when --client-cert-auth is on), a `root` user and
+# a user `jumping` with the role `jumping` (readwrite on the prefix /jumping/), their
+# passwords in DIR/tls/root.password and DIR/tls/jumping.password (mode 0600). Peer
+# traffic stays on plain http (loopback).
 #
 # Isolation: ETCD_ISOLATABLE=1 at `start` (root only; remembered in DIR) runs member N with
 # its own group id ${ETCD_GID_BASE:-47900}+N, so that isolate-member can tell its peer
@@ -30,7 +40,8 @@ etcdctl_bin=${ETCDCTL_BIN:-etcdctl}
 export ETCDCTL_API=3
 fail() { printf 'etcd.sh: error: %s\n' "$*" >&2; exit 1; }
 
-client_url() { echo "http://$host:$((base + $1))"; }
+scheme=http
+client_url() { echo "$scheme://$host:$((base + $1))"; }
 peer_url() { echo "http://$host:$((base + 3 + $1))"; }
 endpoints() { echo "$(client_url 1),$(client_url 2),$(client_url 3)"; }
 cluster() { echo "m1=$(peer_url 1),m2=$(peer_url 2),m3=$(peer_url 3)"; }
@@ -38,6 +49,59 @@ cluster() { echo "m1=$(peer_url 1),m2=$(peer_url 2),m3=$(peer_url 3)"; }
 isolatable() { [[ -f $1/isolatable ]]; }
 member_gid() { echo $((${ETCD_GID_BASE:-47900} + $1)); }
 nft_table() { echo "jumping_etcd_iso_$base"; }
+
+secure() { [[ -f $1/secure ]]; }
+ctl() {  # ctl DIR ARGS...: etcdctl with the cluster's TLS and root credentials
+  local dir=$1; shift
+  local sec=()
+  if secure "$dir"; then
+    sec=(--cacert "$dir/tls/ca.pem" --cert "$dir/tls/client.pem" --key "$dir/tls/client.key")
+    [[ -f $dir/tls/auth-enabled ]] && sec+=(--user "root:$(cat "$dir/tls/root.password")")
+  fi
+  "$etcdctl_bin" "${sec[@]}" "$@"
+}
+
+make_tls() {  # CA, member and client certificates, passwords (once per DIR)
+  local t=$1/tls
+  [[ -f $t/client.pem ]] && return 0
+  command -v openssl >/dev/null || fail "openssl not found (apt-get install openssl)"
+  mkdir -p "$t"; chmod 700 "$t"
+  (
+    cd "$t"
+    umask 077
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+      -subj /CN=jumping-test-ca -keyout ca.key -out ca.pem 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=etcd-member \
+      -keyout member.key -out member.csr 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,IP:%s,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n' \
+      "$host" >member.ext
+    openssl x509 -req -in member.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 \
+      -extfile member.ext -out member.pem 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /O=jumping/OU=gateway \
+      -keyout client.key -out client.csr 2>/dev/null
+    printf 'extendedKeyUsage=clientAuth\n' >client.ext
+    openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 \
+      -extfile client.ext -out client.pem 2>/dev/null
+    openssl rand -hex 16 >root.password
+    openssl rand -hex 16 >jumping.password
+    rm -f ./*.csr ./*.ext
+    chmod 644 ca.pem member.pem client.pem
+  ) || fail "openssl could not make the test certificates in $t"
+}
+
+enable_auth() {  # users, role, `auth enable` (once per DIR)
+  local dir=$1 t=$1/tls
+  [[ -f $t/auth-enabled ]] && return 0
+  local c=(ctl "$dir" --endpoints "$(endpoints)")
+  { "${c[@]}" user add "root:$(cat "$t/root.password")" &&
+    "${c[@]}" role add jumping &&
+    "${c[@]}" role grant-permission jumping --prefix=true readwrite /jumping/ &&
+    "${c[@]}" user add "jumping:$(cat "$t/jumping.password")" &&
+    "${c[@]}" user grant-role jumping jumping &&
+    "${c[@]}" auth enable; } >>"$dir/ctl.log" 2>&1 ||
+    fail "could not set up etcd authentication; see $dir/ctl.log"
+  touch "$t/auth-enabled"
+}
 
 running() { [[ -f $1/m$2.pid ]] && kill -0 "$(cat "$1/m$2.pid")" 2>/dev/null; }
 
@@ -50,7 +114,12 @@ start_member() {
   if isolatable "$dir"; then
     as=(setpriv "--regid=$(member_gid "$n")" --clear-groups)
   fi
-  setsid "${as[@]}" "$etcd_bin" --name "m$n" --data-dir "$dir/m$n.data" \
+  local tls=()
+  if secure "$dir"; then
+    tls=(--cert-file "$dir/tls/member.pem" --key-file "$dir/tls/member.key"
+         --client-cert-auth --trusted-ca-file "$dir/tls/ca.pem")
+  fi
+  setsid "${as[@]}" "$etcd_bin" --name "m$n" --data-dir "$dir/m$n.data" "${tls[@]}" \
     --listen-client-urls "$(client_url "$n")" --advertise-client-urls "$(client_url "$n")" \
     --listen-peer-urls "$(peer_url "$n")" --initial-advertise-peer-urls "$(peer_url "$n")" \
     --initial-cluster "$(cluster)" --initial-cluster-state new \
@@ -78,7 +147,7 @@ wait_healthy() {  # every running member answers and the cluster has a leader
   for n in 1 2 3; do running "$dir" "$n" && eps+="${eps:+,}$(client_url "$n")"; done
   [[ -n $eps ]] || fail "no member is running"
   for i in $(seq 150); do
-    if "$etcdctl_bin" --endpoints "$eps" --dial-timeout 1s --command-timeout 2s \
+    if ctl "$dir" --endpoints "$eps" --dial-timeout 1s --command-timeout 2s \
          endpoint health >/dev/null 2>&1; then
       return 0
     fi
@@ -92,6 +161,9 @@ wait_healthy() {  # every running member answers and the cluster has a leader
 }
 
 cmd=${1:-}
+if [[ -n ${2:-} && -f ${2:-}/secure ]] || [[ $cmd == start && ${ETCD_SECURE:-0} == 1 ]]; then
+  scheme=https
+fi
 case $cmd in
   start)
     dir=${2:?usage: etcd.sh start DIR}
@@ -103,6 +175,10 @@ case $cmd in
       command -v setpriv >/dev/null || fail "setpriv not found (apt-get install util-linux)"
       touch "$dir/isolatable"
     fi
+    if [[ ${ETCD_SECURE:-0} == 1 ]]; then
+      touch "$dir/secure"
+      make_tls "$dir"
+    fi
     for n in 1 2 3; do
       running "$dir" "$n" && continue
       for port in $((base + n)) $((base + 3 + n)); do
@@ -113,6 +189,7 @@ case $cmd in
     done
     for n in 1 2 3; do start_member "$dir" "$n"; done
     wait_healthy "$dir"
+    if secure "$dir"; then enable_auth "$dir"; fi
     echo "$(endpoints)"
     ;;
   stop)
@@ -165,13 +242,18 @@ EOF
     wait_healthy "${2:?usage: etcd.sh health DIR}"
     ;;
   status)
-    "$etcdctl_bin" --endpoints "$(endpoints)" --dial-timeout 1s endpoint status -w table
+    ctl "${2:?usage: etcd.sh status DIR}" --endpoints "$(endpoints)" --dial-timeout 1s \
+      endpoint status -w table
+    ;;
+  ctl)
+    dir=${2:?usage: etcd.sh ctl DIR ARGS...}; shift 2
+    ctl "$dir" --endpoints "$(endpoints)" "$@"
     ;;
   endpoints)
     endpoints
     ;;
   *)
-    sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2
+    awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0" >&2
     exit 2
     ;;
 esac

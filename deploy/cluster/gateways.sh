@@ -9,7 +9,8 @@
 # Layout (the root namespace is not touched): a hub namespace holds a bridge 10.210.0.1/24
 # and the etcd members (10.210.0.1:23791-23793, peers :23794-23796); gateway N lives in its
 # own namespace at 10.210.0.1N (UDP 51820, tunnel 10.99.0.1/24 on every gateway, node_id
-# gwN), joined to the bridge by a veth, with [ownership] backend = "etcd". The gateways share
+# gwN), joined to the bridge by a veth, with [ownership] backend = "etcd" (etcd secure: TLS,
+# client certificates, authentication; credentials in DIR/etcd/tls). The gateways share
 # one identity key (DIR/gateway.key: the cluster's Noise responder key, as with anycast), so
 # a client can resume its session on any of them (takeover). Clients go in further
 # namespaces on the same bridge (10.210.0.100+) and list the three gateways as endpoints;
@@ -27,7 +28,7 @@ twistd=$(command -v twistd || echo "$($py -c 'import sys,os; print(os.path.dirna
 hub_ip=10.210.0.1
 
 cmd=${1:-}; dir=${2:-}
-[[ -n $cmd && -n $dir ]] || { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+[[ -n $cmd && -n $dir ]] || { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 stop_all() {
   local tag n
@@ -69,7 +70,9 @@ case $cmd in
       ip -n "$ns" link set "g$n" up
     done
     say "etcd cluster in $hub at $hub_ip"
-    eps=$(ip netns exec "$hub" env ETCD_HOST=$hub_ip bash "$root/deploy/cluster/etcd.sh" start "$dir/etcd")
+    # secure, as in production: TLS with client certificates, etcd authentication
+    eps=$(ip netns exec "$hub" env ETCD_HOST=$hub_ip ETCD_SECURE=1 bash "$root/deploy/cluster/etcd.sh" start "$dir/etcd")
+    tls=$dir/etcd/tls
     say "keys"
     cpub=$($py -m jumping.cli keygen --out "$dir/client.key" 2>/dev/null)
     $py -m jumping.cli keygen --out "$dir/gateway.key" >/dev/null 2>&1  # one cluster identity
@@ -93,6 +96,11 @@ allowed_ips = ["10.99.0.2/32"]
 backend = "etcd"
 endpoints = "$eps"
 ttl = 5
+ca_cert = "$tls/ca.pem"
+cert = "$tls/client.pem"
+key = "$tls/client.key"
+user = "jumping"
+password_file = "$tls/jumping.password"
 [[events]]
 sink = "jsonl"
 path = "gw$n-events.jsonl"
@@ -120,8 +128,8 @@ T
       if kill -0 "$(cat "$dir/gw$n.pid" 2>/dev/null || echo 0)" 2>/dev/null; then s=running; else s=stopped; fi
       say "gw$n: $s"
     done
-    ip netns exec "$tag-hub" env ETCDCTL_API=3 etcdctl --endpoints "http://$hub_ip:23791" \
-      get --prefix /jumping/sessions/
+    ip netns exec "$tag-hub" env ETCD_HOST=$hub_ip bash "$root/deploy/cluster/etcd.sh" ctl \
+      "$dir/etcd" get --prefix /jumping/sessions/
     ;;
   stop)
     stop_all

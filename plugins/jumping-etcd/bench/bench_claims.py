@@ -12,7 +12,9 @@ latency (read + CAS) p50/p99 are reported the same way.
     python3 plugins/jumping-etcd/bench/bench_claims.py --endpoints http://127.0.0.1:23791,...
 
 Without ``--endpoints`` it starts a cluster with deploy/cluster/etcd.sh (ports 23791-23796)
-and stops it at the end. Prints one JSON object.
+and stops it at the end; ``--secure`` starts it secure (etcd.sh ``ETCD_SECURE=1``: TLS with
+client certificates, etcd authentication) and the backends log in as its user ``jumping``.
+Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -34,14 +36,25 @@ REPO = Path(__file__).resolve().parents[3]
 ETCD_SH = REPO / "deploy" / "cluster" / "etcd.sh"
 
 
-def db_size(endpoints: str) -> tuple[int, int]:
+def db_size(endpoints: str, data_dir: str | None) -> tuple[int, int]:
     """(dbSize, dbSizeInUse) of the first member, bytes."""
+    # etcd.sh ctl brings the cluster's credentials along when it was started secure
+    ctl = ["bash", str(ETCD_SH), "ctl", data_dir] if data_dir else ["etcdctl"]
     out = subprocess.run(
-        ["etcdctl", "--endpoints", endpoints.split(",")[0], "endpoint", "status", "-w", "json"],
+        [*ctl, "--endpoints", endpoints.split(",")[0], "endpoint", "status", "-w", "json"],
         capture_output=True, text=True, check=True, env={**os.environ, "ETCDCTL_API": "3"},
     ).stdout  # fmt: skip
     st = json.loads(out)[0]["Status"]
     return int(st["dbSize"]), int(st.get("dbSizeInUse", st["dbSize"]))
+
+
+def security(args: argparse.Namespace) -> dict[str, str]:
+    if not args.secure:
+        return {}
+    tls = Path(args.data_dir) / "tls"
+    return {"ca_cert": str(tls / "ca.pem"), "cert": str(tls / "client.pem"),
+            "key": str(tls / "client.key"), "user": "jumping",
+            "password_file": str(tls / "jumping.password")}  # fmt: skip
 
 
 def pct(values: list[float], p: float) -> float:
@@ -61,13 +74,14 @@ async def run(args: argparse.Namespace, endpoints: str) -> dict[str, Any]:
             endpoints=eps[i % len(eps) :] + eps[: i % len(eps)],
             threads=args.window,
             max_sessions=args.sessions,
+            **security(args),
         )  # fmt: skip
         for i in range(3)
     ]
     await defer.gatherResults([b.start() for b in backends])  # leases, threads, watches
     sids = [secrets.token_hex(16) for _ in range(args.sessions)]
     latencies: list[float] = []
-    before = db_size(endpoints)
+    before = db_size(endpoints, args.ctl_dir)
 
     async def gateway(b: Any, mine: list[str]) -> None:
         queue = list(reversed(mine))
@@ -91,7 +105,7 @@ async def run(args: argparse.Namespace, endpoints: str) -> dict[str, Any]:
         consumeErrors=True,
     )
     elapsed = time.perf_counter() - t0
-    after = db_size(endpoints)
+    after = db_size(endpoints, args.ctl_dir)
 
     # takeover: gateway i+1 adopts gateway i's sessions (get, then CAS on the token)
     handovers: list[float] = []
@@ -121,8 +135,9 @@ async def run(args: argparse.Namespace, endpoints: str) -> dict[str, Any]:
     handover_elapsed = time.perf_counter() - t0
     got = await backends[0].get(sids[0])
     key = backends[0].prefix + sids[0]
+    ctl = ["bash", str(ETCD_SH), "ctl", args.ctl_dir] if args.ctl_dir else ["etcdctl"]
     value = subprocess.run(
-        ["etcdctl", "--endpoints", endpoints, "get", key, "--print-value-only"],
+        [*ctl, "--endpoints", endpoints, "get", key, "--print-value-only"],
         capture_output=True, check=True, env={**os.environ, "ETCDCTL_API": "3"},
     ).stdout.rstrip(b"\n")  # fmt: skip
     for b in backends:
@@ -160,6 +175,8 @@ def main() -> int:
     ap.add_argument("--window", type=int, default=8, help="claims in flight per gateway")
     ap.add_argument("--endpoints", help="use this cluster instead of starting one")
     ap.add_argument("--data-dir", help="where the started cluster keeps its data")
+    ap.add_argument("--secure", action="store_true",
+                    help="start the cluster with TLS, client certificates and authentication")  # fmt: skip
     args = ap.parse_args()
     from twisted.internet import defer, task
 
@@ -169,10 +186,13 @@ def main() -> int:
         shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
         started = Path(args.data_dir or tempfile.mkdtemp(prefix="jumping-bench-", dir=shm))
         args.data_dir = str(started)
-        subprocess.run(["bash", str(ETCD_SH), "start", str(started)], check=True,
-                       capture_output=True)  # fmt: skip
-        endpoints = subprocess.run(["bash", str(ETCD_SH), "endpoints"], check=True,
-                                   capture_output=True, text=True).stdout.strip()  # fmt: skip
+        env = {**os.environ, "ETCD_SECURE": "1" if args.secure else "0"}
+        endpoints = subprocess.run(["bash", str(ETCD_SH), "start", str(started)], check=True,
+                                   capture_output=True, text=True, env=env,
+                                   ).stdout.strip().splitlines()[-1]  # fmt: skip
+    elif args.secure:
+        ap.error("--secure starts its own cluster: leave out --endpoints")
+    args.ctl_dir = str(started) if started is not None else None
     try:
         result: dict[str, Any] = {}
 

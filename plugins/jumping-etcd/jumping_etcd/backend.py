@@ -64,7 +64,17 @@ from zope.interface import implementer
 
 from jumping.errors import OwnershipConflict, OwnershipUnavailable
 from jumping.interfaces import IOwnershipBackend
-from jumping_etcd.client import Cluster, Unreachable, b64, parse_endpoints, short, unb64, url
+from jumping_etcd.client import (
+    Cluster,
+    Unreachable,
+    b64,
+    is_token_error,
+    make_security,
+    parse_endpoints,
+    short,
+    unb64,
+    url,
+)
 from jumping_etcd.liveness import LeaseDeadline
 
 log = Logger()
@@ -138,6 +148,12 @@ class EtcdOwnership:
     :param int max_pending: etcd requests queued or running at most; more fail at once with
         ``OwnershipUnavailable``.
     :param int max_sessions: sessions this node tracks at most.
+    :param str ca_cert: PEM file of the CA that signed the members' certificates (https://
+        endpoints; without it the system's CAs are used).
+    :param str cert: PEM client certificate, for members run with ``--client-cert-auth``
+        (with ``key``, a secret file: mode 0600, no symlink).
+    :param str user: etcd user (etcd authentication, https:// only), with
+        ``password_file``: a secret file holding its password on one line.
     :param clock: monotonic seconds for the lease deadlines (tests inject one).
     :raise ValueError: a bad option (one line naming it).
 
@@ -160,6 +176,11 @@ class EtcdOwnership:
         check_interval: float = 0.1,
         reactor: Any = None,
         clock: Callable[[], float] = time.monotonic,
+        ca_cert: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        user: str | None = None,
+        password_file: str | None = None,
     ) -> None:
         if not isinstance(node_id, str) or not _NODE.match(node_id):
             raise ValueError(f"etcd: node_id must match [A-Za-z0-9_.-]{{1,64}}, got {node_id!r}")
@@ -185,7 +206,9 @@ class EtcdOwnership:
         self.prefix = prefix
         self.max_pending = max_pending
         self.max_sessions = max_sessions
-        self.cluster = Cluster(parse_endpoints(endpoints), float(timeout))
+        eps = parse_endpoints(endpoints)
+        security = make_security(eps, ca_cert, cert, key, user, password_file)
+        self.cluster = Cluster(eps, float(timeout), security)
         #: seconds before etcd's own expiry at which we give the lease up (fail closed early)
         self.guard = min(1.0, ttl / 5)
         self.interval = ttl / 3  # keep-alive period
@@ -716,13 +739,16 @@ class EtcdOwnership:
             i = self.watch_member
             c = cluster.client(i)
             try:
+                auth = cluster.headers(i)
                 resp = c.session.post(
                     c.get_url("watch"), json={"create_request": {**req, "start_revision": str(revision)}},
-                    stream=True, timeout=(cluster.timeout, read_timeout), headers=headers,
+                    stream=True, timeout=(cluster.timeout, read_timeout), headers={**headers, **auth},
                 )  # fmt: skip
                 self._watch_resp = resp
                 if resp.status_code != 200:
-                    raise OSError(f"HTTP {resp.status_code}")
+                    if auth and is_token_error(OSError(resp.text)):
+                        cluster.forget_token(i, auth["Authorization"])
+                    raise OSError(f"HTTP {resp.status_code} {resp.text[:200]}")
                 for line in resp.iter_lines():
                     if self._stop.is_set():
                         return
@@ -730,6 +756,8 @@ class EtcdOwnership:
                         continue
                     res = json.loads(line).get("result")
                     if not isinstance(res, dict):
+                        if auth and is_token_error(OSError(str(line))):
+                            cluster.forget_token(i, auth["Authorization"])
                         raise OSError(f"watch error: {line[:200]!r}")
                     if res.get("compact_revision") and int(res["compact_revision"]) > revision:
                         revision = int(res["compact_revision"])

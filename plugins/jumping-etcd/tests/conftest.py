@@ -26,10 +26,25 @@ ETCD_SH = REPO / "deploy" / "cluster" / "etcd.sh"
 
 
 class EtcdCluster:
+    """The test cluster, secure as production should run it (etcd.sh ETCD_SECURE=1): clients
+    over TLS with client certificates, etcd authentication on, the backend logging in as
+    the user ``jumping`` (readwrite on /jumping/ only). ``security`` holds the backend
+    options for that."""
+
     def __init__(self, base: Path) -> None:
         self.dir = base
-        self.endpoint_list = [f"http://127.0.0.1:{23790 + n}" for n in (1, 2, 3)]
+        self.endpoint_list = [f"https://127.0.0.1:{23790 + n}" for n in (1, 2, 3)]
         self.endpoints = ",".join(self.endpoint_list)
+        tls = base / "tls"
+        self.security: dict[str, str] = {
+            "ca_cert": str(tls / "ca.pem"), "cert": str(tls / "client.pem"),
+            "key": str(tls / "client.key"), "user": "jumping",
+            "password_file": str(tls / "jumping.password"),
+        }  # fmt: skip
+
+    def toml(self) -> str:
+        """The security options as lines of an ``[ownership]`` table."""
+        return "".join(f'{k} = "{v}"\n' for k, v in self.security.items())
 
     def sh(self, *args: str, timeout: float = 60) -> str:
         r = subprocess.run(["bash", str(ETCD_SH), *args], capture_output=True, text=True,
@@ -38,7 +53,9 @@ class EtcdCluster:
         return r.stdout
 
     def start(self) -> None:
-        self.sh("start", str(self.dir))
+        r = subprocess.run(["bash", str(ETCD_SH), "start", str(self.dir)], capture_output=True,
+                           text=True, timeout=60, env={**os.environ, "ETCD_SECURE": "1"})  # fmt: skip
+        assert r.returncode == 0, f"etcd.sh start: {r.stdout}{r.stderr}"
 
     def stop(self) -> None:
         subprocess.run(["bash", str(ETCD_SH), "stop", str(self.dir)], capture_output=True,
@@ -64,9 +81,8 @@ class EtcdCluster:
 
     def etcdctl(self, *args: str, input: str | None = None) -> str:
         r = subprocess.run(
-            ["etcdctl", "--endpoints", self.endpoints, "--dial-timeout", "2s", *args],
+            ["bash", str(ETCD_SH), "ctl", str(self.dir), "--dial-timeout", "2s", *args],
             capture_output=True, text=True, timeout=30, input=input,
-            env={**os.environ, "ETCDCTL_API": "3"},
         )  # fmt: skip
         assert r.returncode == 0, f"etcdctl {' '.join(args)}: {r.stderr}"
         return r.stdout
@@ -98,6 +114,8 @@ def backends(etcd_cluster: EtcdCluster) -> Iterator[Any]:
 
     async def make(node_id: str, **options: Any) -> Any:
         options.setdefault("endpoints", etcd_cluster.endpoints)
+        for k, v in etcd_cluster.security.items():
+            options.setdefault(k, v)
         b = EtcdOwnership(node_id=node_id, **options)
         made.append(b)
         await b.start()

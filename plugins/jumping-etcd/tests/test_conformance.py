@@ -16,10 +16,17 @@ class TestEtcdConformance(OwnershipBackendTests):
     @pytest.fixture(autouse=True)
     def _cluster(self, etcd_cluster: Any) -> None:
         self.endpoints = etcd_cluster.endpoints
+        self.security = etcd_cluster.security
 
     def make_backends(self, n: int) -> list[Any]:
         run = secrets.token_hex(3)
         return [
-            plugin.load(IOwnershipBackend, "etcd", node_id=f"gw{i}-{run}", endpoints=self.endpoints)
+            plugin.load(
+                IOwnershipBackend,
+                "etcd",
+                node_id=f"gw{i}-{run}",
+                endpoints=self.endpoints,
+                **self.security,
+            )
             for i in range(n)
         ]

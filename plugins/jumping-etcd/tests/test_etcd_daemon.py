@@ -53,7 +53,7 @@ def test_daemonized_gateway_keeps_its_lease_reloads_and_revokes_it(
     ports = [int(u.rsplit(":", 1)[1]) for u in etcd_cluster.endpoint_list]
     ownership = (
         f'[ownership]\nbackend = "etcd"\nendpoints = "{etcd_cluster.endpoints}"\n'
-        f'ttl = {TTL}\nprefix = "{PREFIX}"\n'
+        f'ttl = {TTL}\nprefix = "{PREFIX}"\n' + etcd_cluster.toml()
     )
     notify = NotifySocket(tmp_path / "notify.sock")
     env_before = os.environ.get("NOTIFY_SOCKET")

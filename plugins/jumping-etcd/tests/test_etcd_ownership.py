@@ -162,7 +162,8 @@ async def test_constructing_grants_no_lease(etcd_cluster: Any) -> None:
         return {int(x, 16) for x in etcd_cluster.etcdctl("lease", "list").split()[3:]}
 
     before = leases()
-    b = plugin.load(IOwnershipBackend, "etcd", node_id="gw-lc", endpoints=etcd_cluster.endpoints)
+    b = plugin.load(IOwnershipBackend, "etcd", node_id="gw-lc", endpoints=etcd_cluster.endpoints,
+                    **etcd_cluster.security)  # fmt: skip
     try:
         assert leases() - before == set(), "the constructor granted a lease"
         await b.start()
@@ -189,7 +190,7 @@ def test_wrong_endpoints_are_one_line_errors(endpoints: Any) -> None:
 def test_bad_options_are_one_line_errors(options: dict[str, Any], etcd_cluster: Any) -> None:
     with pytest.raises(PluginError) as info:
         plugin.load(IOwnershipBackend, "etcd", node_id="gw", endpoints=etcd_cluster.endpoints,
-                    **options)  # fmt: skip
+                    **{**etcd_cluster.security, **options})  # fmt: skip
     assert "\n" not in str(info.value)
 
 

@@ -156,7 +156,8 @@ class Cluster:
         plug(self.cns, "pub", "10.210.0.100/24", "br0", "pc")
         plug(self.sns, "priv", f"{SERVER_IP}/24", "br1", "ps")
         self.etcd_dir = tmp / "etcd"
-        r = run(self.hub, "env", f"ETCD_HOST={HUB_IP}", "ETCD_ISOLATABLE=1", "bash",
+        # secure as in production: TLS with client certificates, etcd authentication
+        r = run(self.hub, "env", f"ETCD_HOST={HUB_IP}", "ETCD_ISOLATABLE=1", "ETCD_SECURE=1", "bash",
                 str(ETCD_SH), "start", str(self.etcd_dir), timeout=60)  # fmt: skip
         self.endpoints = r.stdout.strip().splitlines()[-1]
         members = self.endpoints.split(",")
@@ -190,6 +191,11 @@ allowed_ips = ["10.99.0.2/32"]
 backend = "etcd"
 endpoints = "{self.gw_endpoints[g]}"
 ttl = 5
+ca_cert = "{self.etcd_dir}/tls/ca.pem"
+cert = "{self.etcd_dir}/tls/client.pem"
+key = "{self.etcd_dir}/tls/client.key"
+user = "jumping"
+password_file = "{self.etcd_dir}/tls/jumping.password"
 [metrics]
 listen = "127.0.0.1:9477"
 [[events]]

@@ -14,13 +14,14 @@ fail() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
 # command -> Debian package
 # (gcc builds the data plane's C loops at `pip install .`, jumping/core/_dataplane.c; without
-# it the install falls back to their pure-Python twin)
+# it the install falls back to their pure-Python twin; openssl makes the certificates of the
+# secure etcd test cluster, deploy/cluster/etcd.sh ETCD_SECURE=1)
 declare -A runtime=([ip]=iproute2 [ping]=iputils-ping [nft]=nftables [iperf3]=iperf3 [gcc]=gcc)
 declare -A testing=([tcpdump]=tcpdump [wireguard-go]=wireguard-go [wg]=wireguard-tools
                     [etcd]=etcd-server [etcdctl]=etcd-client [kcat]=kcat [promtool]=prometheus
                     [jq]=jq [cargo]=cargo [java]=default-jre-headless [mvn]=maven
                     [systemd-analyze]=systemd [setpriv]=util-linux [unshare]=util-linux
-                    [ss]=iproute2 [gcc]=gcc)
+                    [ss]=iproute2 [gcc]=gcc [openssl]=openssl)
 missing=()
 for c in "${!runtime[@]}"; do command -v "$c" >/dev/null || missing+=("${runtime[$c]}"); done
 # OpenSSL's headers for the same C loops (libcrypto itself is on every Debian machine)

@@ -347,14 +347,14 @@ def driver(args: argparse.Namespace) -> int:
         # one descriptor per session: as many processes as the hard limit needs (it cannot
         # be raised without CAP_SYS_RESOURCE)
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        procs = max(args.procs, -(-args.sessions // max(1, hard - FD_SPARE)))
-        if procs != args.procs:
-            log(f"{procs} generator processes (RLIMIT_NOFILE hard limit {hard})")
-        result["procs"] = procs
-        per = -(-args.sessions // procs)
+        n_gen = max(args.procs, -(-args.sessions // max(1, hard - FD_SPARE)))
+        if n_gen != args.procs:
+            log(f"{n_gen} generator processes (RLIMIT_NOFILE hard limit {hard})")
+        result["procs"] = n_gen
+        per = -(-args.sessions // n_gen)
         gens: list[Gen] = []
         cpu0, t0 = cpu_seconds(gw.pid), time.monotonic()
-        for k in range(procs):
+        for k in range(n_gen):
             first, count = k * per, min(per, args.sessions - k * per)
             if count <= 0:
                 break
@@ -362,7 +362,7 @@ def driver(args: argparse.Namespace) -> int:
                 nsx + ["taskset", "-c", gen_cpus, sys.executable, __file__, "--role",
                        "generator", "--gateway-pub", str(work / "g.pub"), "--client-keys",
                        str(work / "clients.keys"), "--first", str(first), "--count",
-                       str(count), "--rate", str(args.rate / procs)],
+                       str(count), "--rate", str(args.rate / n_gen)],
                 env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             )  # fmt: skip
             procs.append(p)

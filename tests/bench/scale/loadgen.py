@@ -133,17 +133,14 @@ def generator(args: argparse.Namespace) -> int:
     keys = Path(args.client_keys).read_text().split()[args.first : args.first + args.count]
     clock: Any = reactor
     state = {"attached": 0, "rtts": [], "sent": 0}
-    out = sys.stdout
 
     def say(line: str) -> None:
-        try:
-            out.write(line + "\n")
-            out.flush()
-        except (BrokenPipeError, ValueError):
-            # the driver is gone (it ended or was killed): nobody reads the reports, and
-            # a generator without its driver has no reason to go on
-            if reactor.running:
-                reactor.stop()
+        # through StandardIO's transport, never sys.stdout: StandardIO makes the pipe
+        # non-blocking, and a report larger than the pipe (the active phase's round trips)
+        # written with sys.stdout is cut short by BlockingIOError, leaving the driver
+        # waiting for the rest of its line for ever; the transport buffers and writes it
+        # as the driver reads
+        commands.sendLine(line.encode())
 
     class UDPPath(protocol.DatagramProtocol):
         transport_id = "udp"
@@ -241,7 +238,8 @@ def generator(args: argparse.Namespace) -> int:
                 clock.callLater(seconds + 2.0, self.done)
 
         def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
-            # stdin closed: the driver ended without "quit" (killed, or it failed)
+            # stdin or stdout closed: the driver ended without "quit" (killed, or failed),
+            # nobody reads the reports and a generator has no reason to go on
             if reactor.running:
                 reactor.stop()
 
@@ -250,7 +248,8 @@ def generator(args: argparse.Namespace) -> int:
             say("active " + json.dumps({"sent": state["sent"], "rtts_ms": [
                 round(r * 1000, 3) for r in rtts]}))  # fmt: skip
 
-    stdio.StandardIO(Commands())
+    commands = Commands()
+    stdio.StandardIO(commands)
     clock.callLater(0.0, start, 0)
     clock.callLater(0.5, report)
     reactor.run()
@@ -367,7 +366,9 @@ def driver(args: argparse.Namespace) -> int:
             )  # fmt: skip
             procs.append(p)
             gens.append(Gen(p))
-        ramp_deadline = time.monotonic() + args.sessions / max(1.0, args.rate) * 3 + 60
+        ramp_deadline = time.monotonic() + (
+            args.ramp_timeout or args.sessions / max(1.0, args.rate) * 3 + 60
+        )
         shown = 0.0
         while sum(g.attached for g in gens) < args.sessions:
             for g in gens:
@@ -401,10 +402,12 @@ def driver(args: argparse.Namespace) -> int:
                 g.poll_lines(0.2)
         u1, c1, w1 = udp_in(ns), cpu_seconds(gw.pid), time.monotonic()
         rss1 = int(statistics.median(rss_idle))
+        # sessions still attaching after the ramp's deadline (handshake retries) count too
+        idle_n = sum(g.attached for g in gens)
         result["idle"] = {
-            "hold_s": args.hold, "window_s": round(w1 - w0, 1),
+            "hold_s": args.hold, "window_s": round(w1 - w0, 1), "sessions": idle_n,
             "gateway_rss_bytes": rss1,
-            "bytes_per_idle_session": round((rss1 - rss0) / max(1, done)),
+            "bytes_per_idle_session": round((rss1 - rss0) / max(1, idle_n)),
             "gateway_cpu_pct": round(100 * (c1 - c0) / (w1 - w0), 2),
             "wire_udp_per_s": round((u1 - u0) / (w1 - w0), 1),
         }  # fmt: skip
@@ -466,7 +469,8 @@ def driver(args: argparse.Namespace) -> int:
         print(text)
         if args.json:
             Path(args.json).write_text(text + "\n")
-        return 0 if done == args.sessions and audit.returncode == 0 else 1
+        final = sum(g.attached for g in gens)
+        return 0 if final == args.sessions and audit.returncode == 0 else 1
     finally:
         for p in reversed(procs):
             if p.poll() is None:
@@ -489,6 +493,8 @@ def main() -> int:
     ap.add_argument("--procs", type=int, default=4, help="generator processes")
     ap.add_argument("--rate", type=float, default=2000.0, help="handshakes started per second")
     ap.add_argument("--settle", type=float, default=5.0)
+    ap.add_argument("--ramp-timeout", type=float, default=0.0,
+                    help="seconds the ramp may take (default: 3 x sessions/rate + 60)")  # fmt: skip
     ap.add_argument("--hold", type=float, default=190.0, help="idle hold before measuring")
     ap.add_argument("--window", type=float, default=30.0)
     ap.add_argument("--active", type=int, default=0, help="sessions sending 1 echo/s")

@@ -342,6 +342,11 @@ class EtcdOwnership:
         return result
 
     def _grant(self) -> tuple[int, int]:
+        if self.cluster.security.auth:
+            # etcd grants leases without a token: log in and read under the prefix first,
+            # so that a wrong password or a role without this prefix fails the start, not
+            # the first claim
+            self.cluster.call("kv/range", {"key": b64(self._heartbeat_key), "keys_only": True})
         r = self.cluster.call("lease/grant", {"TTL": self.ttl, "ID": 0})
         if r.get("error") or "ID" not in r:
             raise OwnershipUnavailable(f"etcd: lease grant refused: {r.get('error', r)}")

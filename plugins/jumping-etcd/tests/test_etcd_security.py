@@ -103,10 +103,22 @@ async def test_backend_claims_over_tls_with_auth_and_outside_its_prefix_fails(
     assert await b.claim(sid, rec, None) > 0
     stored = etcd_cluster.etcdctl("get", f"/jumping/sessions/{sid}", "--print-value-only")
     assert '"sec-a"' in stored, stored
-    # the role allows /jumping/ only: a node configured elsewhere claims nothing
-    other = await backends("sec-b", prefix="/elsewhere/")
-    with pytest.raises(OwnershipUnavailable, match="permission denied"):
-        await other.claim(secrets.token_hex(16), {**rec, "owner": "sec-b"}, None)
+    # the role allows /jumping/ only: a node configured elsewhere does not start
+    with pytest.raises(OwnershipUnavailable, match="cannot start.*permission denied"):
+        await backends("sec-b", prefix="/elsewhere/")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wrong_password_fails_the_start(
+    etcd_cluster: Any, backends: Any, tmp_path: Path
+) -> None:
+    # etcd grants leases without a token: the start must not look fine
+    files = _secrets(tmp_path, etcd_cluster)
+    Path(files["password_file"]).write_text("wrong\n")
+    with pytest.raises(OwnershipUnavailable) as info:
+        await backends("sec-c", password_file=files["password_file"])
+    msg = str(info.value)
+    assert "cannot start" in msg and "authentication failed" in msg and "\n" not in msg, msg
 
 
 def _secrets(tmp_path: Path, etcd_cluster: Any) -> dict[str, str]:

@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))  # the tree this script is in, not an installed co
 GW_PORT = 51820
 GW_ADDR = "10.64.0.1"
 FD_SPARE = 512  # descriptors a generator needs besides its sockets
+KEEP = 200  # rotated event files the gateway keeps (64 MiB each)
 
 
 def client_source(n: int) -> str:
@@ -322,7 +323,8 @@ def driver(args: argparse.Namespace) -> int:
             '[node]\nrole = "gateway"\nnode_id = "scale-gw"\nprivate_key = "g.key"\n'
             f'[tun]\nname = "jscale0"\naddress = "{GW_ADDR}/10"\n'
             f'[[listen]]\ntransport = "udp"\nhost = "127.0.0.1"\nport = {GW_PORT}\n'
-            f'[[events]]\nsink = "jsonl"\npath = "{work / "gw-events.jsonl"}"\n'
+            # every event kept for the audit (about 4 events and 1.7 KB per session)
+            f'[[events]]\nsink = "jsonl"\npath = "{work / "gw-events.jsonl"}"\nkeep = {KEEP}\n'
             f'[control]\nsocket = "{work / "gw.sock"}"\n' + peers
         )
         log("gateway starting (CPU 0)")
@@ -458,8 +460,13 @@ def driver(args: argparse.Namespace) -> int:
             g.proc.stdin.flush()
         gw.terminate()
         gw.wait(60)
+        # the rotated files first, oldest first (events.jsonl.N ... .1, then events.jsonl)
+        rotated = sorted(work.glob("gw-events.jsonl.*"), key=lambda p: -int(p.suffix[1:]))
+        if len(rotated) >= KEEP:
+            log(f"warning: {len(rotated)} rotated event files: the oldest may be gone")
         audit = subprocess.run(
-            [sys.executable, "-m", "jumping.cli", "audit", str(work / "gw-events.jsonl")],
+            [sys.executable, "-m", "jumping.cli", "audit", "--no-timeline",
+             *map(str, rotated), str(work / "gw-events.jsonl")],
             capture_output=True, text=True, env=env,
         )  # fmt: skip
         summary = audit.stdout[audit.stdout.rfind("\nsummary\n") + 1 :].strip()

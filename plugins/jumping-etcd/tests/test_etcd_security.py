@@ -1,5 +1,5 @@
 """
-The etcd backend's TLS and authentication (SPEC §5: etcd is authenticated) against the
+The etcd backend's TLS and authentication (docs/security.md, "The ownership store") against the
 test cluster, which runs secure (conftest: etcd.sh ETCD_SECURE=1): clients over TLS with
 client certificates, etcd authentication on, the user ``jumping`` allowed /jumping/ only.
 """

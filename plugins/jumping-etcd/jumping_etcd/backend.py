@@ -48,7 +48,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import re
 import threading
 import time
 from collections import deque
@@ -72,22 +71,25 @@ from jumping_etcd.client import (
     make_security,
     parse_endpoints,
     short,
-    unb64,
     url,
+)
+from jumping_etcd.envelope import (
+    HEARTBEAT,  # noqa: F401  (importable from here, as before the split)
+    MARKER,
+    NODE,
+    current,
+    decode,
+    encode,
+    heartbeat_key,
+    heartbeat_seq,
+    heartbeat_value,
+    prefix_end,
+    session_key,
+    session_of,
 )
 from jumping_etcd.liveness import LeaseDeadline
 
 log = Logger()
-_SID = re.compile(r"[0-9a-f]{1,128}\Z")
-_NODE = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
-MARKER = ".conflict"  # suffix of the split-brain marker key next to a session's key
-HEARTBEAT = ".heartbeat/"  # <prefix>.heartbeat/<node_id>: each node's watch-liveness key
-
-
-def _prefix_end(prefix: str) -> bytes:
-    b = bytearray(prefix.encode())
-    b[-1] += 1
-    return bytes(b)
 
 
 class _Own:
@@ -182,7 +184,7 @@ class EtcdOwnership:
         user: str | None = None,
         password_file: str | None = None,
     ) -> None:
-        if not isinstance(node_id, str) or not _NODE.match(node_id):
+        if not isinstance(node_id, str) or not NODE.match(node_id):
             raise ValueError(f"etcd: node_id must match [A-Za-z0-9_.-]{{1,64}}, got {node_id!r}")
         if not isinstance(ttl, int) or isinstance(ttl, bool) or not 2 <= ttl <= 3600:
             raise ValueError(f"etcd: ttl must be an integer number of seconds 2..3600, got {ttl!r}")
@@ -216,7 +218,7 @@ class EtcdOwnership:
         self.stall_after = max(0.3, min(0.75, ttl / 4))
         self.clock = clock
         self.deadline = LeaseDeadline(ttl, self.guard, self.stall_after, clock)
-        self._heartbeat_key = prefix + HEARTBEAT + node_id
+        self._heartbeat_key = heartbeat_key(prefix, node_id)
 
         self._lease_id = 0  # granted by start()
         self._lease_gone = False
@@ -282,28 +284,10 @@ class EtcdOwnership:
 
     # ------------------------------------------------------------------ helpers
     def _key(self, session_id: str) -> str:
-        if not isinstance(session_id, str) or not _SID.match(session_id):
-            raise ValueError(f"etcd: session id must be lowercase hex, got {session_id!r}")
-        return self.prefix + session_id
+        return session_key(self.prefix, session_id)
 
     def _value(self, op: str, nonce: str, record: Any) -> str:
-        env = {"v": 1, "node": self.node_id, "op": op, "w": nonce, "record": record}
-        return b64(json.dumps(env, separators=(",", ":"), sort_keys=True))
-
-    @staticmethod
-    def _envelope(kv: dict[str, Any]) -> dict[str, Any]:
-        """The stored JSON envelope; anything else (written by someone else) is flagged."""
-        try:
-            env = json.loads(unb64(kv.get("value", "")))
-        except ValueError:
-            env = None
-        if (
-            not isinstance(env, dict)
-            or env.get("v") != 1
-            or not isinstance(env.get("record"), dict)
-        ):
-            return {"op": "foreign", "record": {"malformed": True}, "w": None}
-        return env
+        return encode(self.node_id, op, nonce, record)
 
     def _run(
         self, fn: Callable[..., Any], *args: Any, key: str | None = None
@@ -359,14 +343,6 @@ class EtcdOwnership:
             "success": [success],
             "failure": [{"request_range": {"key": k}}],
         })  # fmt: skip
-
-    @staticmethod
-    def _current(r: dict[str, Any]) -> dict[str, Any] | None:
-        for resp in r.get("responses", ()):
-            kvs = resp.get("response_range", {}).get("kvs")
-            if kvs:
-                return dict(kvs[0])
-        return None
 
     def _forget(self, session_id: str) -> None:
         st = self._interest.get(session_id)
@@ -443,10 +419,10 @@ class EtcdOwnership:
         responses = r.get("responses", [])
         if len(responses) > 1 and responses[1].get("response_range", {}).get("kvs"):
             return ("conflict", f"session {key}: split brain detected before, id burned")
-        kv = self._current({"responses": responses[:1]})
+        kv = current({"responses": responses[:1]})
         if kv is None:
             return ("conflict", f"session {key}: gone (stale token {expected})")
-        env = self._envelope(kv)
+        env = decode(kv)
         if env.get("w") == nonce:  # a fail-over retry of our own committed write
             return ("ok", int(kv["mod_revision"]))
         owner = env.get("node", "?")
@@ -503,8 +479,8 @@ class EtcdOwnership:
             r = self._txn(key, {"target": "MOD", "mod_revision": str(int(token))}, put)
             if r.get("succeeded"):
                 return ("ok", int(r["header"]["revision"]))
-            kv = self._current(r)
-            if kv is not None and self._envelope(kv).get("w") == nonce:
+            kv = current(r)
+            if kv is not None and decode(kv).get("w") == nonce:
                 return ("ok", int(kv["mod_revision"]))
             return ("conflict", f"session {session_id}: token {token} is no longer current")
 
@@ -552,7 +528,7 @@ class EtcdOwnership:
             kvs = r.get("kvs")
             if not kvs:
                 return None
-            env = self._envelope(kvs[0])
+            env = decode(kvs[0])
             return dict(env["record"]), int(kvs[0]["mod_revision"])
 
         return self._run(call, key=session_id)
@@ -702,7 +678,7 @@ class EtcdOwnership:
             self._lease_gone = True
             return
         seq = self.deadline.next_seq()
-        value = b64(json.dumps({"node": self.node_id, "seq": seq}))
+        value = heartbeat_value(self.node_id, seq)
         p = self.cluster.call_on(i, "kv/put", {"key": b64(self._heartbeat_key), "value": value,
                                                "lease": lease}, timeout=timeout)  # fmt: skip
         h1, h2 = res.get("header", {}), p.get("header", {})
@@ -734,7 +710,7 @@ class EtcdOwnership:
     def _watch_loop(self, revision: int) -> None:
         cluster = self.cluster
         n = len(cluster.endpoints)
-        req = {"key": b64(self.prefix), "range_end": b64(_prefix_end(self.prefix)),
+        req = {"key": b64(self.prefix), "range_end": b64(prefix_end(self.prefix)),
                "progress_notify": True}  # fmt: skip
         # heartbeats arrive every interval: a stream quiet for longer than this is dead
         read_timeout = 2 * self.interval + cluster.timeout
@@ -783,19 +759,15 @@ class EtcdOwnership:
             self._stop.wait(0.2)
 
     def _on_events(self, events: list[dict[str, Any]]) -> None:
-        plen = len(self.prefix)
         hb = b64(self._heartbeat_key)
         for ev in events:
             kv = ev["kv"]
             if kv["key"] == hb:
                 self._heartbeat(kv)
                 continue
-            sid = unb64(kv["key"]).decode(errors="replace")[plen:]
-            marker = sid.endswith(MARKER)
-            if marker:
-                if ev.get("type") == "DELETE":
-                    continue
-                sid = sid[: -len(MARKER)]
+            sid, marker = session_of(self.prefix, kv["key"])
+            if marker and ev.get("type") == "DELETE":
+                continue
             st = self._interest.get(sid)
             ws = self._watchers.get(sid)
             if st is None and not ws:
@@ -807,7 +779,7 @@ class EtcdOwnership:
             if marker:
                 reason = "conflict"
             elif ev.get("type") != "DELETE":
-                env = self._envelope(kv)
+                env = decode(kv)
                 own = st is not None and env.get("w") in st.nonces
                 token = rev
             if st is not None and not own:
@@ -817,11 +789,8 @@ class EtcdOwnership:
 
     def _heartbeat(self, kv: dict[str, Any]) -> None:
         """Our heartbeat came back on our watch (every event before it was delivered)."""
-        try:
-            seq = json.loads(unb64(kv.get("value", ""))).get("seq")
-        except (ValueError, AttributeError):
-            return
-        if isinstance(seq, int):
+        seq = heartbeat_seq(kv)
+        if seq is not None:
             self.deadline.seen(seq)
 
     def _resync(self) -> None:

@@ -65,7 +65,6 @@ from jumping.errors import OwnershipConflict, OwnershipUnavailable
 from jumping.interfaces import IOwnershipBackend
 from jumping_etcd.client import (
     Cluster,
-    Unreachable,
     b64,
     is_token_error,
     make_security,
@@ -82,11 +81,11 @@ from jumping_etcd.envelope import (
     encode,
     heartbeat_key,
     heartbeat_seq,
-    heartbeat_value,
     prefix_end,
     session_key,
     session_of,
 )
+from jumping_etcd.lease import LeaseKeeper
 from jumping_etcd.liveness import LeaseDeadline
 
 log = Logger()
@@ -213,19 +212,12 @@ class EtcdOwnership:
         self.cluster = Cluster(eps, float(timeout), security)
         #: seconds before etcd's own expiry at which we give the lease up (fail closed early)
         self.guard = min(1.0, ttl / 5)
-        self.interval = ttl / 3  # keep-alive period
         #: a heartbeat unseen this long: the watch stream is dead, reopen it elsewhere
         self.stall_after = max(0.3, min(0.75, ttl / 4))
         self.clock = clock
         self.deadline = LeaseDeadline(ttl, self.guard, self.stall_after, clock)
         self._heartbeat_key = heartbeat_key(prefix, node_id)
 
-        self._lease_id = 0  # granted by start()
-        self._lease_gone = False
-        self._need_lease = False
-        self.healthy = False  # until start() has a lease: no claim before it
-        self.lost = 0  # times the lease was lost (everything reported lost)
-        self.keepalive_failures = 0
         self.watch_restarts = 0
         self.watch_member = self.cluster.preferred  # index of the member the watch reads
         self._epoch = 0
@@ -240,8 +232,37 @@ class EtcdOwnership:
         self._check_interval = check_interval
         self.pool = ThreadPool(minthreads=0, maxthreads=threads, name=f"etcd-{node_id}")
         self._trigger: Any = None
-        self._checker = LoopingCall(self._check_lease)
+        #: the lease, its keep-alive and its check (jumping_etcd.lease)
+        self.keeper = LeaseKeeper(
+            self.cluster, node_id, ttl, self._heartbeat_key, self.deadline, self._stop,
+            reactor.callFromThread, self._lost, self._stalled, self._unreachable, clock,
+        )  # fmt: skip
+        self._checker = LoopingCall(self.keeper.check)
         self._checker.clock = reactor
+
+    # what the node, `jumping ctl` and the tests read, kept by the lease keeper
+    @property
+    def healthy(self) -> bool:
+        """False until start() has a lease, and from a lease loss until the next lease."""
+        return self.keeper.healthy
+
+    @property
+    def lost(self) -> int:
+        """Times the lease was lost (everything reported lost)."""
+        return self.keeper.lost
+
+    @property
+    def keepalive_failures(self) -> int:
+        return self.keeper.keepalive_failures
+
+    @property
+    def interval(self) -> float:
+        """The keep-alive period (TTL / 3)."""
+        return self.keeper.interval
+
+    @property
+    def _lease_id(self) -> int:
+        return self.keeper.lease_id
 
     def start(self) -> defer.Deferred[None]:
         """Grant this node's lease (in the pool, off the reactor), then start the keep-alive
@@ -255,14 +276,14 @@ class EtcdOwnership:
         t0 = self.clock()
 
         def granted(lease: tuple[int, int]) -> None:
-            self._lease_id, revision = lease
+            lease_id, revision = lease
             if self._closed:  # closed while granting: give the lease back at once
-                self.pool.callInThread(self._revoke_quietly, self._lease_id)
+                self.keeper.lease_id = lease_id
+                self.pool.callInThread(self.keeper.revoke_quietly, lease_id)
                 return
-            self.deadline.granted(t0)
-            self.healthy = True
+            self.keeper.started(lease_id, t0)
             node_id = self.node_id
-            threading.Thread(target=self._keepalive_loop, name=f"etcd-keepalive-{node_id}",
+            threading.Thread(target=self.keeper.loop, name=f"etcd-keepalive-{node_id}",
                              daemon=True).start()  # fmt: skip
             threading.Thread(target=self._watch_loop, args=(revision + 1,),
                              name=f"etcd-watch-{node_id}", daemon=True).start()  # fmt: skip
@@ -273,14 +294,8 @@ class EtcdOwnership:
             eps = ", ".join(url(ep) for ep in self.cluster.endpoints)
             raise OwnershipUnavailable(f"etcd: cannot start, cluster {eps} unusable: {f.value}")
 
-        d = deferToThreadPool(self.reactor, self.pool, self._grant)
+        d = deferToThreadPool(self.reactor, self.pool, self.keeper.grant)
         return d.addCallbacks(granted, refused)
-
-    def _revoke_quietly(self, lease: int) -> None:
-        try:
-            self.cluster.call("kv/lease/revoke", {"ID": str(lease)})
-        except OwnershipUnavailable:
-            pass
 
     # ------------------------------------------------------------------ helpers
     def _key(self, session_id: str) -> str:
@@ -324,17 +339,6 @@ class EtcdOwnership:
         else:
             gate.addCallback(start)
         return result
-
-    def _grant(self) -> tuple[int, int]:
-        if self.cluster.security.auth:
-            # etcd grants leases without a token: log in and read under the prefix first,
-            # so that a wrong password or a role without this prefix fails the start, not
-            # the first claim
-            self.cluster.call("kv/range", {"key": b64(self._heartbeat_key), "keys_only": True})
-        r = self.cluster.call("lease/grant", {"TTL": self.ttl, "ID": 0})
-        if r.get("error") or "ID" not in r:
-            raise OwnershipUnavailable(f"etcd: lease grant refused: {r.get('error', r)}")
-        return int(r["ID"]), int(r["header"]["revision"])
 
     def _txn(self, key: str, compare: dict[str, Any], success: dict[str, Any]) -> Any:
         k = b64(key)
@@ -556,14 +560,14 @@ class EtcdOwnership:
         if self._closed:
             return defer.succeed(None)
         if not self._started:  # nothing granted, nothing running
-            self._closed = True
+            self._closed = self.keeper.closed = True
             return defer.succeed(None)
         lease = self._lease_id
         if lease:
             d = self._run(self.cluster.call, "kv/lease/revoke", {"ID": str(lease)})
         else:  # the grant is still under way: granted() gives it back
             d = defer.succeed(None)
-        self._closed = True
+        self._closed = self.keeper.closed = True
         if self._checker.running:
             self._checker.stop()
         self._stop.set()
@@ -587,108 +591,24 @@ class EtcdOwnership:
         self.pool.stop()
 
     # ------------------------------------------------------------------ fail closed
-    def _check_lease(self) -> None:
-        if not self.healthy or self._closed:
-            return
-        if self._lease_gone or self.deadline.expired():
-            self._lose_everything()
-        elif self.deadline.stalled():
-            log.warn("etcd: watch on {u} delivered no heartbeat for {s:.1f} s: reopening it "
-                     "on another member", u=url(self.cluster.endpoints[self.watch_member]),
-                     s=self.stall_after)  # fmt: skip
-            self._close_watch_stream()
-
-    def _lose_everything(self) -> None:
-        overdue = self.deadline.overdue()
-        log.error(
-            "etcd: lease {lease:x} lost ({why}); failing closed: every session of this node "
-            "is reported lost", lease=self._lease_id,
-            why="revoked or expired" if self._lease_gone else f"no keep-alive for {overdue:.1f} s",
-        )  # fmt: skip
-        self.healthy = False
-        self.lost += 1
+    def _lost(self) -> None:
+        """The lease keeper gave the lease up (reactor): forget every token, report every
+        watched session lost."""
         self._epoch += 1
         self._interest.clear()
-        self._need_lease = True
         for sid, ws in list(self._watchers.items()):
             for w in list(ws):
                 w.deliver(sid, None, "lease_lost")
 
-    def _regained(self) -> None:
-        if not self._closed:
-            log.info("etcd: new lease {lease:x}; accepting claims again", lease=self._lease_id)
-            self.healthy = True
+    def _stalled(self) -> None:
+        log.warn("etcd: watch on {u} delivered no heartbeat for {s:.1f} s: reopening it "
+                 "on another member", u=url(self.cluster.endpoints[self.watch_member]),
+                 s=self.stall_after)  # fmt: skip
+        self._close_watch_stream()
 
-    def _keepalive_loop(self) -> None:
-        while not self._stop.is_set():
-            t0 = self.clock()
-            if self._need_lease:
-                old = self._lease_id
-                try:
-                    self._lease_id, _ = self._grant()
-                except OwnershipUnavailable:
-                    self._stop.wait(self.interval)
-                    continue
-                self.deadline.granted(t0)
-                self._lease_gone = False
-                self._need_lease = False
-                self.reactor.callFromThread(self._regained)
-                try:  # frees the sessions we already reported lost, for other nodes
-                    self.cluster.call("kv/lease/revoke", {"ID": str(old)})
-                except OwnershipUnavailable:
-                    pass
-                continue
-            n = len(self.cluster.endpoints)
-            start = self.cluster.preferred
-            renewed = refused = False
-            for k in range(n):  # one member per attempt; the next one if it does not answer
-                i = (start + k) % n
-                t1 = self.clock()  # this attempt's send time
-                try:
-                    self._renew_on(i, t1)
-                    self.cluster.preferred = i
-                    renewed = True
-                    break
-                except OwnershipUnavailable as e:
-                    self.keepalive_failures += 1
-                    log.debug("etcd keep-alive on {u}: {e}", u=url(self.cluster.endpoints[i]),
-                              e=e)  # fmt: skip
-                    if not isinstance(e, Unreachable):
-                        refused = True  # an answer (an error): retried at the next round
-                        break
-                    self.cluster.preferred = (i + 1) % n  # the next attempt starts elsewhere
-                    if i == self.watch_member:  # the watch reads a member that does not answer
-                        self._close_watch_stream()
-                    if self.clock() - t0 >= self.interval:
-                        break
-            # a round no member answered is retried at once (briefly paced): the deadline runs
-            wait = self.interval - (self.clock() - t0) if renewed or refused else 0.1
-            self._stop.wait(max(0.0, wait))
-
-    def _renew_on(self, i: int, t0: float) -> None:
-        """One keep-alive round on member ``i``: renew the lease, then write the heartbeat
-        (needs the quorum) in the same raft term on the same member. The renewal counts
-        when the watch delivers the heartbeat (:mod:`jumping_etcd.liveness`)."""
-        lease = str(self._lease_id)
-        timeout = min(self.cluster.timeout, self.interval / 2)  # two members per round
-        r = self.cluster.call_on(i, "lease/keepalive", {"ID": lease}, timeout=timeout)
-        res = r.get("result", {})
-        granted = int(res.get("TTL", 0))
-        if granted <= 0:
-            self._lease_gone = True
-            return
-        seq = self.deadline.next_seq()
-        value = heartbeat_value(self.node_id, seq)
-        p = self.cluster.call_on(i, "kv/put", {"key": b64(self._heartbeat_key), "value": value,
-                                               "lease": lease}, timeout=timeout)  # fmt: skip
-        h1, h2 = res.get("header", {}), p.get("header", {})
-        same = all(h1.get(f) == h2.get(f) for f in ("raft_term", "member_id"))
-        if not same:
-            raise OwnershipUnavailable(
-                f"etcd: keep-alive (term {h1.get('raft_term')}) and its check (term "
-                f"{h2.get('raft_term')}) disagree: not counted"
-            )
-        self.deadline.renewed(seq, t0, granted)
+    def _unreachable(self, i: int) -> None:
+        if i == self.watch_member:  # the watch reads a member that does not answer
+            self._close_watch_stream()
 
     # ------------------------------------------------------------------ watch
     def _close_watch_stream(self) -> None:

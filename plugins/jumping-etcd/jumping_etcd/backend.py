@@ -38,6 +38,14 @@
   ``'conflict'``. Both sides terminate with ``OWNERSHIP_CONFLICT``; claims of that id fail
   while the marker lives.
 
+This module is the facade (:class:`EtcdOwnership`, ``IOwnershipBackend``: claim, renew,
+release, get, watch, start, close); it composes the parts, each readable and tested alone:
+:mod:`jumping_etcd.envelope` (key layout and record encoding, pure functions),
+:mod:`jumping_etcd.lease` (the lease, its keep-alive thread, its check, loss and regain),
+:mod:`jumping_etcd.liveness` (the lease deadline), :mod:`jumping_etcd.watch` (the watch
+stream and the dispatch of its events to the callbacks) and :mod:`jumping_etcd.client`
+(HTTP, TLS and authentication to the members).
+
 Blocking etcd calls run in a bounded :class:`~twisted.python.threadpool.ThreadPool`
 (``threads`` workers, at most ``max_pending`` calls queued or running), each bounded by
 ``timeout`` seconds per member tried.
@@ -45,12 +53,10 @@ Blocking etcd calls run in a bounded :class:`~twisted.python.threadpool.ThreadPo
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -63,15 +69,7 @@ from zope.interface import implementer
 
 from jumping.errors import OwnershipConflict, OwnershipUnavailable
 from jumping.interfaces import IOwnershipBackend
-from jumping_etcd.client import (
-    Cluster,
-    b64,
-    is_token_error,
-    make_security,
-    parse_endpoints,
-    short,
-    url,
-)
+from jumping_etcd.client import Cluster, b64, make_security, parse_endpoints, url
 from jumping_etcd.envelope import (
     HEARTBEAT,  # noqa: F401  (importable from here, as before the split)
     MARKER,
@@ -80,60 +78,13 @@ from jumping_etcd.envelope import (
     decode,
     encode,
     heartbeat_key,
-    heartbeat_seq,
-    prefix_end,
     session_key,
-    session_of,
 )
 from jumping_etcd.lease import LeaseKeeper
 from jumping_etcd.liveness import LeaseDeadline
+from jumping_etcd.watch import SessionWatch, _Own, _Watch
 
 log = Logger()
-
-
-class _Own:
-    """What this node knows about one session it claims or owns (bounded by max_sessions)."""
-
-    __slots__ = ("token", "pending", "nonces", "changed")
-
-    def __init__(self) -> None:
-        self.token: int | None = None
-        self.pending = 0
-        self.nonces: deque[str] = deque(maxlen=4)
-        # last foreign change seen by the watch: (revision, token or None, reason or None)
-        self.changed: tuple[int, int | None, str | None] | None = None
-
-
-class _Watch:
-    def __init__(self, backend: EtcdOwnership, session_id: str, callback: Callable[..., Any]):
-        self.backend, self.session_id, self.callback = backend, session_id, callback
-        self.active = True
-        try:
-            inspect.signature(callback).bind(session_id, None, None)
-            self.with_reason = True
-        except (TypeError, ValueError):
-            self.with_reason = False
-
-    def deliver(self, session_id: str, token: int | None, reason: str | None) -> None:
-        if not self.active:
-            return
-        try:
-            if self.with_reason:
-                self.callback(session_id, token, reason)
-            else:
-                self.callback(session_id, token)
-        except Exception:
-            log.failure("etcd ownership watch callback for {sid}", sid=session_id)
-
-    def cancel(self) -> None:
-        if self.active:
-            self.active = False
-            lst = self.backend._watchers.get(self.session_id, [])
-            if self in lst:
-                lst.remove(self)
-            if not lst:
-                self.backend._watchers.pop(self.session_id, None)
-                self.backend._forget(self.session_id)
 
 
 @implementer(IOwnershipBackend)
@@ -218,29 +169,31 @@ class EtcdOwnership:
         self.deadline = LeaseDeadline(ttl, self.guard, self.stall_after, clock)
         self._heartbeat_key = heartbeat_key(prefix, node_id)
 
-        self.watch_restarts = 0
-        self.watch_member = self.cluster.preferred  # index of the member the watch reads
         self._epoch = 0
         self._inflight = 0
         self._started = False
         self._closed = False
         self._interest: dict[str, _Own] = {}
-        self._watchers: dict[str, list[_Watch]] = {}
         self._chains: dict[str, defer.Deferred[None]] = {}  # session id -> its last call
         self._stop = threading.Event()
-        self._watch_resp: Any = None
         self._check_interval = check_interval
         self.pool = ThreadPool(minthreads=0, maxthreads=threads, name=f"etcd-{node_id}")
         self._trigger: Any = None
+        #: the watch stream and the watch callbacks (jumping_etcd.watch)
+        self.watcher = SessionWatch(
+            self.cluster, prefix, self._heartbeat_key, ttl / 3, self._stop, reactor,
+            self._interest, self.deadline.seen, self.get, self._forget,
+        )  # fmt: skip
         #: the lease, its keep-alive and its check (jumping_etcd.lease)
         self.keeper = LeaseKeeper(
             self.cluster, node_id, ttl, self._heartbeat_key, self.deadline, self._stop,
-            reactor.callFromThread, self._lost, self._stalled, self._unreachable, clock,
+            reactor.callFromThread, self._lost, lambda: self.watcher.stalled(self.stall_after),
+            self._unreachable, clock,
         )  # fmt: skip
         self._checker = LoopingCall(self.keeper.check)
         self._checker.clock = reactor
 
-    # what the node, `jumping ctl` and the tests read, kept by the lease keeper
+    # what the node, `jumping ctl` and the tests read, kept by the parts
     @property
     def healthy(self) -> bool:
         """False until start() has a lease, and from a lease loss until the next lease."""
@@ -264,6 +217,15 @@ class EtcdOwnership:
     def _lease_id(self) -> int:
         return self.keeper.lease_id
 
+    @property
+    def watch_restarts(self) -> int:
+        return self.watcher.restarts
+
+    @property
+    def watch_member(self) -> int:
+        """Index of the member the watch reads."""
+        return self.watcher.member
+
     def start(self) -> defer.Deferred[None]:
         """Grant this node's lease (in the pool, off the reactor), then start the keep-alive
         and watch threads and the lease check. Fails with ``OwnershipUnavailable`` (one
@@ -285,7 +247,7 @@ class EtcdOwnership:
             node_id = self.node_id
             threading.Thread(target=self.keeper.loop, name=f"etcd-keepalive-{node_id}",
                              daemon=True).start()  # fmt: skip
-            threading.Thread(target=self._watch_loop, args=(revision + 1,),
+            threading.Thread(target=self.watcher.loop, args=(revision + 1,),
                              name=f"etcd-watch-{node_id}", daemon=True).start()  # fmt: skip
             self._checker.start(self._check_interval, now=False)
 
@@ -546,14 +508,7 @@ class EtcdOwnership:
         argument also get the reason: ``None``, ``'conflict'`` or ``'lease_lost'``.
         """
         self._key(session_id)
-        w = _Watch(self, session_id, callback)
-        self._watchers.setdefault(session_id, []).append(w)
-        st = self._interest.get(session_id)
-        if st is not None and st.changed is not None and st.token is not None:
-            rev, token, reason = st.changed
-            if rev > st.token:  # changed between our claim and this registration
-                self.reactor.callLater(0, w.deliver, session_id, token, reason)
-        return w
+        return self.watcher.add(session_id, callback)
 
     def close(self) -> defer.Deferred[None]:
         """Revoke the lease (frees every session of this node at once) and stop."""
@@ -571,7 +526,7 @@ class EtcdOwnership:
         if self._checker.running:
             self._checker.stop()
         self._stop.set()
-        self._close_watch_stream()
+        self.watcher.close_stream()
 
         def finish(r: Any) -> None:
             if isinstance(r, Exception) or hasattr(r, "getErrorMessage"):
@@ -587,143 +542,17 @@ class EtcdOwnership:
 
     def _stop_threads(self) -> None:
         self._stop.set()
-        self._close_watch_stream()
+        self.watcher.close_stream()
         self.pool.stop()
 
-    # ------------------------------------------------------------------ fail closed
+    # ------------------------------------------------------------------ the parts' glue
     def _lost(self) -> None:
         """The lease keeper gave the lease up (reactor): forget every token, report every
         watched session lost."""
         self._epoch += 1
         self._interest.clear()
-        for sid, ws in list(self._watchers.items()):
-            for w in list(ws):
-                w.deliver(sid, None, "lease_lost")
-
-    def _stalled(self) -> None:
-        log.warn("etcd: watch on {u} delivered no heartbeat for {s:.1f} s: reopening it "
-                 "on another member", u=url(self.cluster.endpoints[self.watch_member]),
-                 s=self.stall_after)  # fmt: skip
-        self._close_watch_stream()
+        self.watcher.deliver_all("lease_lost")
 
     def _unreachable(self, i: int) -> None:
-        if i == self.watch_member:  # the watch reads a member that does not answer
-            self._close_watch_stream()
-
-    # ------------------------------------------------------------------ watch
-    def _close_watch_stream(self) -> None:
-        resp = self._watch_resp
-        if resp is not None:
-            try:
-                import socket
-
-                sock = socket.fromfd(resp.raw._fp.fileno(), socket.AF_INET, socket.SOCK_STREAM)
-                sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
-            except Exception:
-                pass
-            try:
-                resp.close()
-            except Exception:
-                pass
-
-    def _watch_loop(self, revision: int) -> None:
-        cluster = self.cluster
-        n = len(cluster.endpoints)
-        req = {"key": b64(self.prefix), "range_end": b64(prefix_end(self.prefix)),
-               "progress_notify": True}  # fmt: skip
-        # heartbeats arrive every interval: a stream quiet for longer than this is dead
-        read_timeout = 2 * self.interval + cluster.timeout
-        # require a leader: a member that loses its leader cancels the stream
-        headers = {"Grpc-Metadata-hasleader": "true"}
-        while not self._stop.is_set():
-            i = self.watch_member
-            c = cluster.client(i)
-            try:
-                auth = cluster.headers(i)
-                resp = c.session.post(
-                    c.get_url("watch"), json={"create_request": {**req, "start_revision": str(revision)}},
-                    stream=True, timeout=(cluster.timeout, read_timeout), headers={**headers, **auth},
-                )  # fmt: skip
-                self._watch_resp = resp
-                if resp.status_code != 200:
-                    if auth and is_token_error(OSError(resp.text)):
-                        cluster.forget_token(i, auth["Authorization"])
-                    raise OSError(f"HTTP {resp.status_code} {resp.text[:200]}")
-                for line in resp.iter_lines():
-                    if self._stop.is_set():
-                        return
-                    if not line:
-                        continue
-                    res = json.loads(line).get("result")
-                    if not isinstance(res, dict):
-                        if auth and is_token_error(OSError(str(line))):
-                            cluster.forget_token(i, auth["Authorization"])
-                        raise OSError(f"watch error: {line[:200]!r}")
-                    if res.get("compact_revision") and int(res["compact_revision"]) > revision:
-                        revision = int(res["compact_revision"])
-                        self.reactor.callFromThread(self._resync)
-                        break
-                    if res.get("canceled"):
-                        raise OSError(f"watch canceled: {res.get('cancel_reason', '')}")
-                    events = res.get("events")
-                    if events:
-                        revision = max(int(e["kv"]["mod_revision"]) for e in events) + 1
-                        self.reactor.callFromThread(self._on_events, events)
-            except Exception as e:  # stream broke: resume from `revision` on the next member
-                if self._stop.is_set():
-                    return
-                log.debug("etcd watch on {u}: {e}", u=url(cluster.endpoints[i]), e=short(e))
-            self.watch_restarts += 1
-            self.watch_member = (i + 1) % n
-            self._stop.wait(0.2)
-
-    def _on_events(self, events: list[dict[str, Any]]) -> None:
-        hb = b64(self._heartbeat_key)
-        for ev in events:
-            kv = ev["kv"]
-            if kv["key"] == hb:
-                self._heartbeat(kv)
-                continue
-            sid, marker = session_of(self.prefix, kv["key"])
-            if marker and ev.get("type") == "DELETE":
-                continue
-            st = self._interest.get(sid)
-            ws = self._watchers.get(sid)
-            if st is None and not ws:
-                continue
-            rev = int(kv["mod_revision"])
-            reason: str | None = None
-            own = False
-            token: int | None = None
-            if marker:
-                reason = "conflict"
-            elif ev.get("type") != "DELETE":
-                env = decode(kv)
-                own = st is not None and env.get("w") in st.nonces
-                token = rev
-            if st is not None and not own:
-                st.changed = (rev, token, reason)
-            for w in list(ws or ()):
-                w.deliver(sid, token, reason)
-
-    def _heartbeat(self, kv: dict[str, Any]) -> None:
-        """Our heartbeat came back on our watch (every event before it was delivered)."""
-        seq = heartbeat_seq(kv)
-        if seq is not None:
-            self.deadline.seen(seq)
-
-    def _resync(self) -> None:
-        """The watch history was compacted under us: re-read what we own."""
-        for sid, st in list(self._interest.items()):
-            if st.token is None:
-                continue
-            mine = st.token
-
-            def check(cur: Any, sid: str = sid, mine: int = mine) -> None:
-                token = None if cur is None else cur[1]
-                if token != mine:
-                    for w in list(self._watchers.get(sid, ())):
-                        w.deliver(sid, token, None)
-
-            self.get(sid).addCallbacks(check, lambda f: None)
+        if i == self.watcher.member:  # the watch reads a member that does not answer
+            self.watcher.close_stream()

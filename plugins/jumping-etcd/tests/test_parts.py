@@ -1,7 +1,8 @@
 """
 The parts of the etcd backend alone, without etcd (no cluster fixture: nothing here starts
 one): the record envelope (jumping_etcd.envelope), the lease keeper (jumping_etcd.lease)
-on a fake cluster and an injected clock, and the facade's glue.
+on a fake cluster and an injected clock, the watch (jumping_etcd.watch) on scripted
+streams, and the facade's glue between them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from jumping_etcd.backend import EtcdOwnership, _Own
+from jumping_etcd.backend import EtcdOwnership
 from jumping_etcd.client import Unreachable, b64, unb64
 from jumping_etcd.envelope import (
     current,
@@ -27,6 +28,8 @@ from jumping_etcd.envelope import (
 )
 from jumping_etcd.lease import LeaseKeeper
 from jumping_etcd.liveness import LeaseDeadline
+from jumping_etcd.watch import SessionWatch, _Own
+from twisted.internet import defer
 from twisted.internet.task import Clock as ReactorClock
 
 from jumping.errors import OwnershipUnavailable
@@ -297,6 +300,139 @@ def test_a_stalled_watch_is_reported() -> None:
     clock.now += 0.8  # the heartbeat is older than stall_after and still unseen
     k.check()
     assert k.healthy and seen["stalled"] == 1
+
+
+# ------------------------------------------------------------------ watch
+def session_watch(
+    cluster: Any = None, read: Any = None
+) -> tuple[SessionWatch, dict[str, _Own], Reactor, list[Any]]:
+    interest: dict[str, _Own] = {}
+    reactor = Reactor()
+    got: list[Any] = []
+    w = SessionWatch(
+        cluster or FakeCluster(), PREFIX, heartbeat_key(PREFIX, "gw-a"), 1.0,
+        threading.Event(), reactor, interest, lambda seq: got.append(("hb", seq)),
+        read or (lambda sid: defer.succeed(None)), lambda sid: got.append(("unwatched", sid)),
+    )  # fmt: skip
+    return w, interest, reactor, got
+
+
+def put(sid: str, rev: int, nonce: str = "theirs", node: str = "gw-b") -> dict[str, Any]:
+    value = encode(node, "claim", nonce, {"state_version": 1})
+    return {"kv": {"key": b64(PREFIX + sid), "value": value, "mod_revision": str(rev)}}
+
+
+def delete(sid: str, rev: int) -> dict[str, Any]:
+    return {"type": "DELETE", "kv": {"key": b64(PREFIX + sid), "mod_revision": str(rev)}}
+
+
+def test_the_watch_dispatches_each_event_to_its_sessions_callbacks() -> None:
+    w, interest, reactor, got = session_watch()
+    st = interest[A] = _Own()
+    st.token = 10
+    st.nonces.append("mine")
+    w.add(A, lambda sid, token, reason: got.append((sid, token, reason)))
+    wb = w.add(B, lambda sid, token: got.append((sid, token)))
+    hb = {"kv": {"key": b64("/j/.heartbeat/gw-a"), "value": heartbeat_value("gw-a", 7),
+                 "mod_revision": "16"}}  # fmt: skip
+    w.on_events([put(A, 11), put(B, 12), put(C, 12)])
+    assert got == [(A, 11, None), (B, 12)] and st.changed == (11, 11, None)
+    got.clear()
+    w.on_events([delete(A, 13), put(A + ".conflict", 14), delete(A + ".conflict", 15), hb])
+    assert got == [(A, None, None), (A, None, "conflict"), ("hb", 7)]
+    assert st.changed == (14, None, "conflict")
+    got.clear()
+    w.on_events([put(A, 17, nonce="mine", node="gw-a")])  # our own write: delivered...
+    assert got == [(A, 17, None)] and st.changed == (14, None, "conflict")  # ...not foreign
+    got.clear()
+    wb.cancel()
+    assert got == [("unwatched", B)]
+    w.on_events([put(B, 18)])
+    assert got == [("unwatched", B)]
+    # a change seen between the claim and a new registration reaches the new callback
+    w.add(A, lambda sid, token, reason: got.append(("late", sid, token, reason)))
+    reactor.run()
+    assert got[-1] == ("late", A, None, "conflict")
+    w.deliver_all("lease_lost")
+    assert got[-2:] == [(A, None, "lease_lost"), ("late", A, None, "lease_lost")]
+
+
+def test_a_failing_callback_does_not_stop_the_others() -> None:
+    w, interest, _, got = session_watch()
+    w.add(A, lambda sid, token: 1 / 0)
+    w.add(A, lambda sid, token: got.append((sid, token)))
+    w.on_events([put(A, 5)])
+    assert got == [(A, 5)]
+
+
+class Stream:
+    def __init__(self, lines: list[Any], status: int = 200, then: Any = None) -> None:
+        self.lines, self.status_code, self.then, self.text = lines, status, then, "nope"
+
+    def iter_lines(self) -> Any:
+        for line in self.lines:
+            yield json.dumps(line).encode() if isinstance(line, dict) else line
+        if self.then is not None:
+            self.then()
+
+    def close(self) -> None:
+        pass
+
+
+class StreamCluster(FakeCluster):
+    def __init__(self, streams: list[Any]) -> None:
+        super().__init__()
+        self.streams = streams
+        self.posts: list[tuple[int, dict[str, Any]]] = []
+
+    def headers(self, i: int) -> dict[str, str]:
+        return {}
+
+    def client(self, i: int) -> Any:
+        def post(url: str, json: dict[str, Any], **kw: Any) -> Any:
+            self.posts.append((i, json["create_request"]))
+            s = self.streams.pop(0)
+            if isinstance(s, Exception):
+                raise s
+            return s
+
+        return SimpleNamespace(get_url=lambda path: path, session=SimpleNamespace(post=post))
+
+
+def test_the_stream_resumes_after_a_compaction_a_cancel_and_a_broken_connection() -> None:
+    done = threading.Event()
+    cluster = StreamCluster(
+        [
+            Stream(
+                [{"result": {"events": [put(A, 20)]}}, b"", {"result": {"compact_revision": "30"}}]
+            ),  # fmt: skip
+            Stream([{"result": {"canceled": True, "cancel_reason": "no leader"}}]),
+            ConnectionError("refused"),
+            Stream([b"garbage"]),
+            Stream([{"result": {"events": [put(A, 33)]}}], then=done.set),
+        ]
+    )
+    w, interest, reactor, _ = session_watch(cluster)
+    w._stop = done  # the last stream ends the loop
+    w.loop(15)
+    assert [i for i, _ in cluster.posts] == [0, 1, 2, 0, 1]  # each restart: the next member
+    starts = [req["start_revision"] for _, req in cluster.posts]
+    assert starts == ["15", "30", "30", "30", "30"]  # nothing between is skipped
+    assert all(req["key"] == b64(PREFIX) and req["range_end"] == b64(b"/j0")
+               for _, req in cluster.posts)  # fmt: skip
+    assert [f.__name__ for f, _ in reactor.calls] == ["on_events", "resync", "on_events"]
+    assert w.restarts == 5 and w.member == 2
+
+
+def test_resync_reports_the_sessions_that_changed_while_the_history_was_compacted() -> None:
+    now = {A: ({}, 10), B: ({}, 12), C: None}
+    w, interest, _, got = session_watch(read=lambda sid: defer.succeed(now[sid]))
+    for sid in (A, B, C):
+        interest[sid] = _Own()
+        interest[sid].token = 10
+        w.add(sid, lambda sid, token: got.append((sid, token)))
+    w.resync()
+    assert got == [(B, 12), (C, None)]  # A is still ours
 
 
 # ------------------------------------------------------------------ facade glue

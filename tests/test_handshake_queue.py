@@ -142,7 +142,6 @@ def gateway_service() -> tuple[NodeService, Reactor, Work, FakeCore]:
     svc = NodeService(None, reactor=clock)
     core = FakeCore(work)
     svc.core = core  # type: ignore[assignment]
-    svc._now = clock.seconds  # type: ignore[attr-defined]
     svc.queue_handshakes = True  # what build() sets on a gateway
     svc.handshakes.clock = work
     svc.limits_changed()

@@ -1,6 +1,6 @@
 """
-Building a node's parts from its configuration: key files and plugins, opening nothing
-the node would not open before it serves (no TUN device, no socket).
+Building a node's parts from its configuration: key files, plugins and the core, opening
+nothing the node would not open before it serves (no TUN device, no socket).
 
 One code path for ``twistd jumping`` (the node service) and ``jumpctl check`` /
 ``jumpctl show-config``: a file one accepts, the other accepts, with the same message for
@@ -9,6 +9,7 @@ what is wrong (an unknown plugin name lists the installed ones).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from jumping import plugin
-from jumping.core.node import Peer
+from jumping.core.client import ClientCore
+from jumping.core.gateway import GatewayCore
+from jumping.core.node import NodeCore, Peer
 from jumping.interfaces import IEventSink, IOwnershipBackend, IRateLimitPolicy, ITransportFactory
 from jumping.keys import load_private_key, load_psk
 from jumping.service import mtu
@@ -96,3 +99,22 @@ def build_parts(cfg: Any) -> Parts:
         parts.close()
         raise
     return parts
+
+
+def build_core(cfg: Any, parts: Parts, rng: Callable[[int], bytes], now: float) -> NodeCore:
+    """The sans-IO core of the configured role, from what :func:`build_parts` made."""
+    common = dict(
+        node_id=cfg.node_id, private_key=parts.private_key, policy=cfg.policy,
+        rng=rng, now=now, switch_limiter=parts.switch_limiter,
+    )  # fmt: skip
+    if cfg.role == "gateway":
+        gateway = GatewayCore(peers=parts.peers, **common)  # type: ignore[arg-type]
+        # a backend shared by several nodes (etcd, a shared memory store): a client may
+        # resume here a session another gateway owned (takeover)
+        gateway.adopt_sessions = bool(parts.ownership.shared)
+        return gateway
+    return ClientCore(
+        gateway_public_key=cfg.gateway.public_key,
+        gateway_psk=parts.gateway_psk,
+        **common,
+    )  # type: ignore[arg-type]

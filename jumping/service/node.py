@@ -1,6 +1,6 @@
 """
-The reactor glue of a Jumping node: TUN, transports, timers, ownership and events around
-one sans-IO :class:`~jumping.core.node.NodeCore`.
+The lifecycle of a Jumping node: TUN, transports, plugins, control and reload around one
+sans-IO :class:`~jumping.core.node.NodeCore`.
 
 The node follows twistd's service phases (the plugin lifecycle in :mod:`jumping.interfaces`):
 
@@ -19,12 +19,11 @@ A failure in the first two phases closes what was opened and raises :class:`Star
 (one line; twistd exits 1, also when daemonized). A plugin that cannot start in the third
 logs one line and the node exits with status 1.
 
-The data plane moves runs: what one socket read delivered goes to ``core.receive_batch``
-(the core reads the wire types) and its inner packets to the TUN device in one
-``write_many``; what one TUN wake-up read goes to ``core.seal_batch`` and each path's
-datagrams to the transport in one ``send_batch``. Any other output of those calls, and
-everything from ``core.receive``/``core.tick``, goes through :meth:`_run` (the output
-executor).
+Around the phases, the node's parts live in their own modules: building them from the
+configuration in :mod:`jumping.service.assemble`, the hot path (datagrams and TUN packets
+through the core) and the output executor in :mod:`jumping.service.dataplane`, whose
+:class:`~jumping.service.dataplane.DataPlane` is the receiver the transports get, the
+ownership executor in :mod:`jumping.service.ownership`.
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ import os
 import signal
 from collections import Counter
 from collections.abc import Callable, Iterable
-from time import perf_counter
 from typing import Any
 
 from twisted.application import service
@@ -42,36 +40,17 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from jumping.config import STATE_DIR
-from jumping.core import wire
 from jumping.core.client import ClientCore
 from jumping.core.gateway import GatewayCore
 from jumping.core.node import NodeCore
-from jumping.core.outputs import (
-    Adopt,
-    ArmTimer,
-    Claim,
-    ConfirmPath,
-    Drop,
-    Emit,
-    Output,
-    Release,
-    Renew,
-    Send,
-    WriteTun,
-)
-from jumping.core.segments import FEATURE_SEGMENTS, tcp4_header_length
-from jumping.interfaces import (
-    IBatchDatagramReceiver,
-    IBatchTransport,
-    IDurableEventSink,
-)
+from jumping.core.outputs import Emit, Output
+from jumping.core.segments import FEATURE_SEGMENTS
+from jumping.interfaces import IBatchDatagramReceiver, IDurableEventSink
 from jumping.keys import event_keys
 from jumping.service import commands, control, mtu, privileges, reload, sdnotify
-from jumping.service.assemble import build_parts
+from jumping.service.assemble import build_core, build_parts
+from jumping.service.dataplane import DataPlane
 from jumping.service.events import EventPipeline
-from jumping.service.granularity import TimerLateness
-from jumping.service.gro import _GSO_NONE, _GSO_TCPV4, _NEEDS_CSUM, VNET_HDR_LEN
-from jumping.service.gro import _VNET_UNPACK as _VNET
 from jumping.service.handshakes import HandshakeQueue
 from jumping.service.heap import TRIM_INTERVAL_S, HeapTrimmer
 from jumping.service.ownership import OwnershipDriver
@@ -80,20 +59,6 @@ from jumping.service.tun import TunDevice, ip_command
 log = Logger()
 
 RECONNECT_DELAY = 1.0
-#: first bytes of DATA and DATA_SEGMENT: what goes through the core's batch path
-_TUNNEL_TYPES = (bytes((wire.MessageType.DATA,)), bytes((wire.MessageType.DATA_SEGMENT,)))
-#: first bytes of the handshake messages: what a gateway puts in its handshake queue
-_HANDSHAKE_TYPES = frozenset(
-    bytes((t,))
-    for t in (
-        wire.MessageType.HANDSHAKE_INIT,
-        wire.MessageType.HANDSHAKE_RESP,
-        wire.MessageType.COOKIE_REPLY,
-    )
-)
-#: lengths of the handshake messages: a coalesced run of datagrams (UDP GRO: one size, the
-#: last one may be shorter) can hold one only where its first or last datagram has one
-_HANDSHAKE_LENGTHS = frozenset((wire.INIT_LEN, wire.RESP_LEN, wire.COOKIE_LEN))
 #: how often sinks are asked for dropped events to announce (EVENTS_LOST)
 LOSS_CHECK_S = 1.0
 
@@ -114,8 +79,12 @@ class NodeService(service.Service):
         self.config = config
         self.reactor = reactor
         self.rng = rng
-        #: the core, once the node serves (after every plugin started); None before
-        self.core: NodeCore | None = None
+        #: the hot path and the output executor; the receiver the transports get. The
+        #: service's datagram methods are its bound methods (no extra call per datagram)
+        self.dataplane = DataPlane(reactor, self._path_lost)
+        self.datagramReceived = self.dataplane.datagramReceived
+        self.datagramsReceived = self.dataplane.datagramsReceived
+        self.transportLost = self.dataplane.transportLost
         #: the core as built by :meth:`build`
         self.built: NodeCore | None = None
         #: (uid, gid) twistd switches to between the privileged start and the start
@@ -123,7 +92,6 @@ class NodeService(service.Service):
         self.run_as: tuple[int, int] | None = None
         self.ready: defer.Deferred[None] = defer.Deferred()
         self.not_ready_drops = 0
-        self.tun: TunDevice | None = None
         self.listeners: list[Any] = []
         self.paths: list[Any] = []
         self.sinks: list[Any] = []
@@ -134,10 +102,6 @@ class NodeService(service.Service):
         self._heap: HeapTrimmer | None = None
         self._heap_loop: Any = None
         self.ownership: Any = None
-        self.events: EventPipeline | None = None
-        self._timer: Any = None
-        self._timer_at = float("inf")
-        self.timer_lateness = TimerLateness()
         self.tun_drops = 0
         #: operator actions by (action, result): ("reload", "applied"), ("reload", "rejected")...
         self.control_actions: Counter[tuple[str, str]] = Counter()
@@ -145,26 +109,79 @@ class NodeService(service.Service):
         self.control_port: Any = None
         #: reactor time the node started serving (uptime in ``jumpctl status``)
         self.started_at: float | None = None
-        self.metrics: Any = None
         self.metrics_port: Any = None
         self._endpoint_of: dict[Any, tuple[Any, Any]] = {}
         self.policy_rejections = 0
         #: runs the core's claims, renewals, takeovers and releases; watches fence us out
-        self.owners = OwnershipDriver(None, lambda: self.core, self._run, self.reactor.seconds)
+        self.owners = OwnershipDriver(
+            None, lambda: self.dataplane.core, self.dataplane.run, self.reactor.seconds
+        )
+        self.dataplane.owners = self.owners
         #: the tunnel MTU (set in prepare from [tun] and the transports; 0: not prepared)
         self.mtu = config.tun.mtu if config is not None else 0
         #: (listen or endpoint config, ITransportFactory), built by :meth:`build`
         self.factories: list[tuple[Any, Any]] = []
         #: client paths refused as candidates: they carry less than the tunnel MTU needs
         self.paths_refused_mtu = 0
-        #: TUN packets read in the current wake-up, sealed together at its end
-        self._tx: list[Any] = []
-        self._answered = 0
-        #: a gateway's handshake messages wait here and are served in time-bounded turns,
-        #: so that data never waits behind a flood of them (jumping/service/handshakes.py)
-        self.handshakes = HandshakeQueue(self.reactor, self._handshake)
-        #: True on a gateway (set by :meth:`build`): handshakes go through the queue
-        self.queue_handshakes = False
+
+    # ------------------------------------------------------------------ the data plane's
+    # what the data plane reads on every datagram lives there; the service sets it
+
+    @property
+    def core(self) -> NodeCore | None:
+        """The core, once the node serves (after every plugin started); None before."""
+        return self.dataplane.core
+
+    @core.setter
+    def core(self, core: NodeCore | None) -> None:
+        self.dataplane.core = core
+
+    @property
+    def tun(self) -> TunDevice | None:
+        return self.dataplane.tun
+
+    @tun.setter
+    def tun(self, tun: TunDevice | None) -> None:
+        self.dataplane.tun = tun
+
+    @property
+    def events(self) -> EventPipeline | None:
+        return self.dataplane.events
+
+    @events.setter
+    def events(self, events: EventPipeline | None) -> None:
+        self.dataplane.events = events
+
+    @property
+    def metrics(self) -> Any:
+        return self.dataplane.metrics
+
+    @metrics.setter
+    def metrics(self, metrics: Any) -> None:
+        self.dataplane.metrics = metrics
+
+    @property
+    def mtu(self) -> int:
+        """The tunnel MTU (set in prepare from [tun] and the transports; 0: not prepared)."""
+        return self.dataplane.mtu
+
+    @mtu.setter
+    def mtu(self, mtu: int) -> None:
+        self.dataplane.mtu = mtu
+
+    @property
+    def handshakes(self) -> HandshakeQueue:
+        """A gateway's queue of handshake messages (jumping/service/handshakes.py)."""
+        return self.dataplane.handshakes
+
+    @property
+    def queue_handshakes(self) -> bool:
+        """True on a gateway (set by :meth:`build`): handshakes go through the queue."""
+        return self.dataplane.queue_handshakes
+
+    @queue_handshakes.setter
+    def queue_handshakes(self, on: bool) -> None:
+        self.dataplane.queue_handshakes = on
 
     @property
     def tun_write_errors(self) -> int:
@@ -213,11 +230,6 @@ class NodeService(service.Service):
             and s.bind_state_dir(str(cfg.state_dir or STATE_DIR / cfg.node_id))
         ]  # fmt: skip
         self.ownership = parts.ownership
-        now = self.reactor.seconds()
-        common = dict(
-            node_id=cfg.node_id, private_key=parts.private_key, policy=cfg.policy,
-            rng=self.rng, now=now, switch_limiter=parts.switch_limiter,
-        )  # fmt: skip
         # the chain key and the address key, both derived from the node secret (the chain
         # key alone goes to the auditor: `jumpctl chain-key`); without one, a zero chain key
         chain_key, address_key = event_keys(cfg.secret)
@@ -225,20 +237,10 @@ class NodeService(service.Service):
             cfg.node_id, self.sinks, chain_key, lambda: str(self.built.policy.version if self.built else cfg.policy.version),
             self.reactor.seconds, cfg.address_privacy, address_key,
         )  # fmt: skip
+        self.built = build_core(cfg, parts, self.rng, self.reactor.seconds())
         if cfg.role == "gateway":
-            gateway = GatewayCore(peers=parts.peers, **common)  # type: ignore[arg-type]
             self.owners.backend = self.ownership
-            # a backend shared by several nodes (etcd, a shared memory store): a client may
-            # resume here a session another gateway owned (takeover)
-            gateway.adopt_sessions = bool(self.ownership.shared)
-            self.built = gateway
             self.queue_handshakes = True
-        else:
-            self.built = ClientCore(
-                gateway_public_key=cfg.gateway.public_key,
-                gateway_psk=parts.gateway_psk,
-                **common,
-            )  # type: ignore[arg-type]
         self.factories = parts.factories
         self.mtu = parts.mtu
         if cfg.metrics_listen is not None:
@@ -272,7 +274,8 @@ class NodeService(service.Service):
             log.info("tun mtu {m}: the largest inner packet every transport carries", m=self.mtu)
         self.tun = TunDevice(
             self.reactor, tun.name, tun.address, self.mtu, tuple(tun.routes),
-            self._tx.append, self._flush, tun.offload, self._tun_offloaded,
+            self.dataplane.tun_packet, self.dataplane.flush, tun.offload,
+            self.dataplane.tun_offloaded,
         )  # fmt: skip
         if not getattr(self.tun, "vnet_hdr", False) and self.built is not None:
             self.built.features &= ~FEATURE_SEGMENTS  # no GSO writes: take complete packets
@@ -283,7 +286,9 @@ class NodeService(service.Service):
                 raise StartupError(f"cannot serve metrics on {cfg.metrics_listen}: {e}") from None
         if cfg.role == "gateway":
             for lc, factory in factories:
-                self.listeners.append(factory.listen(self.reactor, lc.host, lc.port, self))
+                self.listeners.append(
+                    factory.listen(self.reactor, lc.host, lc.port, self.dataplane)
+                )
         else:
             for ep, factory in factories:
                 self._first_path(ep, factory)
@@ -366,11 +371,10 @@ class NodeService(service.Service):
         """Every plugin is ready: serve sessions and tell systemd."""
         if not self.running or self.tun is None or self.built is None:
             return
-        self.core = core = self.built
+        core = self.built
+        self.dataplane.start(core, self.tun)
         self.limits_changed()
-        self._now = self.reactor.seconds
-        self._write = self.tun.write
-        self._write_many = self.tun.write_many
+        run = self.dataplane.run
         self.tun.start()
         n = len(self.listeners) + len(self.paths)
         self.started_at = self.reactor.seconds()
@@ -379,11 +383,11 @@ class NodeService(service.Service):
             role=self.config.role, node=self.config.node_id, tun=self.tun.name, n=n,
         )  # fmt: skip
         if isinstance(core, ClientCore):
-            now = self._now()
+            now = self.reactor.seconds()
             for p in self.paths:
                 core.add_path(now, p)
-            self._run(core.start(now))
-        self._run(core.tick(self._now()))
+            run(core.start(now))
+        run(core.tick(self.reactor.seconds()))
         if any(IDurableEventSink.providedBy(s) for s in self.sinks):
             from twisted.internet import task
 
@@ -421,7 +425,7 @@ class NodeService(service.Service):
                     fields["lost_boot_id"] = boot
                 log.warn("event sink {sink}: {n} event(s) dropped (seq {a}..{b}), announced",
                          sink=fields["sink"], n=count, a=first, b=last)  # fmt: skip
-                self._run([Emit("EVENTS_LOST", None, 0, None, fields)])
+                self.dataplane.run([Emit("EVENTS_LOST", None, 0, None, fields)])
 
     def _cannot_start(self, reason: str) -> None:
         log.critical("jumping {node}: cannot start: {reason}", node=self.config.node_id,
@@ -466,8 +470,11 @@ class NodeService(service.Service):
             self.handshakes.configure(p.handshake_queue_size, p.handshake_turn_budget_ms / 1e3)
 
     def run_outputs(self, outputs: Iterable[Output]) -> None:
-        """Execute what a core call returned (for the operator commands)."""
-        self._run(outputs)
+        """Execute what a core call returned (for the operator commands and the reload):
+        the data plane's output executor."""
+        self.dataplane.run(outputs)
+
+    _run = run_outputs
 
     # ------------------------------------------------------------------ control socket
     def open_control(self) -> None:
@@ -493,14 +500,11 @@ class NodeService(service.Service):
 
             now = self.reactor.seconds()
             for sid in list(core.sessions):
-                self._run(core.terminate(now, sid, Reason.OPERATOR_TERMINATED))
+                self.dataplane.run(core.terminate(now, sid, Reason.OPERATOR_TERMINATED))
         return self._close_all()
 
     def _close_all(self) -> defer.Deferred[None]:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        self.handshakes.clear()
+        self.dataplane.close()
         waits: list[defer.Deferred[Any]] = []
         for lst in (self.listeners, self.paths):
             for t in lst:
@@ -514,7 +518,6 @@ class NodeService(service.Service):
         if self.tun is not None:
             self.tun.close()
             self.tun = None
-        self._tx.clear()
         if self.metrics_port is not None:
             waits.append(defer.maybeDeferred(self.metrics_port.stopListening))
             self.metrics_port = None
@@ -546,128 +549,22 @@ class NodeService(service.Service):
         )
         return d
 
-    # ------------------------------------------------------------------ hot paths
-    def datagramReceived(self, transport: Any, data: bytes) -> None:  # noqa: N802
-        core = self.core
-        if core is None:
-            return
-        kind = data[:1]
-        if kind in _TUNNEL_TYPES:
-            self.datagramsReceived(transport, (data,))
-            return
-        if kind in _HANDSHAKE_TYPES and self.queue_handshakes:
-            # a flood of initiations (from spoofed sources, one datagram at a time) costs
-            # the read pass one append each; the work waits for the queue's turn
-            self.handshakes.put(transport, data)
-            return
-        self._handshake(transport, data)
-
-    def _handshake(self, transport: Any, data: bytes) -> None:
-        """One handshake or control message: the core's plain path."""
-        core = self.core
-        if core is None:
-            return
-        t0 = perf_counter()
-        outputs = core.receive(self._now(), transport, data)
-        if outputs:
-            self._measure(core, t0)
-            self._run(outputs)
-
-    def datagramsReceived(self, transport: Any, datagrams: Any) -> None:  # noqa: N802
-        """A run of datagrams from one path read at once: the inner packets are written to
-        the TUN device together (coalesced where they are one TCP flow). On a gateway, the
-        handshake messages of the run go to the handshake queue."""
-        core = self.core
-        if core is None:
-            return
-        if (
-            self.queue_handshakes
-            and datagrams
-            and (
-                len(datagrams[0]) in _HANDSHAKE_LENGTHS or len(datagrams[-1]) in _HANDSHAKE_LENGTHS
-            )
-        ):
-            put = self.handshakes.put
-            rest: list[bytes] = []
-            for d in datagrams:
-                if d[:1] in _HANDSHAKE_TYPES:
-                    put(transport, d)
-                else:
-                    rest.append(d)
-            if not rest:
-                return
-            datagrams = rest
-        t0 = perf_counter()
-        packets, outputs = core.receive_batch(self._now(), transport, datagrams)
-        if packets:
-            self._write_many(packets)
-        if outputs:
-            self._measure(core, t0)
-            self._run(outputs)
-
-    def _measure(self, core: NodeCore, t0: float) -> None:
-        """What answering an initiation costs on this host, measured, so the core's load
-        trigger (cookies) counts real work, not a guess."""
-        if isinstance(core, GatewayCore) and core.counters["handshakes_answered"] != self._answered:
-            self._answered = core.counters["handshakes_answered"]
-            meter = core.handshake_work
-            meter.cost += (perf_counter() - t0 - meter.cost) * 0.1  # EWMA over ~10
-
-    def _tun_offloaded(self, frame: bytes) -> bool:
-        """A TUN frame with a TCP super-packet or a pending checksum: queue it whole for
-        ``seal_batch`` when the peer finishes such packets (DATA_SEGMENT), else False (the
-        device cuts it into complete packets)."""
-        flags, gso_type, _hl, gso_size, _cs, _co = _VNET(frame)
-        if gso_type not in (_GSO_NONE, _GSO_TCPV4) or not flags & _NEEDS_CSUM:
-            return False
-        packet = frame[VNET_HDR_LEN:]
-        hl = tcp4_header_length(packet)
-        payload = len(packet) - hl
-        if not hl or payload <= 0:
-            return False  # not TCP/IPv4, or a bare ACK: cheap to finish here
-        if gso_type == _GSO_NONE or gso_size > payload:
-            gso_size = payload
-        if gso_size <= 0 or hl + gso_size > self.mtu:
-            return False
-        core = self.core
-        if core is None or not core.accepts_segments(packet):
-            return False
-        self._tx.append((packet, hl, gso_size))  # type: ignore[arg-type]
-        return True
-
-    def _flush(self) -> None:
-        """End of a TUN wake-up: seal what it read and send each path's run in one call."""
-        tx = self._tx
-        core = self.core
-        if not tx or core is None:
-            return
-        sends, outputs = core.seal_batch(self._now(), tx)
-        tx.clear()
-        for path, datagrams in sends:
-            if len(datagrams) > 1 and IBatchTransport.providedBy(path):
-                path.send_batch(datagrams)
-            else:
-                for d in datagrams:
-                    path.send(d)
-        if outputs:
-            self._run(outputs)
-
-    def transportLost(self, transport: Any, reason: str) -> None:  # noqa: N802
-        core = self.core
-        if core is not None:
-            self._run(core.path_lost(self.reactor.seconds(), transport))
+    # ------------------------------------------------------------------ client paths
+    def _path_lost(self, transport: Any) -> None:
+        """A transport died (the data plane told the core already): a client forgets the
+        path and reconnects its endpoint."""
         if transport in self.paths:
             self.paths.remove(transport)
+            core = self.core
             if isinstance(core, ClientCore):
-                self._run(core.remove_path(self.reactor.seconds(), transport))
+                self.dataplane.run(core.remove_path(self.reactor.seconds(), transport))
             ep = self._endpoint_of.pop(transport, None)
             if ep is not None and self.running:
                 self.reactor.callLater(RECONNECT_DELAY, self._reconnect, *ep)
 
-    # ------------------------------------------------------------------ client paths
     def _connect(self, ep: Any, factory: Any) -> defer.Deferred[Any]:
         local = (ep.bind, 0) if getattr(ep, "bind", None) else None
-        d = factory.connect(self.reactor, (ep.host, ep.port), self, local=local)
+        d = factory.connect(self.reactor, (ep.host, ep.port), self.dataplane, local=local)
         d.addCallback(self._path_up, ep, factory)
         return d
 
@@ -686,7 +583,7 @@ class NodeService(service.Service):
         self.paths.append(path)
         self._endpoint_of[path] = (ep, factory)
         if isinstance(self.core, ClientCore) and self.running:  # serving: a new candidate
-            self._run(self.core.add_path(self.reactor.seconds(), path))
+            self.dataplane.run(self.core.add_path(self.reactor.seconds(), path))
         return path
 
     def _reconnect(self, ep: Any, factory: Any) -> None:
@@ -699,52 +596,6 @@ class NodeService(service.Service):
                  e=f.getErrorMessage())  # fmt: skip
         if self.running:
             self.reactor.callLater(RECONNECT_DELAY, self._reconnect, ep, factory)
-
-    # ------------------------------------------------------------------ outputs
-    def _run(self, outputs: Iterable[Output]) -> None:
-        for out in outputs:
-            t = type(out)
-            if t is Drop:  # counted by the core already; the commonest output of a flood
-                continue
-            if t is Send:
-                out.path.send(out.data)  # type: ignore[union-attr]
-            elif t is WriteTun:
-                if self.tun is not None:
-                    self.tun.write_many([out.data])  # type: ignore[union-attr]
-            elif t is Emit:
-                if self.events is not None:
-                    self.events.emit(out)  # type: ignore[arg-type]
-                if self.metrics is not None and out.event_type == "TRANSPORT_SWITCH":  # type: ignore[union-attr]
-                    fields = out.fields  # type: ignore[union-attr]
-                    self.metrics.switch_latency.observe(
-                        (fields.get("switch_latency_ms") or 0) / 1e3
-                    )
-                    if fields.get("outage_ms") is not None:
-                        self.metrics.switch_outage.observe(fields["outage_ms"] / 1000.0)
-            elif t is ArmTimer:
-                self._arm(out.at)  # type: ignore[union-attr]
-            elif t is Claim or t is Renew or t is Adopt or t is Release:
-                self.owners.execute(out)
-            elif t is ConfirmPath:
-                out.path.confirm()  # type: ignore[union-attr]
-
-    def _arm(self, at: float) -> None:
-        if self._timer is not None and self._timer.active():
-            if at >= self._timer_at:
-                return
-            self._timer.cancel()
-        self._timer_at = at
-        self._timer = self.reactor.callLater(max(0.0, at - self.reactor.seconds()), self._fire)
-
-    def _fire(self) -> None:
-        now = self.reactor.seconds()
-        late = now - self._timer_at
-        self._timer = None
-        self._timer_at = float("inf")
-        if self.core is not None:
-            # the probe timeout's floor follows how late this host's timers really fire
-            self.core.timer_granularity = self.timer_lateness.observe(late)
-            self._run(self.core.tick(now))
 
     # ------------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 import socket
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
@@ -84,7 +84,8 @@ class TCPPath(Protocol):
         self.receiver = receiver
         self.decoder = FrameDecoder(max_frame)
         self.max_frame = max_frame
-        self.connected = False
+        #: a bool (twisted's Protocol has an int): ITransport.connected
+        self.connected: bool = False
         self.paused = False
         self.send_errors = 0
         self.protocol_errors = 0
@@ -354,3 +355,10 @@ class TCPTransportFactory:
             remote[0], remote[1], f, timeout=self.connect_timeout_s, bindAddress=local
         )
         return f.d
+
+
+if TYPE_CHECKING:  # the path is what the core takes it for (jumping/core/pathhandle.py)
+    from jumping.core.pathhandle import ProvisionalPath
+
+    def _path(path: TCPPath) -> ProvisionalPath:
+        return path

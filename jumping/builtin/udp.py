@@ -30,7 +30,7 @@ import itertools
 import socket
 import sys
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, udp
 from twisted.internet.error import CannotListenError
@@ -545,3 +545,10 @@ class UDPTransportFactory:
         except Exception as e:
             return defer.fail(e)
         return defer.succeed(path)
+
+
+if TYPE_CHECKING:  # the paths are what the core takes them for (jumping/core/pathhandle.py)
+    from jumping.core.pathhandle import PathHandle, ProvisionalPath
+
+    def _paths(listened: UDPPath, connected: UDPClientPath) -> tuple[ProvisionalPath, PathHandle]:
+        return listened, connected

@@ -17,6 +17,7 @@ from jumping.core.fsm import Reason, State
 from jumping.core.handshake import HandshakeError, Initiation, read_cookie_reply
 from jumping.core.node import _NO_SESSION, QUEUED, NodeCore, Peer, Pieces, _reattach_body
 from jumping.core.outputs import Drop, Output
+from jumping.core.pathhandle import PathHandle
 from jumping.core.paths import Candidate, PathStats, select
 from jumping.core.ratelimit import SwitchLimiter
 from jumping.core.segments import FEATURE_SEGMENTS as _SEGMENTS
@@ -43,7 +44,7 @@ class ClientCore(NodeCore):
         self,
         *,
         gateway_public_key: bytes,
-        paths: Sequence[Any] = (),
+        paths: Sequence[PathHandle] = (),
         restart_backoff_ms: int = 1000,
         queue_limit: int = 256,
         probe_interval_ms: int = 1000,
@@ -52,7 +53,8 @@ class ClientCore(NodeCore):
         **kw: Any,
     ) -> None:
         super().__init__(**kw)
-        self.stats: dict[Any, PathStats] = {p: PathStats(p, self._now) for p in paths}
+        #: by path; looked up with a session's path too, None while it is unbound (never a key)
+        self.stats: dict[PathHandle | None, PathStats] = {p: PathStats(p, self._now) for p in paths}
         self.probe_interval = probe_interval_ms / 1000.0
         self.probe_seq = 0
         #: the IRateLimitPolicy for transport switches; follows the policy (reconfigure)
@@ -60,7 +62,7 @@ class ClientCore(NodeCore):
         self.switch_limiter.reconfigure(self.policy)
         self._denied_at = -1e18
         self.gateway = Peer(gateway_public_key, name="gateway", psk=gateway_psk)
-        self.paths: list[Any] = list(paths)
+        self.paths: list[PathHandle] = list(paths)
         self.session: Session | None = None
         self.handshakes: dict[int, tuple[Session, Initiation]] = {}
         self.cookie: tuple[bytes, float] | None = None
@@ -69,14 +71,14 @@ class ClientCore(NodeCore):
         self.queue: deque[bytes] = deque()
         self.queue_limit = queue_limit
 
-    def add_path(self, now: float, path: Any) -> list[Output]:
+    def add_path(self, now: float, path: PathHandle) -> list[Output]:
         self._now = now
         if path not in self.paths:
             self.paths.append(path)
             self.stats[path] = PathStats(path, now)
         return self.take()
 
-    def remove_path(self, now: float, path: Any) -> list[Output]:
+    def remove_path(self, now: float, path: PathHandle) -> list[Output]:
         """A path is gone for good (its connection closed): forget it as a candidate."""
         self._now = now
         if path in self.paths:
@@ -102,7 +104,7 @@ class ClientCore(NodeCore):
         self._born(now, s, now + self.handshake_retry)
         self._initiate(now, s)
 
-    def _initiate(self, now: float, s: Session, path: Any = None) -> None:
+    def _initiate(self, now: float, s: Session, path: PathHandle | None = None) -> None:
         if not self.paths:
             self.drops["NO_PATH"] += 1
             return
@@ -134,7 +136,7 @@ class ClientCore(NodeCore):
         else:
             self._arm(s, T.REKEY, now + self.handshake_retry)  # retried until answered
 
-    def _on_handshake(self, now: float, path: Any, t: int, data: bytes) -> None:
+    def _on_handshake(self, now: float, path: PathHandle, t: int, data: bytes) -> None:
         if t == wire.MessageType.COOKIE_REPLY:
             self._on_cookie(now, data, path)
             return
@@ -172,7 +174,7 @@ class ClientCore(NodeCore):
             return
         self._install(now, s, est, path)
 
-    def _adopt_new_session(self, now: float, est: Any, path: Any, hs: Initiation) -> None:
+    def _adopt_new_session(self, now: float, est: Any, path: PathHandle, hs: Initiation) -> None:
         s = Session(est.session_id, self.gateway, now)
         s.owned = True
         self.session = s
@@ -180,7 +182,7 @@ class ClientCore(NodeCore):
         self._born(now, s, now + self.handshake_timeout)
         self._install(now, s, est, path)
 
-    def _install(self, now: float, s: Session, est: Any, path: Any) -> None:
+    def _install(self, now: float, s: Session, est: Any, path: PathHandle) -> None:
         kp = Keypair(
             s, est.local_index, est.remote_index, est.send_key, est.recv_key, now,
             self.policy.replay_window, confirmed=True,
@@ -223,7 +225,7 @@ class ClientCore(NodeCore):
             # active path died): that path is where the session goes
             self._failover(now, s, path, Reason.TRANSPORT_DEAD, detail="probe_timeout")
 
-    def _on_cookie(self, now: float, data: bytes, path: Any = None) -> None:
+    def _on_cookie(self, now: float, data: bytes, path: PathHandle | None = None) -> None:
         receiver = int.from_bytes(data[4:8], "little")
         entry = self.handshakes.get(receiver)
         if entry is None:
@@ -249,7 +251,7 @@ class ClientCore(NodeCore):
                 s.resume_hs = s.handshake
                 s.handshake.started = hs.started  # the switch was decided then
 
-    def _seal_data(self, now: float, packet: bytes) -> tuple[Any, bytes] | Drop:
+    def _seal_data(self, now: float, packet: bytes) -> tuple[PathHandle, bytes] | Drop:
         s = self.session
         kp = s.current if s is not None else None
         if kp is None or s is None or s.path is None:
@@ -282,7 +284,7 @@ class ClientCore(NodeCore):
             and bool((s.peer_features or 0) & _SEGMENTS)
         )  # fmt: skip
 
-    def _seal_pieces(self, now: float, item: Pieces) -> tuple[Any, list[bytes]] | Drop:
+    def _seal_pieces(self, now: float, item: Pieces) -> tuple[PathHandle, list[bytes]] | Drop:
         packet, hl, gso_size = item
         s = self.session
         kp = s.current if s is not None else None
@@ -407,14 +409,16 @@ class ClientCore(NodeCore):
         self._arm(s, T.NAT_KEEPALIVE, now + n)
 
     # candidates -------------------------------------------------------------------
-    def _probe(self, now: float, s: Session, path: Any, st: PathStats) -> None:
+    def _probe(self, now: float, s: Session, path: PathHandle | None, st: PathStats) -> None:
         self.probe_seq = (self.probe_seq + 1) & 0xFFFFFFFF
         st.probe_sent(now, self.probe_seq)
         self._control(now, s, wire.Control.PROBE, _PROBE.pack(self.probe_seq, b""), path)
         if path is s.path:
             self._expect_answer(now, s)
 
-    def _best(self, now: float, exclude: Any = None, heard_after: float | None = None) -> Any:
+    def _best(
+        self, now: float, exclude: PathHandle | None = None, heard_after: float | None = None
+    ) -> PathHandle | None:
         p = self.policy
         cands = [
             (self.stats[x].score(now, p), self.stats[x].transport_id, i)
@@ -596,7 +600,9 @@ class ClientCore(NodeCore):
             observed_value=observed,
         )  # fmt: skip
 
-    def _failover(self, now: float, s: Session, target: Any, reason: Reason, **fields: Any) -> bool:
+    def _failover(
+        self, now: float, s: Session, target: PathHandle, reason: Reason, **fields: Any
+    ) -> bool:
         """Move the session's one binding to ``target`` and prove the session there."""
         if target is s.path:
             return False
@@ -678,7 +684,7 @@ class ClientCore(NodeCore):
         self._arm(s, T.REATTACH, max(at, now + 0.001))
 
     # takeover ----------------------------------------------------------------------
-    def _resume_candidates(self, s: Session) -> list[Any]:
+    def _resume_candidates(self, s: Session) -> list[PathHandle]:
         """Paths to another gateway: after OWNERSHIP_LOST every path not to the gateway that
         lost the session; otherwise the paths that never answered a probe of this session
         (a gateway that does not know it yet), to another address than the active one."""
@@ -717,7 +723,7 @@ class ClientCore(NodeCore):
         s.resume_hs = s.handshake
         return True
 
-    def _resumed(self, now: float, s: Session, est: Any, path: Any, decided: float) -> None:
+    def _resumed(self, now: float, s: Session, est: Any, path: PathHandle, decided: float) -> None:
         """A gateway answered our resume handshake for this SessionID: it owns the session
         now. Install the new keys (the old gateway's are wiped), bind the path, REATTACH_OK.
 
@@ -767,7 +773,7 @@ class ClientCore(NodeCore):
             s.resuming = None
         super()._peer_terminated(now, s, body)
 
-    def path_lost(self, now: float, path: Any) -> list[Output]:
+    def path_lost(self, now: float, path: PathHandle) -> list[Output]:
         self._now = now
         st = self.stats.get(path)
         if st is not None:
@@ -782,7 +788,7 @@ class ClientCore(NodeCore):
         return self.take()
 
     def _unusual_rx(
-        self, now: float, s: Session, kp: Keypair, path: Any, control: bytes | None = None
+        self, now: float, s: Session, kp: Keypair, path: PathHandle, control: bytes | None = None
     ) -> None:
         super()._unusual_rx(now, s, kp, path, control)
         st = self.stats.get(path)
@@ -790,7 +796,7 @@ class ClientCore(NodeCore):
             st.heard(now)
 
     def _on_session_control(
-        self, now: float, s: Session, kind: int, body: bytes, path: Any
+        self, now: float, s: Session, kind: int, body: bytes, path: PathHandle
     ) -> None:
         ctl = wire.Control
         if kind == ctl.PROBE_REPLY:
@@ -831,7 +837,7 @@ class ClientCore(NodeCore):
         else:
             self._drop("UNEXPECTED_CONTROL")
 
-    def _probe_answered(self, now: float, s: Session, path: Any, st: PathStats) -> None:
+    def _probe_answered(self, now: float, s: Session, path: PathHandle, st: PathStats) -> None:
         if path is s.path:
             s.pto = self._pto(st)
             if s.fsm.state is State.VOLATILE or s.fsm.state is State.DEGRADED:
@@ -859,7 +865,7 @@ class ClientCore(NodeCore):
         return at
 
 
-def _host(path: Any) -> Any:
+def _host(path: PathHandle | None) -> Any:
     """The remote host of a path (one gateway per address), None if unknown."""
     addr = getattr(path, "remote_address", None)
     return addr[0] if isinstance(addr, tuple) and addr else None

@@ -31,6 +31,7 @@ from jumping.core.node import (
 )
 from jumping.core.noise import NoiseError, dh
 from jumping.core.outputs import Claim, Drop, Output, Release, Renew, Send
+from jumping.core.pathhandle import PathHandle
 from jumping.core.policy import Policy
 from jumping.core.ratelimit import SwitchLimiter
 from jumping.core.routes import PrefixTable
@@ -156,7 +157,7 @@ class GatewayCore(NodeCore, SessionTakeover):
         peer = self.prefixes.lookup(dst)
         return peer.sessions[-1] if peer is not None else None
 
-    def _seal_data(self, now: float, packet: bytes) -> tuple[Any, bytes] | Drop:
+    def _seal_data(self, now: float, packet: bytes) -> tuple[PathHandle, bytes] | Drop:
         """Encrypt one TUN packet for the session owning its destination."""
         s = self._route(packet)
         if s is None:
@@ -187,7 +188,7 @@ class GatewayCore(NodeCore, SessionTakeover):
             and bool((s.peer_features or 0) & _SEGMENTS)
         )  # fmt: skip
 
-    def _seal_pieces(self, now: float, item: Pieces) -> tuple[Any, list[bytes]] | Drop:
+    def _seal_pieces(self, now: float, item: Pieces) -> tuple[PathHandle, list[bytes]] | Drop:
         packet, hl, gso_size = item
         s = self._route(packet)
         if s is None:
@@ -203,7 +204,7 @@ class GatewayCore(NodeCore, SessionTakeover):
         self._sent(now, s)
         return s.path, datagrams
 
-    def _on_features(self, now: float, s: Session, body: bytes, path: Any) -> None:
+    def _on_features(self, now: float, s: Session, body: bytes, path: PathHandle) -> None:
         super()._on_features(now, s, body, path)
         self._control(now, s, wire.Control.KEEPALIVE, self._features_body(), path)
 
@@ -231,7 +232,7 @@ class GatewayCore(NodeCore, SessionTakeover):
         for s in self.sessions.values():
             s.validations = None  # the next validation starts a bucket under the new limits
 
-    def _on_handshake(self, now: float, path: Any, t: int, data: bytes) -> None:
+    def _on_handshake(self, now: float, path: PathHandle, t: int, data: bytes) -> None:
         if t != wire.MessageType.HANDSHAKE_INIT:
             self._drop("UNEXPECTED_HANDSHAKE", path)
             return
@@ -345,7 +346,7 @@ class GatewayCore(NodeCore, SessionTakeover):
             return  # a pending takeover has no timers: it expires with its table entry
         super()._push(s, at)
 
-    def _answer(self, now: float, path: Any, hs: Response, s: Session) -> None:
+    def _answer(self, now: float, path: PathHandle, hs: Response, s: Session) -> None:
         """Write the handshake response for ``s``; its keys become ``s.next`` until the
         client's first packet under them confirms them."""
         local = self._new_index()
@@ -365,7 +366,7 @@ class GatewayCore(NodeCore, SessionTakeover):
             # adopted: the recovery window runs from now
             self._arm(s, T.STATE, now + self.policy.recovery_window_ms / 1000.0)
 
-    def _confirm(self, now: float, s: Session, kp: Keypair, path: Any) -> None:
+    def _confirm(self, now: float, s: Session, kp: Keypair, path: PathHandle) -> None:
         ad = self._pending_adoption(s)
         if ad is not None:
             self._proved(now, ad, path)  # a takeover: claim first (jumping.core.takeover)
@@ -549,7 +550,7 @@ class GatewayCore(NodeCore, SessionTakeover):
         return due if at is None or (due is not None and due < at) else at
 
     def _on_session_control(
-        self, now: float, s: Session, kind: int, body: bytes, path: Any
+        self, now: float, s: Session, kind: int, body: bytes, path: PathHandle
     ) -> None:
         if self._pending_adoption(s) is not None:
             self._drop("ADOPT_PENDING")
@@ -580,7 +581,7 @@ class GatewayCore(NodeCore, SessionTakeover):
     # A path is used for the session only after the client answered a challenge sent on
     # it (return routability). Until then we send on it at most AMPLIFICATION x what we
     # received from it: a forged or rewritten source address can't make us a reflector.
-    def _challenge(self, now: float, s: Session, path: Any, why: str, received: int) -> None:
+    def _challenge(self, now: float, s: Session, path: PathHandle, why: str, received: int) -> None:
         ch = s.challenge
         if ch is None or ch.path is not path:
             # a budget per session first (one client cannot spend the others' share), then
@@ -626,13 +627,13 @@ class GatewayCore(NodeCore, SessionTakeover):
         ch.attempts += 1
         self._control(now, s, wire.Control.CHALLENGE, ch.nonce, path)
 
-    def _off_path(self, now: float, s: Session, path: Any) -> None:
+    def _off_path(self, now: float, s: Session, path: PathHandle) -> None:
         if s.fsm.state is State.BIRTH or s.fsm.terminated:
             return
         # NAT rebinding or a client that moved without telling us: validate, then maybe switch
         self._challenge(now, s, path, "rebinding", wire.OVERHEAD + 1)
 
-    def _on_reattach(self, now: float, s: Session, body: bytes, path: Any) -> None:
+    def _on_reattach(self, now: float, s: Session, body: bytes, path: PathHandle) -> None:
         p = self.policy
         self._emit("REATTACH_ATTEMPT", s, None, transport_id=getattr(path, "transport_id", None))
         ok = len(body) == _REATTACH.size
@@ -652,7 +653,7 @@ class GatewayCore(NodeCore, SessionTakeover):
             return
         self._challenge(now, s, path, "reattach", wire.OVERHEAD + 1 + len(body))
 
-    def _on_response(self, now: float, s: Session, body: bytes, path: Any) -> None:
+    def _on_response(self, now: float, s: Session, body: bytes, path: PathHandle) -> None:
         ch = s.challenge
         if ch is None or ch.path is not path or not hmac.compare_digest(body, ch.nonce):
             self._drop("UNEXPECTED_RESPONSE")
@@ -705,7 +706,7 @@ class _Challenge:
         "path", "why", "started", "nonce", "sent_at", "sent", "received", "attempts", "failed",
     )  # fmt: skip
 
-    def __init__(self, path: Any, why: str, now: float, nonce: bytes) -> None:
+    def __init__(self, path: PathHandle, why: str, now: float, nonce: bytes) -> None:
         self.path = path
         self.why = why
         self.started = now

@@ -20,8 +20,10 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from jumping.core.pathhandle import PathHandle
 
-def source_prefix(path: Any) -> str | None:
+
+def source_prefix(path: PathHandle | None) -> str | None:
     """The prefix a path's remote address is limited and reported by: ``a.b.c.d/32`` or
     ``[v6 prefix]/64``; None if the path has no IP address."""
     addr = getattr(path, "remote_address", None)

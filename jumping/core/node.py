@@ -28,7 +28,7 @@ import itertools
 import struct
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from jumping.core import segments, wire
 from jumping.core.fsm import Reason, State
@@ -46,6 +46,7 @@ from jumping.core.outputs import (
     Send,
     WriteTun,
 )
+from jumping.core.pathhandle import PathHandle, ProvisionalPath
 from jumping.core.policy import Policy
 from jumping.core.session import Keypair, Session
 from jumping.core.timers import HANDLERS, ORDER, T
@@ -105,7 +106,7 @@ class Sealed(NamedTuple):
     """What a run of TUN packets produced: ``(path, datagrams)`` runs in order (consecutive
     packets for one path share a run) and every other output."""
 
-    sends: list[tuple[Any, list[bytes]]]
+    sends: list[tuple[PathHandle, list[bytes]]]
     outputs: list[Output]
 
 
@@ -193,7 +194,7 @@ def destination(packet: bytes) -> bytes | None:
     return None
 
 
-def address_bytes(path: Any) -> bytes:
+def address_bytes(path: PathHandle | None) -> bytes:
     """What a cookie is bound to: the path's remote address."""
     addr = getattr(path, "remote_address", None)
     return repr(addr).encode()
@@ -262,7 +263,7 @@ class NodeCore:
         out, self.pending = self.pending, []
         return out
 
-    def _drop(self, reason: str, path: Any = None, s: Session | None = None) -> None:
+    def _drop(self, reason: str, path: PathHandle | None = None, s: Session | None = None) -> None:
         self.drops[reason] += 1
         self.pending.append(drop(reason))
         self.security.record(reason, source_prefix(path), s.sid_hex if s is not None else None)
@@ -273,7 +274,7 @@ class NodeCore:
         self.pending.append(drop(reason))
         self.security.record(reason, prefix)
 
-    def _count(self, reason: str, path: Any = None, s: Session | None = None) -> Drop:
+    def _count(self, reason: str, path: PathHandle | None = None, s: Session | None = None) -> Drop:
         """Count a drop of the data plane and return its (shared) Drop; ``s``: the session
         it was aimed at, when known (its SECURITY_EVENT then names the session)."""
         self.drops[reason] += 1
@@ -293,7 +294,7 @@ class NodeCore:
             )
         )
 
-    def _send(self, path: Any, data: bytes | None, s: Session | None = None) -> None:
+    def _send(self, path: PathHandle | None, data: bytes | None, s: Session | None = None) -> None:
         if data is None or path is None:
             return
         self.pending.append(Send(path, data))
@@ -302,7 +303,7 @@ class NodeCore:
             s.tx_packets += 1
 
     def _control(
-        self, now: float, s: Session, kind: int, body: bytes = b"", path: Any = None
+        self, now: float, s: Session, kind: int, body: bytes = b"", path: PathHandle | None = None
     ) -> None:
         kp = s.current
         if kp is None:
@@ -387,7 +388,7 @@ class NodeCore:
         """Subclass hook: apply a new policy's limits."""
 
     # ------------------------------------------------------------------ receive
-    def receive(self, now: float, path: Any, data: bytes) -> list[Output]:
+    def receive(self, now: float, path: PathHandle, data: bytes) -> list[Output]:
         """Any datagram from any path. Never raises; returns the outputs (the inner packet
         of a DATA message as ``WriteTun``)."""
         self._now = now
@@ -401,7 +402,7 @@ class NodeCore:
             self.pending.append(r)
         return self.take()
 
-    def receive_batch(self, now: float, path: Any, datagrams: Iterable[bytes]) -> Received:
+    def receive_batch(self, now: float, path: PathHandle, datagrams: Iterable[bytes]) -> Received:
         """A run of datagrams from one path (one read of a socket): the core reads each
         wire type itself; DATA goes through the lean path. Never raises.
 
@@ -486,7 +487,7 @@ class NodeCore:
 
     def _join_pieces(
         self,
-        path: Any,
+        path: PathHandle,
         kp: Keypair,
         index: bytes,
         run: segments.SegmentRun,
@@ -514,7 +515,7 @@ class NodeCore:
             s.rx_packets += i - start
         return i
 
-    def _lean_keypair(self, path: Any, data: bytes) -> tuple[Keypair | None, bytes]:
+    def _lean_keypair(self, path: PathHandle, data: bytes) -> tuple[Keypair | None, bytes]:
         """After ``data`` opened the ordinary way: its keypair if its session is in the
         plain case for :meth:`_open_lean` (else None), and the receiver index bytes."""
         kp = self.index.get(int.from_bytes(data[4:8], "little"))
@@ -532,7 +533,7 @@ class NodeCore:
             return kp, data[4:8]
         return None, b""
 
-    def _open_lean(self, path: Any, kp: Keypair, data: bytes) -> bytes | Drop | None:
+    def _open_lean(self, path: PathHandle, kp: Keypair, data: bytes) -> bytes | Drop | None:
         """:meth:`_open_data` for a datagram under ``kp`` when an earlier datagram of the
         same batch and keypair found its session in the plain case (checked by
         :meth:`_lean_keypair`: nothing else in between could change that): the replay
@@ -560,7 +561,7 @@ class NodeCore:
             return self._count("EMPTY_DATA")
         return plain
 
-    def _receive_one(self, now: float, path: Any, data: bytes) -> bytes | Drop | None:
+    def _receive_one(self, now: float, path: PathHandle, data: bytes) -> bytes | Drop | None:
         """Dispatch one datagram by its wire type: the inner packet, a Drop, or None
         (handled; its outputs are in ``pending``)."""
         try:
@@ -578,7 +579,7 @@ class NodeCore:
             return self._count(f"INTERNAL_ERROR:{type(e).__name__}")
         return None
 
-    def _open(self, now: float, path: Any, data: bytes) -> tuple[Keypair, bytes] | Drop:
+    def _open(self, now: float, path: PathHandle, data: bytes) -> tuple[Keypair, bytes] | Drop:
         """Authenticate and decrypt one DATA or CONTROL message: the keypair and plaintext,
         or the (counted) Drop. The one place that decides what a session accepts."""
         try:
@@ -617,7 +618,7 @@ class NodeCore:
             self._unusual_rx(now, s, kp, path, plain if data[0] == _CONTROL else None)
         return kp, plain
 
-    def _open_data(self, now: float, path: Any, data: bytes) -> bytes | Drop:
+    def _open_data(self, now: float, path: PathHandle, data: bytes) -> bytes | Drop:
         """One DATA (or DATA_SEGMENT) datagram: the plaintext, or the (counted) Drop."""
         opened = self._open(now, path, data)
         if type(opened) is not tuple:
@@ -642,7 +643,7 @@ class NodeCore:
         """A data packet for a session this node does not own (fenced, or not yet)."""
         return self._count("NOT_OWNER")
 
-    def _seal_data(self, now: float, packet: bytes) -> tuple[Any, bytes] | Drop:
+    def _seal_data(self, now: float, packet: bytes) -> tuple[PathHandle, bytes] | Drop:
         """One TUN packet: ``(path, datagram)``, :data:`QUEUED`, or the (counted) Drop."""
         raise NotImplementedError
 
@@ -654,7 +655,7 @@ class NodeCore:
             self.pending.append(Send(r[0], r[1]))
         return self.take()
 
-    def _seal_pieces(self, now: float, item: Pieces) -> tuple[Any, list[bytes]] | Drop:
+    def _seal_pieces(self, now: float, item: Pieces) -> tuple[PathHandle, list[bytes]] | Drop:
         """A TCP/IPv4 super-packet as DATA_SEGMENT datagrams (the caller checked
         :meth:`accepts_segments` for it in this same reactor turn)."""
         raise NotImplementedError
@@ -670,9 +671,9 @@ class NodeCore:
         An entry is an IP packet, or ``(packet, header_length, gso_size)`` for a TCP/IPv4
         super-packet the peer takes whole (:meth:`accepts_segments`)."""
         self._now = now
-        sends: list[tuple[Any, list[bytes]]] = []
+        sends: list[tuple[PathHandle, list[bytes]]] = []
         run: list[bytes] = []
-        run_path: Any = None
+        run_path: PathHandle | None = None
         seal_data = self._seal_data
         seal_pieces = self._seal_pieces
         for packet in packets:
@@ -697,12 +698,12 @@ class NodeCore:
         return Sealed(sends, self.take())
 
     def _unusual_rx(
-        self, now: float, s: Session, kp: Keypair, path: Any, control: bytes | None = None
+        self, now: float, s: Session, kp: Keypair, path: PathHandle, control: bytes | None = None
     ) -> None:
         """A packet authenticated under a non-current keypair, from another path, or while
         not ATTACHED: confirmations, grace-window packets, first binding."""
-        if getattr(path, "provisional", False):
-            self.pending.append(ConfirmPath(path))
+        if getattr(path, "provisional", False):  # an IProvisionalPath
+            self.pending.append(ConfirmPath(cast(ProvisionalPath, path)))
         if kp is s.next:
             self._confirm(now, s, kp, path)
         elif kp is s.previous:
@@ -720,14 +721,14 @@ class NodeCore:
         if (st is State.VOLATILE or st is State.DEGRADED) and path is s.path:
             self._maybe_recovered(now, s)
 
-    def _confirm(self, now: float, s: Session, kp: Keypair, path: Any) -> None:
+    def _confirm(self, now: float, s: Session, kp: Keypair, path: PathHandle) -> None:
         """Gateway: the client used the keys we answered with: they become current."""
 
-    def _off_path(self, now: float, s: Session, path: Any) -> None:
+    def _off_path(self, now: float, s: Session, path: PathHandle) -> None:
         """An authenticated packet arrived on a path the session is not bound to."""
 
     # ------------------------------------------------------------------ control
-    def _on_control(self, now: float, path: Any, data: bytes) -> None:
+    def _on_control(self, now: float, path: PathHandle, data: bytes) -> None:
         opened = self._open(now, path, data)
         if type(opened) is not tuple:
             self.pending.append(opened)  # type: ignore[arg-type]
@@ -753,14 +754,14 @@ class NodeCore:
     def _features_body(self) -> bytes:
         return segments.FEATURES.pack(segments.REVISION, self.features)
 
-    def _on_features(self, now: float, s: Session, body: bytes, path: Any) -> None:
+    def _on_features(self, now: float, s: Session, body: bytes, path: PathHandle) -> None:
         """The peer's KEEPALIVE carried ``revision:u8 | features:u32`` (revision 2 and
         later): what both sides speak is used from now on. Subclass hook for the answer."""
         _revision, features = segments.FEATURES.unpack_from(body)
         s.peer_features = features & self.features
 
     def _on_session_control(
-        self, now: float, s: Session, kind: int, body: bytes, path: Any
+        self, now: float, s: Session, kind: int, body: bytes, path: PathHandle
     ) -> None:
         self._drop("UNEXPECTED_CONTROL")
 
@@ -773,7 +774,7 @@ class NodeCore:
             reason = Reason.OPERATOR_TERMINATED
         self._transition(now, s, reason, detail="peer_terminated")
 
-    def _on_handshake(self, now: float, path: Any, t: int, data: bytes) -> None:
+    def _on_handshake(self, now: float, path: PathHandle, t: int, data: bytes) -> None:
         self._drop("UNEXPECTED_HANDSHAKE")
 
     # ------------------------------------------------------------------ timers
@@ -1135,7 +1136,9 @@ class NodeCore:
         outage = max(0, int((now - start) * 1000))
         return {"detection_ms": max(0, outage - latency_ms), "outage_ms": outage}
 
-    def _bind(self, now: float, s: Session, path: Any, latency_ms: int | None = None) -> None:
+    def _bind(
+        self, now: float, s: Session, path: PathHandle, latency_ms: int | None = None
+    ) -> None:
         left = s.bound_before is not None
         old = s.bound_before if left else s.path
         s.bound_before = None
@@ -1162,7 +1165,7 @@ class NodeCore:
         s.active_rx = now
         s.lost_since = 0.0
 
-    def path_lost(self, now: float, path: Any) -> list[Output]:
+    def path_lost(self, now: float, path: PathHandle) -> list[Output]:
         """A transport died (closed/reset): sessions bound to it notice at once."""
         self._now = now
         for s in list(self.sessions.values()):

@@ -13,12 +13,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Union
 
+from jumping.core.pathhandle import PathHandle, ProvisionalPath
 from jumping.core.segments import SegmentRun
 
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    path: Any
+    path: PathHandle
     data: bytes
 
 
@@ -98,7 +99,7 @@ class ConfirmPath:
     """A packet authenticated on a path its transport marked ``provisional``: the transport
     may now keep it (``path.confirm()``). Unauthenticated sources never get a table entry."""
 
-    path: Any
+    path: ProvisionalPath
 
 
 Output = Union[Send, WriteTun, Emit, ArmTimer, Drop, Claim, Renew, Adopt, Release, ConfirmPath]

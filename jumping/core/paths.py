@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from jumping.core.pathhandle import PathHandle
 from jumping.core.policy import Policy
 
 IN_FLIGHT, ACKED, LOST = 0, 1, 2
@@ -50,7 +51,7 @@ class PathStats:
         "added",
     )
 
-    def __init__(self, path: object, now: float) -> None:
+    def __init__(self, path: PathHandle, now: float) -> None:
         self.path = path
         self.srtt: float | None = None
         self.rttvar = 0.0

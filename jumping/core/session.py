@@ -17,6 +17,7 @@ from typing import Any
 from jumping.core import aead as _aead
 from jumping.core import wire
 from jumping.core.fsm import SessionFSM
+from jumping.core.pathhandle import PathHandle
 from jumping.core.replay import WIPED, ReplayWindow
 from jumping.core.timers import COUNT as TIMER_COUNT
 
@@ -161,7 +162,7 @@ class Session:
         self.current: Keypair | None = None
         self.previous: Keypair | None = None
         self.next: Keypair | None = None
-        self.path: Any = None
+        self.path: PathHandle | None = None
         self.created = now
         self.last_rx = now
         self.last_tx = now
@@ -187,7 +188,8 @@ class Session:
         self.first_unacked = 0.0  # client: first data sent after we last heard the gateway
         self.pto = 0.15  # client: current probe timeout of the active path, seconds
         self.suspect_since = 0.0
-        self.bound_before: Any = None  # the path before a recovery (for TRANSPORT_SWITCH)
+        #: the path before a recovery (for TRANSPORT_SWITCH)
+        self.bound_before: PathHandle | None = None
         #: last authenticated packet on the bound path (never moved by hand, unlike last_rx)
         self.active_rx = now
         #: active_rx and first_unacked of bound_before when the session left it

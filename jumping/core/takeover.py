@@ -41,6 +41,7 @@ from jumping.core.fsm import Reason, State
 from jumping.core.handshake import Response
 from jumping.core.node import Peer
 from jumping.core.outputs import Adopt, ArmTimer, Claim, Drop, Output, Release, WriteTun
+from jumping.core.pathhandle import PathHandle
 from jumping.core.session import Keypair, Session
 
 #: pending takeovers at most (asked, answered or claiming); more are counted drops
@@ -67,7 +68,7 @@ class _Adoption:
         "held",
     )  # fmt: skip
 
-    def __init__(self, hs: Response, peer: Peer, path: Any, now: float) -> None:
+    def __init__(self, hs: Response, peer: Peer, path: PathHandle, now: float) -> None:
         self.hs, self.peer, self.path, self.asked_at = hs, peer, path, now
         self.token: int | None = None  # the record's token, once checked
         self.previous_owner: str | None = None  # the record's owner then
@@ -121,7 +122,7 @@ class SessionTakeover:
         self._adopting: dict[bytes, _Adoption] = {}
 
     # -- step 1: asked -------------------------------------------------------------------
-    def _request_adoption(self, now: float, hs: Response, peer: Peer, path: Any) -> None:
+    def _request_adoption(self, now: float, hs: Response, peer: Peer, path: PathHandle) -> None:
         sid = hs.session_id
         self._expire_adoptions(now)
         ad = self._adopting.get(sid)
@@ -199,7 +200,7 @@ class SessionTakeover:
         return ad if ad is not None and ad.session is s else None
 
     # -- step 3: claiming ------------------------------------------------------------------
-    def _proved(self, now: float, ad: _Adoption, path: Any) -> None:
+    def _proved(self, now: float, ad: _Adoption, path: PathHandle) -> None:
         """The client's first packet under the answered keys: claim the session."""
         if ad.claiming:
             return
@@ -307,8 +308,8 @@ class SessionTakeover:
         ) -> None: ...
         def take(self) -> list[Output]: ...
         def rng(self, n: int) -> bytes: ...
-        def _answer(self, now: float, path: Any, hs: Response, s: Session) -> None: ...
-        def _confirm(self, now: float, s: Session, kp: Keypair, path: Any) -> None: ...
+        def _answer(self, now: float, path: PathHandle, hs: Response, s: Session) -> None: ...
+        def _confirm(self, now: float, s: Session, kp: Keypair, path: PathHandle) -> None: ...
         def _new_session(
             self, now: float, peer: Peer, session_id: bytes, state_version: int = 0
         ) -> Session | None: ...

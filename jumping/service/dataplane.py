@@ -237,7 +237,7 @@ class DataPlane:
             if t is Drop:  # counted by the core already; the commonest output of a flood
                 continue
             if t is Send:
-                out.path.send(out.data)  # type: ignore[union-attr]
+                out.path.send(out.data)  # type: ignore[union-attr, arg-type]
             elif t is WriteTun:
                 if self.tun is not None:
                     self.tun.write_many([out.data])  # type: ignore[union-attr]

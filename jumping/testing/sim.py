@@ -60,6 +60,10 @@ class SimPath:
         self.provisional = False
         self.confirmed += 1
 
+    def send(self, data: bytes) -> None:
+        """Not called: the simulated network carries the cores' ``Send`` outputs itself."""
+        raise NotImplementedError("SimNet delivers Send outputs")
+
     def __repr__(self) -> str:
         return f"<SimPath {self.transport_id}>"
 

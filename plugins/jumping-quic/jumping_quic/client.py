@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
@@ -267,3 +267,10 @@ class QuicClientPath:
 
     def __repr__(self) -> str:
         return f"<QuicClientPath {self.transport_id}>"
+
+
+if TYPE_CHECKING:  # the path is what the core takes it for (jumping/core/pathhandle.py)
+    from jumping.core.pathhandle import PathHandle
+
+    def _path(path: QuicClientPath) -> PathHandle:
+        return path

@@ -35,6 +35,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import statistics
 import struct
 import subprocess
@@ -328,8 +329,10 @@ def driver(args: argparse.Namespace) -> int:
             f'[control]\nsocket = "{work / "gw.sock"}"\n' + peers
         )
         log("gateway starting (CPU 0)")
+        traced = ([sys.executable, str(Path(__file__).with_name("traced.py")),
+                   args.trace_memory] if args.trace_memory else [twistd])  # fmt: skip
         gw = subprocess.Popen(
-            nsx + ["taskset", "-c", "0", twistd, "-n", "--pidfile=",
+            nsx + ["taskset", "-c", "0", *traced, "-n", "--pidfile=",
                    f"--logfile={work / 'gw.log'}", "jumping", "gateway", "--config",
                    str(work / "g.toml")], env=env,
         )  # fmt: skip
@@ -344,6 +347,8 @@ def driver(args: argparse.Namespace) -> int:
         time.sleep(args.settle)
         result["gateway_rss_peers_only_bytes"] = rss0 = rss_bytes(gw.pid)
         log(f"gateway up, {rss0 / 2**20:.1f} MiB with {args.sessions} peers and no session")
+        if args.trace_memory:
+            os.kill(gw.pid, signal.SIGUSR2)  # the baseline snapshot
 
         # one descriptor per session: as many processes as the hard limit needs (it cannot
         # be raised without CAP_SYS_RESOURCE)
@@ -404,6 +409,9 @@ def driver(args: argparse.Namespace) -> int:
                 g.poll_lines(0.2)
         u1, c1, w1 = udp_in(ns), cpu_seconds(gw.pid), time.monotonic()
         rss1 = int(statistics.median(rss_idle))
+        if args.trace_memory:
+            os.kill(gw.pid, signal.SIGUSR2)
+            log(f"allocation sites grown since the baseline: {args.trace_memory}")
         # sessions still attaching after the ramp's deadline (handshake retries) count too
         idle_n = sum(g.attached for g in gens)
         result["idle"] = {
@@ -507,6 +515,10 @@ def main() -> int:
     ap.add_argument("--active", type=int, default=0, help="sessions sending 1 echo/s")
     ap.add_argument("--json", help="also write the result here")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--trace-memory", metavar="FILE",
+                    help="run the gateway under tracemalloc (tests/bench/scale/traced.py) and "
+                    "write the allocation sites its idle sessions grew to FILE (its RSS and "
+                    "CPU figures are then not measurements)")  # fmt: skip
     ap.add_argument("--gateway-pub")
     ap.add_argument("--client-keys")
     ap.add_argument("--first", type=int, default=0)

@@ -21,7 +21,7 @@ from jumping.core.pathhandle import PathHandle
 from jumping.core.paths import Candidate, PathStats, select
 from jumping.core.ratelimit import SwitchLimiter
 from jumping.core.segments import FEATURE_SEGMENTS as _SEGMENTS
-from jumping.core.session import Keypair, Session
+from jumping.core.session import ClientSession, Keypair, Session
 from jumping.core.timers import T
 
 _BOUND = (State.ATTACHED, State.VOLATILE, State.DEGRADED, State.RECOVERING)
@@ -97,7 +97,7 @@ class ClientCore(NodeCore):
         # a provisional, random SessionID until the gateway assigns the real one: a
         # handshake that fails is reported under an id of its own, never under a shared
         # placeholder that a later attempt would reuse
-        s = Session(self.rng(16), self.gateway, now)
+        s = ClientSession(self.rng(16), self.gateway, now)
         s.owned = True
         self.session = s
         self.sessions[s.session_id] = s
@@ -175,7 +175,7 @@ class ClientCore(NodeCore):
         self._install(now, s, est, path)
 
     def _adopt_new_session(self, now: float, est: Any, path: PathHandle, hs: Initiation) -> None:
-        s = Session(est.session_id, self.gateway, now)
+        s = ClientSession(est.session_id, self.gateway, now)
         s.owned = True
         self.session = s
         self.sessions[s.session_id] = s
@@ -400,7 +400,10 @@ class ClientCore(NodeCore):
             self._control(now, s, wire.Control.KEEPALIVE)
         elif s.previous is not None:
             old = s.previous
-            self._send(s.path, old.control_prefix + old.send_counter.to_bytes(8, "little"), s)
+            # the header of a control message under the expired keys (they are wiped, and
+            # so is their prefix): the gateway drops it before decryption, the NAT sees it
+            header = wire.CONTROL_PREFIX + old.remote_index.to_bytes(4, "little")
+            self._send(s.path, header + old.send_counter.to_bytes(8, "little"), s)
             old.send_counter += 1
             s.last_tx = now
         else:

@@ -335,7 +335,7 @@ class GatewayCore(NodeCore, SessionTakeover):
     def _record(self, s: Session, handshake_ms: int, state_version: int) -> dict[str, object]:
         """The ownership record of ``s`` as this node writes it."""
         return {
-            "client_public_key": s.peer.public_key.hex(),
+            "client_public_key": s.peer.key_hex,
             "state_version": state_version,
             "owner": self.node_id,
             "handshake_ts_ms": handshake_ms,
@@ -543,6 +543,9 @@ class GatewayCore(NodeCore, SessionTakeover):
     def _node_timers(self, now: float) -> None:
         super()._node_timers(now)
         self._expire_adoptions(now)
+        # full buckets are no state: forgotten in bounded steps
+        self.source_limiter.prune(now, PRUNE_PER_TICK)
+        self.cookie_source_limiter.prune(now, PRUNE_PER_TICK)
 
     def _node_deadline(self) -> float | None:
         at = super()._node_deadline()
@@ -697,6 +700,8 @@ LOAD_TAU = 0.25
 #: once over the budget, cookies stay required this long (no flapping on the threshold)
 UNDER_LOAD_HOLD = 1.0
 CHALLENGE_RETRY = 0.1
+#: refilled source-limiter buckets forgotten per node tick (about 2 ms of work at most)
+PRUNE_PER_TICK = 5_000
 CHALLENGE_ATTEMPTS = 8
 AMPLIFICATION = 3
 

@@ -147,7 +147,9 @@ SECURITY_VIOLATIONS: dict[str, tuple[str, ...]] = {
 class Peer:
     """A client the gateway accepts (or the gateway a client talks to)."""
 
-    __slots__ = ("public_key", "networks", "exact", "last_init_ms", "sessions", "name", "psk")
+    __slots__ = (
+        "public_key", "key_hex", "networks", "exact", "last_init_ms", "sessions", "name", "psk",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -157,11 +159,13 @@ class Peer:
         psk: bytes | None = None,
     ) -> None:
         self.public_key = public_key
+        #: made once with the configuration, not once per session (ownership records)
+        self.key_hex = public_key.hex()
         #: the pre-shared key both ends mix into the handshake (32 zero bytes: none)
         self.psk = psk if psk is not None else bytes(32)
         if len(self.psk) != 32:
             raise ValueError("a psk must be 32 bytes")
-        self.name = name or public_key.hex()[:16]
+        self.name = name or self.key_hex[:16]
         self.networks = tuple(ipaddress.ip_network(a, strict=False) for a in allowed_ips)
         self.exact = frozenset(
             n.network_address.packed for n in self.networks if n.num_addresses == 1

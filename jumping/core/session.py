@@ -22,6 +22,7 @@ from jumping.core.replay import WIPED, ReplayWindow
 from jumping.core.timers import COUNT as TIMER_COUNT
 
 _COUNTER_LIMIT = wire.COUNTER_LIMIT
+_NO_PREFIX = b""
 
 
 class Keypair:
@@ -98,61 +99,75 @@ class Keypair:
         self.send_aead = None
         self.recv_aead = None
         self.replay = WIPED
+        # nothing is sealed any more: an idle session's wiped keypair keeps no bytes of its own
+        self.data_prefix = self.control_prefix = _NO_PREFIX
+
+
+#: what every session keeps (a ClientSession adds its own)
+_SESSION_SLOTS = (
+    "session_id",
+    "sid_hex",
+    "peer",
+    "fsm",
+    "current",
+    "previous",
+    "next",
+    "path",
+    "created",
+    "last_rx",
+    "last_tx",
+    "state_since",
+    "rx_bytes",
+    "tx_bytes",
+    "rx_packets",
+    "tx_packets",
+    "deadline",
+    "heap_seq",
+    "timers",
+    "last_data",
+    "quiet",
+    "handshake",
+    "stats_at",
+    "owner_token",
+    "owned",
+    "attach_count",
+    "first_unacked",
+    "bound_before",
+    "active_rx",
+    "left_rx",
+    "left_unacked",
+    "lost_since",
+    "challenge",
+    "offpath_rx",
+    "peer_features",
+    "validations",
+)
 
 
 class Session:
-    """Per-session state. The node core drives it; it holds data, not policy."""
+    """Per-session state. The node core drives it; it holds data, not policy.
 
-    __slots__ = (
-        "session_id",
-        "sid_hex",
-        "peer",
-        "fsm",
-        "current",
-        "previous",
-        "next",
-        "path",
-        "created",
-        "last_rx",
-        "last_tx",
-        "state_since",
-        "rx_bytes",
-        "tx_bytes",
-        "rx_packets",
-        "tx_packets",
-        "deadline",
-        "heap_seq",
-        "timers",
-        "last_data",
-        "quiet",
-        "handshake",
-        "handshake_started",
-        "handshake_attempts",
-        "last_handshake_tx",
-        "last_reattach_tx",
-        "stats_at",
-        "owner_token",
-        "owned",
-        "attach_count",
-        "first_unacked",
-        "pto",
-        "suspect_since",
-        "bound_before",
-        "active_rx",
-        "left_rx",
-        "left_unacked",
-        "lost_since",
-        "reattach_sent",
-        "challenge",
-        "offpath_rx",
-        "resuming",
-        "resume_hs",
-        "resume_turn",
-        "peer_features",
-        "features_sent",
-        "features_at",
-        "validations",
-    )
+    What only a client keeps is in :class:`ClientSession`'s slots: a gateway holds one
+    Session per client (issue 18: 100 000 of them), so it carries none of it. The client's
+    attributes are declared here for the type checker only (a gateway never reads them)."""
+
+    # the client's (slots of ClientSession)
+    handshake_started: float
+    handshake_attempts: int
+    last_handshake_tx: float
+    last_reattach_tx: float
+    pto: float  # current probe timeout of the active path, seconds
+    suspect_since: float
+    reattach_sent: float
+    resuming: Any  # host of the gateway that lost the session
+    resume_hs: Any  # the pending resume initiation
+    resume_turn: int  # rotates resume attempts over the other gateways
+    features_sent: int  # announcements sent for the current keys
+    features_at: float
+
+    # a name, not a literal: the type checker then takes the client's attributes declared
+    # above as this class's (they are ClientSession's slots; a gateway never touches them)
+    __slots__ = _SESSION_SLOTS
 
     def __init__(self, session_id: bytes, peer: Any, now: float, state_version: int = 0) -> None:
         self.session_id = session_id
@@ -177,17 +192,11 @@ class Session:
         self.last_data = now  # last DATA packet either way: traffic flows while it is recent
         self.quiet = False  # no traffic for idle_after_ms: no heartbeat, no probe
         self.handshake: Any = None
-        self.handshake_started = 0.0
-        self.handshake_attempts = 0
-        self.last_handshake_tx = -1e18
-        self.last_reattach_tx = -1e18
         self.stats_at = now
         self.owner_token: int | None = None
         self.owned = False
         self.attach_count = 0
         self.first_unacked = 0.0  # client: first data sent after we last heard the gateway
-        self.pto = 0.15  # client: current probe timeout of the active path, seconds
-        self.suspect_since = 0.0
         #: the path before a recovery (for TRANSPORT_SWITCH)
         self.bound_before: PathHandle | None = None
         #: last authenticated packet on the bound path (never moved by hand, unlike last_rx)
@@ -198,18 +207,38 @@ class Session:
         #: first packet that went unanswered since the bound path last delivered (0: none);
         #: transport_lost_ttl_ms counts from it
         self.lost_since = 0.0
-        self.reattach_sent = 0.0
         self.challenge: Any = None  # gateway: pending path validation
         self.offpath_rx = 0.0
-        self.resuming: Any = None  # client: host of the gateway that lost the session
-        self.resume_hs: Any = None  # client: the pending resume initiation
-        self.resume_turn = 0  # client: rotates resume attempts over the other gateways
         #: feature bits the peer announced for the current keys (None: not heard yet;
         #: a revision-1 peer never announces any)
         self.peer_features: int | None = None
-        self.features_sent = 0  # client: announcements sent for the current keys
-        self.features_at = -1e18
         self.validations: Any = None  # gateway: this session's path-validation budget
 
     def keypairs(self) -> tuple[Keypair, ...]:
         return tuple(k for k in (self.current, self.previous, self.next) if k is not None)
+
+
+class ClientSession(Session):
+    """A client's session: :class:`Session` and what only the initiator keeps (handshake
+    retries, the probe timeout, resumption at another gateway, feature announcements)."""
+
+    __slots__ = (
+        "handshake_started", "handshake_attempts", "last_handshake_tx", "last_reattach_tx",
+        "pto", "suspect_since", "reattach_sent", "resuming", "resume_hs", "resume_turn",
+        "features_sent", "features_at",
+    )  # fmt: skip
+
+    def __init__(self, session_id: bytes, peer: Any, now: float, state_version: int = 0) -> None:
+        super().__init__(session_id, peer, now, state_version)
+        self.handshake_started = 0.0
+        self.handshake_attempts = 0
+        self.last_handshake_tx = -1e18
+        self.last_reattach_tx = -1e18
+        self.pto = 0.15
+        self.suspect_since = 0.0
+        self.reattach_sent = 0.0
+        self.resuming = None
+        self.resume_hs = None
+        self.resume_turn = 0
+        self.features_sent = 0
+        self.features_at = -1e18

@@ -34,3 +34,25 @@ def test_an_idle_sessions_expired_keys_keep_no_window() -> None:
     net.apply("gateway", gw.receive(net.now, net.links[0].gateway_side, late))
     assert (gw.drops["KEY_EXPIRED"], gw.drops["REPLAY"]) == (before[0] + 1, before[1])
     assert s.previous is live and live.replay is WIPED, "nothing changed"
+
+
+def test_a_gateway_session_and_its_tombstone_carry_nothing_of_the_clients() -> None:
+    """Issue 18 (memory per idle session): a gateway's Session has no client-only slots, and a
+    wiped keypair keeps no header prefixes; the client's NAT keepalive under expired keys
+    still carries the right header (the gateway names it KEY_EXPIRED, test_node)."""
+    import sys
+
+    from jumping.core.session import ClientSession, Session
+
+    net = SimNet(seed=7)
+    net.start()
+    net.run_for(0.5)
+    (s,) = net.gateway.sessions.values()
+    c = net.client.session
+    assert type(s) is Session and isinstance(c, ClientSession)
+    assert not hasattr(s, "pto") and c.pto > 0
+    assert sys.getsizeof(s) + 12 * 8 <= sys.getsizeof(c)
+    live = s.current
+    assert live is not None and live.data_prefix and live.control_prefix
+    net.run_for(net.policy.key_lifetime_s + 5.0)
+    assert s.previous is live and live.data_prefix == live.control_prefix == b""

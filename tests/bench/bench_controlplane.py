@@ -11,8 +11,11 @@ initiations gives handshakes/s (all of it: Noise, cookie MAC check, session and 
 tables, outputs and events). Memory per session is the tracemalloc growth of the gateway
 over those N sessions (keys, AEAD contexts, replay window, FSM, tables), measured in a
 second pass without timing. The transition cost is the mean time of
-``terminate(OPERATOR_TERMINATED)`` on 1 000 of the N sessions. Client-side work (building
-the initiations) is excluded. Prints one JSON line per size.
+``terminate(OPERATOR_TERMINATED)`` on 1 000 of the N sessions; ``transition_routed_us`` is
+the same on 1 000 of N confirmed sessions that carry routes (each client's first packet under
+its new keys confirmed it: its /32 is in the gateway's route table), the case where a scan
+over the routes or the peers would show. Client-side work (building the initiations, the
+first packets) is excluded. Prints one JSON line per size.
 """
 
 from __future__ import annotations
@@ -27,11 +30,15 @@ import time
 import tracemalloc
 from collections.abc import Callable
 
-from jumping.core.fsm import Reason
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from jumping.core import wire
+from jumping.core.fsm import Reason, State
 from jumping.core.gateway import GatewayCore
 from jumping.core.handshake import Identity, Initiation
 from jumping.core.node import Peer
 from jumping.core.noise import public_key
+from jumping.core.outputs import Send
 from jumping.core.policy import Policy
 from jumping.testing.sim import SimPath, seeded_rng
 
@@ -43,18 +50,29 @@ def rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def build(n: int, seed: int) -> tuple[bytes, list[tuple[bytes, str]], list[bytes]]:
+def build(
+    n: int, seed: int
+) -> tuple[bytes, list[tuple[bytes, str]], list[bytes], list[Initiation]]:
     r = random.Random(seed)
     gw_priv = r.randbytes(32)
     gw_pub = public_key(gw_priv)
-    clients, inits = [], []
+    clients, inits, states = [], [], []
     rng = seeded_rng(seed)
     for i in range(n):
         priv = r.randbytes(32)
         ip = f"10.{100 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}/32"
         clients.append((public_key(priv), ip))
-        inits.append(Initiation(Identity(priv), gw_pub, rng, NOW, i + 1).message)
-    return gw_priv, clients, inits
+        states.append(Initiation(Identity(priv), gw_pub, rng, NOW, i + 1))
+        inits.append(states[-1].message)
+    return gw_priv, clients, inits, states
+
+
+def first_packet(hs: Initiation, response: bytes) -> bytes:
+    """The client's first packet under the keys a response gave it (an empty DATA message,
+    as a keepalive): it confirms the session on the gateway, which then routes its /32."""
+    est = hs.consume_response(response)
+    header = wire.DATA_PREFIX + est.remote_index.to_bytes(4, "little") + bytes(8)
+    return header + ChaCha20Poly1305(est.send_key).encrypt(bytes(4) + header[8:], b"", header)
 
 
 def peers_of(clients: list[tuple[bytes, str]]) -> list[Peer]:
@@ -115,7 +133,7 @@ def in_child(fn: Callable[[], int]) -> int:
 
 
 def run(n: int, seed: int = 1) -> dict[str, object]:
-    gw_priv, clients, inits = build(n, seed)
+    gw_priv, clients, inits, states = build(n, seed)
     paths = [
         SimPath(f"p{i}", ("10.0.0.1", 51820), ("10.1.0.1", 40000 + i % 20000)) for i in range(n)
     ]
@@ -145,6 +163,27 @@ def run(n: int, seed: int = 1) -> dict[str, object]:
     del g
     gc.collect()
 
+    # pass 2b: the same transition on sessions that carry routes: every client confirms
+    # (its first packet under the new keys), then 1 000 of them are terminated
+    g = gateway(gw_priv, peers_of(clients), n)
+    responses = []
+    for i in range(n):
+        out = g.receive(NOW + 0.001, paths[i], inits[i])
+        responses.append(next(o.data for o in out if isinstance(o, Send)))
+    for i in range(n):
+        g.receive(NOW + 0.002, paths[i], first_packet(states[i], responses[i]))
+    routed = [sid for sid, s in g.sessions.items() if s.fsm.state is State.ATTACHED]
+    routes = len(g.routes)
+    assert len(routed) == n and routes == n, (len(routed), routes, dict(g.drops))
+    sample = random.Random(seed).sample(routed, min(1000, n))
+    t0 = time.perf_counter()
+    for sid in sample:
+        g.terminate(NOW + 1, sid, Reason.OPERATOR_TERMINATED)
+    routed_us = (time.perf_counter() - t0) / len(sample) * 1e6
+    assert len(g.routes) == n - len(sample)
+    del g, responses
+    gc.collect()
+
     # pass 3: the Python objects alone, with tracemalloc
     grown = fill(gw_priv, clients, inits, paths, n, traced=True)
     return {
@@ -156,6 +195,8 @@ def run(n: int, seed: int = 1) -> dict[str, object]:
         "bytes_per_session_rss": round(rss_grown / n),
         "bytes_per_session_python": round(grown / n),
         "transition_us": round(transition_us, 2),
+        "transition_routed_us": round(routed_us, 2),
+        "routes": routes,
         "python": platform.python_version(),
         "cpu": os.cpu_count(),
     }

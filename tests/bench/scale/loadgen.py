@@ -22,6 +22,12 @@ Phases, one JSON line at the end (and progress on stderr):
 - **active** (``--active M``): M sessions send one ICMP echo per second through the tunnel
   to the gateway's TUN address, for ``--window`` seconds; the replies' round trips give
   p50/p99 latency, and the gateway's CPU is measured meanwhile;
+- **churn** (``--churn R``): R actions per second for ``--churn-seconds`` (600): a client
+  roams to a new source port (``--roam`` share), renews its expired keys (``--rekey``), or
+  ends its session and starts a new one (a death and a birth); then ``--churn-settle``
+  (240) s of quiet; reported: what was done, gateway CPU, RSS before / at most during /
+  after, and the gateway's live sessions against the clients' attached ones
+  (``left_behind``);
 - **audit**: ``jumpctl audit`` of the gateway's event stream (invariants, gaps).
 
 Needs root (namespace, TUN), taskset (util-linux). Memory: about 30 KiB per client core in the
@@ -117,10 +123,14 @@ def icmp_echo(src: str, dst: str, ident: int, seq: int, stamp: float) -> bytes:
 def generator(args: argparse.Namespace) -> int:
     """Client cores ``--first`` .. ``--first + --count - 1`` on their own UDP sockets; reads
     commands on stdin (``active M SECONDS``, ``quit``), reports on stdout."""
+    import random
+    import traceback
+
     from twisted.internet import protocol, reactor, stdio
     from twisted.protocols.basic import LineReceiver
 
     from jumping.core.client import ClientCore
+    from jumping.core.fsm import Reason
     from jumping.core.outputs import ArmTimer, Send, WriteTun
     from jumping.core.policy import Policy
     from jumping.keys import decode_key
@@ -181,6 +191,9 @@ def generator(args: argparse.Namespace) -> int:
             if not self.up and s is not None and s.fsm.state.value == "ATTACHED":
                 self.up = True
                 state["attached"] += 1
+            elif self.up and (s is None or s.fsm.state.value == "TERMINATED"):
+                self.up = False
+                state["attached"] -= 1
 
         def fire(self) -> None:
             self.timer = None
@@ -194,14 +207,19 @@ def generator(args: argparse.Namespace) -> int:
 
     policy = Policy()
     paths: list[UDPPath] = []
-    for i, key in enumerate(keys):
+
+    def new_core(p: UDPPath) -> None:
+        p.core = ClientCore(
+            gateway_public_key=gw_pub, paths=[p], node_id=f"c{p.n}",
+            private_key=bytes.fromhex(keys[p.n - args.first]), policy=policy, rng=os.urandom,
+            now=clock.seconds(),
+        )  # fmt: skip
+
+    for i in range(len(keys)):
         n = args.first + i
         p = UDPPath(n)
         reactor.listenUDP(0, p, interface=client_source(n))
-        p.core = ClientCore(
-            gateway_public_key=gw_pub, paths=[p], node_id=f"c{n}",
-            private_key=bytes.fromhex(key), policy=policy, rng=os.urandom, now=clock.seconds(),
-        )  # fmt: skip
+        new_core(p)
         paths.append(p)
     gap = 1.0 / args.rate if args.rate > 0 else 0.0
 
@@ -222,6 +240,76 @@ def generator(args: argparse.Namespace) -> int:
             say(f"attached {state['attached']}")
         clock.callLater(0.5, report)
 
+    churn = {"deaths": 0, "births": 0, "roams": 0, "rekeys": 0, "skipped": 0, "errors": 0}
+    rnd = random.Random(args.first)
+
+    def expired(p: UDPPath) -> bool:
+        s = p.core.session
+        return s is not None and s.current is None
+
+    def rekey(p: UDPPath) -> None:
+        """A packet after idle: keys that expired are renewed first (a rekey, same id)."""
+        churn["rekeys"] += 1
+        p.ping(0)
+
+    def die_and_reborn(p: UDPPath) -> None:
+        """The client ends its session (TERMINATE, under live keys) and starts a new one."""
+        now = clock.seconds()
+        s = p.core.session
+        if not p.up or s is None or s.current is None:
+            churn["skipped"] += 1
+            return
+        p.run(p.core.terminate(now, s.session_id, Reason.OPERATOR_TERMINATED))
+        if p.timer is not None and p.timer.active():
+            p.timer.cancel()
+        p.timer = None
+        if p.up:  # run() saw the session end
+            p.up = False
+            state["attached"] -= 1
+        churn["deaths"] += 1
+        new_core(p)
+        p.run(p.core.start(now))
+        churn["births"] += 1
+
+    def roam(p: UDPPath) -> None:
+        """The client's source port changes (a NAT rebinding): the gateway must validate
+        the new address and move the session to it."""
+        churn["roams"] += 1
+        old, p.transport = p.transport, None
+        new = reactor.listenUDP(0, p, interface=client_source(p.n))
+        # the old port's end (a reactor turn later) clears the protocol's transport: the
+        # new port is put back then
+        old.stopListening().addCallback(lambda _: setattr(p, "transport", new))
+        p.ping(1)
+
+    def churn_step(gap: float, until: float, roam_p: float, rekey_p: float) -> None:
+        now = clock.seconds()
+        if now >= until:
+            say("churn " + json.dumps(churn))
+            return
+        clock.callLater(gap, churn_step, gap, until, roam_p, rekey_p)
+        p = paths[rnd.randrange(len(paths))]
+        r = rnd.random()
+        try:
+            act(p, r, roam_p, rekey_p)
+        except Exception:  # a bug in this script: counted and shown once, the churn goes on
+            churn["errors"] += 1
+            if churn["errors"] == 1:
+                traceback.print_exc()
+
+    def act(p: UDPPath, r: float, roam_p: float, rekey_p: float) -> None:
+        if not p.up:
+            churn["skipped"] += 1
+        elif r < roam_p:
+            roam(p)
+        elif r < roam_p + rekey_p:
+            rekey(p)  # renews its keys if they expired while idle, else only traffic
+        elif expired(p):
+            rekey(p)  # keys renewed first (TERMINATE needs live keys), then it ends
+            clock.callLater(1.0, die_and_reborn, p)
+        else:
+            die_and_reborn(p)
+
     class Commands(LineReceiver):
         delimiter = b"\n"
 
@@ -238,6 +326,9 @@ def generator(args: argparse.Namespace) -> int:
                     for t in range(int(seconds)):
                         clock.callLater(t + k / max(1, m), p.ping, t)
                 clock.callLater(seconds + 2.0, self.done)
+            elif words[0] == "churn":
+                rate, seconds, roam_p, rekey_p = map(float, words[1:5])
+                churn_step(1.0 / rate, clock.seconds() + seconds, roam_p, rekey_p)
 
         def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
             # stdin or stdout closed: the driver ended without "quit" (killed, or failed),
@@ -462,6 +553,10 @@ def driver(args: argparse.Namespace) -> int:
             }  # fmt: skip
             log(f"active: {result['active']}")
 
+        if args.churn:
+            result["churn"] = run_churn(args, gw, gens, work, env)
+            log(f"churn: {result['churn']}")
+
         for g in gens:
             assert g.proc.stdin is not None
             g.proc.stdin.write("quit\n")
@@ -501,6 +596,74 @@ def driver(args: argparse.Namespace) -> int:
             log(f"kept {work}")
 
 
+def gateway_sessions(work: Path, env: dict[str, str]) -> dict[str, int]:
+    """The gateway's sessions by state (``jumpctl status --json``)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "jumping.cli", "status", "--json", "--socket",
+         str(work / "gw.sock")], capture_output=True, text=True, env=env, check=True,
+    ).stdout  # fmt: skip
+    return {k: int(v) for k, v in json.loads(out)["sessions"].items()}
+
+
+def run_churn(
+    args: argparse.Namespace, gw: subprocess.Popen[Any], gens: list[Gen], work: Path,
+    env: dict[str, str],
+) -> dict[str, Any]:  # fmt: skip
+    """``--churn R`` actions per second for ``--churn-seconds``, spread over the generators:
+    a client roams (new source port), renews its expired keys (a rekey), or ends its session
+    (TERMINATE) and starts a new one (a death and a birth; keys expired while idle are
+    renewed first). Then ``--churn-settle`` seconds of quiet (the churned sessions' keys
+    expire and are trimmed), and: RSS before, during and after, the gateway's live sessions
+    against the clients' (none left behind)."""
+    rss_before = rss_bytes(gw.pid)
+    before = gateway_sessions(work, env)
+    share = args.churn / len(gens)
+    for g in gens:
+        assert g.proc.stdin is not None
+        g.proc.stdin.write(f"churn {share} {args.churn_seconds} {args.roam} {args.rekey}\n")
+        g.proc.stdin.flush()
+    c0, w0 = cpu_seconds(gw.pid), time.monotonic()
+    totals: dict[str, int] = {}
+    waiting = {id(g) for g in gens}
+    rss_during: list[int] = []
+    shown = w0
+    deadline = w0 + args.churn_seconds + 120
+    while waiting and time.monotonic() < deadline:
+        for g in gens:
+            for line in g.poll_lines(0.1):
+                if line.startswith("churn "):
+                    for k, v in json.loads(line[len("churn ") :]).items():
+                        totals[k] = totals.get(k, 0) + v
+                    waiting.discard(id(g))
+        if time.monotonic() - shown >= 10:
+            shown = time.monotonic()
+            rss_during.append(rss_bytes(gw.pid))
+            log(f"churn: {round(shown - w0)} s, gateway RSS {rss_during[-1] / 2**20:.1f} MiB")
+    c1, w1 = cpu_seconds(gw.pid), time.monotonic()
+    log(f"churn done: {totals}; quiet for {args.churn_settle} s")
+    end = time.monotonic() + args.churn_settle
+    while time.monotonic() < end:
+        for g in gens:
+            g.poll_lines(0.2)
+    rss_after = [rss_bytes(gw.pid)]
+    for _ in range(10):
+        time.sleep(1)
+        rss_after.append(rss_bytes(gw.pid))
+    after = gateway_sessions(work, env)
+    live = sum(v for k, v in after.items() if k != "TERMINATED")
+    clients = sum(g.attached for g in gens)
+    return {
+        "rate": args.churn, "seconds": args.churn_seconds, "done": totals,
+        "births_per_s": round(totals.get("births", 0) / max(1e-9, w1 - w0), 1),
+        "deaths_per_s": round(totals.get("deaths", 0) / max(1e-9, w1 - w0), 1),
+        "gateway_cpu_pct": round(100 * (c1 - c0) / (w1 - w0), 2),
+        "rss_before_bytes": rss_before, "rss_max_during_bytes": max(rss_during, default=0),
+        "rss_after_bytes": int(statistics.median(rss_after)),
+        "sessions_before": before, "sessions_after": after,
+        "gateway_live": live, "clients_attached": clients, "left_behind": live - clients,
+    }  # fmt: skip
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--role", default="driver", choices=["driver", "generator"])
@@ -513,6 +676,27 @@ def main() -> int:
     ap.add_argument("--hold", type=float, default=190.0, help="idle hold before measuring")
     ap.add_argument("--window", type=float, default=30.0)
     ap.add_argument("--active", type=int, default=0, help="sessions sending 1 echo/s")
+    ap.add_argument(
+        "--churn",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="after the idle (and active) phase: R churn actions per second",
+    )
+    ap.add_argument("--churn-seconds", type=float, default=600.0)
+    ap.add_argument(
+        "--churn-settle",
+        type=float,
+        default=240.0,
+        help="quiet after the churn before RSS and sessions are read",
+    )
+    ap.add_argument("--roam", type=float, default=0.1, help="share of churn actions that roam")
+    ap.add_argument(
+        "--rekey",
+        type=float,
+        default=0.1,
+        help="share that only renew a client's keys (the rest end and restart)",
+    )
     ap.add_argument("--json", help="also write the result here")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--trace-memory", metavar="FILE",
@@ -526,6 +710,12 @@ def main() -> int:
     a = ap.parse_args()
     if a.role == "driver" and (a.sessions < 1 or a.procs < 1 or a.rate <= 0):
         ap.error("--sessions, --procs and --rate must be positive")
+    if (
+        a.churn < 0
+        or a.churn_seconds <= 0
+        or not (0 <= a.roam and 0 <= a.rekey and a.roam + a.rekey <= 1)
+    ):
+        ap.error("--churn >= 0, --churn-seconds > 0, --roam and --rekey shares within 0..1")
     return generator(a) if a.role == "generator" else driver(a)
 
 

@@ -54,6 +54,8 @@ from jumping.core.timers import HANDLERS, ORDER, T
 Rng = Callable[[int], bytes]
 
 _HDR = wire.TRANSPORT_HEADER
+#: stale timer-heap entries tolerated beyond one per session before the heap is rebuilt
+HEAP_SLACK = 1024
 _DATA = wire.MessageType.DATA
 _DATA_BYTE = bytes((_DATA,))
 _SEGMENT = wire.MessageType.DATA_SEGMENT
@@ -809,6 +811,15 @@ class NodeCore:
         s.heap_seq = seq
         s.deadline = at
         heapq.heappush(heap, (at, seq, s))
+        if len(heap) > 2 * len(self.sessions) + HEAP_SLACK:
+            # entries go stale when a session ends or its deadline moves earlier, and a
+            # stale one is only dropped when it reaches the top: an ended session's
+            # lifetime entry (hours away) would keep the whole Session alive that long
+            # (found by issue 18's churn). Rebuilt in place (tick may hold the list) once
+            # stale entries outnumber live ones: amortized O(1) per push.
+            heap[:] = [e for e in heap if e[1] == e[2].heap_seq]
+            heapq.heapify(heap)
+            self.counters["timer_heap_compactions"] += 1
 
     def tick(self, now: float) -> list[Output]:
         """Run every timer that is due; ends with an ``ArmTimer`` for the next one."""

@@ -66,6 +66,9 @@ class LeanPort(udp.Port):
     straight into our handler (Twisted's generic loop adds a protocol dispatch and its
     own bookkeeping per datagram). Up to ``maxThroughput`` bytes per reactor wake-up."""
 
+    #: the reactor calls ``doRead`` without Twisted's legacy log context
+    #: (jumping/service/dispatch.py)
+    lean_dispatch = True
     handler: Any = None
     handler_many: Any = None
     gro = False

@@ -59,6 +59,7 @@ def status(svc: Any) -> dict[str, Any]:
         "policy_version": str(core.policy.version if core else cfg.policy.version),
         "sessions": dict(sorted(core.state_counts().items())) if core else {},
         "tun": {"name": cfg.tun.name, "mtu": svc.mtu, "write_errors": svc.tun_write_errors},
+        "dispatch": "lean" if getattr(svc, "lean_dispatch", False) else "twisted",
         "sinks": [
             {
                 "name": s.name,

@@ -47,7 +47,7 @@ from jumping.core.outputs import Emit, Output
 from jumping.core.segments import FEATURE_SEGMENTS
 from jumping.interfaces import IBatchDatagramReceiver, IDurableEventSink
 from jumping.keys import event_keys
-from jumping.service import commands, control, mtu, privileges, reload, sdnotify
+from jumping.service import commands, control, dispatch, mtu, privileges, reload, sdnotify
 from jumping.service.assemble import build_core, build_parts
 from jumping.service.dataplane import DataPlane
 from jumping.service.events import EventPipeline
@@ -101,6 +101,8 @@ class NodeService(service.Service):
         self._losses: Any = None
         self._heap: HeapTrimmer | None = None
         self._heap_loop: Any = None
+        #: the reactor polls through jumping/service/dispatch.py while this node serves
+        self.lean_dispatch = False
         self.ownership: Any = None
         self.tun_drops = 0
         #: operator actions by (action, result): ("reload", "applied"), ("reload", "rejected")...
@@ -375,6 +377,8 @@ class NodeService(service.Service):
         self.dataplane.start(core, self.tun)
         self.limits_changed()
         run = self.dataplane.run
+        if os.environ.get("JUMPING_LEAN_DISPATCH", "1") != "0":
+            self.lean_dispatch = dispatch.install(self.reactor)
         self.tun.start()
         n = len(self.listeners) + len(self.paths)
         self.started_at = self.reactor.seconds()
@@ -505,6 +509,9 @@ class NodeService(service.Service):
 
     def _close_all(self) -> defer.Deferred[None]:
         self.dataplane.close()
+        if self.lean_dispatch:
+            dispatch.uninstall(self.reactor)
+            self.lean_dispatch = False
         waits: list[defer.Deferred[Any]] = []
         for lst in (self.listeners, self.paths):
             for t in lst:

@@ -39,6 +39,9 @@ class LeanTuntapPort(TuntapPort):
     into the node's fast path, up to ``maxThroughput`` bytes per reactor wake-up; then one
     call to ``on_flush`` (the node sends what the wake-up produced, batched per path)."""
 
+    #: the reactor calls ``doRead`` without Twisted's legacy log context
+    #: (jumping/service/dispatch.py)
+    lean_dispatch = True
     on_packet: Any = None
     on_flush: Any = None
     #: called with a frame that carries a super-packet or a pending checksum; returns True

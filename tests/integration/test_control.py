@@ -243,6 +243,7 @@ def test_operator_controls_a_live_gateway(fleet: Fleet, capsys: pytest.CaptureFi
     assert st["ownership"] == {"backend": "memory", "healthy": True, "shared": False}
     assert [s["name"] for s in st["sinks"]] == ["jsonl"] and st["sinks"][0]["dropped"] == 0
     assert st["listeners"] == [{"local": "0.0.0.0:51820"}] and st["uptime_s"] > 0
+    assert st["dispatch"] == "lean"  # twistd's epoll reactor, jumping/service/dispatch.py
     code, out, _ = jumpctl(capsys, "status", "--socket", sock)
     assert code == 0 and "node: gw1 (gateway)" in out and "sessions: ATTACHED 3" in out
 

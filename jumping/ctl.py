@@ -148,6 +148,8 @@ def format_status(st: dict[str, Any]) -> str:
         lines.append(f"path: {p['kind']} {p['local']} -> {p['remote']}")
     t = st["tun"]
     lines.append(f"tun: {t['name']} mtu {t['mtu']}, write errors {t['write_errors']}")
+    if "dispatch" in st:
+        lines.append(f"dispatch: {st['dispatch']}")
     return "\n".join(lines)
 
 

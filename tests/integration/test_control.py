@@ -246,6 +246,7 @@ def test_operator_controls_a_live_gateway(fleet: Fleet, capsys: pytest.CaptureFi
     assert st["dispatch"] == "lean"  # twistd's epoll reactor, jumping/service/dispatch.py
     code, out, _ = jumpctl(capsys, "status", "--socket", sock)
     assert code == 0 and "node: gw1 (gateway)" in out and "sessions: ATTACHED 3" in out
+    assert "dispatch: lean" in out
 
     # sessions: one row per session, like wg show
     for name, i in (("alice", 1), ("bob", 2), ("carol", 3)):

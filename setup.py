@@ -1,4 +1,5 @@
-"""The optional C part of the data plane (jumping/core/_dataplane.c, see jumping/core/aead.py):
+"""The optional C parts of the data plane (jumping/core/_dataplane.c, see jumping/core/aead.py,
+and the TUN read loop, jumping/service/_fastio.c):
 built where a C compiler and OpenSSL's headers exist (deploy/setup.sh installs them); where
 the build fails, the install goes on without it and the pure-Python twin runs."""
 
@@ -12,6 +13,12 @@ setup(
             libraries=["crypto"],
             extra_compile_args=["-O2"],
             optional=True,
-        )
+        ),
+        Extension(
+            "jumping.service._fastio",
+            ["jumping/service/_fastio.c"],
+            extra_compile_args=["-O2"],
+            optional=True,
+        ),
     ]
 )

@@ -35,9 +35,10 @@ TUN_F_CSUM, TUN_F_TSO4 = 0x01, 0x02
 
 
 class LeanTuntapPort(TuntapPort):
-    """TuntapPort with a tighter read loop: ``os.read`` and one call per packet, straight
-    into the node's fast path, up to ``maxThroughput`` bytes per reactor wake-up; then one
-    call to ``on_flush`` (the node sends what the wake-up produced, batched per path)."""
+    """TuntapPort with a tighter read loop: everything the device holds, up to
+    ``maxThroughput`` bytes per reactor wake-up, read in one call (:data:`read_burst`), then
+    one call per packet straight into the node's fast path, then one call to ``on_flush``
+    (the node sends what the wake-up produced, batched per path)."""
 
     #: the reactor calls ``doRead`` without Twisted's legacy log context
     #: (jumping/service/dispatch.py)
@@ -61,21 +62,13 @@ class LeanTuntapPort(TuntapPort):
     offload_errors = 0
 
     def doRead(self) -> None:  # noqa: N802
-        read_fd = os.read
-        fd = self._fileno
         on_packet = self.on_packet
         on_offloaded = self.on_offloaded
         vnet = self.vnet_hdr
-        read = 0
         try:
-            while read < self.maxThroughput:
-                try:
-                    data = read_fd(fd, 65600)
-                except OSError as e:
-                    if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
-                        return
-                    raise
-                read += len(data)
+            # everything the device holds (up to maxThroughput bytes), read before any of
+            # it is handled: one call, and no exception to end the loop (_fastio.c)
+            for data in read_burst(self._fileno, 65600, self.maxThroughput):
                 try:
                     if not vnet:
                         on_packet(data)
@@ -100,6 +93,42 @@ class LeanTuntapPort(TuntapPort):
                     self.on_flush()
                 except Exception:
                     self.handler_errors += 1
+
+
+def _read_burst_py(fd: int, size: int, limit: int) -> list[bytes]:
+    """The pure-Python twin of ``_fastio.read_burst``: read ``fd`` (non-blocking) until it
+    is empty or ``limit`` bytes were read. An error other than EAGAIN/EINTR is raised if
+    nothing was read yet, else the packets read go first (the next read meets it again)."""
+    out: list[bytes] = []
+    total = 0
+    while total < limit:
+        try:
+            data = os.read(fd, size)
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR) or out:
+                break
+            raise
+        if not data:
+            break
+        out.append(data)
+        total += len(data)
+    return out
+
+
+def _compiled_read_burst() -> Any:
+    if os.environ.get("JUMPING_PURE_PYTHON"):
+        return None
+    try:
+        from jumping.service import _fastio  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return _fastio.read_burst
+
+
+#: the C loop (jumping/service/_fastio.c) if it was built, else None
+c_read_burst: Any = _compiled_read_burst()
+#: what the TUN reader uses
+read_burst: Callable[[int, int, int], list[bytes]] = c_read_burst or _read_burst_py
 
 
 class TunError(Exception):
@@ -229,6 +258,9 @@ class TunDevice:
         super-packet (:mod:`jumping.service.gro`), and each
         :class:`~jumping.core.segments.SegmentRun` as one GSO packet whose segmentation
         and checksums the kernel does."""
+        if len(packets) == 1 and type(packets[0]) is bytes:
+            self.write(packets[0])  # the commonest run (an idle tunnel's): nothing to join
+            return
         fd = self.fd
         if not self.vnet_hdr:
             for p in packets:

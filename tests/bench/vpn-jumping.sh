@@ -28,8 +28,12 @@ vpn_check() { need_cmds "$J_PY" ip; "$J_PY" -c "import twisted, nacl, cryptograp
 # pure-Python twin; JUMPING_PURE_PYTHON=1 picks it anyway). The version names which ran.
 j_build() {
   local so tmp
-  so=$(compgen -G "$JUMPING_ROOT/jumping/core/_dataplane*.so" | head -n1 || true)
-  [[ -n $so && ! $JUMPING_ROOT/jumping/core/_dataplane.c -nt $so ]] && return 0
+  local src fresh=1
+  for src in jumping/core/_dataplane jumping/service/_fastio; do
+    so=$(compgen -G "$JUMPING_ROOT/$src*.so" | head -n1 || true)
+    [[ -n $so && ! $JUMPING_ROOT/$src.c -nt $so ]] || fresh=0
+  done
+  ((fresh)) && return 0
   tmp=$(mktemp -d /tmp/jumping-build.XXXXXX)
   (cd "$JUMPING_ROOT" && "$J_PY" setup.py -q build_ext --inplace --build-temp "$tmp/t" --build-lib "$tmp/l") >"$tmp/log" 2>&1 ||
     echo "vpn-jumping: the C loops did not build (see $tmp/log): pure Python" >&2

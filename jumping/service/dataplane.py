@@ -123,7 +123,13 @@ class DataPlane:
             return
         kind = data[:1]
         if kind in _TUNNEL_TYPES:
-            self.datagramsReceived(transport, (data,))
+            # straight to the core's batch path (an idle tunnel's every packet comes here):
+            # data never answers a handshake, so there is no handshake cost to measure
+            packets, outputs = core.receive_batch(self._now(), transport, (data,))
+            if packets:
+                self._write_many(packets)
+            if outputs:
+                self.run(outputs)
             return
         if kind in _HANDSHAKE_TYPES and self.queue_handshakes:
             # a flood of initiations (from spoofed sources, one datagram at a time) costs

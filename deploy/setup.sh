@@ -13,9 +13,9 @@ fail() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 [[ $(id -u) == 0 ]] || fail "run as root (network namespaces and TUN devices need it)"
 
 # command -> Debian package
-# (gcc builds the data plane's C loops at `pip install .`, jumping/core/_dataplane.c; without
-# it the install falls back to their pure-Python twin; openssl makes the certificates of the
-# secure etcd test cluster, deploy/cluster/etcd.sh ETCD_SECURE=1)
+# (gcc builds the data plane's C loops at `pip install .`, jumping/core/_dataplane.c and
+# jumping/service/_fastio.c; without it the install falls back to their pure-Python twins;
+# openssl makes the certificates of the secure etcd test cluster, deploy/cluster/etcd.sh ETCD_SECURE=1)
 declare -A runtime=([ip]=iproute2 [ping]=iputils-ping [nft]=nftables [iperf3]=iperf3 [gcc]=gcc)
 declare -A testing=([tcpdump]=tcpdump [wireguard-go]=wireguard-go [wg]=wireguard-tools
                     [etcd]=etcd-server [etcdctl]=etcd-client [kcat]=kcat [promtool]=prometheus

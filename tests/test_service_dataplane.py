@@ -122,8 +122,41 @@ def test_the_timer_keeps_the_earliest_deadline() -> None:
     dp.run([ArmTimer(now + 10)])
     dp.run([ArmTimer(now + 5)])
     dp.run([ArmTimer(now + 7)])  # later than the armed one: nothing changes
-    (call,) = [c for c in clock.getDelayedCalls() if c.active()]
-    assert call.getTime() == now + 5
+    # one timer, moved: nothing cancelled is left behind
+    (call,) = clock.getDelayedCalls()
+    assert call.active() and call.getTime() == now + 5
+    fired: list[float] = []
+    dp._fire = lambda: fired.append(clock.seconds())  # type: ignore[method-assign]
+    call.func = dp._fire  # what the armed call runs, observed
+    clock.advance(5)
+    assert fired == [now + 5]
+
+
+def test_a_moved_timer_fires_sooner_on_a_real_reactor_heap() -> None:
+    """Twisted's own heap (not the test clock's list): the timer moved to a sooner deadline
+    fires then, once, and the later one it replaced never fires."""
+    from twisted.internet.selectreactor import SelectReactor
+
+    reactor = SelectReactor()
+    try:
+        dp = DataPlane(reactor, lambda t: None)
+        fired: list[float] = []
+        dp._fire = lambda: fired.append(reactor.seconds())  # type: ignore[method-assign]
+        other = reactor.callLater(0.5, lambda: None)  # a heap with more than our call
+        now = reactor.seconds()
+        dp.run([ArmTimer(now + 0.3)])
+        dp.run([ArmTimer(now + 0.05)])
+        deadline = now + 0.6
+        while reactor.seconds() < deadline:
+            reactor.iterate(0.01)
+        assert len(fired) == 1 and fired[0] >= now + 0.05 and fired[0] < now + 0.3
+        assert not other.active()  # the other call ran at its time too
+    finally:
+        for c in reactor.getDelayedCalls():
+            c.cancel()
+        waker = reactor.waker  # the reactor's own pipe: closed, nothing left open
+        reactor.removeReader(waker)
+        waker.connectionLost(None)
 
 
 def test_the_armed_timer_fires_at_the_cores_deadline_and_runs_its_tick() -> None:

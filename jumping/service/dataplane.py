@@ -266,10 +266,16 @@ class DataPlane:
 
     # ------------------------------------------------------------------ the timer
     def _arm(self, at: float) -> None:
-        if self._timer is not None and self._timer.active():
+        """The one timer at ``at`` if that is sooner than where it stands. An armed timer is
+        moved (``reset``: a field and a short heap walk), not cancelled and made again: an
+        idle client arms it on the first packet after idle, on the round trip's path."""
+        timer = self._timer
+        if timer is not None and timer.active():
             if at >= self._timer_at:
                 return
-            self._timer.cancel()
+            self._timer_at = at
+            timer.reset(max(0.0, at - self.reactor.seconds()))
+            return
         self._timer_at = at
         self._timer = self.reactor.callLater(max(0.0, at - self.reactor.seconds()), self._fire)
 

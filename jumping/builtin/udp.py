@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import os
 import socket
 import sys
 from collections import OrderedDict
@@ -62,9 +63,11 @@ _BYTEORDER = sys.byteorder
 
 
 class LeanPort(udp.Port):
-    """``udp.Port`` with a tighter read loop: one ``recvfrom`` and one call per datagram,
-    straight into our handler (Twisted's generic loop adds a protocol dispatch and its
-    own bookkeeping per datagram). Up to ``maxThroughput`` bytes per reactor wake-up."""
+    """``udp.Port`` with a tighter read loop: the datagrams the socket holds read in one
+    call (``recv_burst``: jumping/service/_fastio.c, or its twin ``_recv_burst_py``), then
+    one call per datagram straight into our handler (Twisted's generic loop adds a protocol
+    dispatch and its own bookkeeping per datagram, and ends on a Python exception). Up to
+    ``maxThroughput`` bytes per reactor wake-up."""
 
     #: the reactor calls ``doRead`` without Twisted's legacy log context
     #: (jumping/service/dispatch.py)
@@ -101,67 +104,96 @@ class LeanPort(udp.Port):
             self._fresh = None
 
     def doRead(self) -> None:  # noqa: N802
-        if self.gro:
-            return self._read_gro()
-        recv = self.socket.recvfrom
         handler = self.handler
+        many = self.handler_many
         size = self.maxPacketSize
+        cap = self.maxThroughput
+        limit = self.unknown_per_read
+        burst_of = c_recv_burst
+        source: Any = self.socket.fileno() if burst_of is not None else self.socket
+        if burst_of is None:
+            burst_of = _recv_burst_py
+        gro = self.gro
         read = 0
-        limit = self.unknown_per_read or -1
         self.unknown = 0
-        while read < self.maxThroughput:
-            if self.unknown == limit:
+        while read < cap:
+            # with a bound on unauthenticated sources, a burst is never longer than what
+            # is left of it (each datagram could be one): the pass ends exactly at the bound
+            count = limit - self.unknown if limit else _BURST
+            if count <= 0:
                 self.yielded_reads += 1
                 return
             try:
-                data, addr = recv(size)
+                # what the socket holds, read before any of it is handled: one call, and
+                # no exception to end the loop (jumping/service/_fastio.c)
+                burst = burst_of(source, size, cap - read, count, gro)
             except OSError as e:
                 if e.errno in _READ_AGAIN:
                     return
                 raise
-            read += len(data)
-            try:
-                handler(data, addr)
-            except Exception:
-                self.handler_errors += 1
-                _log.failure("datagram handler failed")
-
-    def _read_gro(self) -> None:
-        """Like doRead, but a coalesced run of datagrams is split at the kernel's segment
-        size before each piece goes to the handler, exactly as if read one by one."""
-        recv = self.socket.recvmsg
-        handler = self.handler
-        size = self.maxPacketSize
-        read = 0
-        limit = self.unknown_per_read or -1
-        self.unknown = 0
-        while read < self.maxThroughput:
-            if self.unknown == limit:
-                self.yielded_reads += 1
-                return
-            try:
-                data, anc, _flags, addr = recv(size, _GRO_CMSG)
-            except OSError as e:
-                if e.errno in _READ_AGAIN:
-                    return
-                raise
-            n = len(data)
-            read += n
-            try:
-                if anc:
-                    seg = int.from_bytes(anc[0][2][:4], _BYTEORDER)
+            for data, addr, seg in burst:
+                n = len(data)
+                read += n
+                try:
                     if 0 < seg < n:
+                        # a coalesced run (UDP_GRO): split at the kernel's segment size,
+                        # exactly as if read one by one
                         self.coalesced_reads += 1
-                        if self.handler_many is not None:
-                            self.handler_many([data[o : o + seg] for o in range(0, n, seg)], addr)
+                        if many is not None:
+                            many([data[o : o + seg] for o in range(0, n, seg)], addr)
                         else:
                             for off in range(0, n, seg):
                                 handler(data[off : off + seg], addr)
-                        continue
-                handler(data, addr)
-            except Exception:
-                self.handler_errors += 1
-                _log.failure("datagram handler failed")
+                    else:
+                        handler(data, addr)
+                except Exception:
+                    self.handler_errors += 1
+                    _log.failure("datagram handler failed")
+            if len(burst) < count and read < cap:
+                return  # the socket is empty
+
+
+def _recv_burst_py(
+    sock: socket.socket, size: int, limit: int, count: int, gro: bool
+) -> list[tuple[bytes, Any, int]]:
+    """The pure-Python twin of ``_fastio.recv_burst``: ``recvmsg`` until the socket is
+    empty, ``limit`` bytes or ``count`` datagrams were read; (data, address, segment size)
+    each, the segment size from the UDP_GRO control message (0 without one). An error other
+    than EAGAIN/EINTR is raised if nothing was read yet, else what was read goes first."""
+    out: list[tuple[bytes, Any, int]] = []
+    recv = sock.recvmsg
+    space = _GRO_CMSG if gro else 0
+    total = 0
+    while total < limit and len(out) < count:
+        try:
+            data, anc, _flags, addr = recv(size, space)
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR) or out:
+                break
+            raise
+        seg = 0
+        for level, kind, value in anc:
+            if level == SOL_UDP and kind == UDP_GRO and len(value) >= 4:
+                seg = int.from_bytes(value[:4], _BYTEORDER, signed=True)
+        out.append((data, addr, seg))
+        total += len(data)
+    return out
+
+
+def _compiled_recv_burst() -> Any:
+    if os.environ.get("JUMPING_PURE_PYTHON"):
+        return None
+    try:
+        from jumping.service import _fastio  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return getattr(_fastio, "recv_burst", None)
+
+
+#: the C loop (jumping/service/_fastio.c) if it was built, else None (then _recv_burst_py)
+c_recv_burst: Any = _compiled_recv_burst()
+#: datagrams per read call where no bound on unauthenticated sources applies
+_BURST = 64
 
 
 def _listen(

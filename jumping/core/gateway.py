@@ -628,6 +628,7 @@ class GatewayCore(NodeCore, SessionTakeover):
         ch.sent += cost
         ch.sent_at = now
         ch.attempts += 1
+        self.counters["path_challenges_sent"] += 1  # first sends and retries
         self._control(now, s, wire.Control.CHALLENGE, ch.nonce, path)
 
     def _off_path(self, now: float, s: Session, path: PathHandle) -> None:

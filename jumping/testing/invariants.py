@@ -77,10 +77,14 @@ class InvariantChecker:
         # it went quiet
         c = core.counters
         # a feature announcement is bounded too (FEATURE_ANNOUNCEMENTS per keypair): its
-        # repeats can fall after the session went quiet when the answers were lost
+        # repeats can fall after the session went quiet when the answers were lost.
+        # A path challenge is bounded by its attempts and the anti-amplification limit; it
+        # can come on top of the answer to the packet that caused it (a client that moved
+        # while quiet announces its features on the new path: the gateway answers them
+        # and challenges the path, two sends for one packet received)
         allowed = (c["nat_keepalives"] + c["handshakes_sent"] + c["handshakes_answered"]
                    + c["cookie_replies"] + c["silence_probes"] + c["rekeys"]
-                   + c["feature_announcements"])  # fmt: skip
+                   + c["feature_announcements"] + c["path_challenges_sent"])  # fmt: skip
         seen: dict[tuple[str, int], tuple[int, int, int]] = {}
         for s in core.sessions.values():
             if not s.quiet:

@@ -47,3 +47,25 @@ class Faults(RuleBasedStateMachine):
 
 Faults.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
 TestFaults = Faults.TestCase
+
+
+def test_quiet_gateway_challenges_a_moved_client_and_answers_its_features() -> None:
+    """A schedule Hypothesis found: the client rebinds on a lossy link, goes quiet, and its
+    feature announcement arrives on the new (not yet validated) path. The gateway answers
+    the announcement and repeats its path challenge: two sends for one packet received,
+    both bounded. The quiet-session budget must count the challenge."""
+    net = SimNet(seed=35, links=2)
+    net.checker = InvariantChecker(net.policy)
+    net.echo = True
+    net.start()
+    net.run_for(1.0)
+    net.links[0].loss = 0.6
+    net.links[1].loss = 0.3
+    net.run_for(1.5)
+    net.rebind(1)
+    net.traffic(until=net.now + 0.40625, interval=0.01)
+    net.run_for(5.0)
+    c = net.gateway.counters
+    assert c["sessions_went_quiet"] >= 1
+    assert c["path_challenges_sent"] > c["path_challenges"]  # a challenge was repeated
+    assert net.checker.violations == []

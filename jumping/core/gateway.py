@@ -14,7 +14,7 @@ from __future__ import annotations
 import hmac
 import itertools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from jumping.core import wire
 from jumping.core.fsm import Reason, State
@@ -36,7 +36,7 @@ from jumping.core.policy import Policy
 from jumping.core.ratelimit import SwitchLimiter
 from jumping.core.routes import PrefixTable
 from jumping.core.segments import FEATURE_SEGMENTS as _SEGMENTS
-from jumping.core.session import Keypair, Session
+from jumping.core.session import Keypair, Session, SpentKeys
 from jumping.core.takeover import (  # noqa: F401  (adoption_error: re-exported)
     ADOPT_DROPS,
     ADOPTIONS_PENDING_MAX,
@@ -331,6 +331,13 @@ class GatewayCore(NodeCore, SessionTakeover):
             self._tell_peer_terminated(now, old, Reason.POLICY_DENIED)
             self._transition(now, old, Reason.POLICY_DENIED, detail="superseded")
         return True
+
+    def _spent(self, kp: Keypair) -> Keypair:
+        """An expired keypair's tombstone (jumping.core.session.SpentKeys), in the index in
+        its place: it reads as a wiped Keypair (a duck, hence the cast)."""
+        spent = SpentKeys(kp)
+        self.index[kp.local_index] = cast(Keypair, spent)
+        return cast(Keypair, spent)
 
     def _record(self, s: Session, handshake_ms: int, state_version: int) -> dict[str, object]:
         """The ownership record of ``s`` as this node writes it."""

@@ -859,7 +859,7 @@ class NodeCore:
         timers = s.timers
         handlers = self._handlers
         self._running = s
-        for t in ORDER:
+        for t in ORDER[: len(timers)]:  # a gateway's session has only the gateway's
             due = timers[t]
             if due and due <= now:
                 timers[t] = 0.0
@@ -1006,8 +1006,13 @@ class NodeCore:
             self.index.pop(prev.local_index, None)
             prev.wipe()
         kp.wipe()
-        s.previous, s.current = kp, None
+        s.previous, s.current = self._spent(kp), None
         self._disarm(s, T.PREVIOUS_KEYS)
+
+    def _spent(self, kp: Keypair) -> Keypair:
+        """What stays of ``kp`` (wiped) once its keys expired: the keypair itself here (a
+        client's NAT keepalive still names it); a gateway keeps less."""
+        return kp
 
     def _expired_rekey(self, now: float, s: Session) -> None:
         """Only clients rekey (the gateway refuses expired keys instead)."""
@@ -1211,7 +1216,7 @@ class NodeCore:
         for s in self.sessions.values():
             # every armed timer looks again now; each handler re-arms for the new values
             timers = s.timers
-            for t in ORDER:
+            for t in ORDER[: len(timers)]:
                 if timers[t]:
                     timers[t] = now
             if any(timers):

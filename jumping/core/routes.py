@@ -30,9 +30,11 @@ class PrefixTable:
     __slots__ = ("_tables", "_lengths", "_rank")
 
     def __init__(self, rank: Callable[[Any], int]) -> None:
-        #: address length in bytes (4, 16) -> prefix length -> network as int -> peers
-        #: (in configuration order: ``rank``)
-        self._tables: dict[int, dict[int, dict[int, list[Any]]]] = {4: {}, 16: {}}
+        #: address length in bytes (4, 16) -> prefix length -> network as int -> the peer,
+        #: or a list of peers (in configuration order: ``rank``) when several list the same
+        #: prefix (the common case is one, and a list per route costs 64 bytes per session,
+        #: issue 18)
+        self._tables: dict[int, dict[int, dict[int, Any]]] = {4: {}, 16: {}}
         #: address length -> prefix lengths in use, longest first
         self._lengths: dict[int, tuple[int, ...]] = {4: (), 16: ()}
         self._rank = rank
@@ -53,7 +55,10 @@ class PrefixTable:
                 self._lengths[size] = tuple(sorted(by_len, reverse=True))
             entry = table.get(key)
             if entry is None:
-                table[key] = [peer]
+                table[key] = peer
+            elif type(entry) is not list:
+                if entry is not peer:
+                    table[key] = sorted((entry, peer), key=rank)
             elif peer not in entry:
                 bisect.insort(entry, peer, key=rank)
 
@@ -63,10 +68,17 @@ class PrefixTable:
             by_len = self._tables[size]
             table = by_len.get(plen)
             entry = table.get(key) if table is not None else None
-            if entry is None or peer not in entry:
+            if entry is None:
                 continue
-            entry.remove(peer)
-            if entry:
+            if type(entry) is list:
+                if peer not in entry:
+                    continue
+                entry.remove(peer)
+                if len(entry) > 1:
+                    continue
+                table[key] = entry[0]  # type: ignore[index]
+                continue
+            if entry is not peer:
                 continue
             del table[key]  # type: ignore[union-attr]
             if not table:
@@ -85,7 +97,7 @@ class PrefixTable:
         for plen in lengths:
             entry = tables[plen].get(a >> (bits - plen))
             if entry is not None:
-                return entry[0]
+                return entry[0] if type(entry) is list else entry
         return None
 
     def __len__(self) -> int:

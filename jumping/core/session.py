@@ -20,6 +20,7 @@ from jumping.core.fsm import SessionFSM
 from jumping.core.pathhandle import PathHandle
 from jumping.core.replay import WIPED, ReplayWindow
 from jumping.core.timers import COUNT as TIMER_COUNT
+from jumping.core.timers import GATEWAY_COUNT
 
 _COUNTER_LIMIT = wire.COUNTER_LIMIT
 _NO_PREFIX = b""
@@ -103,6 +104,32 @@ class Keypair:
         self.data_prefix = self.control_prefix = _NO_PREFIX
 
 
+class SpentKeys:
+    """What a gateway keeps of a keypair once its keys expired: the session, the local index
+    and the birth, so that what still arrives under it is refused as ``KEY_EXPIRED`` before
+    any work (an idle session keeps only this: 56 bytes instead of a wiped
+    :class:`Keypair`'s 190 with its integers, issue 18). Everything else reads as a wiped
+    keypair's, and nothing is written to it. A client keeps its wiped Keypair instead: its
+    NAT keepalive still names the expired keys (remote index, counter)."""
+
+    __slots__ = ("session", "local_index", "created")
+    send_aead = recv_aead = None
+    replay = WIPED
+    data_prefix = control_prefix = _NO_PREFIX
+    confirmed = True
+
+    def __init__(self, kp: Keypair) -> None:
+        self.session = kp.session
+        self.local_index = kp.local_index
+        self.created = kp.created
+
+    def seal(self, prefix: bytes, plaintext: bytes) -> None:
+        return None
+
+    def wipe(self) -> None:
+        pass
+
+
 #: what every session keeps (a ClientSession adds its own)
 _SESSION_SLOTS = (
     "session_id",
@@ -168,6 +195,8 @@ class Session:
     # a name, not a literal: the type checker then takes the client's attributes declared
     # above as this class's (they are ClientSession's slots; a gateway never touches them)
     __slots__ = _SESSION_SLOTS
+    #: length of ``timers``: a gateway's session has only the gateway's timers
+    TIMERS = GATEWAY_COUNT
 
     def __init__(self, session_id: bytes, peer: Any, now: float, state_version: int = 0) -> None:
         self.session_id = session_id
@@ -188,7 +217,7 @@ class Session:
         self.tx_packets = 0
         self.deadline = 0.0  # earliest armed timer (0.0: none), see jumping/core/timers.py
         self.heap_seq = -1  # the timer heap entry that is this session's (older ones are stale)
-        self.timers = [0.0] * TIMER_COUNT
+        self.timers = [0.0] * self.TIMERS
         self.last_data = now  # last DATA packet either way: traffic flows while it is recent
         self.quiet = False  # no traffic for idle_after_ms: no heartbeat, no probe
         self.handshake: Any = None
@@ -227,6 +256,7 @@ class ClientSession(Session):
         "pto", "suspect_since", "reattach_sent", "resuming", "resume_hs", "resume_turn",
         "features_sent", "features_at",
     )  # fmt: skip
+    TIMERS = TIMER_COUNT
 
     def __init__(self, session_id: bytes, peer: Any, now: float, state_version: int = 0) -> None:
         super().__init__(session_id, peer, now, state_version)

@@ -70,6 +70,9 @@ class T(IntEnum):
 
 
 COUNT = len(T)
+#: a gateway arms only the first nine (through STATS): the rest are the client's, and a
+#: gateway session's timer list stops there (48 bytes less per session, issue 18)
+GATEWAY_COUNT = T.STATS + 1
 #: handler name of each timer, in the order due timers run
 HANDLERS = tuple(f"_expired_{t.name.lower()}" for t in T)
 #: timer ids as plain ints, in run order (no enum look-ups on the timer path)

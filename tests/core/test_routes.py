@@ -220,3 +220,49 @@ def test_prefix_table_alone() -> None:
     t.remove("b", nets[:1])
     assert t.lookup(bytes([10, 5, 1, 1])) is None and len(t) == 0
     assert t.lookup(bytes(16)) is None
+
+
+_NETS = tuple(
+    ipaddress.ip_network(n)
+    for n in ("10.0.0.0/8", "10.5.0.0/16", "10.5.1.0/24", "10.5.1.1/32", "10.5.1.2/32",
+              "10.6.0.0/16", "fd00::/8", "fd00::1/128")
+)  # fmt: skip
+_ADDRS = (bytes([10, 5, 1, 1]), bytes([10, 5, 1, 2]), bytes([10, 5, 1, 3]), bytes([10, 5, 2, 1]),
+          bytes([10, 6, 0, 1]), bytes([10, 7, 0, 1]), bytes([11, 0, 0, 1]),
+          ipaddress.ip_address("fd00::1").packed, ipaddress.ip_address("fd00::2").packed)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.booleans(), st.sampled_from("abcd"), st.sets(st.sampled_from(range(8)))),
+        max_size=40,
+    )
+)
+def test_prefix_table_matches_a_naive_longest_prefix_match(ops: list[Any]) -> None:
+    """Adds and removes in any order (one peer or several per prefix, a peer alone again
+    after the others left) answer like a scan of every peer's networks: the longest prefix,
+    then the peer configured first."""
+    order = {"a": 0, "b": 1, "c": 2, "d": 3}
+    t = PrefixTable(order.__getitem__)
+    model: dict[str, set[int]] = {}
+    for add, peer, idx in ops:
+        nets = tuple(_NETS[i] for i in sorted(idx))
+        if add:
+            t.add(peer, nets)
+            model.setdefault(peer, set()).update(idx)
+        else:
+            t.remove(peer, nets)
+            model[peer] = model.get(peer, set()) - idx
+        for a in _ADDRS:
+            ip = ipaddress.ip_address(a)
+            best = None
+            for p, held in model.items():
+                for i in held:
+                    n = _NETS[i]
+                    if n.version == ip.version and ip in n:
+                        k = (n.prefixlen, -order[p])
+                        if best is None or k > best[0]:
+                            best = (k, p)
+            assert t.lookup(a) == (best[1] if best else None), (a, model)
+        assert len(t) == len({i for held in model.values() for i in held})

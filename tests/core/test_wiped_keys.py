@@ -5,7 +5,10 @@ KEY_WIPED count, never REPLAY) and accepts nothing."""
 
 from __future__ import annotations
 
+from jumping.core.fsm import Reason
 from jumping.core.replay import WIPED, ReplayWindow
+from jumping.core.session import Keypair, SpentKeys
+from jumping.core.timers import GATEWAY_COUNT, T
 from jumping.testing.sim import SimNet, capture, ipv4
 
 
@@ -27,13 +30,46 @@ def test_an_idle_sessions_expired_keys_keep_no_window() -> None:
     assert live is not None and live.replay is not WIPED and live.replay.top >= 0
     net.run_for(net.policy.key_lifetime_s + 5.0)  # idle: no rekey, the keys expire
     (s,) = gw.sessions.values()
-    assert s.current is None and s.previous is live, "kept as a tombstone"
-    assert live.recv_aead is None and live.replay is WIPED
+    spent = s.previous
+    assert s.current is None and type(spent) is SpentKeys, "kept as a tombstone"
+    assert (spent.session, spent.local_index, spent.created) == (s, live.local_index, live.created)
+    assert gw.index[live.local_index] is spent, "the tombstone took the keypair's place"
+    assert live.recv_aead is None and live.replay is WIPED, "the keypair itself is wiped"
+    assert spent.recv_aead is None and spent.replay is WIPED and spent.seal(b"", b"x") is None
     assert all(k.replay is WIPED for k in net.client.session.keypairs() if k.recv_aead is None)  # type: ignore[union-attr]
     before = (gw.drops["KEY_EXPIRED"], gw.drops["REPLAY"])
     net.apply("gateway", gw.receive(net.now, net.links[0].gateway_side, late))
     assert (gw.drops["KEY_EXPIRED"], gw.drops["REPLAY"]) == (before[0] + 1, before[1])
-    assert s.previous is live and live.replay is WIPED, "nothing changed"
+    assert s.previous is spent and gw.index[live.local_index] is spent, "nothing changed"
+
+
+def test_a_spent_keypair_is_small_and_goes_with_the_next_keys_or_the_session() -> None:
+    """Issue 18: an idle gateway session keeps a 3-slot SpentKeys, not a wiped 12-slot
+    Keypair; its index goes when the client's next handshake confirms, or with the session."""
+    import sys
+
+    net = SimNet(seed=8)
+    net.start()
+    net.run_for(0.5)
+    gw = net.gateway
+    (s,) = gw.sessions.values()
+    live = s.current
+    assert live is not None
+    net.run_for(net.policy.key_lifetime_s + 5.0)
+    spent = s.previous
+    assert type(spent) is SpentKeys and sys.getsizeof(spent) + 9 * 8 <= sys.getsizeof(live)
+    assert type(net.client.session.previous) is Keypair, "a client keeps its wiped keys"
+    rx = s.rx_packets
+    net.traffic(until=net.now + 1.0)  # the client's first packet rekeys
+    net.run_for(1.5)
+    assert s.current is not None and s.current is not live and s.rx_packets > rx
+    assert live.local_index not in gw.index and type(s.previous) is not SpentKeys
+    # a session that ends with a tombstone takes its index along
+    net.run_for(net.policy.key_lifetime_s + 5.0)
+    spent = s.previous
+    assert type(spent) is SpentKeys and gw.index[spent.local_index] is spent
+    gw._transition(net.now, s, Reason.OPERATOR_TERMINATED)
+    assert spent.local_index not in gw.index and not gw.sessions
 
 
 def test_a_gateway_session_and_its_tombstone_carry_nothing_of_the_clients() -> None:
@@ -52,7 +88,11 @@ def test_a_gateway_session_and_its_tombstone_carry_nothing_of_the_clients() -> N
     assert type(s) is Session and isinstance(c, ClientSession)
     assert not hasattr(s, "pto") and c.pto > 0
     assert sys.getsizeof(s) + 12 * 8 <= sys.getsizeof(c)
+    # the gateway's timers only: the client's (HEARTBEAT and after) are never armed there
+    assert len(s.timers) == GATEWAY_COUNT == T.STATS + 1 and len(c.timers) == len(T)
     live = s.current
     assert live is not None and live.data_prefix and live.control_prefix
     net.run_for(net.policy.key_lifetime_s + 5.0)
-    assert s.previous is live and live.data_prefix == live.control_prefix == b""
+    assert net.gateway.counters["internal_error"] == 0
+    assert type(s.previous) is SpentKeys and live.data_prefix == live.control_prefix == b""
+    assert s.previous.data_prefix == s.previous.control_prefix == b""

@@ -8,6 +8,10 @@ with the rest of the arguments. Each SIGUSR2 takes a snapshot: the first is the 
 gateway with its peers and no session), each later one writes to OUT.txt the allocation sites
 that grew since the baseline, largest first, with bytes and objects. Tracing costs time and
 memory of its own: a traced run's RSS and CPU figures are not measurements.
+
+``JUMPING_TRACE_OFF=1`` does not trace (RSS and CPU are then real) and each SIGUSR2 appends
+instead the allocator's own figures (``sys._debugmallocstats()``: arenas, pools, blocks in
+use and free) to OUT.txt: how much of the RSS is objects and how much is allocator slack.
 """
 
 from __future__ import annotations
@@ -22,8 +26,25 @@ from typing import Any
 
 def main() -> None:
     out, sys.argv = sys.argv[1], ["twistd", *sys.argv[2:]]
-    tracemalloc.start(int(os.environ.get("JUMPING_TRACE_FRAMES", "1")))
+    off = os.environ.get("JUMPING_TRACE_OFF") == "1"
+    if not off:
+        tracemalloc.start(int(os.environ.get("JUMPING_TRACE_FRAMES", "1")))
     snaps: list[tracemalloc.Snapshot] = []
+
+    def mallocstats(_sig: int, _frame: Any) -> None:
+        gc.collect()
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with open(out, "a") as f:
+            f.write(f"--- malloc stats, {len(snaps)}\n")
+            f.flush()
+            os.dup2(f.fileno(), 2)
+            try:
+                sys._debugmallocstats()
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+        snaps.append(None)  # type: ignore[arg-type]
 
     def snapshot(_sig: int, _frame: Any) -> None:
         gc.collect()
@@ -41,7 +62,7 @@ def main() -> None:
                 where = " <- ".join(f"{fr.filename}:{fr.lineno}" for fr in s.traceback)
                 f.write(f"{s.size_diff:>12} B {s.count_diff:>9} objects  {where}\n")
 
-    signal.signal(signal.SIGUSR2, snapshot)
+    signal.signal(signal.SIGUSR2, mallocstats if off else snapshot)
     from twisted.scripts.twistd import run
 
     run()

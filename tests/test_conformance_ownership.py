@@ -44,3 +44,29 @@ def test_a_store_of_its_own_keeps_no_watch_per_session() -> None:
     shared.claim("cd" * 16, {"owner": "gw"}, None)
     clock.advance(0)
     assert len(shared.store.watchers) == 1 and len(fired) == 1
+
+
+def test_a_stored_record_is_one_object_that_reads_as_record_token_owner() -> None:
+    """Issue 18: a record is stored as one Entry (values behind a shared key tuple, with its
+    token and owner), not a Record inside a tuple; it still reads as (record, token, owner),
+    and it is a copy: changing the caller's dict afterwards changes nothing stored."""
+    import sys
+
+    from twisted.internet.task import Clock
+
+    from jumping.builtin.memory import Entry, MemoryOwnership, Record
+
+    alone = MemoryOwnership("gw", clock=Clock())
+    mine = {"owner": "gw", "handshake_ts_ms": 1_700_000_000_123}
+    t1 = alone.claim("ab" * 16, mine, None).result
+    alone.claim("cd" * 16, {"owner": "gw", "handshake_ts_ms": 5}, None)
+    mine["owner"] = "changed"
+    a, b = alone.store.records["ab" * 16], alone.store.records["cd" * 16]
+    assert type(a) is Entry and a.keys is b.keys, "records of one layout share their keys"
+    record, token, owner = a
+    assert type(record) is Record and dict(record) == {"owner": "gw", "handshake_ts_ms": 1_700_000_000_123}
+    assert (token, owner, len(a)) == (t1, "gw", 3)
+    assert sys.getsizeof(a) <= sys.getsizeof((record, token, owner))
+    assert alone.get("ab" * 16).result == ({"owner": "gw", "handshake_ts_ms": 1_700_000_000_123}, t1)
+    t2 = alone.renew("ab" * 16, t1, {"owner": "gw", "handshake_ts_ms": 7}).result
+    assert alone.store.records["ab" * 16][1] == t2 != t1 and alone.store.records["ab" * 16][0]["handshake_ts_ms"] == 7

@@ -49,23 +49,55 @@ class Record(Mapping[str, Any]):
         return f"Record({dict(self)!r})"
 
 
+class Entry:
+    """One stored record with its fencing token and its owner, in one object (issue 18: a
+    gateway holds one per session; a Record inside a (record, token, owner) tuple was 48
+    bytes more). Reads like that triple: ``entry[0]`` is the record (a :class:`Record`
+    view), ``entry[1]`` the token, ``entry[2]`` the owner's node id."""
+
+    __slots__ = ("keys", "values", "token", "owner")
+
+    def __init__(self, keys: tuple[str, ...], values: tuple[Any, ...], token: int, owner: str):
+        self.keys = keys
+        self.values = values
+        self.token = token
+        self.owner = owner
+
+    def __getitem__(self, i: int) -> Any:
+        if i == 0:
+            return Record(self.keys, self.values)
+        if i == 1:
+            return self.token
+        if i == 2:
+            return self.owner
+        raise IndexError(i)
+
+    def __len__(self) -> int:
+        return 3
+
+    def __repr__(self) -> str:
+        return f"Entry({dict(self[0])!r}, {self.token}, {self.owner!r})"
+
+
 class MemoryStore:
     def __init__(self, max_sessions: int = 1_000_000) -> None:
-        self.records: dict[str, tuple[Mapping[str, Any], int, str]] = {}
+        #: session id -> its Entry (a test may put a (record, token, owner) tuple)
+        self.records: dict[str, Any] = {}
         self.tokens = itertools.count(1)
         self.watchers: dict[str, list[_Watch]] = {}
         self.max_sessions = max_sessions
         self._keysets: dict[tuple[str, ...], tuple[str, ...]] = {}
 
-    def pack(self, record: Mapping[str, Any]) -> Record:
-        """A copy of ``record`` as stored (the caller may change its own afterwards)."""
+    def pack(self, record: Mapping[str, Any], token: int, owner: str) -> Entry:
+        """A copy of ``record`` as stored (the caller may change its own afterwards), with
+        its token and owner."""
         keys = tuple(record)
         shared = self._keysets.get(keys)
         if shared is None:
             shared = keys
             if len(self._keysets) < KEYSETS:
                 self._keysets[keys] = keys
-        return Record(shared, tuple(record.values()))
+        return Entry(shared, tuple(record.values()), token, owner)
 
     def notify(self, session_id: str, token: int | None) -> None:
         for w in list(self.watchers.get(session_id, ())):
@@ -155,7 +187,7 @@ class MemoryOwnership:
         if cur is None and len(st.records) >= st.max_sessions:
             return defer.fail(OwnershipConflict("memory ownership store is full"))
         token = next(st.tokens)
-        st.records[session_id] = (st.pack(record), token, self.node_id)
+        st.records[session_id] = st.pack(record, token, self.node_id)
         st.notify(session_id, token)
         return defer.succeed(token)
 
@@ -167,7 +199,7 @@ class MemoryOwnership:
                 OwnershipConflict(f"session {session_id}: token {token} is no longer current")
             )
         new = next(st.tokens)
-        st.records[session_id] = (st.pack(record), new, self.node_id)
+        st.records[session_id] = st.pack(record, new, self.node_id)
         st.notify(session_id, new)  # the token changed: watchers holding the old one must know
         return defer.succeed(new)
 

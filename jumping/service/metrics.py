@@ -134,7 +134,7 @@ LIMITS = (
 #: listener counters of unauthenticated input (UDP and TCP transports), if they have them
 LISTENER_COUNTERS = (
     "provisional_paths", "evicted", "refused", "refused_unauthenticated",
-    "handshake_timeouts", "idle_timeouts", "yielded_reads",
+    "handshake_timeouts", "idle_timeouts", "yielded_reads", "kernel_drops",
 )  # fmt: skip
 
 

@@ -96,3 +96,25 @@ def test_one_renewal_at_a_time(owned: Any) -> None:
     _renew(driver, s)
     _renew(driver, s)
     assert len(backend.renewals) == 1 and driver.renews_skipped == 1
+
+
+def test_an_inert_watch_is_not_kept_and_a_live_one_is() -> None:
+    """Issue 18: a store of one writer hands out a watch that can never fire; the driver
+    keeps no table entry for it (100 000 sessions, 100 000 entries for nothing). A watch of
+    a shared store is kept, and cancelled when the session is released."""
+    from twisted.internet.task import Clock
+
+    from jumping.builtin.memory import MemoryOwnership, MemoryStore
+    from jumping.core.outputs import Release
+
+    alone = OwnershipDriver(MemoryOwnership("gw", clock=Clock()), lambda: None, list, float)
+    alone.watch("ab" * 16)
+    assert alone.watches == {}
+    shared = OwnershipDriver(
+        MemoryOwnership("gw", store=MemoryStore(), clock=Clock()), lambda: None, list, float
+    )
+    shared.watch("ab" * 16)
+    (w,) = shared.watches.values()
+    assert w.active and not getattr(w, "inert", False)
+    shared.release(Release("ab" * 16, None))
+    assert shared.watches == {} and not w.active

@@ -138,9 +138,11 @@ class _Watch:
 
 
 class _Unwatched:
-    """The watch of a store nobody else writes to: never fires."""
+    """The watch of a store nobody else writes to: never fires, and cancelling it does
+    nothing, so the caller need not keep it (``inert``)."""
 
     __slots__ = ()
+    inert = True
 
     def cancel(self) -> None:
         pass

@@ -183,7 +183,11 @@ class OwnershipDriver:
         if old is not None:
             old.cancel()
         if self.backend is not None:
-            self.watches[session_id] = self.backend.watch(session_id, self._changed)
+            w = self.backend.watch(session_id, self._changed)
+            if not getattr(w, "inert", False):
+                # a watch that can never fire (a store of one writer) is not kept: 100 000
+                # sessions would hold 100 000 table entries for nothing (issue 18)
+                self.watches[session_id] = w
 
     def _changed(self, sid: str, token: int | None, reason: str | None = None) -> None:
         core = self.gateway()

@@ -81,14 +81,17 @@ def rss_bytes(pid: int) -> int:
 
 
 def udp_in(ns: str) -> int:
-    """UDP datagrams received in the namespace so far (both ends live there: each datagram on
-    the wire is received once)."""
+    """UDP datagrams that arrived in the namespace so far (both ends live there: each datagram
+    on the wire arrives once): those read, and those the kernel dropped (``InErrors``: a full
+    receive buffer, or the gateway's socket filter, which drops the NAT keepalives of idle
+    sessions under expired keys) or had no socket for (``NoPorts``)."""
     out = subprocess.run(
         ["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     rows = [ln.split() for ln in out.splitlines() if ln.startswith("Udp:")]
-    return int(dict(zip(rows[0][1:], rows[1][1:], strict=True))["InDatagrams"])
+    c = dict(zip(rows[0][1:], rows[1][1:], strict=True))
+    return int(c["InDatagrams"]) + int(c["InErrors"]) + int(c["NoPorts"])
 
 
 def log(msg: str) -> None:

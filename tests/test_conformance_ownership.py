@@ -64,9 +64,18 @@ def test_a_stored_record_is_one_object_that_reads_as_record_token_owner() -> Non
     a, b = alone.store.records["ab" * 16], alone.store.records["cd" * 16]
     assert type(a) is Entry and a.keys is b.keys, "records of one layout share their keys"
     record, token, owner = a
-    assert type(record) is Record and dict(record) == {"owner": "gw", "handshake_ts_ms": 1_700_000_000_123}
+    assert type(record) is Record and dict(record) == {
+        "owner": "gw",
+        "handshake_ts_ms": 1_700_000_000_123,
+    }
     assert (token, owner, len(a)) == (t1, "gw", 3)
     assert sys.getsizeof(a) <= sys.getsizeof((record, token, owner))
-    assert alone.get("ab" * 16).result == ({"owner": "gw", "handshake_ts_ms": 1_700_000_000_123}, t1)
+    assert alone.get("ab" * 16).result == (
+        {"owner": "gw", "handshake_ts_ms": 1_700_000_000_123},
+        t1,
+    )
     t2 = alone.renew("ab" * 16, t1, {"owner": "gw", "handshake_ts_ms": 7}).result
-    assert alone.store.records["ab" * 16][1] == t2 != t1 and alone.store.records["ab" * 16][0]["handshake_ts_ms"] == 7
+    assert (
+        alone.store.records["ab" * 16][1] == t2 != t1
+        and alone.store.records["ab" * 16][0]["handshake_ts_ms"] == 7
+    )

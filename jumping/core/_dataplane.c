@@ -359,43 +359,25 @@ done:
     return out;
 }
 
-/* The replay window of jumping/core/replay.py, moved forward to ``counter`` (> top):
- * blocks passed over are cleared, the counter's bit set. All or nothing: every object is
- * made before the window changes, so a failure (out of memory, a block that is not an
- * unsigned int) leaves blocks and ``*top`` as they were. */
-static int
-replay_advance(PyObject *blocks, Py_ssize_t mask, long long *top, unsigned long long counter)
+/* The replay window of jumping/core/replay.py (its blocks: an array('Q') of 64-bit words),
+ * moved forward to ``counter`` (> top): blocks passed over are cleared, the counter's bit
+ * set. Nothing is allocated, so it cannot fail half way. */
+static void
+replay_advance(unsigned long long *blocks, Py_ssize_t mask, long long *top,
+               unsigned long long counter)
 {
     long long index = (long long)(counter >> 6);
     long long current = *top >= 0 ? (*top >> 6) : -1;
     long long diff = index - current;
     Py_ssize_t i = (Py_ssize_t)(index & mask);
-    unsigned long long b = 0; /* a block passed over is cleared: the counter's is among them */
-    if (diff <= 0) {
-        b = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(blocks, i));
-        if (b == (unsigned long long)-1 && PyErr_Occurred())
-            return -1;
-    }
-    PyObject *v = PyLong_FromUnsignedLongLong(b | (1ULL << (counter & 63)));
-    if (v == NULL)
-        return -1;
     if (diff > 0) {
-        PyObject *zero = PyLong_FromLong(0);
-        if (zero == NULL) {
-            Py_DECREF(v);
-            return -1;
-        }
         if (diff > mask)
             diff = mask + 1;
-        for (long long k = 1; k <= diff; k++) {
-            Py_INCREF(zero);
-            PyList_SetItem(blocks, (Py_ssize_t)((current + k) & mask), zero);
-        }
-        Py_DECREF(zero);
+        for (long long k = 1; k <= diff; k++)
+            blocks[(current + k) & mask] = 0; /* the counter's own block is among them */
     }
-    PyList_SetItem(blocks, i, v);
+    blocks[i] |= 1ULL << (counter & 63);
     *top = (long long)counter;
-    return 0;
 }
 
 /* open_pieces(datagrams, i, index, replay, nxt, template, gso, end, payload, pieces)
@@ -417,6 +399,7 @@ Aead_open_pieces(Aead *self, PyObject *args)
                           &replay, &nxt, &tpl, &gso, &end, &payload, &PyList_Type, &pieces))
         return NULL;
     PyObject *res = NULL, *blocks = NULL, *topo = NULL, *masko = NULL;
+    Py_buffer bb = {0};
     Py_ssize_t hl = tpl.len, taken = 0, mask;
     int last = 0;
     long long top;
@@ -429,14 +412,18 @@ Aead_open_pieces(Aead *self, PyObject *args)
     masko = PyObject_GetAttrString(replay, "mask");
     if (blocks == NULL || topo == NULL || masko == NULL)
         goto done;
-    if (!PyList_Check(blocks)) {
-        PyErr_SetString(PyExc_TypeError, "replay.blocks must be a list");
+    if (PyObject_GetBuffer(blocks, &bb, PyBUF_WRITABLE | PyBUF_FORMAT) < 0) {
+        PyErr_SetString(PyExc_TypeError, "replay.blocks must be a writable array('Q')");
+        goto done;
+    }
+    if (bb.itemsize != 8 || bb.format == NULL || strcmp(bb.format, "Q") != 0) {
+        PyErr_SetString(PyExc_TypeError, "replay.blocks must be a writable array('Q')");
         goto done;
     }
     mask = PyLong_AsSsize_t(masko);
     if (mask == -1 && PyErr_Occurred())
         goto done;
-    if (mask < 0 || mask >= PyList_GET_SIZE(blocks)) {
+    if (mask < 0 || mask >= bb.len / 8) {
         PyErr_SetString(PyExc_ValueError, "replay window inconsistent");
         goto done;
     }
@@ -488,10 +475,11 @@ Aead_open_pieces(Aead *self, PyObject *args)
             Py_DECREF(piece); /* the ordinary path counts it */
             break;
         }
-        if (replay_advance(blocks, mask, &top, counter) < 0 || PyList_Append(pieces, piece) < 0) {
+        if (PyList_Append(pieces, piece) < 0) {
             Py_DECREF(piece);
             goto failed;
         }
+        replay_advance((unsigned long long *)bb.buf, mask, &top, counter);
         Py_DECREF(piece);
         end += m;
         nxt += 1;
@@ -525,6 +513,8 @@ failed:
         PyErr_Restore(et, ev, tb);
     }
 done:
+    if (bb.obj != NULL)
+        PyBuffer_Release(&bb);
     Py_XDECREF(blocks);
     Py_XDECREF(topo);
     Py_XDECREF(masko);

@@ -10,6 +10,8 @@ window.
 
 from __future__ import annotations
 
+from array import array
+
 LIMIT = 2**64
 
 
@@ -21,7 +23,10 @@ class ReplayWindow:
             raise ValueError(f"replay window must be a power of two in 128..65536, got {bits!r}")
         self.bits = bits
         self.size = bits - 64  # usable window, as in RFC 6479
-        self.blocks = [0] * (bits // 64)
+        # 64-bit words in one buffer, not a list of ints: no object per block (a busy
+        # window would hold 128 ints of 36 bytes each), and the C data plane marks counters
+        # in it without allocating
+        self.blocks = array("Q", bytes(bits // 8))
         self.mask = bits // 64 - 1
         self.top = -1
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from array import array
 from collections.abc import Iterator
 
 import pytest
@@ -201,3 +202,23 @@ def test_open_pieces_takes_a_whole_super_packet() -> None:
     assert b"".join(out) == packet[52:] and w.top == 1043
     for c in range(1000, 1044):
         assert not w.check(c)
+
+
+@needs_c
+@pytest.mark.parametrize(
+    "blocks", [[0] * 128, array("L" if array("L").itemsize == 4 else "I", bytes(512)), b"\0" * 1024]
+)
+def test_open_pieces_refuses_a_window_it_cannot_mark_in_place(blocks) -> None:
+    """The C data plane writes counters straight into the window's 64-bit words: a list of
+    ints, words of another width or a read-only buffer is refused before anything is
+    opened or marked."""
+    key = os.urandom(32)
+    packet = _packet(52, os.urandom(1448 * 3))
+    sealed = C(key).seal_pieces(packet, 52, 1448, 7, 10)
+    w = ReplayWindow(8192)
+    w.blocks = blocks
+    out: list = []
+    with pytest.raises(TypeError, match=r"array\('Q'\)"):
+        C(key).open_pieces(sealed, 0, (7).to_bytes(4, "little"), w, 0, packet[:52], 1448, 0,
+                           len(packet) - 52, out)  # fmt: skip
+    assert out == [] and w.top == -1 and w.blocks is blocks

@@ -76,7 +76,7 @@ class WipedWindow(ReplayWindow):
 
     __slots__ = ()
     top = -1
-    blocks: list[int] = []  # noqa: RUF012 - never mutated: check/update below never touch it
+    blocks = array("Q")  # empty and never mutated: check/update below never touch it
     bits = size = mask = 0
 
     def __init__(self) -> None:  # no bits

@@ -91,6 +91,33 @@ def test_udp_junk_path_is_provisional_until_confirmed() -> None:
         listener.close()
 
 
+def test_udp_path_table_sweep_gives_used_paths_a_second_chance() -> None:
+    """A full table of paths that were all used since they entered: the sweep clears every
+    mark once (batch by batch), then forgets the oldest; a path used after that outlives
+    older unused ones. 3 000 paths: more than a sweep batch, so batches follow each other."""
+    n = 3000
+    factory = plugin.load(ITransportFactory, "udp", max_paths=n)
+    server = Receiver()
+    listener = factory.listen(reactor, "127.0.0.1", 0, server)
+    try:
+        for port in range(1, n + 1):
+            listener._on_datagram(b"auth", ("127.0.0.1", port))
+        for port in range(1, n + 1):
+            listener._on_datagram(b"data", ("127.0.0.1", port))  # every path used
+        assert all(p.used for p in listener.paths.values())
+        listener._on_datagram(b"auth", ("127.0.0.1", n + 1))
+        assert listener.evicted == 1 and len(listener.paths) == n
+        (gone,) = server.lost
+        assert gone.remote_address == ("127.0.0.1", 1) and not gone.connected
+        assert not any(p.used for p in listener.paths.values())
+        listener._on_datagram(b"data", ("127.0.0.1", 2))  # used again: survives the next
+        listener._on_datagram(b"auth", ("127.0.0.1", n + 2))
+        assert [p.remote_address[1] for p in server.lost] == [1, 3]
+        assert ("127.0.0.1", 2) in listener.paths and len(listener.paths) == n
+    finally:
+        listener.close()
+
+
 def _connect(port: int) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port))
     s.setblocking(False)

@@ -30,7 +30,6 @@ import itertools
 import os
 import socket
 import sys
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, udp
@@ -50,6 +49,8 @@ from jumping.interfaces import (
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 _ids = itertools.count(1)
+#: entries the path table's eviction sweep reads at once (UDPListener._insert)
+_SWEEP_BATCH = 256
 _log = Logger()
 _READ_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.EMSGSIZE, errno.ECONNREFUSED)
 SOL_UDP = 17
@@ -365,7 +366,7 @@ class UDPPath:
     socket's methods are looked up through the listener when sending."""
 
     __slots__ = (
-        "_listener", "provisional", "_gso", "_addr", "local_address", "remote_address", "_n",
+        "_listener", "provisional", "_gso", "_addr", "used", "remote_address", "_n",
         "connected", "send_errors", "gso_fallbacks",
     )  # fmt: skip
     kind = "udp"
@@ -379,13 +380,18 @@ class UDPPath:
         #: UDP_SEGMENT sends: until the kernel refuses one (then one by one, for this path)
         self._gso = listener.gso
         self._addr = addr
-        self.local_address = listener.local_address
+        #: a datagram came from it since the listener's eviction sweep last passed it
+        self.used = False
         # an IPv4 source is already (host, port); IPv6 adds flow info and scope
         self.remote_address = addr if len(addr) == 2 else (addr[0], addr[1])
         self._n = next(_ids)
         self.connected = True
         self.send_errors = 0
         self.gso_fallbacks = 0
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        return self._listener.local_address  # type: ignore[no-any-return]
 
     @property
     def _sendto(self) -> Any:
@@ -453,8 +459,12 @@ class UDPListener:
         self.receive = receiver.datagramReceived
         self.max_paths = max_paths
         self.gso = gso
-        #: authenticated paths by remote address, least recently used first
-        self.paths: OrderedDict[Any, UDPPath] = OrderedDict()
+        #: authenticated paths by remote address, in the order they entered (or were given
+        #: a second chance): a plain dict, not an OrderedDict, whose linked list costs about
+        #: 50 bytes more per path (issue 18: 100 000 of them). Recency is each path's
+        #: ``used`` mark, set per datagram (cheaper than moving the entry); eviction is the
+        #: CLOCK approximation of least recently used (``_insert``).
+        self.paths: dict[Any, UDPPath] = {}
         #: authenticated paths forgotten because the table was full
         self.evicted = 0
         #: datagrams that came from an address not in the table (a provisional path each)
@@ -490,7 +500,7 @@ class UDPListener:
             self.port.unknown += 1
             path = UDPPath(self, addr, provisional=True)
         else:
-            paths.move_to_end(addr)
+            path.used = True
         self.receive(path, data)
 
     def _on_datagrams(self, datagrams: list[bytes], addr: Any) -> None:
@@ -501,19 +511,30 @@ class UDPListener:
             self.port.unknown += 1
             path = UDPPath(self, addr, provisional=True)
         else:
-            paths.move_to_end(addr)
+            path.used = True
         self.receiver.datagramsReceived(path, datagrams)
 
     def _insert(self, path: UDPPath) -> None:
-        """``path`` authenticated: keep it (the first confirmed path of an address wins)."""
+        """``path`` authenticated: keep it (the first confirmed path of an address wins).
+        A full table forgets the oldest path not used since the sweep last passed it: the
+        sweep takes entries oldest first and moves a used one to the end, its mark cleared
+        (a second chance), so each entry is passed over at most once per eviction cycle. It
+        reads the oldest entries a batch at a time: a dict is iterated from its first slot,
+        past those its sweep emptied, so one read per entry would cost quadratic time."""
         paths = self.paths
         if path._addr in paths:
             return
         while len(paths) >= self.max_paths:
-            _old_addr, old = paths.popitem(last=False)
-            old.connected = False
-            self.evicted += 1
-            self.receiver.transportLost(old, "evicted")
+            for old_addr in list(itertools.islice(paths, _SWEEP_BATCH)):
+                old = paths.pop(old_addr)
+                if old.used:
+                    old.used = False
+                    paths[old_addr] = old
+                    continue
+                old.connected = False
+                self.evicted += 1
+                self.receiver.transportLost(old, "evicted")
+                break
         paths[path._addr] = path
 
     def _forget(self, path: UDPPath) -> None:

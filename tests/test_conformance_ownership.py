@@ -47,9 +47,10 @@ def test_a_store_of_its_own_keeps_no_watch_per_session() -> None:
 
 
 def test_a_stored_record_is_one_object_that_reads_as_record_token_owner() -> None:
-    """Issue 18: a record is stored as one Entry (values behind a shared key tuple, with its
-    token and owner), not a Record inside a tuple; it still reads as (record, token, owner),
+    """Issue 18: a record is stored as one Entry (its token, owner, shared key tuple and
+    values in one tuple-like object), not a Record inside a tuple; it still reads as (record, token, owner),
     and it is a copy: changing the caller's dict afterwards changes nothing stored."""
+    import gc
     import sys
 
     from twisted.internet.task import Clock
@@ -69,7 +70,11 @@ def test_a_stored_record_is_one_object_that_reads_as_record_token_owner() -> Non
         "handshake_ts_ms": 1_700_000_000_123,
     }
     assert (token, owner, len(a)) == (t1, "gw", 3)
-    assert sys.getsizeof(a) <= sys.getsizeof((record, token, owner))
+    # one object: token, owner, the shared keys and the values in its own slots (no values
+    # tuple of its own, no Record kept)
+    assert [r for r in gc.get_referents(a) if isinstance(r, tuple)] == [a.keys]
+    assert sys.getsizeof(a) <= sys.getsizeof(()) + 8 * (3 + len(record))
+    assert a != alone.store.pack(dict(record), token, owner), "entries compare by identity"
     assert alone.get("ab" * 16).result == (
         {"owner": "gw", "handshake_ts_ms": 1_700_000_000_123},
         t1,

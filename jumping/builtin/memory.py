@@ -49,31 +49,55 @@ class Record(Mapping[str, Any]):
         return f"Record({dict(self)!r})"
 
 
-class Entry:
+class Entry(tuple):  # type: ignore[type-arg]
     """One stored record with its fencing token and its owner, in one object (issue 18: a
-    gateway holds one per session; a Record inside a (record, token, owner) tuple was 48
-    bytes more). Reads like that triple: ``entry[0]`` is the record (a :class:`Record`
-    view), ``entry[1]`` the token, ``entry[2]`` the owner's node id."""
+    gateway holds one per session). Its items are ``(token, owner, keys, *values)``, one
+    tuple of 3 + n slots: an object holding a separate values tuple was 48 bytes more (a
+    Record inside a (record, token, owner) tuple, 96 more).
 
-    __slots__ = ("keys", "values", "token", "owner")
+    It reads like that triple, not like its items: ``entry[0]`` is the record (a
+    :class:`Record` view), ``entry[1]`` the token, ``entry[2]`` the owner's node id;
+    ``len`` is 3 and unpacking gives the three. Entries compare by identity."""
 
-    def __init__(self, keys: tuple[str, ...], values: tuple[Any, ...], token: int, owner: str):
-        self.keys = keys
-        self.values = values
-        self.token = token
-        self.owner = owner
+    __slots__ = ()
 
-    def __getitem__(self, i: int) -> Any:
+    def __new__(
+        cls, keys: tuple[str, ...], values: tuple[Any, ...], token: int, owner: str
+    ) -> Entry:
+        return tuple.__new__(cls, (token, owner, keys, *values))
+
+    @property
+    def token(self) -> int:
+        return tuple.__getitem__(self, 0)  # type: ignore[no-any-return]
+
+    @property
+    def owner(self) -> str:
+        return tuple.__getitem__(self, 1)  # type: ignore[no-any-return]
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple.__getitem__(self, 2)  # type: ignore[no-any-return]
+
+    @property
+    def values(self) -> tuple[Any, ...]:
+        return tuple.__getitem__(self, slice(3, None))  # type: ignore[no-any-return]
+
+    def __getitem__(self, i: Any) -> Any:
         if i == 0:
             return Record(self.keys, self.values)
-        if i == 1:
-            return self.token
-        if i == 2:
-            return self.owner
+        if i == 1 or i == 2:
+            return tuple.__getitem__(self, i - 1)
         raise IndexError(i)
 
     def __len__(self) -> int:
         return 3
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self[0], self.token, self.owner))
+
+    __eq__ = object.__eq__  # type: ignore[assignment]
+    __ne__ = object.__ne__  # type: ignore[assignment]
+    __hash__ = object.__hash__  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"Entry({dict(self[0])!r}, {self.token}, {self.owner!r})"

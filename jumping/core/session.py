@@ -38,7 +38,6 @@ class Keypair:
         "confirmed",
         "session",
         "data_prefix",
-        "control_prefix",
         "handshake_ms",
     )
 
@@ -66,9 +65,15 @@ class Keypair:
         self.replay = ReplayWindow(replay_bits)
         self.created = now
         self.confirmed = confirmed
-        ri = remote_index.to_bytes(4, "little")
-        self.data_prefix = wire.DATA_PREFIX + ri
-        self.control_prefix = wire.CONTROL_PREFIX + ri
+        self.data_prefix = wire.DATA_PREFIX + remote_index.to_bytes(4, "little")
+
+    @property
+    def control_prefix(self) -> bytes:
+        """Made when a control message is sent (rare), not kept: one object less per keypair
+        to free among long-lived ones when the keys expire (issue 18)."""
+        if self.send_aead is None:
+            return _NO_PREFIX
+        return wire.CONTROL_PREFIX + self.remote_index.to_bytes(4, "little")
 
     def seal(self, prefix: bytes, plaintext: bytes) -> bytes | None:
         """Encrypt one message; None if the keypair is wiped or its counter is exhausted."""
@@ -101,7 +106,7 @@ class Keypair:
         self.recv_aead = None
         self.replay = WIPED
         # nothing is sealed any more: an idle session's wiped keypair keeps no bytes of its own
-        self.data_prefix = self.control_prefix = _NO_PREFIX
+        self.data_prefix = _NO_PREFIX
 
 
 class SpentKeys:

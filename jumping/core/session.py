@@ -12,6 +12,7 @@ set of counters (invariant 7 in docs/protocol.md).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from jumping.core import aead as _aead
@@ -110,14 +111,17 @@ class Keypair:
 
 
 class SpentKeys:
-    """What a gateway keeps of a keypair once its keys expired: the session, the local index
-    and the birth, so that what still arrives under it is refused as ``KEY_EXPIRED`` before
-    any work (an idle session keeps only this: 56 bytes instead of a wiped
+    """What a gateway keeps of a keypair once its keys expired: the session and the local
+    index, so that what still arrives under it is refused as ``KEY_EXPIRED`` before
+    any work (an idle session keeps only this: 48 bytes instead of a wiped
     :class:`Keypair`'s 190 with its integers, issue 18). Everything else reads as a wiped
     keypair's, and nothing is written to it. A client keeps its wiped Keypair instead: its
     NAT keepalive still names the expired keys (remote index, counter)."""
 
-    __slots__ = ("session", "local_index", "created")
+    __slots__ = ("session", "local_index")
+    #: older than any key lifetime: what arrives under it is KEY_EXPIRED (the birth itself
+    #: is not kept, a float and a slot less per idle session)
+    created = -math.inf
     send_aead = recv_aead = None
     replay = WIPED
     data_prefix = control_prefix = _NO_PREFIX
@@ -126,7 +130,6 @@ class SpentKeys:
     def __init__(self, kp: Keypair) -> None:
         self.session = kp.session
         self.local_index = kp.local_index
-        self.created = kp.created
 
     def seal(self, prefix: bytes, plaintext: bytes) -> None:
         return None

@@ -5,6 +5,8 @@ KEY_WIPED count, never REPLAY) and accepts nothing."""
 
 from __future__ import annotations
 
+import math
+
 from jumping.core.fsm import Reason
 from jumping.core.replay import WIPED, ReplayWindow
 from jumping.core.session import Keypair, SpentKeys
@@ -32,7 +34,8 @@ def test_an_idle_sessions_expired_keys_keep_no_window() -> None:
     (s,) = gw.sessions.values()
     spent = s.previous
     assert s.current is None and type(spent) is SpentKeys, "kept as a tombstone"
-    assert (spent.session, spent.local_index, spent.created) == (s, live.local_index, live.created)
+    assert (spent.session, spent.local_index) == (s, live.local_index)
+    assert spent.created == -math.inf, "older than any lifetime: KEY_EXPIRED without a birth kept"
     assert gw.index[live.local_index] is spent, "the tombstone took the keypair's place"
     assert live.recv_aead is None and live.replay is WIPED, "the keypair itself is wiped"
     assert spent.recv_aead is None and spent.replay is WIPED and spent.seal(b"", b"x") is None
@@ -44,7 +47,7 @@ def test_an_idle_sessions_expired_keys_keep_no_window() -> None:
 
 
 def test_a_spent_keypair_is_small_and_goes_with_the_next_keys_or_the_session() -> None:
-    """Issue 18: an idle gateway session keeps a 3-slot SpentKeys, not a wiped 12-slot
+    """Issue 18: an idle gateway session keeps a 2-slot SpentKeys, not a wiped 11-slot
     Keypair; its index goes when the client's next handshake confirms, or with the session."""
     import sys
 
@@ -57,7 +60,7 @@ def test_a_spent_keypair_is_small_and_goes_with_the_next_keys_or_the_session() -
     assert live is not None
     net.run_for(net.policy.key_lifetime_s + 5.0)
     spent = s.previous
-    assert type(spent) is SpentKeys and sys.getsizeof(spent) + 8 * 8 <= sys.getsizeof(live)
+    assert type(spent) is SpentKeys and sys.getsizeof(spent) + 9 * 8 <= sys.getsizeof(live)
     assert type(net.client.session.previous) is Keypair, "a client keeps its wiped keys"
     rx = s.rx_packets
     net.traffic(until=net.now + 1.0)  # the client's first packet rekeys

@@ -40,6 +40,27 @@ Aead_dealloc(Aead *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* An Aead lives as long as its keys, and so does the libcrypto memory it owns: allocated
+ * from malloc like its contexts, not from Python's small-object pools, where an idle
+ * session's expired keys would leave a hole among the session's long-lived objects that no
+ * later allocation of the idle gateway fills (issue 18: pymalloc pools cannot be returned
+ * while one block in them lives; malloc_trim returns the freed pages here). */
+static PyObject *
+Aead_alloc(PyTypeObject *type, Py_ssize_t nitems)
+{
+    (void)nitems;
+    PyObject *obj = PyMem_RawCalloc(1, (size_t)type->tp_basicsize);
+    if (obj == NULL)
+        return PyErr_NoMemory();
+    return PyObject_Init(obj, type);
+}
+
+static void
+Aead_free(void *obj)
+{
+    PyMem_RawFree(obj);
+}
+
 static int
 Aead_init(Aead *self, PyObject *args, PyObject *kwds)
 {
@@ -548,6 +569,8 @@ static PyTypeObject AeadType = {
     .tp_methods = Aead_methods,
     .tp_init = (initproc)Aead_init,
     .tp_new = PyType_GenericNew,
+    .tp_alloc = Aead_alloc,
+    .tp_free = Aead_free,
 };
 
 static struct PyModuleDef module = {

@@ -26,6 +26,7 @@ import heapq
 import ipaddress
 import itertools
 import struct
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, cast
@@ -369,7 +370,7 @@ class NodeCore:
             self.index.pop(kp.local_index, None)
             kp.wipe()
         s.current = s.previous = s.next = None
-        s.timers = [0.0] * len(s.timers)
+        s.timers = array("d", bytes(8 * len(s.timers)))
         s.heap_seq = -1
         self.sessions.pop(s.session_id, None)
         self._forget_routes(s)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from array import array
 
 LIMIT = 2**64
+_SIZES: dict[int, int] = {}
 
 
 class ReplayWindow:
@@ -22,7 +23,8 @@ class ReplayWindow:
         if not isinstance(bits, int) or bits < 128 or bits > 65536 or bits & (bits - 1):
             raise ValueError(f"replay window must be a power of two in 128..65536, got {bits!r}")
         self.bits = bits
-        self.size = bits - 64  # usable window, as in RFC 6479
+        # usable window, as in RFC 6479; one int object per window size, not per keypair
+        self.size = _SIZES.setdefault(bits, bits - 64)
         # 64-bit words in one buffer, not a list of ints: no object per block (a busy
         # window would hold 128 ints of 36 bytes each), and the C data plane marks counters
         # in it without allocating

@@ -13,6 +13,7 @@ set of counters (invariant 7 in docs/protocol.md).
 from __future__ import annotations
 
 import math
+from array import array
 from typing import Any
 
 from jumping.core import aead as _aead
@@ -225,7 +226,7 @@ class Session:
         self.tx_packets = 0
         self.deadline = 0.0  # earliest armed timer (0.0: none), see jumping/core/timers.py
         self.heap_seq = -1  # the timer heap entry that is this session's (older ones are stale)
-        self.timers = [0.0] * self.TIMERS
+        self.timers = array("d", bytes(8 * self.TIMERS))  # raw doubles: no float objects
         self.last_data = now  # last DATA packet either way: traffic flows while it is recent
         self.quiet = False  # no traffic for idle_after_ms: no heartbeat, no probe
         self.handshake: Any = None

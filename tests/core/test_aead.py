@@ -222,3 +222,24 @@ def test_open_pieces_refuses_a_window_it_cannot_mark_in_place(blocks) -> None:
         C(key).open_pieces(sealed, 0, (7).to_bytes(4, "little"), w, 0, packet[:52], 1448, 0,
                            len(packet) - 52, out)  # fmt: skip
     assert out == [] and w.top == -1 and w.blocks is blocks
+
+
+@needs_c
+def test_aead_objects_live_outside_the_small_object_pools() -> None:
+    """An Aead is allocated from malloc, beside the libcrypto contexts it owns, not from
+    pymalloc's pools: when an idle session's keys expire, freeing them leaves no hole among
+    the session's long-lived small objects (issue 18). ``sys.getallocatedblocks`` counts
+    pymalloc's blocks: 2 000 Aeads must not add one each."""
+    import gc
+    import sys
+
+    keys = [os.urandom(32) for _ in range(2000)]
+    gc.collect()
+    before = sys.getallocatedblocks()
+    made = [C(k) for k in keys]
+    grown = sys.getallocatedblocks() - before
+    assert grown < 200, f"{grown} pymalloc blocks for {len(made)} Aead objects"
+    assert made[0].decrypt(b"\0" * 12, made[0].encrypt(b"\0" * 12, b"x", b""), b"") == b"x"
+    del made
+    gc.collect()
+    assert sys.getallocatedblocks() - before < 200

@@ -6,6 +6,7 @@ KEY_WIPED count, never REPLAY) and accepts nothing."""
 from __future__ import annotations
 
 import math
+from array import array
 
 from jumping.core.fsm import Reason
 from jumping.core.replay import WIPED, ReplayWindow
@@ -93,6 +94,9 @@ def test_a_gateway_session_and_its_tombstone_carry_nothing_of_the_clients() -> N
     assert sys.getsizeof(s) + 12 * 8 <= sys.getsizeof(c)
     # the gateway's timers only: the client's (HEARTBEAT and after) are never armed there
     assert len(s.timers) == GATEWAY_COUNT == T.STATS + 1 and len(c.timers) == len(T)
+    # raw doubles, not a list of float objects that every re-armed timer would replace
+    assert s.timers.typecode == c.timers.typecode == "d" and s.timers.itemsize == 8
+    assert isinstance(s.timers, array) and any(s.timers)
     live = s.current
     assert live is not None and live.data_prefix and live.control_prefix
     net.run_for(net.policy.key_lifetime_s + 5.0)

@@ -11,7 +11,10 @@ memory of its own: a traced run's RSS and CPU figures are not measurements.
 
 ``JUMPING_TRACE_OFF=1`` does not trace (RSS and CPU are then real) and each SIGUSR2 appends
 instead the allocator's own figures (``sys._debugmallocstats()``: arenas, pools, blocks in
-use and free) to OUT.txt: how much of the RSS is objects and how much is allocator slack.
+use and free) to OUT.txt: how much of the RSS is objects and how much is allocator slack,
+followed by a census of the live objects by type (count and bytes, untracked ones such as
+floats, ints and bytes found as the referents of tracked ones) and its growth since the
+first snapshot.
 """
 
 from __future__ import annotations
@@ -21,7 +24,31 @@ import os
 import signal
 import sys
 import tracemalloc
+from collections import Counter
 from typing import Any
+
+
+def census() -> tuple[Counter[str], Counter[str]]:
+    """Live objects by type name: (counts, bytes). Tracked objects come from the collector,
+    untracked ones (floats, ints, strings, bytes, untracked tuples) as their referents, named
+    with the type of the first tracked object found holding them."""
+    counts: Counter[str] = Counter()
+    sizes: Counter[str] = Counter()
+    tracked = gc.get_objects()
+    seen = {id(o) for o in tracked}  # made after the list: not counted as one of them
+    for o in tracked:
+        name = type(o).__name__
+        counts[name] += 1
+        sizes[name] += sys.getsizeof(o)
+        for r in gc.get_referents(o):
+            i = id(r)
+            if i in seen:
+                continue
+            seen.add(i)
+            name = f"{type(r).__name__} in {type(o).__name__}"  # by its first holder
+            counts[name] += 1
+            sizes[name] += sys.getsizeof(r)
+    return counts, sizes
 
 
 def main() -> None:
@@ -30,6 +57,7 @@ def main() -> None:
     if not off:
         tracemalloc.start(int(os.environ.get("JUMPING_TRACE_FRAMES", "1")))
     snaps: list[tracemalloc.Snapshot] = []
+    censuses: list[tuple[Counter[str], Counter[str]]] = []
 
     def mallocstats(_sig: int, _frame: Any) -> None:
         gc.collect()
@@ -44,6 +72,15 @@ def main() -> None:
             finally:
                 os.dup2(saved, 2)
                 os.close(saved)
+            counts, sizes = census()
+            censuses.append((counts, sizes))
+            c0, s0 = censuses[0]
+            f.write("--- objects by type: count, bytes, growth since the first snapshot\n")
+            for name, size in sorted(sizes.items(), key=lambda kv: s0[kv[0]] - kv[1])[:60]:
+                f.write(
+                    f"{name:>28} {counts[name]:>10} {size:>12} B"
+                    f"  {counts[name] - c0[name]:>+10} {size - s0[name]:>+12} B\n"
+                )
         snaps.append(None)  # type: ignore[arg-type]
 
     def snapshot(_sig: int, _frame: Any) -> None:

@@ -25,6 +25,7 @@
 #define MAX_PIECES 0x7FFFu
 
 static PyObject *InvalidTag; /* cryptography.exceptions.InvalidTag */
+static PyTypeObject WindowType; /* the C replay window, below */
 
 typedef struct {
     PyObject_HEAD
@@ -428,7 +429,9 @@ Aead_open_pieces(Aead *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "a receiver index is 4 bytes");
         goto done;
     }
-    blocks = PyObject_GetAttrString(replay, "blocks");
+    /* the C window is its own buffer; the Python one's blocks are an array('Q') */
+    blocks = Py_IS_TYPE(replay, &WindowType) ? Py_NewRef(replay)
+                                             : PyObject_GetAttrString(replay, "blocks");
     topo = PyObject_GetAttrString(replay, "top");
     masko = PyObject_GetAttrString(replay, "mask");
     if (blocks == NULL || topo == NULL || masko == NULL)
@@ -573,6 +576,238 @@ static PyTypeObject AeadType = {
     .tp_free = Aead_free,
 };
 
+/* ------------------------------------------------------------------ ReplayWindow
+ * jumping/core/replay.py's window (RFC 6479: a ring of 64-bit blocks) as one object with
+ * its blocks inline: for the default 8192 bits it is one malloc'd block of about 1 KiB,
+ * where the Python class is three objects (the window, its array and the array's buffer),
+ * two of them small and freed from pymalloc's pools among long-lived objects when an idle
+ * session's keys expire (issue 18). Same semantics, same attributes (``blocks`` is a
+ * writable memoryview of format 'Q' over the blocks); the tests run both. */
+typedef struct {
+    PyObject_VAR_HEAD
+    unsigned long long top;
+    int empty; /* no counter accepted yet: top reads -1 */
+    Py_ssize_t bits, size, mask;
+    Py_ssize_t shape, stride; /* for the buffer protocol: words, 8 */
+    unsigned long long blocks[1];
+} Window;
+
+static PyObject *
+Window_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"bits", NULL};
+    PyObject *bo = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O", kwlist, &bo))
+        return NULL;
+    long bits = 8192;
+    if (bo != NULL) {
+        bits = PyLong_Check(bo) && !PyBool_Check(bo) ? PyLong_AsLong(bo) : -1;
+        if (bits == -1 && PyErr_Occurred())
+            PyErr_Clear();
+        if (bits < 128 || bits > 65536 || (bits & (bits - 1))) {
+            PyErr_Format(PyExc_ValueError,
+                         "replay window must be a power of two in 128..65536, got %R", bo);
+            return NULL;
+        }
+    }
+    Py_ssize_t words = bits / 64;
+    Window *w = (Window *)type->tp_alloc(type, words - 1);
+    if (w == NULL)
+        return NULL;
+    w->empty = 1;
+    w->top = 0;
+    w->bits = bits;
+    w->size = bits - 64;
+    w->mask = words - 1;
+    w->shape = words;
+    w->stride = 8;
+    memset(w->blocks, 0, (size_t)words * 8);
+    return (PyObject *)w;
+}
+
+/* the counter as a 64-bit value; 0 with *ok = 0 if it is not one (negative or >= 2**64:
+ * never accepted); -1 with an exception if it is not an int */
+static int
+window_counter(PyObject *o, unsigned long long *c)
+{
+    if (!PyLong_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "a counter is an int, not %.100s", Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    *c = PyLong_AsUnsignedLongLong(o);
+    if (*c == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
+static int
+window_check(Window *w, unsigned long long c)
+{
+    if (w->empty || c > w->top)
+        return 1;
+    if (w->top - c >= (unsigned long long)w->size)
+        return 0;
+    return !((w->blocks[(c >> 6) & w->mask] >> (c & 63)) & 1);
+}
+
+static int
+window_update(Window *w, unsigned long long c)
+{
+    if (w->empty || c > w->top) {
+        long long index = (long long)(c >> 6);
+        long long current = w->empty ? -1 : (long long)(w->top >> 6);
+        long long diff = index - current;
+        if (diff > 0) {
+            if (diff > w->mask)
+                diff = w->mask + 1;
+            for (long long k = 1; k <= diff; k++)
+                w->blocks[(current + k) & w->mask] = 0;
+        }
+        w->top = c;
+        w->empty = 0;
+    } else if (w->top - c >= (unsigned long long)w->size)
+        return 0;
+    unsigned long long *b = &w->blocks[(c >> 6) & w->mask];
+    unsigned long long bit = 1ULL << (c & 63);
+    if (*b & bit)
+        return 0;
+    *b |= bit;
+    return 1;
+}
+
+static PyObject *
+Window_check(Window *w, PyObject *o)
+{
+    unsigned long long c;
+    int ok = window_counter(o, &c);
+    if (ok < 0)
+        return NULL;
+    return PyBool_FromLong(ok && window_check(w, c));
+}
+
+static PyObject *
+Window_update(Window *w, PyObject *o)
+{
+    unsigned long long c;
+    int ok = window_counter(o, &c);
+    if (ok < 0)
+        return NULL;
+    return PyBool_FromLong(ok && window_update(w, c));
+}
+
+static PyObject *
+Window_check_and_update(Window *w, PyObject *o)
+{
+    unsigned long long c;
+    int ok = window_counter(o, &c);
+    if (ok < 0)
+        return NULL;
+    return PyBool_FromLong(ok && window_check(w, c) && window_update(w, c));
+}
+
+static PyObject *
+Window_get_top(Window *w, void *closure)
+{
+    (void)closure;
+    return w->empty ? PyLong_FromLong(-1) : PyLong_FromUnsignedLongLong(w->top);
+}
+
+static int
+Window_set_top(Window *w, PyObject *v, void *closure)
+{
+    (void)closure;
+    if (v == NULL || !PyLong_Check(v)) {
+        PyErr_SetString(PyExc_TypeError, "top is an int");
+        return -1;
+    }
+    int overflow = 0;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (x == -1 && !overflow) {
+        if (PyErr_Occurred())
+            return -1;
+        w->empty = 1;
+        w->top = 0;
+        return 0;
+    }
+    unsigned long long t = PyLong_AsUnsignedLongLong(v);
+    if (t == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_SetString(PyExc_ValueError, "top is -1 or a counter in 0..2**64-1");
+        return -1;
+    }
+    w->top = t;
+    w->empty = 0;
+    return 0;
+}
+
+static PyObject *
+Window_get_blocks(Window *w, void *closure)
+{
+    (void)closure;
+    return PyMemoryView_FromObject((PyObject *)w);
+}
+
+static PyObject *
+Window_get_int(Window *w, void *closure)
+{
+    return PyLong_FromSsize_t(*(Py_ssize_t *)((char *)w + (Py_ssize_t)closure));
+}
+
+static int
+Window_getbuffer(Window *w, Py_buffer *view, int flags)
+{
+    view->obj = Py_NewRef((PyObject *)w);
+    view->buf = w->blocks;
+    view->len = w->shape * 8;
+    view->readonly = 0;
+    view->itemsize = 8;
+    view->format = (flags & PyBUF_FORMAT) ? "Q" : NULL;
+    view->ndim = 1;
+    view->shape = (flags & PyBUF_ND) ? &w->shape : NULL;
+    view->strides = (flags & PyBUF_STRIDES) == PyBUF_STRIDES ? &w->stride : NULL;
+    view->suboffsets = NULL;
+    view->internal = NULL;
+    return 0;
+}
+
+static PyBufferProcs Window_as_buffer = {(getbufferproc)Window_getbuffer, NULL};
+
+static PyMethodDef Window_methods[] = {
+    {"check", (PyCFunction)Window_check, METH_O,
+     "check(counter) -> may it be fresh? (before decryption; changes nothing)"},
+    {"update", (PyCFunction)Window_update, METH_O,
+     "update(counter) -> marked as seen (False: a replay or too old)"},
+    {"check_and_update", (PyCFunction)Window_check_and_update, METH_O,
+     "check_and_update(counter) -> check, then update"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Window_getset[] = {
+    {"top", (getter)Window_get_top, (setter)Window_set_top,
+     "the highest counter accepted so far, -1 before the first", NULL},
+    {"blocks", (getter)Window_get_blocks, NULL, "the 64-bit blocks (a memoryview)", NULL},
+    {"bits", (getter)Window_get_int, NULL, "window size in bits",
+     (void *)offsetof(Window, bits)},
+    {"size", (getter)Window_get_int, NULL, "usable window (bits - 64)",
+     (void *)offsetof(Window, size)},
+    {"mask", (getter)Window_get_int, NULL, "blocks - 1", (void *)offsetof(Window, mask)},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject WindowType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "jumping.core._dataplane.ReplayWindow",
+    .tp_basicsize = offsetof(Window, blocks) + sizeof(unsigned long long),
+    .tp_itemsize = sizeof(unsigned long long),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "ReplayWindow(bits=8192): the anti-replay window (jumping/core/replay.py)",
+    .tp_methods = Window_methods,
+    .tp_getset = Window_getset,
+    .tp_as_buffer = &Window_as_buffer,
+    .tp_new = Window_new,
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_dataplane",
     "The data plane's per-packet loops in C (jumping/core/aead.py is their twin).", -1, NULL,
@@ -589,11 +824,19 @@ PyInit__dataplane(void)
     Py_DECREF(exc);
     if (InvalidTag == NULL)
         return NULL;
+    if (PyType_Ready(&WindowType) < 0)
+        return NULL;
     if (PyType_Ready(&AeadType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
+    Py_INCREF(&WindowType);
+    if (PyModule_AddObject(m, "ReplayWindow", (PyObject *)&WindowType) < 0) {
+        Py_DECREF(&WindowType);
+        Py_DECREF(m);
+        return NULL;
+    }
     Py_INCREF(&AeadType);
     if (PyModule_AddObject(m, "Aead", (PyObject *)&AeadType) < 0) {
         Py_DECREF(&AeadType);

@@ -161,12 +161,17 @@ def _compiled() -> Any:
         from jumping.core import _dataplane  # type: ignore[attr-defined]
     except ImportError:
         return None
-    return _dataplane.Aead
+    return _dataplane
 
 
+_C = _compiled()
 #: the C type (jumping/core/_dataplane.c) if it was built, else None
-CAead: Any = _compiled()
+CAead: Any = _C.Aead if _C is not None else None
 #: what keypairs use
 Aead: Any = CAead if CAead is not None else PyAead
+#: the C replay window (one object, blocks inline) if it was built, else None
+CReplayWindow: Any = _C.ReplayWindow if _C is not None else None
+#: the replay window keypairs use: same semantics either way (tests/core/test_replay.py)
+Window: Any = CReplayWindow if CReplayWindow is not None else ReplayWindow
 #: "c" or "python": which of the two the data plane runs (for logs and benchmarks)
 IMPLEMENTATION = "c" if CAead is not None else "python"

@@ -64,7 +64,7 @@ class Keypair:
         self.send_aead: _aead.PyAead | None = aead(send_key)
         self.recv_aead: _aead.PyAead | None = aead(recv_key)
         self.send_counter = 0
-        self.replay = ReplayWindow(replay_bits)
+        self.replay: ReplayWindow = _aead.Window(replay_bits)  # C where built: one object
         self.created = now
         self.confirmed = confirmed
         self.data_prefix = wire.DATA_PREFIX + remote_index.to_bytes(4, "little")

@@ -1,13 +1,22 @@
 """The RFC 6479 replay window against a reference model (Hypothesis): any sequence of
-counters is accepted or rejected exactly as the model says, in fixed memory."""
+counters is accepted or rejected exactly as the model says, in fixed memory. Both windows
+run everything: jumping/core/replay.py's and the C one of jumping/core/_dataplane.c (the one
+keypairs use where it is built)."""
 
 from __future__ import annotations
+
+import sys
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from jumping.core.aead import CReplayWindow, Window
 from jumping.core.replay import LIMIT, ReplayWindow
+
+#: both implementations where the C one is built (JUMPING_PURE_PYTHON: the Python one only)
+IMPLS = [ReplayWindow] + ([CReplayWindow] if CReplayWindow is not None else [])
+NAMES = ["python", "c"][: len(IMPLS)]
 
 DEFAULT_BITS = 8192  # docs/protocol.md#policy: replay_window default
 SMALL_BITS = 128  # the smallest window replay.py supports
@@ -68,8 +77,13 @@ def steps(bits: int) -> st.SearchStrategy[list[tuple[str, int]]]:
 
 
 def run(bits: int, ops: list[tuple[str, int]], split: bool) -> None:
-    w, m = ReplayWindow(bits), Model(bits)
-    blocks_id, n_blocks = id(w.blocks), len(w.blocks)
+    for impl in IMPLS:
+        run_one(impl, bits, ops, split)
+
+
+def run_one(impl: type, bits: int, ops: list[tuple[str, int]], split: bool) -> None:
+    w, m = impl(bits), Model(bits)
+    blocks, n_blocks, size = w.blocks, len(w.blocks), sys.getsizeof(w)
     history: list[int] = []
     for kind, v in ops:
         if kind == "abs":
@@ -88,8 +102,9 @@ def run(bits: int, ops: list[tuple[str, int]], split: bool) -> None:
         assert got is expected, (c, m.top)
         m.update(c)
         assert w.top == m.top
-        # O(1) memory: the same list, the same length, every block a 64-bit word
-        assert id(w.blocks) == blocks_id and len(w.blocks) == n_blocks
+        # O(1) memory: the same blocks, the same length, every block a 64-bit word
+        assert sys.getsizeof(w) == size and len(w.blocks) == n_blocks
+        assert impl is not ReplayWindow or w.blocks is blocks
         assert all(0 <= b < 2**64 for b in w.blocks)
 
 
@@ -115,16 +130,19 @@ def test_small_window_matches_the_model(data: st.DataObject) -> None:
 @given(bits=st.sampled_from([DEFAULT_BITS, SMALL_BITS, 1024]), data=st.data())
 def test_update_without_check_matches_the_model(bits: int, data: st.DataObject) -> None:
     """``update`` alone enforces the window too (it never trusts a prior ``check``)."""
-    w, m = ReplayWindow(bits), Model(bits)
-    for kind, v in data.draw(steps(bits)):
-        c = v if kind != "rel" else max(m.top, 0) + v
-        assert w.update(c) is m.update(c), (c, m.top)
+    ops = data.draw(steps(bits))
+    for impl in IMPLS:
+        w, m = impl(bits), Model(bits)
+        for kind, v in ops:
+            c = v if kind != "rel" else max(m.top, 0) + v
+            assert w.update(c) is m.update(c), (impl, c, m.top)
 
 
+@pytest.mark.parametrize("impl", IMPLS, ids=NAMES)
 @pytest.mark.parametrize("bits", [DEFAULT_BITS, SMALL_BITS])
-def test_exhaustive_window_edges(bits: int) -> None:
+def test_exhaustive_window_edges(impl: type, bits: int) -> None:
     size = bits - 64
-    w = ReplayWindow(bits)
+    w = impl(bits)
     assert w.check_and_update(0)  # counter 0 is a valid first counter
     assert not w.check_and_update(0)
     top = 5 * bits + 17
@@ -137,13 +155,14 @@ def test_exhaustive_window_edges(bits: int) -> None:
     assert not w.check(-1) and not w.update(-1)
 
 
+@pytest.mark.parametrize("impl", IMPLS, ids=NAMES)
 @pytest.mark.parametrize("bits", [DEFAULT_BITS, SMALL_BITS])
 @pytest.mark.parametrize("blocks", [1, 2, 63, 64, 127, 128, 129, 1000])
-def test_a_far_jump_clears_what_it_passes(bits: int, blocks: int) -> None:
+def test_a_far_jump_clears_what_it_passes(impl: type, bits: int, blocks: int) -> None:
     """Fill every slot of the ring, jump ``blocks`` blocks ahead: every counter inside the
     new window that was never seen is fresh, even where a stale bit shared its slot."""
     size = bits - 64
-    w = ReplayWindow(bits)
+    w = impl(bits)
     for c in range(2 * bits):
         assert w.check_and_update(c)
     old_top = 2 * bits - 1
@@ -154,9 +173,10 @@ def test_a_far_jump_clears_what_it_passes(bits: int, blocks: int) -> None:
     assert not w.check_and_update(top)
 
 
+@pytest.mark.parametrize("impl", IMPLS, ids=NAMES)
 @pytest.mark.parametrize("bits", [DEFAULT_BITS, SMALL_BITS])
-def test_the_end_of_the_counter_space(bits: int) -> None:
-    w = ReplayWindow(bits)
+def test_the_end_of_the_counter_space(impl: type, bits: int) -> None:
+    w = impl(bits)
     assert w.check_and_update(LIMIT - 2)
     assert w.check_and_update(LIMIT - 1)
     assert not w.check(LIMIT) and not w.update(LIMIT)  # never wraps
@@ -166,7 +186,27 @@ def test_the_end_of_the_counter_space(bits: int) -> None:
     assert w.top == LIMIT - 1
 
 
+@pytest.mark.parametrize("impl", IMPLS, ids=NAMES)
 @pytest.mark.parametrize("bits", [0, 64, 100, 129, 8191, 131072, True, 8192.0])
-def test_invalid_sizes_are_refused(bits: object) -> None:
+def test_invalid_sizes_are_refused(impl: type, bits: object) -> None:
     with pytest.raises(ValueError):
-        ReplayWindow(bits)  # type: ignore[arg-type]
+        impl(bits)  # type: ignore[arg-type]
+
+
+def test_keypairs_use_the_c_window_where_it_is_built() -> None:
+    """One object of about 1 KiB with its blocks inline (from malloc, not pymalloc's pools):
+    nothing small is left behind in the pools when an idle session's keys expire."""
+    w = Window(DEFAULT_BITS)
+    assert (type(w) is CReplayWindow) if CReplayWindow is not None else type(w) is ReplayWindow
+    if CReplayWindow is not None:
+        assert sys.getsizeof(w) > DEFAULT_BITS // 8  # the blocks are in it
+        assert w.blocks.format == "Q" and w.blocks.itemsize == 8 and not w.blocks.readonly
+        assert (w.bits, w.size, w.mask, w.top) == (8192, 8128, 127, -1)
+        w.top = LIMIT - 1
+        assert w.top == LIMIT - 1 and not w.check(LIMIT - 1 - w.size) and w.check(LIMIT - 2)
+        w.top = -1
+        assert w.check_and_update(0) and w.top == 0
+        with pytest.raises(ValueError):
+            w.top = LIMIT
+        with pytest.raises(TypeError):
+            w.check("1")  # type: ignore[arg-type]

@@ -167,7 +167,6 @@ class ClientCore(NodeCore):
         if s.fsm.state is State.BIRTH:
             del self.sessions[s.session_id]
             s.session_id = est.session_id
-            s.sid_hex = est.session_id.hex()
             self.sessions[s.session_id] = s
         if resumed and s.fsm.state is State.RECOVERING:
             self._resumed(now, s, est, path, hs.started)

@@ -77,8 +77,11 @@ class GatewayCore(NodeCore, SessionTakeover):
         #: is configured: the responder's ``ss`` without a DH operation, one of four per
         #: handshake (wireguard-go precomputes it the same way, when a peer is created)
         self._static_static: dict[bytes, bytes] = {}
-        #: quiet sessions in the order they went quiet: eviction candidates, oldest first
-        self._quiet: dict[bytes, None] = {}
+        #: quiet sessions in the order they went quiet: eviction candidates, oldest first.
+        #: A list through the sessions' own ``quiet_prev``/``quiet_next`` (O(1) in and out,
+        #: no table entry per session: issue 18); ``quiet_sessions()`` walks it
+        self._quiet_head: Session | None = None
+        self._quiet_tail: Session | None = None
         for key in self.peers:
             self._precompute(key)
         self.cookies = CookieChecker(self.me, self.rng)
@@ -413,21 +416,52 @@ class GatewayCore(NodeCore, SessionTakeover):
         """The session that went quiet first, if it has moved no data for
         ``session_evict_idle_s``; None if there is none. ``_quiet`` is in the order sessions
         went quiet (a quiet session's timers stop, so it is the order of their last data);
-        entries of sessions that woke or ended are gone, so this is O(1), not a scan."""
-        for sid in self._quiet:
-            s = self.sessions[sid]
-            return s if s.last_data <= now - self.policy.session_evict_idle_s else None
-        return None
+        sessions that woke or ended are unlinked, so this is O(1), not a scan."""
+        s = self._quiet_head
+        if s is None:
+            return None
+        return s if s.last_data <= now - self.policy.session_evict_idle_s else None
+
+    def quiet_sessions(self) -> list[Session]:
+        """The eviction candidates, oldest first (introspection and tests; O(n))."""
+        out = []
+        s = self._quiet_head
+        while s is not None:
+            out.append(s)
+            s = s.quiet_next
+        return out
+
+    def _quiet_unlink(self, s: Session) -> None:
+        p, n = s.quiet_prev, s.quiet_next
+        if p is None and self._quiet_head is not s:
+            return  # not in the list
+        if p is None:
+            self._quiet_head = n
+        else:
+            p.quiet_next = n
+        if n is None:
+            self._quiet_tail = p
+        else:
+            n.quiet_prev = p
+        s.quiet_prev = s.quiet_next = None
 
     def _terminated(self, now: float, s: Session, reason: Reason) -> None:
-        self._quiet.pop(s.session_id, None)
+        self._quiet_unlink(s)  # an ended session keeps no link to the live ones
         super()._terminated(now, s, reason)
 
     def _went_quiet(self, now: float, s: Session) -> None:
-        self._quiet[s.session_id] = None
+        if s.quiet_prev is not None or self._quiet_head is s:
+            return  # already in the list: it keeps its place
+        tail = self._quiet_tail
+        s.quiet_prev = tail
+        if tail is None:
+            self._quiet_head = s
+        else:
+            tail.quiet_next = s
+        self._quiet_tail = s
 
     def _woke(self, now: float, s: Session) -> None:
-        self._quiet.pop(s.session_id, None)
+        self._quiet_unlink(s)
 
     def _precompute(self, key: bytes) -> None:
         try:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import heapq
 import ipaddress
-import itertools
 import struct
 from array import array
 from collections import Counter
@@ -255,13 +254,14 @@ class NodeCore:
         #: feature bits this node announces (protocol revision 2): the service clears
         #: FEATURE_SEGMENTS when its TUN device cannot take GSO writes
         self.features = segments.FEATURE_SEGMENTS
-        self._heap: list[tuple[float, int, Session]] = []
+        #: (at, session): an entry is the session's own while ``at is session.deadline``
+        #: (the same float object); older ones are stale and skipped
+        self._heap: list[tuple[float, Session]] = []
         self._running: Session | None = None  # the session whose timers are running
         self._handlers = tuple(getattr(self, name) for name in HANDLERS)
         self.security_interval = security_interval_s
         self._security_at = now
         self.security = ViolationLedger(SECURITY_VIOLATIONS)
-        self._seq = itertools.count()
         self._now = now
 
     # ------------------------------------------------------------------ plumbing
@@ -371,7 +371,7 @@ class NodeCore:
             kp.wipe()
         s.current = s.previous = s.next = None
         s.timers = array("d", bytes(8 * len(s.timers)))
-        s.heap_seq = -1
+        s.deadline = 0.0
         self.sessions.pop(s.session_id, None)
         self._forget_routes(s)
         self._emit(
@@ -791,7 +791,7 @@ class NodeCore:
     def _arm(self, s: Session, t: int, at: float) -> None:
         """Arm timer ``t`` of ``s`` for ``at`` (replacing its deadline)."""
         s.timers[t] = at
-        if self._running is not s and (s.heap_seq < 0 or at < s.deadline):
+        if self._running is not s and (not s.deadline or at < s.deadline):
             self._push(s, at)
 
     def _arm_by(self, s: Session, t: int, at: float) -> None:
@@ -808,17 +808,15 @@ class NodeCore:
         heap = self._heap
         if not heap or at < heap[0][0]:
             self.pending.append(ArmTimer(at))
-        seq = next(self._seq)
-        s.heap_seq = seq
-        s.deadline = at
-        heapq.heappush(heap, (at, seq, s))
+        s.deadline = at  # this object, not only this value: the entry's mark of being live
+        heapq.heappush(heap, (at, s))
         if len(heap) > 2 * len(self.sessions) + HEAP_SLACK:
             # entries go stale when a session ends or its deadline moves earlier, and a
             # stale one is only dropped when it reaches the top: an ended session's
             # lifetime entry (hours away) would keep the whole Session alive that long
             # (found by issue 18's churn). Rebuilt in place (tick may hold the list) once
             # stale entries outnumber live ones: amortized O(1) per push.
-            heap[:] = [e for e in heap if e[1] == e[2].heap_seq]
+            heap[:] = [e for e in heap if e[0] is e[1].deadline]
             heapq.heapify(heap)
             self.counters["timer_heap_compactions"] += 1
 
@@ -832,10 +830,9 @@ class NodeCore:
             if budget < 0:
                 self.counters["timer_budget_exhausted"] += 1
                 break
-            _at, seq, s = heapq.heappop(heap)
-            if seq != s.heap_seq:
+            due, s = heapq.heappop(heap)
+            if due is not s.deadline:
                 continue  # stale: the session's timers were re-armed since
-            s.heap_seq = -1
             s.deadline = 0.0
             if s.fsm.state is _TERMINATED:
                 continue
@@ -845,7 +842,7 @@ class NodeCore:
                 self._running = None
                 self.counters["internal_error"] += 1
                 self._drop(f"INTERNAL_ERROR:{type(e).__name__}")
-        while heap and heap[0][1] != heap[0][2].heap_seq:
+        while heap and heap[0][0] is not heap[0][1].deadline:
             heapq.heappop(heap)
         self._node_timers(now)
         at = heap[0][0] if heap else None

@@ -142,7 +142,6 @@ class SpentKeys:
 #: what every session keeps (a ClientSession adds its own)
 _SESSION_SLOTS = (
     "session_id",
-    "sid_hex",
     "peer",
     "fsm",
     "current",
@@ -158,7 +157,6 @@ _SESSION_SLOTS = (
     "rx_packets",
     "tx_packets",
     "deadline",
-    "heap_seq",
     "timers",
     "last_data",
     "quiet",
@@ -177,6 +175,8 @@ _SESSION_SLOTS = (
     "offpath_rx",
     "peer_features",
     "validations",
+    "quiet_prev",
+    "quiet_next",
 )
 
 
@@ -209,7 +209,6 @@ class Session:
 
     def __init__(self, session_id: bytes, peer: Any, now: float, state_version: int = 0) -> None:
         self.session_id = session_id
-        self.sid_hex = session_id.hex()
         self.peer = peer
         self.fsm = SessionFSM(state_version)
         self.current: Keypair | None = None
@@ -225,10 +224,12 @@ class Session:
         self.rx_packets = 0
         self.tx_packets = 0
         self.deadline = 0.0  # earliest armed timer (0.0: none), see jumping/core/timers.py
-        self.heap_seq = -1  # the timer heap entry that is this session's (older ones are stale)
         self.timers = array("d", bytes(8 * self.TIMERS))  # raw doubles: no float objects
         self.last_data = now  # last DATA packet either way: traffic flows while it is recent
         self.quiet = False  # no traffic for idle_after_ms: no heartbeat, no probe
+        #: a gateway's list of quiet sessions, in the order they went quiet (gateway.py)
+        self.quiet_prev: Session | None = None
+        self.quiet_next: Session | None = None
         self.handshake: Any = None
         self.stats_at = now
         self.owner_token: int | None = None
@@ -254,6 +255,18 @@ class Session:
 
     def keypairs(self) -> tuple[Keypair, ...]:
         return tuple(k for k in (self.current, self.previous, self.next) if k is not None)
+
+    @property
+    def sid_hex(self) -> str:
+        """The session id in hex (events, ownership records): made when asked, not kept,
+        since nothing on the data path asks (issue 18: 81 bytes and a slot per session)."""
+        return self.session_id.hex()
+
+    def __lt__(self, other: Session) -> bool:
+        """Orders the timer heap's entries of one deadline (jumping/core/node.py: ``(at,
+        session)``, no sequence number of its own to keep): by session id, so that two
+        runs with the same seed fire them in the same order."""
+        return self.session_id < other.session_id
 
 
 class ClientSession(Session):

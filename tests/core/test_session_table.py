@@ -82,10 +82,10 @@ def test_the_first_to_go_quiet_goes_first_and_a_session_that_woke_is_skipped() -
     gw = net.gateway
     net.run_for(70.0)
     (a,) = gw.sessions.values()
-    assert list(gw._quiet) == [a.session_id]
+    assert gw.quiet_sessions() == [a]
     net.send_inner("client", ipv4("10.99.0.2", "10.99.0.1", b"awake again"))
     net.run_for(0.1)
-    assert gw._quiet == {}, "data woke it: no longer a candidate"
+    assert gw.quiet_sessions() == [], "data woke it: no longer a candidate"
     b_connects(net)
     assert gw.drops["SESSION_TABLE_FULL"] == 1 and gw.counters["sessions_evicted"] == 0
 
@@ -95,3 +95,30 @@ def test_a_smaller_table_on_reload_ends_no_session() -> None:
     before = a_session(net)
     net.apply("gateway", net.gateway.set_policy(net.now, Policy(session_table_size=1)))
     assert net.gateway.max_sessions == 1 and a_session(net) == before
+
+
+def test_the_quiet_list_keeps_the_order_sessions_went_quiet_in() -> None:
+    """The eviction candidates are linked through the sessions themselves (no table entry
+    per session): in, out from the head, the middle and the tail, in again at the end, and
+    an ended session leaves no link behind."""
+    from jumping.core.session import Session
+
+    gw = full_table().gateway
+    peer = next(iter(gw.peers.values()))
+    ss = [Session(bytes([i]) * 16, peer, 1.0) for i in range(5)]
+    for s in ss:
+        gw._went_quiet(1.0, s)
+    gw._went_quiet(1.0, ss[2])  # already in: keeps its place
+    assert gw.quiet_sessions() == ss
+    gw._woke(2.0, ss[0])
+    gw._woke(2.0, ss[2])
+    gw._woke(2.0, ss[4])
+    gw._woke(2.0, ss[4])  # not in: nothing happens
+    assert gw.quiet_sessions() == [ss[1], ss[3]]
+    gw._went_quiet(3.0, ss[0])
+    assert gw.quiet_sessions() == [ss[1], ss[3], ss[0]]
+    assert gw._quiet_head is ss[1] and gw._quiet_tail is ss[0]
+    for s in (ss[3], ss[1], ss[0]):
+        gw._quiet_unlink(s)
+    assert gw.quiet_sessions() == [] and gw._quiet_head is gw._quiet_tail is None
+    assert all(s.quiet_prev is None and s.quiet_next is None for s in ss)

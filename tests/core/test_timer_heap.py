@@ -27,5 +27,5 @@ def test_ended_sessions_do_not_stay_in_the_timer_heap() -> None:
     # what is left is live: no entry refers to an ended session
     gw.receive(999.0, spoofed(1), _init(client_key, gw_key, 999.0).message)
     (s,) = gw.sessions.values()
-    live = [e for e in gw._heap if e[1] == e[2].heap_seq]
-    assert [e[2] for e in live] == [s]
+    live = [e for e in gw._heap if e[0] is e[1].deadline]
+    assert [e[1] for e in live] == [s]

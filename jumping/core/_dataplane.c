@@ -14,6 +14,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <openssl/evp.h>
 #include <string.h>
 
@@ -808,6 +809,54 @@ static PyTypeObject WindowType = {
     .tp_new = Window_new,
 };
 
+/* ------------------------------------------------------------------ SessionBase
+ * The numbers a session keeps (jumping/core/session.py), stored as C doubles and 64-bit
+ * integers inside the session object: a Python slot holds a pointer to a float or int
+ * object of 32 bytes of its own, and an idle gateway session kept about eight of them
+ * (issue 18: ~250 B of 2.2 KiB). Reading one makes a float or int as a slot read would
+ * return one; writing takes any real number. Session subclasses it where it is built;
+ * session.py's pure-Python twin has the same names as slots. */
+typedef struct {
+    PyObject_HEAD
+    double created, last_rx, last_tx, state_since, last_data, stats_at, active_rx, left_rx,
+        first_unacked, left_unacked, lost_since, offpath_rx;
+    long long rx_bytes, tx_bytes, rx_packets, tx_packets, attach_count;
+} SessionBase;
+
+#define SB_D(name, doc) {#name, T_DOUBLE, offsetof(SessionBase, name), 0, doc}
+#define SB_L(name, doc) {#name, T_LONGLONG, offsetof(SessionBase, name), 0, doc}
+
+static PyMemberDef SessionBase_members[] = {
+    SB_D(created, "when the session was made (s)"),
+    SB_D(last_rx, "last authenticated packet on the active path (s)"),
+    SB_D(last_tx, "last packet sent (s)"),
+    SB_D(state_since, "when the FSM entered its state (s)"),
+    SB_D(last_data, "last DATA packet either way (s)"),
+    SB_D(stats_at, "when SESSION_STATS was last emitted (s)"),
+    SB_D(active_rx, "last packet on the active path (s)"),
+    SB_D(left_rx, "last packet on the path left by the last switch (s)"),
+    SB_D(first_unacked, "first send not answered since (s), 0.0: none"),
+    SB_D(left_unacked, "first_unacked of the path left by the last switch (s)"),
+    SB_D(lost_since, "when the active path was judged lost (s), 0.0: not lost"),
+    SB_D(offpath_rx, "last authenticated packet from another path (s)"),
+    SB_L(rx_bytes, "bytes received"),
+    SB_L(tx_bytes, "bytes sent"),
+    SB_L(rx_packets, "packets received"),
+    SB_L(tx_packets, "packets sent"),
+    SB_L(attach_count, "transports attached so far"),
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject SessionBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "jumping.core._dataplane.SessionBase",
+    .tp_basicsize = sizeof(SessionBase),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "The numbers of a session, unboxed (jumping/core/session.py subclasses it)",
+    .tp_members = SessionBase_members,
+    .tp_new = PyType_GenericNew,
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_dataplane",
     "The data plane's per-packet loops in C (jumping/core/aead.py is their twin).", -1, NULL,
@@ -824,7 +873,7 @@ PyInit__dataplane(void)
     Py_DECREF(exc);
     if (InvalidTag == NULL)
         return NULL;
-    if (PyType_Ready(&WindowType) < 0)
+    if (PyType_Ready(&WindowType) < 0 || PyType_Ready(&SessionBaseType) < 0)
         return NULL;
     if (PyType_Ready(&AeadType) < 0)
         return NULL;
@@ -834,6 +883,12 @@ PyInit__dataplane(void)
     Py_INCREF(&WindowType);
     if (PyModule_AddObject(m, "ReplayWindow", (PyObject *)&WindowType) < 0) {
         Py_DECREF(&WindowType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&SessionBaseType);
+    if (PyModule_AddObject(m, "SessionBase", (PyObject *)&SessionBaseType) < 0) {
+        Py_DECREF(&SessionBaseType);
         Py_DECREF(m);
         return NULL;
     }

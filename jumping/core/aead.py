@@ -173,5 +173,7 @@ Aead: Any = CAead if CAead is not None else PyAead
 CReplayWindow: Any = _C.ReplayWindow if _C is not None else None
 #: the replay window keypairs use: same semantics either way (tests/core/test_replay.py)
 Window: Any = CReplayWindow if CReplayWindow is not None else ReplayWindow
+#: a session's numbers unboxed, the base of jumping.core.session.Session, if it was built
+CSessionBase: Any = _C.SessionBase if _C is not None else None
 #: "c" or "python": which of the two the data plane runs (for logs and benchmarks)
 IMPLEMENTATION = "c" if CAead is not None else "python"

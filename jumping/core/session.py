@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from array import array
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jumping.core import aead as _aead
 from jumping.core import wire
@@ -139,7 +139,28 @@ class SpentKeys:
         pass
 
 
-#: what every session keeps (a ClientSession adds its own)
+#: a session's numbers (times in seconds, counters): unboxed in the C base where it is built
+_NUMBER_SLOTS = (
+    "created", "last_rx", "last_tx", "state_since", "last_data", "stats_at", "active_rx",
+    "left_rx", "first_unacked", "left_unacked", "lost_since", "offpath_rx",
+    "rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "attach_count",
+)  # fmt: skip
+
+
+class _PyNumbers:
+    """The pure-Python twin of ``jumping.core._dataplane.SessionBase``: the same names as
+    slots, each holding a float or int object (about 32 bytes each on top of the slot)."""
+
+    __slots__ = _NUMBER_SLOTS
+
+
+if TYPE_CHECKING:
+    _Numbers = _PyNumbers
+else:
+    # the C base stores them as doubles and 64-bit ints inside the session (issue 18)
+    _Numbers = _aead.CSessionBase if _aead.CSessionBase is not None else _PyNumbers
+
+#: what every session keeps besides its numbers (a ClientSession adds its own)
 _SESSION_SLOTS = (
     "session_id",
     "peer",
@@ -148,31 +169,14 @@ _SESSION_SLOTS = (
     "previous",
     "next",
     "path",
-    "created",
-    "last_rx",
-    "last_tx",
-    "state_since",
-    "rx_bytes",
-    "tx_bytes",
-    "rx_packets",
-    "tx_packets",
     "deadline",
     "timers",
-    "last_data",
     "quiet",
     "handshake",
-    "stats_at",
     "owner_token",
     "owned",
-    "attach_count",
-    "first_unacked",
     "bound_before",
-    "active_rx",
-    "left_rx",
-    "left_unacked",
-    "lost_since",
     "challenge",
-    "offpath_rx",
     "peer_features",
     "validations",
     "quiet_prev",
@@ -180,7 +184,7 @@ _SESSION_SLOTS = (
 )
 
 
-class Session:
+class Session(_Numbers):
     """Per-session state. The node core drives it; it holds data, not policy.
 
     What only a client keeps is in :class:`ClientSession`'s slots: a gateway holds one

@@ -370,7 +370,7 @@ class NodeCore:
             self.index.pop(kp.local_index, None)
             kp.wipe()
         s.current = s.previous = s.next = None
-        s.timers = array("d", bytes(8 * len(s.timers)))
+        s.timers = array("d", (0.0,)) * len(s.timers)
         s.deadline = 0.0
         self.sessions.pop(s.session_id, None)
         self._forget_routes(s)

@@ -139,6 +139,8 @@ class SpentKeys:
         pass
 
 
+_ZERO = (0.0,)  # array("d", _ZERO) * n: exactly n doubles (from bytes, 12 for 9)
+
 #: a session's numbers (times in seconds, counters): unboxed in the C base where it is built
 _NUMBER_SLOTS = (
     "created", "last_rx", "last_tx", "state_since", "last_data", "stats_at", "active_rx",
@@ -228,7 +230,7 @@ class Session(_Numbers):
         self.rx_packets = 0
         self.tx_packets = 0
         self.deadline = 0.0  # earliest armed timer (0.0: none), see jumping/core/timers.py
-        self.timers = array("d", bytes(8 * self.TIMERS))  # raw doubles: no float objects
+        self.timers = array("d", _ZERO) * self.TIMERS  # raw doubles: no float objects, no spare
         self.last_data = now  # last DATA packet either way: traffic flows while it is recent
         self.quiet = False  # no traffic for idle_after_ms: no heartbeat, no probe
         #: a gateway's list of quiet sessions, in the order they went quiet (gateway.py)

@@ -97,6 +97,7 @@ def test_a_gateway_session_and_its_tombstone_carry_nothing_of_the_clients() -> N
     # raw doubles, not a list of float objects that every re-armed timer would replace
     assert s.timers.typecode == c.timers.typecode == "d" and s.timers.itemsize == 8
     assert isinstance(s.timers, array) and any(s.timers)
+    assert sys.getsizeof(s.timers) == sys.getsizeof(array("d")) + 8 * GATEWAY_COUNT  # no spare
     live = s.current
     assert live is not None and live.data_prefix and live.control_prefix
     net.run_for(net.policy.key_lifetime_s + 5.0)

@@ -33,7 +33,7 @@ from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_decrypt
 from nacl.exceptions import CryptoError
 
 from jumping.core import wire
-from jumping.core.noise import HandshakeState, NoiseError, public_key
+from jumping.core.noise import HandshakeState, NoiseError, dh, public_key
 
 PROLOGUE = b"jumping/1"
 PATTERN = "IKpsk2"
@@ -63,13 +63,31 @@ def mac(key: bytes, data: bytes) -> bytes:
 class Identity:
     """A node's static keypair and the keys derived from its public half."""
 
-    __slots__ = ("private", "public", "mac1_key", "cookie_key")
+    __slots__ = ("private", "public", "mac1_key", "cookie_key", "_static_static")
+
+    #: remote static keys whose DH with ours an initiator keeps (a client knows a few
+    #: gateways; a gateway keeps its own per-peer results, see GatewayCore)
+    STATIC_STATIC_KEPT = 8
 
     def __init__(self, private: bytes) -> None:
         self.private = private
         self.public = public_key(private)
         self.mac1_key = _hash(LABEL_MAC1 + self.public)
         self.cookie_key = _hash(LABEL_COOKIE + self.public)
+        self._static_static: dict[bytes, bytes] = {}
+
+    def static_static(self, remote: bytes) -> bytes | None:
+        """DH(our static key, ``remote``), computed once per remote key (as wireguard-go's
+        precomputed static-static): one of an initiation's DH operations less for every
+        rekey after the first. None (computed by the handshake, which then fails) for a key
+        that gives no DH result, or when this many remote keys are kept already."""
+        known = self._static_static.get(remote)
+        if known is None and len(self._static_static) < self.STATIC_STATIC_KEPT:
+            try:
+                known = self._static_static[remote] = dh(self.private, remote)
+            except NoiseError:
+                return None
+        return known
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +124,9 @@ class Initiation:
         self._my_mac1_key = me.mac1_key
         self.started = now
         self._hs = HandshakeState(
-            PATTERN, True, PROLOGUE, s=me.private, rs=peer_public, psks=[psk], rng=rng
-        )
+            PATTERN, True, PROLOGUE, s=me.private, rs=peer_public, psks=[psk], rng=rng,
+            s_pub=me.public, static_static=me.static_static,
+        )  # fmt: skip
         payload = wire.INIT_PAYLOAD.pack(int(now * 1000), session_id, state_version)
         body = wire.pack_init(local_index, self._hs.write_message(payload))
         self.mac1 = mac(_hash(LABEL_MAC1 + peer_public), body)
@@ -264,8 +283,9 @@ class Response:
             raise HandshakeError("BAD_LENGTH")
         _t, _v, _r, self.remote_index, noise_msg = wire.INIT.unpack_from(data)
         self._hs = HandshakeState(
-            PATTERN, False, PROLOGUE, s=me.private, rng=rng, static_static=static_static
-        )
+            PATTERN, False, PROLOGUE, s=me.private, rng=rng, static_static=static_static,
+            s_pub=me.public,
+        )  # fmt: skip
         try:
             payload = self._hs.read_message(noise_msg)
         except NoiseError:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from jumping.core import noise
+from jumping.core import handshake, noise
 from jumping.core.handshake import HandshakeError, Identity, Initiation, Response
 from jumping.core.node import Peer
 from jumping.core.noise import dh, public_key
@@ -30,6 +30,7 @@ def counting(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bytes, bytes]]:
         return real(private, public)
 
     monkeypatch.setattr(noise, "dh", counted)
+    monkeypatch.setattr(handshake, "dh", counted)  # an initiator's kept static-static
     return calls
 
 
@@ -72,3 +73,35 @@ def test_the_gateway_computes_ss_once_per_configured_peer_and_forgets_removed_on
     other = Peer(stranger, ("10.99.0.9/32",), "dave")
     net.apply("gateway", gw.set_peers(net.now, [other]))
     assert gw._static_static == {stranger: dh(net.gateway_key, stranger)}, "added, removed"
+
+
+def test_an_initiator_computes_ss_once_per_remote_key_and_keeps_few(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    me, gw_pub = Identity(CLIENT), public_key(GATEWAY)
+    calls = counting(monkeypatch)
+    first = Initiation(me, gw_pub, seeded_rng(5), 1.0, 7)
+    assert (CLIENT, gw_pub) in calls, "ss computed by the first initiation"
+    del calls[:]
+    second = Initiation(me, gw_pub, seeded_rng(5), 2.0, 7)
+    assert calls == [(seeded_rng(5)(32), gw_pub)], "es only: ss kept from the first"
+    # the kept value is the real one: the gateway reads both initiations
+    for init in (first, second):
+        assert Response(Identity(GATEWAY), init.message, seeded_rng(6)).remote_static == (
+            public_key(CLIENT)
+        )
+    others = [public_key(seeded_rng(200 + k)(32)) for k in range(Identity.STATIC_STATIC_KEPT)]
+    for pub in others:
+        me.static_static(pub)
+    assert len(me._static_static) == Identity.STATIC_STATIC_KEPT, "bounded"
+    assert me.static_static(others[-1]) is None, "beyond the bound: computed by the handshake"
+    assert me.static_static(bytes(32)) is None, "a low-order key: no result kept"
+    assert bytes(32) not in me._static_static
+
+
+def test_a_wrong_public_half_of_the_initiators_key_fails_to_authenticate() -> None:
+    me = Identity(CLIENT)
+    me.public = public_key(seeded_rng(13)(32))  # what s_pub trusts the caller for
+    data = Initiation(me, public_key(GATEWAY), seeded_rng(5), 1.0, 7).message
+    with pytest.raises(HandshakeError, match="HANDSHAKE_AUTH_FAILED"):
+        Response(Identity(GATEWAY), data, seeded_rng(6))

@@ -270,7 +270,8 @@ def generator(args: argparse.Namespace) -> int:
             p.up = False
             state["attached"] -= 1
         churn["deaths"] += 1
-        new_core(p)
+        # a new session from the same client core, as a real client starts again after its
+        # session ended (its keys, and what it computed from them, are kept)
         p.run(p.core.start(now))
         churn["births"] += 1
 
@@ -285,20 +286,30 @@ def generator(args: argparse.Namespace) -> int:
         old.stopListening().addCallback(lambda _: setattr(p, "transport", new))
         p.ping(1)
 
-    def churn_step(gap: float, until: float, roam_p: float, rekey_p: float) -> None:
+    def churn_step(due: float, gap: float, until: float, roam_p: float, rekey_p: float) -> None:
+        """The actions due by now, on a fixed schedule (``gap`` apart from the start): a
+        turn that came late catches up, so the rate asked is the rate run while this
+        process keeps up (``late_ms`` tells how far behind it ended); at most 64 a turn, so
+        that answers are read between them."""
         now = clock.seconds()
-        if now >= until:
+        for _ in range(64):
+            if due > now or due >= until:
+                break
+            due += gap
+            p = paths[rnd.randrange(len(paths))]
+            r = rnd.random()
+            try:
+                act(p, r, roam_p, rekey_p)
+            except Exception:  # a bug in this script: counted and shown once, the churn goes on
+                churn["errors"] += 1
+                if churn["errors"] == 1:
+                    traceback.print_exc()
+        if due >= until:
+            churn["late_ms"] = round(max(0.0, now - until) * 1000)
             say("churn " + json.dumps(churn))
             return
-        clock.callLater(gap, churn_step, gap, until, roam_p, rekey_p)
-        p = paths[rnd.randrange(len(paths))]
-        r = rnd.random()
-        try:
-            act(p, r, roam_p, rekey_p)
-        except Exception:  # a bug in this script: counted and shown once, the churn goes on
-            churn["errors"] += 1
-            if churn["errors"] == 1:
-                traceback.print_exc()
+        clock.callLater(max(0.0, due - clock.seconds()), churn_step, due, gap, until, roam_p,
+                        rekey_p)  # fmt: skip
 
     def act(p: UDPPath, r: float, roam_p: float, rekey_p: float) -> None:
         if not p.up:
@@ -331,7 +342,8 @@ def generator(args: argparse.Namespace) -> int:
                 clock.callLater(seconds + 2.0, self.done)
             elif words[0] == "churn":
                 rate, seconds, roam_p, rekey_p = map(float, words[1:5])
-                churn_step(1.0 / rate, clock.seconds() + seconds, roam_p, rekey_p)
+                now = clock.seconds()
+                churn_step(now, 1.0 / rate, now + seconds, roam_p, rekey_p)
 
         def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
             # stdin or stdout closed: the driver ended without "quit" (killed, or failed),
@@ -348,7 +360,14 @@ def generator(args: argparse.Namespace) -> int:
     stdio.StandardIO(commands)
     clock.callLater(0.0, start, 0)
     clock.callLater(0.5, report)
-    reactor.run()
+    profile_dir = os.environ.get("JUMPING_LOADGEN_PROFILE")
+    if profile_dir:  # where a generator's own time goes (its rates are then not figures)
+        import cProfile
+
+        cProfile.runctx("reactor.run()", globals(), {"reactor": reactor},
+                        str(Path(profile_dir) / f"gen{args.first}.prof"))  # fmt: skip
+    else:
+        reactor.run()
     return 0
 
 
@@ -425,8 +444,10 @@ def driver(args: argparse.Namespace) -> int:
         log("gateway starting (CPU 0)")
         traced = ([sys.executable, str(Path(__file__).with_name("traced.py")),
                    args.trace_memory] if args.trace_memory else [twistd])  # fmt: skip
+        profile = ([f"--profile={args.profile}", "--profiler=cprofile", "--savestats"]
+                   if args.profile else [])  # fmt: skip
         gw = subprocess.Popen(
-            nsx + ["taskset", "-c", "0", *traced, "-n", "--pidfile=",
+            nsx + ["taskset", "-c", "0", *traced, "-n", *profile, "--pidfile=",
                    f"--logfile={work / 'gw.log'}", "jumping", "gateway", "--config",
                    str(work / "g.toml")], env=env,
         )  # fmt: skip
@@ -636,7 +657,9 @@ def run_churn(
             for line in g.poll_lines(0.1):
                 if line.startswith("churn "):
                     for k, v in json.loads(line[len("churn ") :]).items():
-                        totals[k] = totals.get(k, 0) + v
+                        # counts add up; how late a generator ended: the latest one's
+                        totals[k] = max(totals.get(k, 0), v) if k == "late_ms" else (
+                            totals.get(k, 0) + v)  # fmt: skip
                     waiting.discard(id(g))
         if time.monotonic() - shown >= 10:
             shown = time.monotonic()
@@ -706,11 +729,16 @@ def main() -> int:
                     help="run the gateway under tracemalloc (tests/bench/scale/traced.py) and "
                     "write the allocation sites its idle sessions grew to FILE (its RSS and "
                     "CPU figures are then not measurements)")  # fmt: skip
+    ap.add_argument("--profile", metavar="FILE",
+                    help="run the gateway under twistd's cProfile and write its pstats to FILE "
+                    "when it stops (its CPU figures are then not measurements)")  # fmt: skip
     ap.add_argument("--gateway-pub")
     ap.add_argument("--client-keys")
     ap.add_argument("--first", type=int, default=0)
     ap.add_argument("--count", type=int, default=0)
     a = ap.parse_args()
+    if a.profile and a.trace_memory:
+        ap.error("--profile and --trace-memory do not go together")
     if a.role == "driver" and (a.sessions < 1 or a.procs < 1 or a.rate <= 0):
         ap.error("--sessions, --procs and --rate must be positive")
     if (

@@ -150,6 +150,9 @@ def format_status(st: dict[str, Any]) -> str:
     lines.append(f"tun: {t['name']} mtu {t['mtu']}, write errors {t['write_errors']}")
     if "dispatch" in st:
         lines.append(f"dispatch: {st['dispatch']}")
+    if "drops" in st:  # a node of this version; the largest first
+        drops = sorted(st["drops"].items(), key=lambda kv: (-kv[1], kv[0]))
+        lines.append("drops: " + (", ".join(f"{k} {v}" for k, v in drops) or "none"))
     return "\n".join(lines)
 
 

@@ -58,6 +58,10 @@ def status(svc: Any) -> dict[str, Any]:
         "serving": core is not None,
         "policy_version": str(core.policy.version if core else cfg.policy.version),
         "sessions": dict(sorted(core.state_counts().items())) if core else {},
+        # what the core dropped and counted since it started, by reason (the metrics'
+        # jumping_drops_total and counters, for an operator without a Prometheus server)
+        "drops": dict(sorted(core.drops.items())) if core else {},
+        "counters": dict(sorted(core.counters.items())) if core else {},
         "tun": {"name": cfg.tun.name, "mtu": svc.mtu, "write_errors": svc.tun_write_errors},
         "dispatch": "lean" if getattr(svc, "lean_dispatch", False) else "twisted",
         "sinks": [

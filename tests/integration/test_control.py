@@ -244,9 +244,12 @@ def test_operator_controls_a_live_gateway(fleet: Fleet, capsys: pytest.CaptureFi
     assert [s["name"] for s in st["sinks"]] == ["jsonl"] and st["sinks"][0]["dropped"] == 0
     assert st["listeners"] == [{"local": "0.0.0.0:51820"}] and st["uptime_s"] > 0
     assert st["dispatch"] == "lean"  # twistd's epoll reactor, jumping/service/dispatch.py
+    # the core's counts by reason: three answered and confirmed handshakes, no drop yet
+    assert st["counters"]["handshakes_confirmed"] == 3, st["counters"]
+    assert st["counters"]["sessions_created"] == 3 and isinstance(st["drops"], dict)
     code, out, _ = jumpctl(capsys, "status", "--socket", sock)
     assert code == 0 and "node: gw1 (gateway)" in out and "sessions: ATTACHED 3" in out
-    assert "dispatch: lean" in out
+    assert "dispatch: lean" in out and "\ndrops: " in out
 
     # sessions: one row per session, like wg show
     for name, i in (("alice", 1), ("bob", 2), ("carol", 3)):

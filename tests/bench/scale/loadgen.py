@@ -263,9 +263,8 @@ def generator(args: argparse.Namespace) -> int:
             churn["skipped"] += 1
             return
         p.run(p.core.terminate(now, s.session_id, Reason.OPERATOR_TERMINATED))
-        if p.timer is not None and p.timer.active():
-            p.timer.cancel()
-        p.timer = None
+        # the timer stays: the core asked for it and arms no other while it is due (a tick
+        # with nothing to do is cheap)
         if p.up:  # run() saw the session end
             p.up = False
             state["attached"] -= 1
@@ -285,6 +284,8 @@ def generator(args: argparse.Namespace) -> int:
         # new port is put back then
         old.stopListening().addCallback(lambda _: setattr(p, "transport", new))
         p.ping(1)
+
+    settle = [0.0]  # seconds after the churn before the clients' states are told
 
     def churn_step(due: float, gap: float, until: float, roam_p: float, rekey_p: float) -> None:
         """The actions due by now, on a fixed schedule (``gap`` apart from the start): a
@@ -307,9 +308,24 @@ def generator(args: argparse.Namespace) -> int:
         if due >= until:
             churn["late_ms"] = round(max(0.0, now - until) * 1000)
             say("churn " + json.dumps(churn))
+            clock.callLater(settle[0], churn_report)
             return
         clock.callLater(max(0.0, due - clock.seconds()), churn_step, due, gap, until, roam_p,
                         rekey_p)  # fmt: skip
+
+    def churn_report() -> None:
+        """After the settle: the clients' states and what their cores counted (a session
+        not attached again says why here)."""
+        states: dict[str, int] = {}
+        counted: dict[str, int] = {}
+        for p in paths:
+            s = p.core.session
+            k = "NONE" if s is None else s.fsm.state.value
+            states[k] = states.get(k, 0) + 1
+            for name, table in (("drop", p.core.drops), ("count", p.core.counters)):
+                for key, v in table.items():
+                    counted[f"{name}:{key}"] = counted.get(f"{name}:{key}", 0) + v
+        say("settled " + json.dumps({"states": states, "clients": counted}))
 
     def act(p: UDPPath, r: float, roam_p: float, rekey_p: float) -> None:
         if not p.up:
@@ -341,7 +357,7 @@ def generator(args: argparse.Namespace) -> int:
                         clock.callLater(t + k / max(1, m), p.ping, t)
                 clock.callLater(seconds + 2.0, self.done)
             elif words[0] == "churn":
-                rate, seconds, roam_p, rekey_p = map(float, words[1:5])
+                rate, seconds, roam_p, rekey_p, settle[0] = map(float, words[1:6])
                 now = clock.seconds()
                 churn_step(now, 1.0 / rate, now + seconds, roam_p, rekey_p)
 
@@ -620,13 +636,19 @@ def driver(args: argparse.Namespace) -> int:
             log(f"kept {work}")
 
 
-def gateway_sessions(work: Path, env: dict[str, str]) -> dict[str, int]:
-    """The gateway's sessions by state (``jumpctl status --json``)."""
+def gateway_status(work: Path, env: dict[str, str]) -> dict[str, Any]:
+    """``jumpctl status --json`` of the gateway."""
     out = subprocess.run(
         [sys.executable, "-m", "jumping.cli", "status", "--json", "--socket",
          str(work / "gw.sock")], capture_output=True, text=True, env=env, check=True,
     ).stdout  # fmt: skip
-    return {k: int(v) for k, v in json.loads(out)["sessions"].items()}
+    status: dict[str, Any] = json.loads(out)
+    return status
+
+
+def gateway_sessions(work: Path, env: dict[str, str]) -> dict[str, int]:
+    """The gateway's sessions by state."""
+    return {k: int(v) for k, v in gateway_status(work, env)["sessions"].items()}
 
 
 def run_churn(
@@ -644,7 +666,9 @@ def run_churn(
     share = args.churn / len(gens)
     for g in gens:
         assert g.proc.stdin is not None
-        g.proc.stdin.write(f"churn {share} {args.churn_seconds} {args.roam} {args.rekey}\n")
+        g.proc.stdin.write(
+            f"churn {share} {args.churn_seconds} {args.roam} {args.rekey} {args.churn_settle}\n"
+        )
         g.proc.stdin.flush()
     c0, w0 = cpu_seconds(gw.pid), time.monotonic()
     totals: dict[str, int] = {}
@@ -668,14 +692,22 @@ def run_churn(
     c1, w1 = cpu_seconds(gw.pid), time.monotonic()
     log(f"churn done: {totals}; quiet for {args.churn_settle} s")
     end = time.monotonic() + args.churn_settle
-    while time.monotonic() < end:
+    settled: dict[str, dict[str, int]] = {"states": {}, "clients": {}}
+    told = 0
+    while time.monotonic() < end or (told < len(gens) and time.monotonic() < end + 60):
         for g in gens:
-            g.poll_lines(0.2)
+            for line in g.poll_lines(0.2):
+                if line.startswith("settled "):
+                    told += 1
+                    for part, table in json.loads(line[len("settled ") :]).items():
+                        for k, v in table.items():
+                            settled[part][k] = settled[part].get(k, 0) + v
     rss_after = [rss_bytes(gw.pid)]
     for _ in range(10):
         time.sleep(1)
         rss_after.append(rss_bytes(gw.pid))
-    after = gateway_sessions(work, env)
+    status = gateway_status(work, env)
+    after = {k: int(v) for k, v in status["sessions"].items()}
     live = sum(v for k, v in after.items() if k != "TERMINATED")
     clients = sum(g.attached for g in gens)
     return {
@@ -687,6 +719,8 @@ def run_churn(
         "rss_after_bytes": int(statistics.median(rss_after)),
         "sessions_before": before, "sessions_after": after,
         "gateway_live": live, "clients_attached": clients, "left_behind": live - clients,
+        "client_states": settled["states"], "client_counts": settled["clients"],
+        "gateway_drops": status.get("drops", {}),
     }  # fmt: skip
 
 

@@ -71,3 +71,27 @@ def test_gateway_forgets_the_buckets_of_clients_that_went_idle() -> None:
     assert len(gw.source_limiter) == 49
     gw.tick(115.0)  # the node's timer, long after the burst
     assert len(gw.source_limiter) == 0 and gw.source_limiter.pruned == 50
+
+
+def test_an_ended_session_leaves_no_switch_history_behind() -> None:
+    """IRateLimitPolicy.forget is called when a session ends: the gateway's switch limiter
+    keeps a history (about 900 B) only for live sessions, not for every session that ever
+    moved until its key cap (100 000 by default)."""
+    from jumping.core.fsm import Reason
+    from jumping.testing.sim import SimNet
+
+    net = SimNet(seed=3)
+    net.start()
+    net.run_for(0.5)
+    net.rebind(0)  # the client's NAT mapping changes: the gateway moves the session
+    net.traffic(net.now + 3.0)
+    net.run_for(4.0)
+    gw, c = net.gateway, net.client
+    assert net.states() == ("ATTACHED", "ATTACHED")
+    assert gw.switch_limiter.tracked == 1, "the move was recorded"
+    s = c.session
+    assert s is not None
+    net.apply("client", c.terminate(net.now, s.session_id, Reason.OPERATOR_TERMINATED))
+    net.run_for(1.0)
+    assert s.session_id not in gw.sessions, "the gateway ended it too"
+    assert gw.switch_limiter.tracked == 0

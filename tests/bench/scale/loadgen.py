@@ -690,6 +690,8 @@ def run_churn(
             rss_during.append(rss_bytes(gw.pid))
             log(f"churn: {round(shown - w0)} s, gateway RSS {rss_during[-1] / 2**20:.1f} MiB")
     c1, w1 = cpu_seconds(gw.pid), time.monotonic()
+    if args.trace_memory:  # what the churn left: a snapshot now, another after the settle
+        os.kill(gw.pid, signal.SIGUSR2)
     log(f"churn done: {totals}; quiet for {args.churn_settle} s")
     end = time.monotonic() + args.churn_settle
     settled: dict[str, dict[str, int]] = {"states": {}, "clients": {}}
@@ -706,6 +708,9 @@ def run_churn(
     for _ in range(10):
         time.sleep(1)
         rss_after.append(rss_bytes(gw.pid))
+    if args.trace_memory:
+        os.kill(gw.pid, signal.SIGUSR2)
+        log(f"allocation sites after the churn and after its settle: {args.trace_memory}")
     status = gateway_status(work, env)
     after = {k: int(v) for k, v in status["sessions"].items()}
     live = sum(v for k, v in after.items() if k != "TERMINATED")

@@ -145,6 +145,26 @@ def test_not_utf8_is_an_input_error() -> None:
     assert str(report.input_errors[0]).startswith("x.jsonl:1: not UTF-8")
 
 
+def test_events_read_share_their_keys_and_repeated_values() -> None:
+    """The auditor keeps every event until the end: keys and the values that repeat (ids,
+    enumerations) are one object each across events, the others are not (a hash, a time),
+    and the events are equal to what json.loads gives."""
+    lines = [
+        json.dumps({"event_type": "SESSION_STATE_CHANGE", "session_id": "ab" * 16, "seq": i,
+                    "prev_hash": f"{i:064x}", "new_state": "ATTACHED", "ts_ms": 10 + i})
+        for i in range(2)
+    ]  # fmt: skip
+    auditor = Auditor()
+    audit.read_jsonl(auditor, io.BytesIO("\n".join(lines).encode()), "x.jsonl")
+    a, b = (r.event for r in auditor.report.records)
+    assert [a, b] == [json.loads(line) for line in lines]
+    ka, kb = {k: k for k in a}, {k: k for k in b}
+    assert all(ka[k] is kb[k] for k in ka), "one key object per name"
+    for field in ("event_type", "session_id", "new_state"):
+        assert a[field] is b[field], field
+    assert a["prev_hash"] is not b["prev_hash"]
+
+
 # ---------------------------------------------------------------------- the real core
 def _simulated(live: bool) -> list[dict[str, Any]]:
     spec = importlib.util.spec_from_file_location(

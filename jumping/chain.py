@@ -38,4 +38,10 @@ def check_key(key: bytes) -> bytes:
 def chain_hash(key: bytes, event: Any) -> str:
     """The keyed hash of ``event``: what the next event of the same node carries as
     ``prev_hash``."""
-    return hashlib.blake2s(canonical(event), key=check_key(key)).hexdigest()
+    return hash_encoded(check_key(key), canonical(event))
+
+
+def hash_encoded(key: bytes, encoded: bytes) -> str:
+    """:func:`chain_hash` of an event already encoded with :func:`canonical` (``key``
+    already checked)."""
+    return hashlib.blake2s(encoded, key=key).hexdigest()

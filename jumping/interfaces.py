@@ -447,6 +447,22 @@ class IEventSink(Interface):
         A sink may also provide :class:`ISinkHealth` and :class:`IDurableEventSink`."""
 
 
+class IEncodedEventSink(Interface):
+    """
+    An event sink that takes each event with its canonical JSON encoding: the bytes the
+    event chain hashed (:func:`jumping.chain.canonical`: keys sorted, separators ``,`` and
+    ``:``, non-ASCII escaped, no newline). Optional: a sink that writes that encoding need
+    not make it again (the node encodes every event once, not once per sink).
+    """
+
+    def emit_encoded(event, encoded):  # type: ignore[no-untyped-def]
+        """
+        As :meth:`IEventSink.emit`, with ``encoded`` (``bytes``) the event's canonical
+        encoding. Called instead of ``emit``, on the reactor thread; must not block nor
+        raise, nor mutate ``event``.
+        """
+
+
 class ISinkHealth(Interface):
     """
     An event sink that reports its health (``jumpctl status``, docs/operations.md, "Event

@@ -64,3 +64,54 @@ def test_a_longer_key_is_not_silently_its_prefix() -> None:
     events = _history(_pipeline(long_key[:32]))
     assert audit_events(events, long_key[:32]).ok
     assert "CHAIN" in audit_events(events, bytes(32)).by_check()
+
+
+def test_sinks_that_take_the_encoding_get_the_bytes_the_chain_hashed(tmp_path) -> None:  # noqa: ANN001
+    """Each event is encoded once: an IEncodedEventSink gets the canonical bytes the next
+    event's prev_hash is the hash of; a plain IEventSink gets the dict; the JSONL sink
+    writes exactly those bytes, one line each, and the file audits clean."""
+    import json
+    import time
+
+    from zope.interface import implementer
+
+    from jumping.builtin.jsonl import JSONLinesSink
+    from jumping.interfaces import IEncodedEventSink, IEventSink
+
+    @implementer(IEventSink, IEncodedEventSink)
+    class Both:
+        def __init__(self) -> None:
+            self.got: list[tuple[dict, bytes]] = []
+
+        def emit(self, event: dict) -> None:
+            raise AssertionError("emit_encoded is called instead")
+
+        def emit_encoded(self, event: dict, encoded: bytes) -> None:
+            self.got.append((event, encoded))
+
+    @implementer(IEventSink)
+    class Plain:
+        def __init__(self) -> None:
+            self.got: list[dict] = []
+
+        def emit(self, event: dict) -> None:
+            self.got.append(event)
+
+    key = bytes(range(32))
+    both, plain = Both(), Plain()
+    jsonl = JSONLinesSink(str(tmp_path / "events.jsonl"))
+    jsonl.start()
+    p = EventPipeline("gw1", [both, plain, jsonl], key, lambda: "1", lambda: 1800000000.0)
+    events = _history(p, 5)
+    assert [e for e, _ in both.got] == events == plain.got
+    for (event, encoded), following in zip(both.got, events[1:], strict=False):
+        assert encoded == chain.canonical(event)
+        assert following["prev_hash"] == hashlib.blake2s(encoded, key=key).hexdigest()
+    deadline = time.monotonic() + 5
+    while jsonl.delivered < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    jsonl.close()
+    raw = (tmp_path / "events.jsonl").read_bytes()
+    assert raw == b"".join(encoded + b"\n" for _, encoded in both.got)
+    report = audit_events([json.loads(line) for line in raw.splitlines()], key)
+    assert report.ok and report.chain_verified, report.violations

@@ -25,11 +25,11 @@ from typing import Any
 from twisted.internet import defer
 from zope.interface import implementer
 
-from jumping.interfaces import IEventSink, ISinkHealth
+from jumping.interfaces import IEncodedEventSink, IEventSink, ISinkHealth
 from jumping.sinkwriter import BoundedWriter
 
 
-@implementer(IEventSink, ISinkHealth)
+@implementer(IEventSink, IEncodedEventSink, ISinkHealth)
 class JSONLinesSink:
     name = "jsonl"
 
@@ -112,6 +112,11 @@ class JSONLinesSink:
     def emit(self, event: dict[str, Any]) -> None:
         self._writer.put(event)
 
+    def emit_encoded(self, event: dict[str, Any], encoded: bytes) -> None:
+        """The line is the chain's canonical encoding, the one :meth:`emit`'s would be: it is
+        queued as it is, not encoded again on the writer thread."""
+        self._writer.put(encoded)
+
     def _rotate(self) -> None:
         for i in range(self.keep - 1, 0, -1):
             src = f"{self.path}.{i}"
@@ -122,7 +127,7 @@ class JSONLinesSink:
         else:
             os.unlink(self.path)
 
-    def _write_batch(self, batch: list[dict[str, Any]]) -> int:
+    def _write_batch(self, batch: list[dict[str, Any] | bytes]) -> int:
         """Writer thread: append the batch; what a failure left unwritten is counted."""
         before = self.delivered
         try:
@@ -137,13 +142,16 @@ class JSONLinesSink:
         """For ``jumpctl status`` (docs/operations.md, "Event sinks")."""
         return self._writer.health()
 
-    def _write(self, batch: list[dict[str, Any]]) -> None:
+    def _write(self, batch: list[dict[str, Any] | bytes]) -> None:
         """Append, rotating whenever the file would exceed ``rotate_bytes``."""
         self._written = 0
-        lines = []
+        lines: list[bytes] = []
         for e in batch:
+            if isinstance(e, bytes):  # emit_encoded: the canonical encoding already
+                lines.append(e + b"\n")
+                continue
             try:
-                lines.append(json.dumps(e, sort_keys=True, separators=(",", ":")) + "\n")
+                lines.append(json.dumps(e, sort_keys=True, separators=(",", ":")).encode() + b"\n")
             except (TypeError, ValueError):
                 self.write_dropped += 1  # not JSON-serialisable: this event only
                 self._written += 1
@@ -158,14 +166,14 @@ class JSONLinesSink:
                     self._rotate()
                     fd = self._open()
                     size = 0
-                chunk: list[str] = []
+                chunk: list[bytes] = []
                 while i < len(lines) and (size < self.rotate_bytes or not chunk):
                     chunk.append(lines[i])
                     size += len(lines[i])
                     i += 1
                     if size >= self.rotate_bytes:
                         break
-                data = "".join(chunk).encode("utf-8")
+                data = b"".join(chunk)
                 while data:
                     data = data[os.write(fd, data) :]
             finally:

@@ -374,9 +374,9 @@ class NodeCore:
         s.deadline = 0.0
         self.sessions.pop(s.session_id, None)
         self._forget_routes(s)
-        # its switch history (IRateLimitPolicy.forget): kept, an ended session's would stay
-        # until the limiter's key cap, about 900 B each (a churn of roaming sessions grew a
-        # gateway by that until max_keys)
+        # drop its switch history (IRateLimitPolicy.forget): left in the limiter, an ended
+        # session's history stays until the limiter's key cap evicts it, about 900 B each
+        # (a churn of roaming sessions grew a gateway by that much, up to max_keys)
         self.switch_limiter.forget(s.sid_hex)
         self._emit(
             "SESSION_TERMINATED",

@@ -20,8 +20,9 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from jumping.chain import ZERO_HASH, canonical, chain_hash, check_key
+from jumping.chain import ZERO_HASH, canonical, chain_hash, check_key, hash_encoded
 from jumping.core.outputs import Emit
+from jumping.interfaces import IEncodedEventSink
 
 __all__ = [
     "SCHEMA",
@@ -142,11 +143,15 @@ class EventPipeline:
                         v = [{**t, "address": self._hide_prefix(str(t.get("address")))} for t in v]
                 event[k] = v
         self.seq += 1
-        self.prev_hash = chain_hash(self.chain_key, event)
+        encoded = canonical(event)  # once: for the chain, and for the sinks that write it
+        self.prev_hash = hash_encoded(self.chain_key, encoded)
         self.by_type[e.event_type] = self.by_type.get(e.event_type, 0) + 1
         for sink in self.sinks:
             try:
-                sink.emit(event)
+                if IEncodedEventSink.providedBy(sink):
+                    sink.emit_encoded(event, encoded)
+                else:
+                    sink.emit(event)
             except Exception:
                 self.sink_errors += 1
         return event

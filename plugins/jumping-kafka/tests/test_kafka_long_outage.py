@@ -86,6 +86,27 @@ def identities(records: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict
     return out
 
 
+def diagnosis(topo: Any, pair: Any) -> str:
+    """What a failed wait shows: the sink's metrics and the gateway's Kafka log lines
+    (the sink's own, kafka-python's on stderr)."""
+    text = topo.run(pair.gns, "python3", "-c", SCRAPE, check=False).stdout
+    parts = ["--- metrics", *[line for line in text.splitlines() if 'sink="kafka1"' in line]]
+    for name in ("gateway.log", "gateway.out", "gw2.out"):
+        p = pair.tmp / name
+        if p.exists():
+            lines = [line for line in p.read_text(errors="replace").splitlines()
+                     if "kafka" in line.lower()]  # fmt: skip
+            parts += [f"--- {name} (Kafka lines, last 40 of {len(lines)})", *lines[-40:]]
+    return "\n".join(parts)
+
+
+def wait_or_explain(topo: Any, pair: Any, cond: Any, timeout: float, what: str) -> None:
+    try:
+        wait_for(cond, timeout, what)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{diagnosis(topo, pair)}") from None
+
+
 def restart_gateway(pair: Any) -> None:
     """SIGKILL the gateway (no shutdown at all) and start it again."""
     log = pair.tmp / "gateway.log"
@@ -132,11 +153,12 @@ def test_a_long_outage_and_a_gateway_killed_in_it_lose_nothing(
             report["down_s"] = round(time.monotonic() - t0, 1)
             time.sleep(2.0)
         report["reloads"] = reloads.sent
-        wait_for(
+        wait_or_explain(
+            topo, pair,
             lambda: scrape(topo, pair).get("event_spool_backlog", 1) == 0,
             120,
             "the gateway's spool delivered after the outage",
-        )
+        )  # fmt: skip
         wait_for(lambda: spool_backlog(topo, pair.cns, "c1") == 0, 60, "the client's spool")
         report["after"] = scrape(topo, pair)
     record_property("kafka_long_outage", report)

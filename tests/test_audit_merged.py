@@ -47,7 +47,9 @@ def merged_failover_stream(traffic: bool = False) -> list[dict[str, Any]]:
     if traffic:
         net.traffic(until=net.now + 6.0)
         net.run_for(1.0)
-    net.links[0].up = False  # before an idle session goes quiet (idle_after_ms)
+    net.links[0].up = False
+    if not traffic:  # a few packets: a session with nothing to send judges no path
+        net.traffic(until=net.now + 1.0, interval=0.1)
     net.run_for(5.0)
     return out
 

@@ -297,6 +297,7 @@ def simulated_events(live: bool) -> list[dict[str, Any]]:
     net.start()
     net.run_for(0.5)
     net.links[0].up = False
+    net.traffic(until=net.now + 1.0, interval=0.1)  # the client has something to judge
     net.run_for(15)
     net.links[0].up = True
     net.run_for(3)

@@ -648,6 +648,15 @@ class ClientCore(NodeCore):
 
     def _entered(self, now: float, s: Session, previous: State, new: State) -> None:
         super()._entered(now, s, previous, new)
+        if previous is State.BIRTH and new is _ATTACHED and not self.queue:
+            # a new session with nothing to send is measured once (the first heartbeat
+            # probes the active path and every candidate at once), then goes quiet, as if
+            # idle since the attach: not a heartbeat every interval for idle_after_ms (three
+            # more probes per path and answers, at every attach of an idle client, a
+            # reconnection storm's bulk). Its first packet wakes it as any quiet session's.
+            first_round = min(self.policy.heartbeat_interval_ms, self.policy.idle_after_ms)
+            s.last_data = now + first_round / 1000.0 - self.policy.idle_after_ms / 1000.0
+            self._arm(s, T.IDLE, now + first_round / 1000.0)
         if new is State.RECOVERING:
             self._arm(s, T.REATTACH, now + min(self.reattach_interval, self._reattach_timeout(s)))
         elif previous is State.RECOVERING:

@@ -192,6 +192,7 @@ def test_blackhole_then_restore_reattaches_same_session() -> None:
     net = attached()
     sid = net.client.session.session_id  # type: ignore[union-attr]
     net.links[0].up = False
+    net.traffic(until=net.now + 4.0, interval=0.1)  # the client has traffic to judge
     net.run_for(4.0)
     # the gateway sent nothing that expected an answer: it has nothing to judge
     assert net.states() == ("RECOVERING", "ATTACHED")
@@ -226,6 +227,7 @@ def test_recovery_window_bounds_recovering_then_new_session_is_explicit() -> Non
     old = net.client.session.session_id  # type: ignore[union-attr]
     net.links[0].up = False
     net.send_inner("gateway", DOWN)  # the gateway has something unanswered to judge
+    net.traffic(until=net.now + 2.0, interval=0.1)  # and so has the client
     net.run_for(15)
     assert "RECOVERY_WINDOW_EXCEEDED" in reasons(net, "client")
     assert "RECOVERY_WINDOW_EXCEEDED" in reasons(net, "gateway")
@@ -408,3 +410,35 @@ def test_every_named_timer_has_its_handler_on_both_cores() -> None:
     net = attached()
     for core in (net.client, net.gateway):
         assert all(callable(getattr(core, name)) for name in HANDLERS)
+
+
+def test_a_new_session_with_nothing_to_send_is_measured_once_then_goes_quiet() -> None:
+    """At attach the client probes every path once (the active one by its first heartbeat,
+    the candidate at once); with nothing to send it then goes quiet after one heartbeat
+    interval, not after idle_after_ms of heartbeats. Traffic wakes it as any quiet session."""
+    net = SimNet(seed=3, links=2)
+    net.start()
+    net.run_for(0.3)
+    assert net.states() == ("ATTACHED", "ATTACHED")
+    attach_probes = net.client.probe_seq
+    assert attach_probes == 2  # one per path
+    net.run_for(5.0)
+    s = net.client.session
+    assert s is not None and s.quiet
+    assert net.client.counters["sessions_went_quiet"] == 1
+    assert net.client.probe_seq == attach_probes  # nothing more while quiet
+    net.traffic(until=net.now + 2.0, interval=0.05)
+    net.run_for(1.0)
+    assert not s.quiet and net.client.probe_seq > attach_probes  # measured again
+
+
+def test_a_new_session_that_carries_traffic_keeps_its_heartbeat() -> None:
+    net = SimNet(seed=3, links=2)
+    net.start()
+    net.run_for(0.3)
+    net.traffic(until=net.now + 3.0, interval=0.05)
+    net.run_for(2.5)
+    s = net.client.session
+    assert s is not None and not s.quiet
+    assert net.client.counters["sessions_went_quiet"] == 0
+    assert net.client.probe_seq >= 2 + 4  # heartbeats every 500 ms while it sends

@@ -87,12 +87,15 @@ class GatewayCore(NodeCore, SessionTakeover):
         self.cookies = CookieChecker(self.me, self.rng)
         if cookies not in COOKIE_MODES:
             raise ValueError(f"cookies must be one of {', '.join(COOKIE_MODES)}, got {cookies!r}")
-        #: "load": valid mac2 required while handshake work is over the policy's fraction
-        #: of a core (and for UNDER_LOAD_HOLD s after); "always"; "never" (benchmarks)
+        #: "load": valid mac2 required while wasted handshake work is over the policy's
+        #: fraction of a core (and for UNDER_LOAD_HOLD s after); "always"; "never"
         self.cookie_mode = cookies
         #: handshake work demanded (every initiation with a valid mac1); the service sets
         #: ``handshake_work.cost`` to what one handshake measurably costs on this host
         self.handshake_work = WorkMeter(tau=LOAD_TAU)
+        #: the part of it that served no session: what cookies protect against (see
+        #: ``under_load``); same cost per initiation
+        self.wasted_work = WorkMeter(tau=LOAD_TAU)
         self._loaded_until = -1.0
         p = self.policy
         self.source_limiter = SourceLimiter(
@@ -212,12 +215,29 @@ class GatewayCore(NodeCore, SessionTakeover):
         self._control(now, s, wire.Control.KEEPALIVE, self._features_body(), path)
 
     def under_load(self, now: float) -> bool:
-        """Must initiations carry a valid mac2 (a cookie: the source is proven) now?"""
+        """Must initiations carry a valid mac2 (a cookie: the source is proven) now?
+
+        Yes while the handshake work *wasted* recently is over the policy's fraction of a
+        core: initiations whose DH served no session (the key is unknown, a replay, the
+        handshake did not authenticate, a peer initiating again within PEER_REINIT_S of
+        its last one, as a flood with a stolen key would) and, once cookies are required,
+        those refused for want of one (the demand lasts as long as the flood). What a
+        cookie proves is only that the source receives at its address, which spoofed
+        floods cannot do and legitimate clients always can: a legitimate reconnection
+        storm wastes nothing and is served without the extra round trip; the per-source
+        limits and the handshake queue bound it."""
         if self.cookie_mode != "load":
             return self.cookie_mode == "always"
-        if self.handshake_work.load(now) >= self.policy.handshake_load_fraction:
+        wasted = self.wasted_work
+        wasted.cost = self.handshake_work.cost  # what the service measured one to cost
+        if wasted.load(now) >= self.policy.handshake_load_fraction:
             self._loaded_until = now + UNDER_LOAD_HOLD
         return now < self._loaded_until
+
+    def _wasted(self, now: float, reason: str, path: PathHandle | None = None) -> None:
+        """An initiation's DH served no session: counted as ``reason`` and as wasted work."""
+        self.wasted_work.add(now)
+        self._drop(reason, path)
 
     def _policy_changed(self, policy: Policy) -> None:
         self.source_limiter.configure(
@@ -262,6 +282,7 @@ class GatewayCore(NodeCore, SessionTakeover):
                 if cookies.check_mac2(cookie, data, _MAC_OFFSET):
                     cookie = _PROVEN
             if cookie is not _PROVEN:
+                self.wasted_work.add(now)
                 bucket = self.cookie_bucket
                 if bucket.ready(now) and self.cookie_source_limiter.allow(now, prefix):
                     bucket.take(now)
@@ -280,19 +301,22 @@ class GatewayCore(NodeCore, SessionTakeover):
         try:
             hs = Response(self.me, data, self.rng, self._peer_static_static)
         except HandshakeError as e:
-            self._drop(str(e.args[0]), path)
+            self._wasted(now, str(e.args[0]), path)
             return
         peer = self.peers.get(hs.remote_static)
         if peer is None:
-            self._drop("UNKNOWN_PEER", path)
+            self._wasted(now, "UNKNOWN_PEER", path)
             return
         if hs.timestamp_ms <= peer.last_init_ms:
-            self._drop("HANDSHAKE_REPLAY", path)
+            self._wasted(now, "HANDSHAKE_REPLAY", path)
             return
         peer.last_init_ms = hs.timestamp_ms
+        if now - peer.last_init_at < PEER_REINIT_S:
+            self.wasted_work.add(now)  # answered, but a client retries no faster than this
+        peer.last_init_at = now
         s = self.sessions.get(hs.session_id) if hs.session_id != _NO_SESSION else None
         if s is not None and s.peer is not peer:
-            self._drop("SESSION_PEER_MISMATCH")
+            self._wasted(now, "SESSION_PEER_MISMATCH")
             return
         if s is None and hs.session_id != _NO_SESSION and self.adopt_sessions:
             self._request_adoption(now, hs, peer, path)
@@ -741,6 +765,10 @@ COOKIE_MODES = ("load", "always", "never")
 LOAD_TAU = 0.25
 #: once over the budget, cookies stay required this long (no flapping on the threshold)
 UNDER_LOAD_HOLD = 1.0
+#: a peer's initiation within this many seconds of its previous one counts as wasted
+#: work (a client retries an unanswered initiation after handshake_retry_ms, 1 s, and
+#: rekeys after minutes; many per second from one key is a flood with that key)
+PEER_REINIT_S = 0.5
 CHALLENGE_RETRY = 0.1
 #: refilled source-limiter buckets forgotten per node tick (about 2 ms of work at most)
 PRUNE_PER_TICK = 5_000

@@ -150,7 +150,8 @@ class Peer:
     """A client the gateway accepts (or the gateway a client talks to)."""
 
     __slots__ = (
-        "public_key", "key_hex", "networks", "exact", "last_init_ms", "sessions", "name", "psk",
+        "public_key", "key_hex", "networks", "exact", "last_init_ms", "last_init_at",
+        "sessions", "name", "psk",
     )  # fmt: skip
 
     def __init__(
@@ -173,6 +174,8 @@ class Peer:
             n.network_address.packed for n in self.networks if n.num_addresses == 1
         )
         self.last_init_ms = -1
+        #: when (the gateway's clock) its last initiation was accepted
+        self.last_init_at = float("-inf")
         self.sessions: list[Session] = []
 
     def allows(self, packet: bytes) -> bool:

@@ -47,7 +47,8 @@ class Policy:
     key_expiry_grace_s: int = 60
     rekey_on_switch: bool = False
     # control-plane limits (docs/security.md): what unauthenticated input may cost
-    #: cookies (valid mac2) are required once handshake work exceeds this fraction of a core
+    #: cookies (valid mac2) are required once wasted handshake work (DH that served no
+    #: session, see GatewayCore.under_load) exceeds this fraction of a core
     handshake_load_fraction: float = 0.10
     #: initiations per source prefix (IPv4 /32, IPv6 /64) and second, and the burst
     handshake_per_source_per_s: float = 20.0

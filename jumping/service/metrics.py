@@ -151,6 +151,13 @@ def control_plane_metrics(node: str, core: Any, listeners: list[Any]) -> Iterato
                               labels=["node"])  # fmt: skip
         g.add_metric([node], load.load(now))
         yield g
+        w = GaugeMetricFamily("jumping_handshake_wasted_load",
+                              "Handshake work that served no session, fraction of a core "
+                              "(cookies are required above handshake_load_fraction)",
+                              labels=["node"])  # fmt: skip
+        wasted = getattr(core, "wasted_work", None)
+        w.add_metric([node], wasted.load(now) if wasted is not None else 0.0)
+        yield w
         u = GaugeMetricFamily("jumping_cookies_required", "1 while initiations must carry a cookie",
                               labels=["node"])  # fmt: skip
         u.add_metric([node], 1.0 if now < core._loaded_until else 0.0)

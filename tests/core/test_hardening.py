@@ -130,6 +130,36 @@ def test_cookies_engage_on_measured_handshake_work_not_a_fixed_count() -> None:
     assert answered < 100
 
 
+def test_a_storm_of_legitimate_clients_wastes_nothing_and_needs_no_cookie() -> None:
+    """400 known clients initiating within one second (a reconnection storm), the same
+    handshake work as above: every DH serves a session, so no cookie is asked for (no
+    extra round trip for them); the same rate from keys the gateway does not know is
+    wasted work and engages cookies."""
+    rng = seeded_rng(41)
+    gw_key = rng(32)
+    keys = [rng(32) for _ in range(400)]
+    peers = [Peer(public_key(k), [f"10.99.{i >> 8}.{i & 255}/32"]) for i, k in enumerate(keys)]
+    gw = GatewayCore(
+        peers=peers, node_id="gw", private_key=gw_key, policy=Policy(), rng=seeded_rng(42), now=0.0
+    )
+    answered = cookies = 0
+    for i, k in enumerate(keys):
+        now = 100.0 + i / 400
+        out = gw.receive(now, spoofed(i), _init(k, gw_key, now).message)
+        answered += sum(1 for o in out if isinstance(o, Send) and o.data[0] == 2)
+        cookies += sum(1 for o in out if isinstance(o, Send) and o.data[0] == 3)
+    assert (answered, cookies) == (400, 0)
+    assert gw.handshake_work.load(100.99) >= gw.policy.handshake_load_fraction
+    assert not gw.under_load(100.99)
+    strangers = [rng(32) for _ in range(400)]  # the same storm from unknown keys
+    for i, k in enumerate(strangers):
+        now = 102.0 + i / 400
+        out = gw.receive(now, spoofed(1000 + i), _init(k, gw_key, now).message)
+        cookies += sum(1 for o in out if isinstance(o, Send) and o.data[0] == 3)
+    assert cookies > 0 and gw.under_load(102.99)
+    assert gw.drops["UNKNOWN_PEER"] < 100
+
+
 def test_a_source_with_a_valid_cookie_is_still_rate_limited() -> None:
     gw, gw_key, client_key = _gateway()
     src = spoofed(1)

@@ -31,7 +31,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from jumping.interfaces import IDurableEventSink, IEventSink, ISinkHealth
+from jumping.interfaces import IDurableEventSink, IEncodedEventSink, IEventSink, ISinkHealth
 from jumping.sinkwriter import BoundedWriter
 
 log = Logger()
@@ -89,7 +89,7 @@ def _serialize(event: dict[str, Any]) -> bytes:
     return json.dumps(event, sort_keys=True, separators=(",", ":")).encode()
 
 
-@implementer(IEventSink, ISinkHealth, IDurableEventSink)
+@implementer(IEventSink, IEncodedEventSink, ISinkHealth, IDurableEventSink)
 class KafkaSink:
     """An ``IEventSink`` writing to one Kafka topic. Options are the keys of its
     ``[[events]]`` table (see ``plugins/jumping-kafka/README.md``)."""
@@ -227,6 +227,14 @@ class KafkaSink:
             self.spooled.put(event)
         else:
             self._writer.put(event)
+
+    def emit_encoded(self, event: dict[str, Any], encoded: bytes) -> None:
+        """As :meth:`emit`, with the event's canonical encoding (the record's value): the
+        node made it once for its chain; the sender thread does not encode it again."""
+        if self.spooled is not None:
+            self.spooled.put(event, encoded)
+        else:
+            self._writer.put((encoded, event))
 
     def take_losses(self) -> list[tuple[str | None, int, int, int]]:
         """Ranges of dropped events the node announces (EVENTS_LOST) once the spool has
@@ -413,7 +421,7 @@ class KafkaSink:
             self._send_one(item)
             self._writer.taking -= 1
 
-    def _send_one(self, item: dict[str, Any]) -> None:
+    def _send_one(self, item: Any) -> None:
         producer = self._producer_obj = self._check_stall(self._producer_obj)
         if producer is None:
             producer = self._producer_obj = self._producer()
@@ -423,9 +431,15 @@ class KafkaSink:
         if self._writer.closing and time.monotonic() > self._stop_at:
             self._unsent += 1
             return
+        if type(item) is tuple:  # emit_encoded: (canonical encoding, event)
+            value, item = item
+        else:
+            value = None
         key = item.get("session_id") or item.get("node_id") or ""
         try:
-            future = producer.send(self.topic, key=str(key).encode(), value=_serialize(item))
+            if value is None:
+                value = _serialize(item)
+            future = producer.send(self.topic, key=str(key).encode(), value=value)
         except Exception as e:  # metadata or buffer unavailable within max_block_ms
             self._unsent += 1
             self._down(e)

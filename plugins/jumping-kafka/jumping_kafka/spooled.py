@@ -76,8 +76,11 @@ class SpooledDelivery:
         self._done: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ reactor thread
-    def put(self, event: dict[str, Any]) -> None:
-        if not self.writer.put(event):
+    def put(self, event: dict[str, Any], encoded: bytes | None = None) -> None:
+        """Queue ``event`` for the spool; with ``encoded`` (its canonical encoding, made
+        once by the node for its chain) the writer stores those bytes, not a new one."""
+        item: Any = event if encoded is None else (encoded, event)
+        if not self.writer.put(item):
             self.losses.record(event.get("boot_id"), event.get("seq"))
 
     def start(self) -> None:
@@ -127,15 +130,19 @@ class SpooledDelivery:
         return self.losses.take() + self.spool.losses.take()
 
     # ------------------------------------------------------------------ writer thread
-    def _append(self, batch: list[dict[str, Any]]) -> None:
+    def _append(self, batch: list[Any]) -> None:
         records = []
-        for e in batch:
-            try:
-                payload = canonical(e)
-            except (TypeError, ValueError):
-                self.bad += 1
-                self.losses.record(e.get("boot_id"), e.get("seq"))
-                continue
+        for item in batch:
+            if type(item) is tuple:  # (canonical encoding, event): encoded by the node
+                payload, e = item
+            else:
+                e = item
+                try:
+                    payload = canonical(e)
+                except (TypeError, ValueError):
+                    self.bad += 1
+                    self.losses.record(e.get("boot_id"), e.get("seq"))
+                    continue
             ts = e.get("ts_ms")
             records.append((payload, ts if isinstance(ts, int) and ts >= 0 else 0,
                             e.get("boot_id"), e.get("seq")))  # fmt: skip
@@ -148,8 +155,9 @@ class SpooledDelivery:
                 self.bad += 1
                 self.losses.record(boot, seq)
 
-    def _writer_done(self, leftover: list[dict[str, Any]]) -> None:
-        for e in leftover:
+    def _writer_done(self, leftover: list[Any]) -> None:
+        for item in leftover:
+            e = item[1] if type(item) is tuple else item
             self.bad += 1
             self.losses.record(e.get("boot_id"), e.get("seq"))
         self._writer_finished.set()

@@ -21,7 +21,7 @@ from zope.interface.verify import verifyObject
 
 from jumping import plugin, schema
 from jumping.errors import PluginError
-from jumping.interfaces import IEventSink, IJumpingPlugin
+from jumping.interfaces import IEncodedEventSink, IEventSink, IJumpingPlugin
 from jumping.service.events import canonical
 
 KEY = bytes(range(1, 33))
@@ -171,6 +171,37 @@ def test_jump_scenario_events_reach_kafka_keyed_ordered_valid_and_audited(
     assert "sessions: 1; failed over: 1" in r.stdout
     for row in ("TRANSPORT_SWITCH", "RECOVERING -> ATTACHED", "REATTACH_OK", "OPERATOR_TERMINATED"):
         assert row in r.stdout, row
+
+
+@pytest.mark.parametrize("spool", [True, False])
+def test_an_encoded_event_is_sent_as_the_node_encoded_it(
+    broker: Broker, tmp_path: Path, spool: bool
+) -> None:
+    """emit_encoded (IEncodedEventSink): the record's value is the bytes the node handed
+    over (made once for its chain), not a second encoding made by the sender thread. The
+    test hands over spaced JSON, which the sink would never make itself."""
+    topic = broker.topic("encoded")
+    broker.create_topic(topic, partitions=1)
+    opts: dict[str, Any] = {"bootstrap_servers": broker.bootstrap, "topic": topic}
+    if spool:
+        opts["spool_dir"] = str(tmp_path / "spool")
+    else:
+        opts["spool"] = False
+    sink = plugin.load(IEventSink, "kafka", **opts)
+    assert IEncodedEventSink.providedBy(sink)
+    sink.start()
+    given = {}
+    for i in range(20):
+        e = event(i)
+        given[i] = json.dumps(e, separators=(", ", ": ")).encode()
+        sink.emit_encoded(e, given[i])
+    settle(sink, 20)
+    sink.close()
+    assert sink.join(15)
+    assert sink.dropped == 0
+    records = read_topic(broker.bootstrap, topic)
+    assert sorted(r.value for r in records) == sorted(given.values())
+    assert {r.key for r in records} == {b"ab" * 16}
 
 
 def test_broker_outage_drops_and_counts_then_delivery_resumes(broker: Broker) -> None:

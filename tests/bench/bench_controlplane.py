@@ -14,8 +14,12 @@ second pass without timing. The transition cost is the mean time of
 ``terminate(OPERATOR_TERMINATED)`` on 1 000 of the N sessions; ``transition_routed_us`` is
 the same on 1 000 of N confirmed sessions that carry routes (each client's first packet under
 its new keys confirmed it: its /32 is in the gateway's route table), the case where a scan
-over the routes or the peers would show. Client-side work (building the initiations, the
-first packets) is excluded. Prints one JSON line per size.
+over the routes or the peers would show; ``transition_routed_cold_us`` the same again with
+the session cold (the caches emptied, then the code warmed by terminating another
+session), as for a session that has been idle in a running gateway: at 1 000 sessions the
+warm figure has all of the gateway in L2, at 100 000 it does not, and the cold one
+separates that from what grows with the tables (500 pairs at 1 000 sessions, 1 000 above). Client-side work (building the initiations, the first packets) is excluded. Prints
+one JSON line per size.
 """
 
 from __future__ import annotations
@@ -132,6 +136,32 @@ def in_child(fn: Callable[[], int]) -> int:
     return int(out)
 
 
+_EVICT = bytearray(64 << 20)
+
+
+def _evict_caches() -> None:
+    """Read one byte of every cache line of 64 MiB: what a transition touches is no longer
+    in any cache level afterwards."""
+    _EVICT[::64]  # noqa: B018 - a copy of 1 MiB, which reads every line
+
+
+def routed_gateway(
+    gw_priv: bytes, clients: list, inits: list, states: list, paths: list, n: int
+) -> tuple[GatewayCore, list[bytes]]:
+    """A gateway with ``n`` confirmed sessions (each client's first packet under the new keys
+    put its /32 in the route table), and their ids."""
+    g = gateway(gw_priv, peers_of(clients), n)
+    responses = []
+    for i in range(n):
+        out = g.receive(NOW + 0.001, paths[i], inits[i])
+        responses.append(next(o.data for o in out if isinstance(o, Send)))
+    for i in range(n):
+        g.receive(NOW + 0.002, paths[i], first_packet(states[i], responses[i]))
+    routed = [sid for sid, s in g.sessions.items() if s.fsm.state is State.ATTACHED]
+    assert len(routed) == n and len(g.routes) == n, (len(routed), len(g.routes), dict(g.drops))
+    return g, routed
+
+
 def run(n: int, seed: int = 1) -> dict[str, object]:
     gw_priv, clients, inits, states = build(n, seed)
     paths = [
@@ -165,23 +195,36 @@ def run(n: int, seed: int = 1) -> dict[str, object]:
 
     # pass 2b: the same transition on sessions that carry routes: every client confirms
     # (its first packet under the new keys), then 1 000 of them are terminated
-    g = gateway(gw_priv, peers_of(clients), n)
-    responses = []
-    for i in range(n):
-        out = g.receive(NOW + 0.001, paths[i], inits[i])
-        responses.append(next(o.data for o in out if isinstance(o, Send)))
-    for i in range(n):
-        g.receive(NOW + 0.002, paths[i], first_packet(states[i], responses[i]))
-    routed = [sid for sid, s in g.sessions.items() if s.fsm.state is State.ATTACHED]
+    g, routed = routed_gateway(gw_priv, clients, inits, states, paths, n)
     routes = len(g.routes)
-    assert len(routed) == n and routes == n, (len(routed), routes, dict(g.drops))
     sample = random.Random(seed).sample(routed, min(1000, n))
     t0 = time.perf_counter()
     for sid in sample:
         g.terminate(NOW + 1, sid, Reason.OPERATOR_TERMINATED)
     routed_us = (time.perf_counter() - t0) / len(sample) * 1e6
     assert len(g.routes) == n - len(sample)
-    del g, responses
+    del g
+    gc.collect()
+
+    # pass 2c: the same with the session cold, as a transition of a session that has been
+    # idle meets it in a running gateway: before each timed termination 64 MiB are read
+    # (twice this host's L3), then another session is terminated untimed (the code and
+    # the shared tables are hot again, as they are in a gateway that serves others); the
+    # timed session's own objects and table slots are still cold, at every size alike,
+    # so what is left of the growth from 1 000 to 100 000 is what grows with the tables
+    _, clients, inits, states = build(n, seed)  # the same clients, a handshake each to read
+    g, routed = routed_gateway(gw_priv, clients, inits, states, paths, n)
+    shuffled = random.Random(seed).sample(routed, n)
+    pairs = min(1000, n // 2)
+    spent = 0.0
+    for k in range(pairs):
+        _evict_caches()
+        g.terminate(NOW + 1, shuffled[2 * k + 1], Reason.OPERATOR_TERMINATED)  # warms the code
+        t0 = time.perf_counter()
+        g.terminate(NOW + 1, shuffled[2 * k], Reason.OPERATOR_TERMINATED)
+        spent += time.perf_counter() - t0
+    routed_cold_us = spent / pairs * 1e6
+    del g
     gc.collect()
 
     # pass 3: the Python objects alone, with tracemalloc
@@ -196,6 +239,7 @@ def run(n: int, seed: int = 1) -> dict[str, object]:
         "bytes_per_session_python": round(grown / n),
         "transition_us": round(transition_us, 2),
         "transition_routed_us": round(routed_us, 2),
+        "transition_routed_cold_us": round(routed_cold_us, 2),
         "routes": routes,
         "python": platform.python_version(),
         "cpu": os.cpu_count(),

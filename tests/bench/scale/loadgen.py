@@ -410,8 +410,20 @@ class Gen:
         return lines
 
 
+def _terminated(signum: int, _frame: Any) -> None:
+    """SIGTERM (or SIGHUP) ends the driver like Ctrl-C: its clean-up runs (the processes
+    stopped, the namespace and the work directory removed); a second signal (``timeout``
+    passes its own on) does not interrupt that clean-up."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    raise SystemExit(128 + signum)
+
+
 def driver(args: argparse.Namespace) -> int:
     from nacl.public import PrivateKey
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _terminated)
 
     from jumping.core.noise import public_key
     from jumping.keys import encode_key
@@ -674,22 +686,33 @@ def run_churn(
     totals: dict[str, int] = {}
     waiting = {id(g) for g in gens}
     rss_during: list[int] = []
+    ended_s: list[float] = []  # when each generator told its churn was done
+    late_ms: list[int] = []
     shown = w0
-    deadline = w0 + args.churn_seconds + 120
+    # every generator's report is waited for, however late (a late one ran the same
+    # actions in more time: the rate is counted to the last report, not to the schedule)
+    deadline = w0 + 3 * args.churn_seconds + 120
+    c_end = c0
     while waiting and time.monotonic() < deadline:
         for g in gens:
             for line in g.poll_lines(0.1):
                 if line.startswith("churn "):
                     for k, v in json.loads(line[len("churn ") :]).items():
-                        # counts add up; how late a generator ended: the latest one's
-                        totals[k] = max(totals.get(k, 0), v) if k == "late_ms" else (
-                            totals.get(k, 0) + v)  # fmt: skip
+                        if k == "late_ms":
+                            late_ms.append(v)
+                        else:
+                            totals[k] = totals.get(k, 0) + v
                     waiting.discard(id(g))
+                    ended_s.append(round(time.monotonic() - w0, 1))
+                    c_end = cpu_seconds(gw.pid)
         if time.monotonic() - shown >= 10:
             shown = time.monotonic()
             rss_during.append(rss_bytes(gw.pid))
-            log(f"churn: {round(shown - w0)} s, gateway RSS {rss_during[-1] / 2**20:.1f} MiB")
-    c1, w1 = cpu_seconds(gw.pid), time.monotonic()
+            log(f"churn: {round(shown - w0)} s, gateway RSS {rss_during[-1] / 2**20:.1f} MiB"
+                + (f", {len(waiting)} generator(s) not done" if len(ended_s) else ""))  # fmt: skip
+    if waiting:
+        log(f"churn: {len(waiting)} generator(s) never reported: their actions are not counted")
+    c1, w1 = c_end, w0 + (max(ended_s) if ended_s else time.monotonic() - w0)
     if args.trace_memory:  # what the churn left: a snapshot now, another after the settle
         os.kill(gw.pid, signal.SIGUSR2)
     log(f"churn done: {totals}; quiet for {args.churn_settle} s")
@@ -717,6 +740,8 @@ def run_churn(
     clients = sum(g.attached for g in gens)
     return {
         "rate": args.churn, "seconds": args.churn_seconds, "done": totals,
+        "generators_ended_s": sorted(ended_s), "generators_late_ms": sorted(late_ms),
+        "generators_missing": len(waiting),
         "births_per_s": round(totals.get("births", 0) / max(1e-9, w1 - w0), 1),
         "deaths_per_s": round(totals.get("deaths", 0) / max(1e-9, w1 - w0), 1),
         "gateway_cpu_pct": round(100 * (c1 - c0) / (w1 - w0), 2),

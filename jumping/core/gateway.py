@@ -221,7 +221,8 @@ class GatewayCore(NodeCore, SessionTakeover):
         core: initiations whose DH served no session (the key is unknown, a replay, the
         handshake did not authenticate, a peer initiating again within PEER_REINIT_S of
         its last one, as a flood with a stolen key would) and, once cookies are required,
-        those refused for want of one (the demand lasts as long as the flood). What a
+        those refused for want of one whose source does not come back with the cookie
+        (the demand of a spoofed flood, which lasts as long as the flood). What a
         cookie proves is only that the source receives at its address, which spoofed
         floods cannot do and legitimate clients always can: a legitimate reconnection
         storm wastes nothing and is served without the extra round trip; the per-source
@@ -282,6 +283,7 @@ class GatewayCore(NodeCore, SessionTakeover):
                 if cookies.check_mac2(cookie, data, _MAC_OFFSET):
                     cookie = _PROVEN
             if cookie is not _PROVEN:
+                # refused demand: wasted unless its source comes back with the cookie
                 self.wasted_work.add(now)
                 bucket = self.cookie_bucket
                 if bucket.ready(now) and self.cookie_source_limiter.allow(now, prefix):
@@ -294,6 +296,10 @@ class GatewayCore(NodeCore, SessionTakeover):
                 else:
                     self._drop_from("COOKIE_REPLY_LIMITED", prefix)
                 return
+            # a source that came back with its cookie: its refused initiation was a
+            # legitimate client's (a spoofed flood never comes back), so it is not waste;
+            # else the refusals of a legitimate storm would keep cookies on for ever
+            self.wasted_work.add(now, -1.0)
             self.counters["cookie_valid"] += 1
         if not self.source_limiter.allow(now, prefix):
             self._drop("HANDSHAKE_RATE_LIMITED", path)

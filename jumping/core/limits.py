@@ -155,8 +155,10 @@ class WorkMeter:
             self._at = now
 
     def add(self, now: float, n: float = 1.0) -> None:
+        """``n`` units of work now (a negative ``n`` takes back work counted before; the
+        rate never goes below zero)."""
         self._decay(now)
-        self._rate += n / self.tau
+        self._rate = max(0.0, self._rate + n / self.tau)
 
     def load(self, now: float) -> float:
         """Fraction of a core spent on handshakes, recently."""

@@ -160,6 +160,42 @@ def test_a_storm_of_legitimate_clients_wastes_nothing_and_needs_no_cookie() -> N
     assert gw.drops["UNKNOWN_PEER"] < 100
 
 
+def test_cookies_let_go_of_a_legitimate_storm_once_the_flood_that_engaged_them_ends() -> None:
+    """A flood of unknown keys engages cookies; then only known clients initiate, 1 000 a
+    second for 3 s, each coming back with its cookie at once. Their refused first
+    initiations are not waste (their sources came back), so cookies are no longer asked
+    for once the flood's waste has decayed: the storm's last second is answered at once.
+    (Counting every refusal as waste kept cookies on for as long as the storm lasted.)"""
+    rng = seeded_rng(43)
+    gw_key = rng(32)
+    gw_pub = public_key(gw_key)
+    keys = [rng(32) for _ in range(3000)]
+    peers = [Peer(public_key(k), [f"10.98.{i >> 8}.{i & 255}/32"]) for i, k in enumerate(keys)]
+    gw = GatewayCore(
+        peers=peers, node_id="gw", private_key=gw_key, policy=Policy(), rng=seeded_rng(44), now=0.0
+    )
+    for i in range(200):  # unknown keys: wasted DH, cookies engage
+        now = 100.0 + i / 1000
+        gw.receive(now, spoofed(50_000 + i), _init(rng(32), gw_key, now).message)
+    assert gw.under_load(100.2)
+    direct = {0: 0, 1: 0, 2: 0}
+    for i, k in enumerate(keys):
+        now = 100.2 + i / 1000
+        src = spoofed(i)
+        hs = _init(k, gw_key, now)
+        out = [o for o in gw.receive(now, src, hs.message) if isinstance(o, Send)]
+        assert len(out) == 1
+        if out[0].data[0] == wire.MessageType.COOKIE_REPLY:
+            cookie = read_cookie_reply(out[0].data, gw_pub, hs.mac1)
+            out = [o for o in gw.receive(now, src, _init(k, gw_key, now, cookie).message)
+                   if isinstance(o, Send)]  # fmt: skip
+        else:
+            direct[i // 1000] += 1
+        assert out and out[0].data[0] == wire.MessageType.HANDSHAKE_RESP
+    assert direct[2] == 1000, direct
+    assert not gw.under_load(103.2)
+
+
 def test_a_source_with_a_valid_cookie_is_still_rate_limited() -> None:
     gw, gw_key, client_key = _gateway()
     src = spoofed(1)

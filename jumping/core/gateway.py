@@ -272,6 +272,7 @@ class GatewayCore(NodeCore, SessionTakeover):
         # a DH, and then no more than its prefix's share
         self.handshake_work.add(now)
         prefix = source_prefix(path)
+        proven = False
         if self.under_load(now):
             # the cheap path of a flood: an initiation without a mac2 (zero: a source that
             # has no cookie) needs no cookie computed to be refused; a reply only within
@@ -296,10 +297,7 @@ class GatewayCore(NodeCore, SessionTakeover):
                 else:
                     self._drop_from("COOKIE_REPLY_LIMITED", prefix)
                 return
-            # a source that came back with its cookie: its refused initiation was a
-            # legitimate client's (a spoofed flood never comes back), so it is not waste;
-            # else the refusals of a legitimate storm would keep cookies on for ever
-            self.wasted_work.add(now, -1.0)
+            proven = True
             self.counters["cookie_valid"] += 1
         if not self.source_limiter.allow(now, prefix):
             self._drop("HANDSHAKE_RATE_LIMITED", path)
@@ -333,6 +331,13 @@ class GatewayCore(NodeCore, SessionTakeover):
                 return
             self.counters["sessions_created"] += 1
         self._answer(now, path, hs, s)
+        if proven:
+            # a source that came back with its cookie and completed a handshake: the
+            # refusal that sent it the cookie was a legitimate client's, not waste (else a
+            # legitimate storm's own refusals would keep cookies on for as long as it
+            # lasts). Only an answered handshake takes one back, so valid mac2s alone
+            # (one real address, rate-limited, or an unknown key) cannot cancel a flood
+            self.wasted_work.add(now, -1.0)
 
     def _new_session(
         self, now: float, peer: Peer, session_id: bytes, state_version: int = 0

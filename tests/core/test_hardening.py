@@ -196,6 +196,32 @@ def test_cookies_let_go_of_a_legitimate_storm_once_the_flood_that_engaged_them_e
     assert not gw.under_load(103.2)
 
 
+def test_one_source_with_a_cookie_cannot_cancel_a_flood() -> None:
+    """While a spoofed flood is refused, one real address that holds a cookie sends three
+    times as many initiations with a valid mac2: beyond its per-source limit they are
+    dropped before any DH, so they take no refusal back: cookies stay required."""
+    gw, gw_key, client_key = _gateway()
+    strangers = [seeded_rng(60 + i)(32) for i in range(64)]
+    for i in range(300):  # unknown keys: cookies engage
+        now = 100.0 + i / 1000
+        gw.receive(now, spoofed(1000 + i), _init(strangers[i % 64], gw_key, now).message)
+    assert gw.under_load(100.3)
+    src = spoofed(1)
+    hs = _init(client_key, gw_key, 100.3)
+    reply = [o for o in gw.receive(100.3, src, hs.message) if isinstance(o, Send)]
+    cookie = read_cookie_reply(reply[0].data, public_key(gw_key), hs.mac1)
+    dh_before = gw.drops["UNKNOWN_PEER"]
+    for i in range(2000):
+        now = 100.301 + i / 1000
+        gw.receive(now, spoofed(5000 + i), _init(strangers[i % 64], gw_key, now).message)
+        for k in range(3):
+            t = now + k * 1e-4
+            gw.receive(t, src, _init(client_key, gw_key, t, cookie).message)
+    assert gw.drops["HANDSHAKE_RATE_LIMITED"] > 5900
+    assert gw.drops["UNKNOWN_PEER"] - dh_before == 0  # the flood never got a DH meanwhile
+    assert gw.under_load(102.3)
+
+
 def test_a_source_with_a_valid_cookie_is_still_rate_limited() -> None:
     gw, gw_key, client_key = _gateway()
     src = spoofed(1)

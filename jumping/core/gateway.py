@@ -34,7 +34,7 @@ from jumping.core.outputs import Claim, Drop, Output, Release, Renew, Send
 from jumping.core.pathhandle import PathHandle
 from jumping.core.policy import Policy
 from jumping.core.ratelimit import SwitchLimiter
-from jumping.core.routes import PrefixTable
+from jumping.core.routes import HostTable, PrefixTable
 from jumping.core.segments import FEATURE_SEGMENTS as _SEGMENTS
 from jumping.core.session import Keypair, Session, SpentKeys
 from jumping.core.takeover import (  # noqa: F401  (adoption_error: re-exported)
@@ -106,9 +106,12 @@ class GatewayCore(NodeCore, SessionTakeover):
         self.routes: dict[bytes, Session] = {}
         self._ranks: dict[bytes, int] = {}
         self._rank_seq = itertools.count()
-        for peer in peers:
+        #: every configured peer's /32 and /128s (changes with the configuration only)
+        self.hosts = HostTable(self._rank)
+        for peer in self.peers.values():
             self._rank(peer)
-        #: every allowed IP of each peer with a live session, longest prefix first
+            self.hosts.add(peer, peer.exact)
+        #: the wider allowed IPs of each peer with a live session, longest prefix first
         self.prefixes = PrefixTable(self._rank)
         #: the IRateLimitPolicy for transport switches; follows the policy (reconfigure)
         self.switch_limiter: Any = switch_limiter or SwitchLimiter()
@@ -150,14 +153,17 @@ class GatewayCore(NodeCore, SessionTakeover):
         live = s.peer.sessions
         if s in live:
             live.remove(s)
-            if not live:
-                self.prefixes.remove(s.peer, s.peer.networks)
+            if not live and s.peer.wide:
+                self.prefixes.remove(s.peer, s.peer.wide)
 
     def _route(self, packet: bytes) -> Session | None:
         dst = destination(packet)
         if dst is None:
             return None
         s = self.routes.get(dst)
+        if s is not None:
+            return s
+        s = self.hosts.lookup(dst)
         if s is not None:
             return s
         peer = self.prefixes.lookup(dst)
@@ -362,8 +368,8 @@ class GatewayCore(NodeCore, SessionTakeover):
         self._born(now, s, now + self.handshake_timeout)
         live = s.peer.sessions
         live.append(s)
-        if len(live) == 1:
-            self.prefixes.add(s.peer, s.peer.networks)
+        if len(live) == 1 and s.peer.wide:
+            self.prefixes.add(s.peer, s.peer.wide)
         if len(live) > 2:
             old = live[0]
             self._tell_peer_terminated(now, old, Reason.POLICY_DENIED)
@@ -519,6 +525,7 @@ class GatewayCore(NodeCore, SessionTakeover):
         wanted = {p.public_key: p for p in peers}
         for key in [k for k in self.peers if k not in wanted]:
             gone = self.peers.pop(key)
+            self.hosts.remove(gone, gone.exact)
             self._ranks.pop(key, None)
             self._static_static.pop(key, None)
             for sid, ad in list(self._adopting.items()):
@@ -533,16 +540,19 @@ class GatewayCore(NodeCore, SessionTakeover):
                 self.peers[key] = new
                 self._precompute(key)
                 self._rank(new)
+                self.hosts.add(new, new.exact)
                 continue
             old.name, old.psk = new.name, new.psk
             if old.networks != new.networks:
                 for x in old.sessions:
                     self._drop_routes(x)
-                if old.sessions:
-                    self.prefixes.remove(old, old.networks)
-                old.networks, old.exact = new.networks, new.exact
-                if old.sessions:
-                    self.prefixes.add(old, old.networks)
+                if old.sessions and old.wide:
+                    self.prefixes.remove(old, old.wide)
+                self.hosts.remove(old, old.exact)
+                old.networks, old.exact, old.wide = new.networks, new.exact, new.wide
+                self.hosts.add(old, old.exact)
+                if old.sessions and old.wide:
+                    self.prefixes.add(old, old.wide)
                 for x in old.sessions:  # oldest first: the newest holds the routes
                     self._set_routes(x)
         return self.take()

@@ -150,7 +150,7 @@ class Peer:
     """A client the gateway accepts (or the gateway a client talks to)."""
 
     __slots__ = (
-        "public_key", "key_hex", "networks", "exact", "last_init_ms", "last_init_at",
+        "public_key", "key_hex", "networks", "exact", "wide", "last_init_ms", "last_init_at",
         "sessions", "name", "psk",
     )  # fmt: skip
 
@@ -173,6 +173,8 @@ class Peer:
         self.exact = frozenset(
             n.network_address.packed for n in self.networks if n.num_addresses == 1
         )
+        #: the allowed IPs wider than one address (the gateway's prefix routes)
+        self.wide = tuple(n for n in self.networks if n.num_addresses > 1)
         self.last_init_ms = -1
         #: when (the gateway's clock) its last initiation was accepted
         self.last_init_at = float("-inf")

@@ -202,9 +202,35 @@ def test_a_termination_touches_only_its_own_routes() -> None:
             raise AssertionError("the termination walked the route table")
 
     g.routes = Watched(before)
+    hosts = dict(g.hosts._hosts)
     g._transition(1.0, sessions[7], Reason.OPERATOR_TERMINATED)  # type: ignore[arg-type]
     assert set(before) - set(g.routes) == {bytes([10, 2, 0, 7])}
-    assert len(g.prefixes) == 49
+    # host allowed IPs are configuration: no session puts them in a table or takes them out
+    assert g.hosts._hosts == hosts and len(hosts) == 50
+    assert len(g.prefixes) == 0
+    assert g._route(packet_to("10.2.0.7")) is None
+    assert g._route(packet_to("10.2.0.8")) is sessions[8]
+
+
+def test_a_host_listed_by_two_peers_goes_to_the_first_configured_with_a_session() -> None:
+    """Configured hosts (a /32 two peers list, and a /24 around it): before either session
+    confirms, the peer configured first; without it, the other; without both, the /24."""
+    g = gateway(GatewayCore, {0: ("10.0.1.5/32",), 1: ("10.0.1.5/32",), 2: ("10.0.1.0/24",)})
+    wide = g._new_session(1.0, g.peers[key(2)], bytes([2]) * 16)
+    second = g._new_session(1.0, g.peers[key(1)], bytes([1]) * 16)
+    assert g._route(packet_to("10.0.1.5")) is second
+    first = g._new_session(1.0, g.peers[key(0)], bytes([0]) * 16)
+    assert g._route(packet_to("10.0.1.5")) is first  # configured first, though newer
+    g._transition(1.0, first, Reason.OPERATOR_TERMINATED)  # type: ignore[arg-type]
+    assert g._route(packet_to("10.0.1.5")) is second
+    g._transition(1.0, second, Reason.OPERATOR_TERMINATED)  # type: ignore[arg-type]
+    assert g._route(packet_to("10.0.1.5")) is wide
+    # a reload that drops the /32 from the first peer and gives it to no one else
+    g.set_peers(2.0, [Peer(key(0), ["10.9.0.1/32"]), Peer(key(1), ["10.9.0.2/32"]),
+                      Peer(key(2), ["10.0.1.0/24"])])  # fmt: skip
+    assert len(g.hosts) == 2
+    assert g._route(packet_to("10.0.1.5")) is wide
+    assert g._route(packet_to("10.9.0.1")) is None
 
 
 def test_prefix_table_alone() -> None:

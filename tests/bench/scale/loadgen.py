@@ -68,9 +68,15 @@ def client_inner(n: int) -> str:
     return f"10.{64 + (m >> 16)}.{(m >> 8) & 255}.{m & 255}"
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU-seconds of ``pid`` so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tck = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tck, int(fields[12]) / tck
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_times(pid))
 
 
 def rss_bytes(pid: int) -> int:
@@ -502,7 +508,8 @@ def driver(args: argparse.Namespace) -> int:
         result["procs"] = n_gen
         per = -(-args.sessions // n_gen)
         gens: list[Gen] = []
-        cpu0, t0 = cpu_seconds(gw.pid), time.monotonic()
+        (user0, sys0), t0 = cpu_times(gw.pid), time.monotonic()
+        cpu0 = user0 + sys0
         for k in range(n_gen):
             first, count = k * per, min(per, args.sessions - k * per)
             if count <= 0:
@@ -528,12 +535,15 @@ def driver(args: argparse.Namespace) -> int:
                 log(f"ramp: {sum(g.attached for g in gens)}/{args.sessions} attached")
             if time.monotonic() > ramp_deadline:
                 break
-        cpu1, t1 = cpu_seconds(gw.pid), time.monotonic()
+        (user1, sys1), t1 = cpu_times(gw.pid), time.monotonic()
+        cpu1 = user1 + sys1
         done = sum(g.attached for g in gens)
         result["ramp"] = {
             "attached": done, "wall_s": round(t1 - t0, 2),
             "handshakes_per_s_wall": round(done / (t1 - t0)),
             "gateway_cpu_s": round(cpu1 - cpu0, 2),
+            "gateway_user_s": round(user1 - user0, 2),
+            "gateway_sys_s": round(sys1 - sys0, 2),
             "handshakes_per_gateway_cpu_s": round(done / max(1e-9, cpu1 - cpu0)),
             "offered_rate": args.rate,
         }  # fmt: skip

@@ -115,3 +115,12 @@ def test_sinks_that_take_the_encoding_get_the_bytes_the_chain_hashed(tmp_path) -
     assert raw == b"".join(encoded + b"\n" for _, encoded in both.got)
     report = audit_events([json.loads(line) for line in raw.splitlines()], key)
     assert report.ok and report.chain_verified, report.violations
+
+    # which sinks take the bytes is decided once per change of the list, not per event: a
+    # sink added, or put in another's place, later is served by its own kind from then on
+    late, swapped = Both(), Plain()
+    p.sinks.append(late)
+    p.sinks[0] = swapped
+    more = _history(p, 2)
+    assert [e for e, _ in late.got] == more[-2:] == swapped.got
+    assert len(both.got) == 5

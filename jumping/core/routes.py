@@ -31,6 +31,34 @@ from typing import Any
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def _insert(table: dict[Any, Any], key: Any, peer: Any, rank: Callable[[Any], int]) -> None:
+    """Add ``peer`` under ``key``: the entry is the peer itself, or a list of the peers
+    (in configuration order: ``rank``) when several list the same key (the common case is
+    one, and a list per entry costs 64 bytes, issue 18)."""
+    entry = table.get(key)
+    if entry is None:
+        table[key] = peer
+    elif type(entry) is not list:
+        if entry is not peer:
+            table[key] = sorted((entry, peer), key=rank)
+    elif peer not in entry:
+        bisect.insort(entry, peer, key=rank)
+
+
+def _discard(table: dict[Any, Any], key: Any, peer: Any) -> bool:
+    """Take ``peer`` from under ``key`` (a list of one becomes the peer); True if the key
+    is gone from ``table``."""
+    entry = table.get(key)
+    if entry is peer:
+        del table[key]
+        return True
+    if type(entry) is list and peer in entry:
+        entry.remove(peer)
+        if len(entry) == 1:
+            table[key] = entry[0]
+    return False
+
+
 class PrefixTable:
     """Longest-prefix match from an address (packed bytes) to a peer."""
 
@@ -38,9 +66,7 @@ class PrefixTable:
 
     def __init__(self, rank: Callable[[Any], int]) -> None:
         #: address length in bytes (4, 16) -> prefix length -> network as int -> the peer,
-        #: or a list of peers (in configuration order: ``rank``) when several list the same
-        #: prefix (the common case is one, and a list per route costs 64 bytes per session,
-        #: issue 18)
+        #: or the peers that list that prefix (``_insert``)
         self._tables: dict[int, dict[int, dict[int, Any]]] = {4: {}, 16: {}}
         #: address length -> prefix lengths in use, longest first
         self._lengths: dict[int, tuple[int, ...]] = {4: (), 16: ()}
@@ -60,37 +86,17 @@ class PrefixTable:
             if table is None:
                 table = by_len[plen] = {}
                 self._lengths[size] = tuple(sorted(by_len, reverse=True))
-            entry = table.get(key)
-            if entry is None:
-                table[key] = peer
-            elif type(entry) is not list:
-                if entry is not peer:
-                    table[key] = sorted((entry, peer), key=rank)
-            elif peer not in entry:
-                bisect.insort(entry, peer, key=rank)
+            _insert(table, key, peer, rank)
 
     def remove(self, peer: Any, networks: tuple[Network, ...]) -> None:
         for n in networks:
             size, plen, key = self._key(n)
             by_len = self._tables[size]
             table = by_len.get(plen)
-            entry = table.get(key) if table is not None else None
-            if entry is None:
+            if table is None or not _discard(table, key, peer) or table:
                 continue
-            if type(entry) is list:
-                if peer not in entry:
-                    continue
-                entry.remove(peer)
-                if len(entry) > 1:
-                    continue
-                table[key] = entry[0]  # type: ignore[index]
-                continue
-            if entry is not peer:
-                continue
-            del table[key]  # type: ignore[union-attr]
-            if not table:
-                del by_len[plen]
-                self._lengths[size] = tuple(sorted(by_len, reverse=True))
+            del by_len[plen]
+            self._lengths[size] = tuple(sorted(by_len, reverse=True))
 
     def lookup(self, address: bytes) -> Any:
         """The peer whose prefix matches ``address`` longest (None: no match)."""
@@ -122,27 +128,14 @@ class HostTable:
         self._rank = rank
 
     def add(self, peer: Any, keys: frozenset[bytes]) -> None:
-        hosts = self._hosts
+        hosts, rank = self._hosts, self._rank
         for key in keys:
-            entry = hosts.get(key)
-            if entry is None:
-                hosts[key] = peer
-            elif type(entry) is not list:
-                if entry is not peer:
-                    hosts[key] = sorted((entry, peer), key=self._rank)
-            elif peer not in entry:
-                bisect.insort(entry, peer, key=self._rank)
+            _insert(hosts, key, peer, rank)
 
     def remove(self, peer: Any, keys: frozenset[bytes]) -> None:
         hosts = self._hosts
         for key in keys:
-            entry = hosts.get(key)
-            if entry is peer:
-                del hosts[key]
-            elif type(entry) is list and peer in entry:
-                entry.remove(peer)
-                if len(entry) == 1:
-                    hosts[key] = entry[0]
+            _discard(hosts, key, peer)
 
     def lookup(self, address: bytes) -> Any:
         """The newest session of the first peer listing ``address`` that has one (None:

@@ -672,7 +672,7 @@ class GatewayCore(NodeCore, SessionTakeover):
     # received from it: a forged or rewritten source address can't make us a reflector.
     def _challenge(self, now: float, s: Session, path: PathHandle, why: str, received: int) -> None:
         ch = s.challenge
-        if ch is None or ch.path is not path:
+        if ch is None or type(ch) is tuple or ch.path is not path:
             # a budget per session first (one client cannot spend the others' share), then
             # the node-wide one
             budget = s.validations
@@ -745,10 +745,20 @@ class GatewayCore(NodeCore, SessionTakeover):
 
     def _on_response(self, now: float, s: Session, body: bytes, path: PathHandle) -> None:
         ch = s.challenge
+        if type(ch) is tuple:
+            # the challenge was answered already: a copy of that answer is the client's own
+            # answer to a retried challenge (a round trip longer than CHALLENGE_RETRY), not
+            # an invalid proof. Only the client can seal it, on the path it was sent to.
+            if ch[0] is path and hmac.compare_digest(body, ch[1]):
+                self.counters["duplicate_responses"] += 1
+                return
+            ch = None
         if ch is None or ch.path is not path or not hmac.compare_digest(body, ch.nonce):
             self._drop("UNEXPECTED_RESPONSE")
             return
-        s.challenge = None
+        # answered: what is kept is what recognises the answers to its retries (two
+        # references in a tuple, the nonce's bytes already made), until the next challenge
+        s.challenge = (ch.path, ch.nonce)
         if ch.why == "rebinding" and s.last_rx >= ch.started and path is not s.path:
             # the old path is alive too: a second live path is not a reason to move
             self.counters["offpath_ignored_live_active"] += 1

@@ -252,7 +252,9 @@ class Session(_Numbers):
         #: first packet that went unanswered since the bound path last delivered (0: none);
         #: transport_lost_ttl_ms counts from it
         self.lost_since = 0.0
-        self.challenge: Any = None  # gateway: pending path validation
+        #: gateway: the pending path validation (a ``_Challenge``), or the last one answered
+        #: as ``(path, nonce)`` (its retried copies are answered too), or None
+        self.challenge: Any = None
         self.offpath_rx = 0.0
         #: feature bits the peer announced for the current keys (None: not heard yet;
         #: a revision-1 peer never announces any)

@@ -127,6 +127,18 @@ def format_status(st: dict[str, Any]) -> str:
         health = "healthy" if o["healthy"] else "UNHEALTHY"
         lines.append(f"ownership: {o['backend']} {health}" + (", shared" if o["shared"] else ""))
         lines.append(f"peers: {st['peers']}")
+    if "handshakes" in st:
+        h = st["handshakes"]
+        q = h["queue"]
+        lines.append(
+            f"handshakes: cookies {'REQUIRED' if h['cookies_required'] else 'not required'} "
+            f"({h['cookie_mode']}: wasted load {h['wasted_load']:.3f} of a core, trigger "
+            f"{h['load_fraction_trigger']}), load {h['load']:.3f}, cost {h['cost_s'] * 1e6:.0f} us"
+        )
+        lines.append(
+            f"  queue: {q['depth']} of {q['limit']} waiting, served {q['served']}, "
+            f"dropped {q['dropped']}"
+        )
     for s in st["sinks"]:
         lines.append(
             f"event sink: {s['name']} {s.get('state', 'unknown')}: delivered {s['delivered']}, "

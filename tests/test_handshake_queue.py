@@ -186,3 +186,33 @@ def test_a_client_handles_handshakes_at_once() -> None:
     svc.queue_handshakes = False  # a client: only its gateway's datagrams reach it
     svc.datagramReceived(object(), INIT)
     assert [k for k, _t in core.seen] == [INIT[:1]] and len(svc.handshakes) == 0
+
+
+def test_status_shows_when_cookies_are_required_and_why() -> None:
+    """``jumpctl status`` (commands.handshake_state): the load trigger's figures and the
+    queue, read without changing them; cookies required once the wasted work is over the
+    policy's fraction, in ``load`` mode, and always/never in the other two modes."""
+    from jumping.service.commands import handshake_state
+    from tests.core.test_hardening import _gateway, _init, spoofed
+
+    gw, gw_key, client_key = _gateway()
+    q = HandshakeQueue(Reactor(), lambda t, d: None, limit=77)
+    q.put(None, INIT)
+    st = handshake_state(gw, q)
+    assert st["cookie_mode"] == "load" and st["cookies_required"] is False
+    assert (
+        st["wasted_load"] == 0 and st["load_fraction_trigger"] == Policy().handshake_load_fraction
+    )
+    assert st["queue"] == {"depth": 1, "limit": 77, "queued": 1, "served": 0, "dropped": 0}
+    for i in range(400):  # a known key from 400 sources, one answered handshake each
+        now = 100.0 + i / 400
+        gw.receive(now, spoofed(i), _init(client_key, gw_key, now).message)
+    st = handshake_state(gw, q)
+    assert st["cookies_required"] is True and gw.drops["COOKIE_REQUIRED"] > 0
+    assert st["wasted_load"] >= st["load_fraction_trigger"] and st["load"] > st["wasted_load"]
+    assert st["cost_s"] == round(gw.handshake_work.cost, 6) > 0
+    assert handshake_state(gw, q) == st  # reading it changed nothing
+    gw.cookie_mode = "never"
+    assert handshake_state(gw, q)["cookies_required"] is False
+    gw.cookie_mode = "always"
+    assert handshake_state(gw, q)["cookies_required"] is True

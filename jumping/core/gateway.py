@@ -220,6 +220,13 @@ class GatewayCore(NodeCore, SessionTakeover):
         super()._on_features(now, s, body, path)
         self._control(now, s, wire.Control.KEEPALIVE, self._features_body(), path)
 
+    def under_load_now(self, now: float) -> bool:
+        """Are initiations without a valid mac2 refused at ``now``? Reads only (status and
+        metrics): :meth:`under_load` is what an initiation asks, and it may engage them."""
+        if self.cookie_mode != "load":
+            return self.cookie_mode == "always"
+        return now < self._loaded_until
+
     def under_load(self, now: float) -> bool:
         """Must initiations carry a valid mac2 (a cookie: the source is proven) now?
 

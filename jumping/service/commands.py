@@ -86,7 +86,31 @@ def status(svc: Any) -> dict[str, Any]:
             "shared": bool(own.shared) if own is not None else False,
         }
         out["peers"] = len(core.peers) if core is not None else len(cfg.peers)
+        if core is not None:
+            out["handshakes"] = handshake_state(core, svc.dataplane.handshakes)
     return out
+
+
+def handshake_state(core: Any, queue: Any) -> dict[str, Any]:
+    """Whether cookies are required now and why (the figures of the load trigger,
+    docs/security.md), and the handshake queue: what the metrics' jumping_handshake_* and
+    jumping_cookies_required show, for an operator without a Prometheus server."""
+    now = core._now
+    return {
+        "cookie_mode": core.cookie_mode,
+        "cookies_required": core.under_load_now(now),
+        "load": round(core.handshake_work.load(now), 4),
+        "wasted_load": round(core.wasted_work.load(now), 4),
+        "load_fraction_trigger": core.policy.handshake_load_fraction,
+        "cost_s": round(core.handshake_work.cost, 6),
+        "queue": {
+            "depth": len(queue),
+            "limit": queue.limit,
+            "queued": queue.queued,
+            "served": queue.served,
+            "dropped": queue.dropped,
+        },
+    }
 
 
 def sessions(svc: Any) -> list[dict[str, Any]]:

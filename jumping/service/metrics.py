@@ -160,7 +160,7 @@ def control_plane_metrics(node: str, core: Any, listeners: list[Any]) -> Iterato
         yield w
         u = GaugeMetricFamily("jumping_cookies_required", "1 while initiations must carry a cookie",
                               labels=["node"])  # fmt: skip
-        u.add_metric([node], 1.0 if now < core._loaded_until else 0.0)
+        u.add_metric([node], 1.0 if core.under_load_now(now) else 0.0)
         yield u
         c = GaugeMetricFamily("jumping_handshake_cost_seconds", "Measured cost of one handshake",
                               labels=["node"])  # fmt: skip

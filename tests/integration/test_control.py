@@ -247,8 +247,12 @@ def test_operator_controls_a_live_gateway(fleet: Fleet, capsys: pytest.CaptureFi
     # the core's counts by reason: three answered and confirmed handshakes, no drop yet
     assert st["counters"]["handshakes_confirmed"] == 3, st["counters"]
     assert st["counters"]["sessions_created"] == 3 and isinstance(st["drops"], dict)
+    hs = st["handshakes"]  # three answered from the queue, nothing wasted, no cookie asked
+    assert hs["cookie_mode"] == "load" and hs["cookies_required"] is False, hs
+    assert hs["queue"]["served"] >= 3 and hs["queue"]["dropped"] == 0 and hs["cost_s"] > 0
     code, out, _ = jumpctl(capsys, "status", "--socket", sock)
     assert code == 0 and "node: gw1 (gateway)" in out and "sessions: ATTACHED 3" in out
+    assert "handshakes: cookies not required (load: wasted load" in out
     assert "dispatch: lean" in out and "\ndrops: " in out
 
     # sessions: one row per session, like wg show

@@ -139,6 +139,13 @@ def format_status(st: dict[str, Any]) -> str:
             f"  queue: {q['depth']} of {q['limit']} waiting, served {q['served']}, "
             f"dropped {q['dropped']}"
         )
+        g = h.get("gate")
+        if g is not None:
+            lines.append(
+                f"  gate: {'in the read loop' if g['available'] else 'not built (core only)'}, "
+                f"refused {g['refused']} in {g['passes']} armed reads"
+                + (f", {g['errors']} ERRORS" if g["errors"] else "")
+            )
     for s in st["sinks"]:
         lines.append(
             f"event sink: {s['name']} {s.get('state', 'unknown')}: delivered {s['delivered']}, "

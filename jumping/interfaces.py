@@ -122,6 +122,28 @@ class IBatchDatagramReceiver(IDatagramReceiver):
         """
 
 
+class IInitiationGate(Interface):
+    """
+    Offered by a gateway's receiver as its ``initiation_gate`` attribute (optional for
+    transports): while the gateway requires cookies, a listening datagram transport may
+    let the gate refuse the initiations without a valid mac2 inside its read loop, before
+    they become Python objects (jumping/service/gate.py, jumping/service/_fastio.c).
+    Equivalent to handing each of them to :meth:`IDatagramReceiver.datagramReceived`.
+    """
+
+    def arm():  # type: ignore[misc]
+        """
+        Called at the start of a read pass: the armed ``jumping.service._fastio.Gate`` to
+        pass to ``recv_burst``, or None (cookies are not required; no C gate here).
+        """
+
+    def done(gate):  # type: ignore[no-untyped-def]
+        """
+        Called at the end of the read pass that armed ``gate``, even if it failed: what the
+        gate did is folded into the gateway's core.
+        """
+
+
 class ITransport(Interface):
     """
     One path a session can be bound to: a UDP 4-tuple, a TCP connection, a QUIC path.

@@ -146,6 +146,8 @@ class LeanPort(udp.Port):
     yielded_reads = 0
     #: reads that returned a coalesced run of several datagrams
     coalesced_reads = 0
+    #: the receiver's IInitiationGate (gateway listeners with the C read loop), or None
+    gate_keeper: Any = None
     _fresh: socket.socket | None = None
 
     def createInternetSocket(self) -> socket.socket:  # noqa: N802
@@ -165,6 +167,19 @@ class LeanPort(udp.Port):
             self._fresh = None
 
     def doRead(self) -> None:  # noqa: N802
+        keeper = self.gate_keeper
+        gate = keeper.arm() if keeper is not None else None
+        if gate is None:
+            self._read(None)
+            return
+        try:
+            self._read(gate)
+        finally:
+            keeper.done(gate)
+
+    def _read(self, gate: Any) -> None:
+        """One read pass; ``gate``: an armed initiation gate (``recv_burst`` hands it the
+        initiations it refuses: they count as unauthenticated datagrams of the pass)."""
         handler = self.handler
         many = self.handler_many
         size = self.maxPacketSize
@@ -187,11 +202,19 @@ class LeanPort(udp.Port):
             try:
                 # what the socket holds, read before any of it is handled: one call, and
                 # no exception to end the loop (jumping/service/_fastio.c)
-                burst = burst_of(source, size, cap - read, count, gro)
+                if gate is None:
+                    burst = burst_of(source, size, cap - read, count, gro)
+                else:
+                    burst = burst_of(source, size, cap - read, count, gro, gate)
             except OSError as e:
                 if e.errno in _READ_AGAIN:
                     return
                 raise
+            got = len(burst)
+            if gate is not None and gate.last_count:
+                got += gate.last_count
+                read += gate.last_bytes
+                self.unknown += gate.last_count
             for data, addr, seg in burst:
                 n = len(data)
                 read += n
@@ -210,7 +233,7 @@ class LeanPort(udp.Port):
                 except Exception:
                     self.handler_errors += 1
                     _log.failure("datagram handler failed")
-            if len(burst) < count and read < cap:
+            if got < count and read < cap:
                 return  # the socket is empty
 
 
@@ -474,6 +497,8 @@ class UDPListener:
             reactor, port, host, self._on_datagram, gso, many, unauthenticated_per_read
         )
         self.sock: socket.socket = self.port.socket
+        if c_recv_burst is not None:
+            self.port.gate_keeper = getattr(receiver, "initiation_gate", None)
         _tune(self.sock, buffer_bytes)
         #: the kernel drops clients' NAT keepalives under expired keys before they wake
         #: the reactor: 100 000 idle sessions send 4 000 a second (issue 18)

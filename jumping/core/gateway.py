@@ -248,6 +248,43 @@ class GatewayCore(NodeCore, SessionTakeover):
             self._loaded_until = now + UNDER_LOAD_HOLD
         return now < self._loaded_until
 
+    def gate_state(self, now: float) -> tuple[bytes, bytes, bytes, bytes, int, float, int] | None:
+        """While cookies are required, what lets an initiation gate in the service refuse
+        the initiations without a valid mac2 as :meth:`_on_handshake` does (mac1 key,
+        cookie secret, reply key, nonce prefix, the cookie replies the node's budget allows
+        now, the per-source rate and burst); else None. :meth:`gated` folds in what the gate
+        did. Reads only, like :meth:`under_load_now`."""
+        if not self.under_load_now(now):
+            return None
+        bucket = self.cookie_bucket
+        bucket.ready(now, 0.0)  # refilled to now, nothing taken
+        p = self.policy
+        return (
+            *self.cookies.gate_keys(now), int(bucket.tokens),
+            p.cookie_replies_per_source_per_s, p.cookie_replies_per_source_burst,
+        )  # fmt: skip
+
+    def gated(
+        self, now: float, valid: int, send_errors: int, refused: list[tuple[str, int, list[Any]]]
+    ) -> None:
+        """What an initiation gate armed with :meth:`gate_state` did: ``valid`` initiations
+        with a valid mac1 refused for want of a cookie (demanded and wasted work, as in
+        :meth:`_on_handshake`), per drop reason the count and the heaviest source prefixes
+        (Misra-Gries, merged into the security ledger), replies the socket refused."""
+        self.counters["gated_initiations"] += sum(c for _r, c, _h in refused)
+        if valid:
+            self.handshake_work.add(now, valid)
+            self.wasted_work.add(now, valid)
+        if send_errors:
+            self.counters["cookie_reply_send_errors"] += send_errors
+        for reason, count, heavy in refused:
+            self.drops[reason] += count
+            self.security.merge(reason, count, heavy)
+            if reason == "COOKIE_REQUIRED":
+                self.counters["cookie_replies"] += count
+                self.cookie_bucket.take(now, count)
+        self.under_load(now)  # the flood's wasted work keeps cookies required
+
     def _wasted(self, now: float, reason: str, path: PathHandle | None = None) -> None:
         """An initiation's DH served no session: counted as ``reason`` and as wasted work."""
         self.wasted_work.add(now)

@@ -222,8 +222,10 @@ class CookieChecker:
         self._rng = rng
         self._mac1 = hashlib.blake2s(digest_size=16, key=me.mac1_key)
         self._secret_mac = self._mac1
+        self._secret = b""
         self._secret_at = -1e18
         self._aead: ChaCha20Poly1305 | None = None
+        self._subkey = b""
         self._nonce_prefix = b""
         self._nonce_n = 0
 
@@ -233,11 +235,23 @@ class CookieChecker:
         return hmac.compare_digest(h.digest(), data[mac_offset : mac_offset + 16])
 
     def _rotate(self, now: float) -> None:
-        self._secret_mac = hashlib.blake2s(digest_size=16, key=self._rng(32))
+        self._secret = self._rng(32)
+        self._secret_mac = hashlib.blake2s(digest_size=16, key=self._secret)
         self._secret_at = now
         self._nonce_prefix = self._rng(16)
         self._nonce_n = 0
-        self._aead = ChaCha20Poly1305(hchacha20(self._me.cookie_key, self._nonce_prefix))
+        self._subkey = hchacha20(self._me.cookie_key, self._nonce_prefix)
+        self._aead = ChaCha20Poly1305(self._subkey)
+
+    def gate_keys(self, now: float) -> tuple[bytes, bytes, bytes, bytes]:
+        """What a gate needs to check mac1 and mac2 and to seal cookie replies as this
+        checker does (jumping/service/_fastio.c): the mac1 key, the current cookie secret
+        (rotated first if due), the reply cipher's key and its nonce prefix. A gate counts
+        its reply nonces from 2**63 under each prefix, this checker from 1: no nonce is
+        used twice."""
+        if now - self._secret_at >= COOKIE_SECRET_LIFETIME:
+            self._rotate(now)
+        return self._me.mac1_key, self._secret, self._subkey, self._nonce_prefix
 
     def cookie(self, now: float, address: bytes) -> bytes:
         """The cookie of a source address under the current secret (rotated every

@@ -227,6 +227,28 @@ class ViolationLedger:
             for k in mg:
                 mg[k] -= 1
 
+    def merge(self, reason: str, count: int, heavy: Iterable[tuple[str, int]]) -> None:
+        """``count`` occurrences of ``reason`` from no session, summarised elsewhere by the
+        same Misra-Gries rule as ``heavy`` (prefix, count) pairs: the summaries add, and
+        one over ``tracked`` prefixes is cut back by its (tracked + 1)-th largest count,
+        so every count stays a lower bound (a mergeable summary)."""
+        v = self.type_of.get(reason)
+        if v is None or count <= 0:
+            return
+        key = (v, None)
+        self._counts[key] = self._counts.get(key, 0) + count
+        mg = self._sources.get(key)
+        if mg is None:
+            mg = self._sources[key] = {}
+        for source, n in heavy:
+            mg[source] = mg.get(source, 0) + n
+        if len(mg) > self.tracked:
+            cut = sorted(mg.values(), reverse=True)[self.tracked]
+            for k in [k for k, n in mg.items() if n <= cut]:
+                del mg[k]
+            for k in mg:
+                mg[k] -= cut
+
     def flush(self, top: int) -> list[tuple[str, str | None, int, list[dict[str, Any]], int]]:
         out = []
         for (v, sid), count in self._counts.items():

@@ -18,12 +18,17 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/params.h>
 
 #ifndef SOL_UDP
 #define SOL_UDP 17
@@ -109,12 +114,462 @@ make_address(const struct sockaddr_storage *ss)
     return NULL;
 }
 
+/* ------------------------------------------------------------------ the initiation gate
+ *
+ * While a gateway requires cookies (GatewayCore.under_load), the initiations without a
+ * valid mac2 are refused: a flood of them from spoofed sources is answered, within the
+ * cookie reply budgets, by a cookie reply, and otherwise dropped. That is GatewayCore's
+ * _on_handshake, the reference; a Gate does the same in recv_burst's loop, before the
+ * datagram is a Python object, for the datagrams that would take that refusal. Every other
+ * datagram (an initiation with a valid mac2 included) is handed on as before.
+ *
+ * The core arms the gate for one read pass (arm: its mac1 key, the current cookie secret,
+ * the reply cipher's key and nonce, how many replies the node's bucket allows, the per-source
+ * rate and burst) and folds back what the gate did (drain: counts per drop reason, the
+ * heaviest source prefixes by the ledger's Misra-Gries rule, the demanded work, the next
+ * reply nonce). The per-source bucket of cookie replies is a direct-mapped table here
+ * (slots: a power of two; a colliding source takes the slot over with a full bucket, as
+ * a prefix the core's table forgot comes back with one).
+ */
+#define G_INIT_LEN 168
+#define G_MAC_OFF 136
+#define G_REPLY_LEN 64
+enum { R_BAD_MAC1, R_COOKIE_REQUIRED, R_COOKIE_REPLY_LIMITED, R_N };
+static const char *const reason_names[R_N] = {"BAD_MAC1", "COOKIE_REQUIRED", "COOKIE_REPLY_LIMITED"};
+
+typedef struct {
+    unsigned char k[9]; /* 4 or 6, then the /32 or the /64 */
+    long n;
+} MGItem;
+
+typedef struct {
+    unsigned char k[9];
+    unsigned char used;
+    double tokens, at;
+} Slot;
+
+typedef struct {
+    PyObject_HEAD
+    EVP_MAC *mac;
+    EVP_MAC_CTX *mac1;   /* keyed with the gateway's mac1 key */
+    EVP_MAC_CTX *secret; /* keyed with the current cookie secret */
+    EVP_MAC_CTX *m2;     /* keyed with one source's cookie */
+    EVP_CIPHER_CTX *seal; /* ChaCha20-Poly1305 under the reply subkey */
+    unsigned char prefix[16];
+    unsigned long long nonce_n; /* the last reply nonce under prefix */
+    int keyed;
+    int armed;
+    double now;
+    long allowance;
+    double src_rate, src_burst;
+    Slot *slots;
+    size_t nslots;
+    unsigned long long seed;
+    int tracked;
+    MGItem *mg[R_N];
+    int mg_len[R_N];
+    long counts[R_N];
+    long valid;        /* refused initiations with a valid mac1: demanded, wasted work */
+    long send_errors;  /* cookie replies the socket refused */
+    long last_count;   /* datagrams the gate took in the last recv_burst call */
+    long last_bytes;
+} Gate;
+
+static void
+Gate_dealloc(Gate *g)
+{
+    EVP_MAC_CTX_free(g->mac1);
+    EVP_MAC_CTX_free(g->secret);
+    EVP_MAC_CTX_free(g->m2);
+    EVP_MAC_free(g->mac);
+    EVP_CIPHER_CTX_free(g->seal);
+    PyMem_Free(g->slots);
+    for (int r = 0; r < R_N; r++)
+        PyMem_Free(g->mg[r]);
+    Py_TYPE(g)->tp_free((PyObject *)g);
+}
+
+static EVP_MAC_CTX *
+mac_ctx(EVP_MAC *mac)
+{
+    EVP_MAC_CTX *c = EVP_MAC_CTX_new(mac);
+    if (c == NULL)
+        return NULL;
+    size_t size = 16;
+    OSSL_PARAM p[] = {OSSL_PARAM_size_t(OSSL_MAC_PARAM_SIZE, &size), OSSL_PARAM_END};
+    if (EVP_MAC_CTX_set_params(c, p) != 1) {
+        EVP_MAC_CTX_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* Gate(slots, tracked, seed) */
+static int
+Gate_init(Gate *g, PyObject *args, PyObject *kw)
+{
+    Py_ssize_t slots, tracked;
+    unsigned long long seed;
+    static char *names[] = {"slots", "tracked", "seed", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "nnK", names, &slots, &tracked, &seed))
+        return -1;
+    if (slots < 1 || slots > (1 << 20) || (slots & (slots - 1)) || tracked < 1 ||
+        tracked > 4096) {
+        PyErr_SetString(PyExc_ValueError,
+                        "Gate: slots a power of two in 1..2**20, tracked in 1..4096");
+        return -1;
+    }
+    if (g->mac != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Gate: already initialised");
+        return -1;
+    }
+    g->mac = EVP_MAC_fetch(NULL, OSSL_MAC_NAME_BLAKE2SMAC, NULL);
+    if (g->mac == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Gate: libcrypto has no BLAKE2SMAC");
+        return -1;
+    }
+    g->mac1 = mac_ctx(g->mac);
+    g->secret = mac_ctx(g->mac);
+    g->m2 = mac_ctx(g->mac);
+    g->seal = EVP_CIPHER_CTX_new();
+    g->slots = PyMem_Calloc((size_t)slots, sizeof(Slot));
+    for (int r = 0; r < R_N; r++)
+        g->mg[r] = PyMem_Calloc((size_t)tracked, sizeof(MGItem));
+    if (g->mac1 == NULL || g->secret == NULL || g->m2 == NULL || g->seal == NULL ||
+        g->slots == NULL || g->mg[0] == NULL || g->mg[1] == NULL || g->mg[2] == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (EVP_EncryptInit_ex(g->seal, EVP_chacha20_poly1305(), NULL, NULL, NULL) != 1) {
+        PyErr_SetString(PyExc_RuntimeError, "Gate: no ChaCha20-Poly1305 in libcrypto");
+        return -1;
+    }
+    g->nslots = (size_t)slots;
+    g->tracked = (int)tracked;
+    g->seed = seed | 1;
+    return 0;
+}
+
+/* arm(now, mac1_key, secret, subkey, nonce_prefix, allowance, src_rate, src_burst). The
+ * reply nonces count from 2**63 under each nonce prefix (the core's CookieChecker counts
+ * from 1 under the same prefix and key): none is used twice. */
+static PyObject *
+Gate_arm(Gate *g, PyObject *args)
+{
+    double now, rate, burst;
+    Py_buffer m1, sec, sub, pre;
+    long allowance;
+    if (!PyArg_ParseTuple(args, "dy*y*y*y*ldd", &now, &m1, &sec, &sub, &pre, &allowance, &rate,
+                          &burst))
+        return NULL;
+    int ok = m1.len >= 1 && m1.len <= 32 && sec.len >= 1 && sec.len <= 32 && sub.len == 32 &&
+             pre.len == 16;
+    if (!ok)
+        PyErr_SetString(PyExc_ValueError, "Gate.arm: keys of 1..32 bytes, a 32-byte subkey, a "
+                                          "16-byte nonce prefix");
+    else if (EVP_MAC_init(g->mac1, m1.buf, (size_t)m1.len, NULL) != 1 ||
+             EVP_MAC_init(g->secret, sec.buf, (size_t)sec.len, NULL) != 1 ||
+             EVP_EncryptInit_ex(g->seal, NULL, NULL, sub.buf, NULL) != 1) {
+        ok = 0;
+        PyErr_SetString(PyExc_RuntimeError, "Gate.arm: libcrypto refused a key");
+    }
+    if (ok) {
+        if (!g->keyed || memcmp(g->prefix, pre.buf, 16) != 0) {
+            memcpy(g->prefix, pre.buf, 16);
+            g->nonce_n = 1ULL << 63;
+            g->keyed = 1;
+        }
+        g->now = now;
+        g->allowance = allowance < 0 ? 0 : allowance;
+        g->src_rate = rate;
+        g->src_burst = burst;
+        g->armed = 1;
+    }
+    PyBuffer_Release(&m1);
+    PyBuffer_Release(&sec);
+    PyBuffer_Release(&sub);
+    PyBuffer_Release(&pre);
+    if (!ok)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+prefix_str(const unsigned char *k)
+{
+    char host[INET6_ADDRSTRLEN];
+    if (k[0] == 4) {
+        if (inet_ntop(AF_INET, k + 1, host, sizeof(host)) == NULL)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        return PyUnicode_FromFormat("%s/32", host);
+    }
+    unsigned char a[16] = {0};
+    memcpy(a, k + 1, 8);
+    if (inet_ntop(AF_INET6, a, host, sizeof(host)) == NULL)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    return PyUnicode_FromFormat("[%s]/64", host);
+}
+
+/* drain() -> (valid, send_errors, [(reason, count, [(prefix, n), ...]), ...]):
+ * what the gate did since the last drain; disarms it and resets its counts */
+static PyObject *
+Gate_drain(Gate *g, PyObject *unused)
+{
+    (void)unused;
+    PyObject *per = PyList_New(0);
+    if (per == NULL)
+        return NULL;
+    for (int r = 0; r < R_N; r++) {
+        if (g->counts[r] == 0)
+            continue;
+        PyObject *heavy = PyList_New(g->mg_len[r]);
+        if (heavy == NULL)
+            goto fail;
+        for (int i = 0; i < g->mg_len[r]; i++) {
+            PyObject *s = prefix_str(g->mg[r][i].k);
+            PyObject *t = s == NULL ? NULL : Py_BuildValue("(Nl)", s, g->mg[r][i].n);
+            if (t == NULL) {
+                Py_DECREF(heavy);
+                goto fail;
+            }
+            PyList_SET_ITEM(heavy, i, t);
+        }
+        PyObject *e = Py_BuildValue("(slN)", reason_names[r], g->counts[r], heavy);
+        if (e == NULL || PyList_Append(per, e) < 0) {
+            Py_XDECREF(e);
+            goto fail;
+        }
+        Py_DECREF(e);
+    }
+    PyObject *out = Py_BuildValue("(llN)", g->valid, g->send_errors, per);
+    if (out == NULL)
+        return NULL;
+    for (int r = 0; r < R_N; r++) {
+        g->counts[r] = 0;
+        g->mg_len[r] = 0;
+    }
+    g->valid = 0;
+    g->send_errors = 0;
+    g->armed = 0;
+    return out;
+fail:
+    Py_DECREF(per);
+    return NULL;
+}
+
+static int
+mac16(EVP_MAC_CTX *c, const unsigned char *key, size_t keylen, const unsigned char *d,
+      size_t len, unsigned char *out)
+{
+    size_t outl = 0;
+    if (EVP_MAC_init(c, key, keylen, NULL) != 1 || EVP_MAC_update(c, d, len) != 1 ||
+        EVP_MAC_final(c, out, &outl, 16) != 1 || outl != 16)
+        return -1;
+    return 0;
+}
+
+/* the ledger's key of a source: its /32 or /64 */
+static int
+source_key(const struct sockaddr_storage *ss, unsigned char *k)
+{
+    if (ss->ss_family == AF_INET) {
+        k[0] = 4;
+        memcpy(k + 1, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+        memset(k + 5, 0, 4);
+        return 1;
+    }
+    if (ss->ss_family == AF_INET6) {
+        k[0] = 6;
+        memcpy(k + 1, &((const struct sockaddr_in6 *)ss)->sin6_addr, 8);
+        return 1;
+    }
+    return 0;
+}
+
+/* what a cookie is bound to (jumping.core.node.address_bytes): repr((host, port)) */
+static int
+cookie_of(Gate *g, const struct sockaddr_storage *ss, unsigned char *cookie)
+{
+    char host[INET6_ADDRSTRLEN], text[INET6_ADDRSTRLEN + 16];
+    int port;
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        if (inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host)) == NULL)
+            return -1;
+        port = ntohs(a->sin_port);
+    } else {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        if (inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host)) == NULL)
+            return -1;
+        port = ntohs(a->sin6_port);
+    }
+    int n = snprintf(text, sizeof(text), "('%s', %d)", host, port);
+    if (n < 0 || (size_t)n >= sizeof(text))
+        return -1;
+    return mac16(g->secret, NULL, 0, (const unsigned char *)text, (size_t)n, cookie);
+}
+
+static int
+source_allow(Gate *g, const unsigned char *k)
+{
+    unsigned long long h = 0;
+    for (int i = 0; i < 9; i++)
+        h = (h ^ k[i]) * g->seed;
+    Slot *s = &g->slots[(h >> 29) & (g->nslots - 1)];
+    double now = g->now;
+    if (!s->used || memcmp(s->k, k, 9) != 0) {
+        memcpy(s->k, k, 9);
+        s->used = 1;
+        s->tokens = g->src_burst;
+        s->at = now;
+    } else if (now > s->at) {
+        double t = s->tokens + (now - s->at) * g->src_rate;
+        s->tokens = t < g->src_burst ? t : g->src_burst;
+        s->at = now;
+    }
+    if (s->tokens >= 1.0) {
+        s->tokens -= 1.0;
+        return 1;
+    }
+    return 0;
+}
+
+/* one occurrence of reason r from source k: the ledger's Misra-Gries step */
+static void
+tally(Gate *g, int r, const unsigned char *k)
+{
+    g->counts[r]++;
+    MGItem *mg = g->mg[r];
+    int len = g->mg_len[r];
+    for (int i = 0; i < len; i++) {
+        if (memcmp(mg[i].k, k, 9) == 0) {
+            mg[i].n++;
+            return;
+        }
+    }
+    if (len < g->tracked) {
+        memcpy(mg[len].k, k, 9);
+        mg[len].n = 1;
+        g->mg_len[r] = len + 1;
+        return;
+    }
+    int j = 0; /* full: a new source takes one from everybody */
+    for (int i = 0; i < len; i++) {
+        if (mg[i].n > 1) {
+            mg[j] = mg[i];
+            mg[j].n--;
+            j++;
+        }
+    }
+    g->mg_len[r] = j;
+}
+
+/* 1: the gate took the datagram (refused, maybe answered); 0: hand it on */
+static int
+gate_one(Gate *g, int fd, const unsigned char *d, const struct sockaddr_storage *ss,
+         socklen_t sslen)
+{
+    static const unsigned char zero[16];
+    unsigned char k[9], tag[16], cookie[16];
+    if (!source_key(ss, k))
+        return 0;
+    if (mac16(g->mac1, NULL, 0, d, G_MAC_OFF, tag) < 0)
+        return 0;
+    if (CRYPTO_memcmp(tag, d + G_MAC_OFF, 16) != 0) {
+        tally(g, R_BAD_MAC1, k);
+        return 1;
+    }
+    int have_cookie = 0;
+    if (memcmp(d + G_MAC_OFF + 16, zero, 16) != 0) {
+        if (cookie_of(g, ss, cookie) < 0 ||
+            mac16(g->m2, cookie, 16, d, G_MAC_OFF + 16, tag) < 0)
+            return 0;
+        if (CRYPTO_memcmp(tag, d + G_MAC_OFF + 16, 16) == 0)
+            return 0; /* proven: the core's to answer */
+        have_cookie = 1;
+    }
+    if (!have_cookie && g->allowance > 0 && cookie_of(g, ss, cookie) < 0)
+        return 0;
+    g->valid++;
+    if (g->allowance > 0 && source_allow(g, k)) {
+        unsigned char reply[G_REPLY_LEN], nonce[12];
+        int n = 0;
+        g->allowance--;
+        g->nonce_n++;
+        reply[0] = 3;
+        reply[1] = 1;
+        reply[2] = reply[3] = 0;
+        memcpy(reply + 4, d + 4, 4); /* to the initiator's sender index */
+        memcpy(reply + 8, g->prefix, 16);
+        memset(nonce, 0, 4);
+        for (int i = 0; i < 8; i++)
+            nonce[4 + i] = reply[24 + i] = (unsigned char)(g->nonce_n >> (8 * i));
+        if (EVP_EncryptInit_ex(g->seal, NULL, NULL, NULL, nonce) != 1 ||
+            EVP_EncryptUpdate(g->seal, NULL, &n, d + G_MAC_OFF, 16) != 1 ||
+            EVP_EncryptUpdate(g->seal, reply + 32, &n, cookie, 16) != 1 ||
+            EVP_EncryptFinal_ex(g->seal, reply + 48, &n) != 1 ||
+            EVP_CIPHER_CTX_ctrl(g->seal, EVP_CTRL_AEAD_GET_TAG, 16, reply + 48) != 1) {
+            g->send_errors++;
+        } else if (sendto(fd, reply, sizeof(reply), 0, (const struct sockaddr *)ss, sslen) < 0) {
+            g->send_errors++;
+        }
+        tally(g, R_COOKIE_REQUIRED, k);
+    } else {
+        tally(g, R_COOKIE_REPLY_LIMITED, k);
+    }
+    return 1;
+}
+
+static PyMethodDef Gate_methods[] = {
+    {"arm", (PyCFunction)Gate_arm, METH_VARARGS,
+     "arm(now, mac1_key, secret, subkey, nonce_prefix, allowance, src_rate, src_burst): "
+     "refuse initiations without a valid mac2 in the next recv_burst calls"},
+    {"drain", (PyCFunction)Gate_drain, METH_NOARGS,
+     "drain() -> (valid, send_errors, [(reason, count, [(prefix, n)])]); disarms"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef Gate_members[] = {
+    {"armed", T_INT, offsetof(Gate, armed), READONLY, "armed for this read pass"},
+    {"last_count", T_LONG, offsetof(Gate, last_count), READONLY,
+     "datagrams the gate took in the last recv_burst call"},
+    {"last_bytes", T_LONG, offsetof(Gate, last_bytes), READONLY, "their bytes"},
+    {"allowance", T_LONG, offsetof(Gate, allowance), READONLY,
+     "cookie replies left in this pass's node budget"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject GateType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "jumping.service._fastio.Gate",
+    .tp_basicsize = sizeof(Gate),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The initiation gate: GatewayCore's refusal of initiations without a valid "
+              "mac2, done in recv_burst's loop while the core requires cookies.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Gate_init,
+    .tp_dealloc = (destructor)Gate_dealloc,
+    .tp_methods = Gate_methods,
+    .tp_members = Gate_members,
+};
+
 static PyObject *
 recv_burst(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "recv_burst(fd, size, limit, count, gro)");
+    if (nargs != 5 && nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "recv_burst(fd, size, limit, count, gro[, gate])");
         return NULL;
+    }
+    Gate *gate = NULL;
+    if (nargs == 6 && args[5] != Py_None) {
+        if (!PyObject_TypeCheck(args[5], &GateType)) {
+            PyErr_SetString(PyExc_TypeError, "recv_burst: gate must be a Gate or None");
+            return NULL;
+        }
+        gate = (Gate *)args[5];
+        gate->last_count = 0;
+        gate->last_bytes = 0;
+        if (!gate->armed)
+            gate = NULL;
     }
     long fd = PyLong_AsLong(args[0]);
     Py_ssize_t size = PyLong_AsSsize_t(args[1]);
@@ -135,8 +590,11 @@ recv_burst(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     socklen_t last_len = 0;
     PyObject *last_addr = NULL;
     Py_ssize_t total = 0;
-    while (total < limit && PyList_GET_SIZE(out) < count) {
-        PyObject *b = PyBytes_FromStringAndSize(NULL, size);
+    Py_ssize_t gated = 0; /* datagrams the gate took: they count towards count and limit */
+    PyObject *b = NULL;   /* a buffer the gate left unused, for the next datagram */
+    while (total < limit && PyList_GET_SIZE(out) + gated < count) {
+        if (b == NULL)
+            b = PyBytes_FromStringAndSize(NULL, size);
         if (b == NULL)
             goto fail;
         struct sockaddr_storage ss;
@@ -158,17 +616,15 @@ recv_burst(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         ssize_t n = recvmsg((int)fd, &msg, 0);
         if (n < 0) {
             int e = errno;
-            Py_DECREF(b);
+            Py_CLEAR(b);
             if (e == EAGAIN || e == EWOULDBLOCK || e == EINTR)
                 break;
-            if (PyList_GET_SIZE(out) > 0)
+            if (PyList_GET_SIZE(out) + gated > 0)
                 break; /* hand over what was read; the caller meets the next error itself */
             errno = e;
             PyErr_SetFromErrno(PyExc_OSError);
             goto fail;
         }
-        if (n < size && _PyBytes_Resize(&b, n) < 0)
-            goto fail;
         long seg = 0;
         if (gro) {
             for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
@@ -180,6 +636,19 @@ recv_burst(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 }
             }
         }
+        /* one datagram (not a coalesced run) the size of an initiation: the gate's */
+        if (gate != NULL && n == G_INIT_LEN && (seg == 0 || seg >= n) &&
+            msg.msg_namelen <= sizeof(ss)) {
+            const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(b);
+            if (d[0] == 1 && d[1] == 1 && d[2] == 0 && d[3] == 0 &&
+                gate_one(gate, (int)fd, d, &ss, msg.msg_namelen)) {
+                gated++;
+                total += n;
+                continue; /* b is reused for the next datagram */
+            }
+        }
+        if (n < size && _PyBytes_Resize(&b, n) < 0)
+            goto fail;
         PyObject *addr;
         if (last_addr != NULL && msg.msg_namelen == last_len &&
             memcmp(&ss, &last, last_len) == 0) {
@@ -187,10 +656,8 @@ recv_burst(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             Py_INCREF(addr);
         } else {
             addr = make_address(&ss);
-            if (addr == NULL) {
-                Py_DECREF(b);
+            if (addr == NULL)
                 goto fail;
-            }
             Py_XDECREF(last_addr);
             last_addr = addr;
             Py_INCREF(last_addr);
@@ -199,18 +666,17 @@ recv_burst(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
         PyObject *seg_obj = PyLong_FromLong(seg);
         if (seg_obj == NULL) {
-            Py_DECREF(b);
             Py_DECREF(addr);
             goto fail;
         }
         PyObject *t = PyTuple_New(3);
         if (t == NULL) {
-            Py_DECREF(b);
             Py_DECREF(addr);
             Py_DECREF(seg_obj);
             goto fail;
         }
         PyTuple_SET_ITEM(t, 0, b);
+        b = NULL; /* the tuple's now */
         PyTuple_SET_ITEM(t, 1, addr);
         PyTuple_SET_ITEM(t, 2, seg_obj);
         int r = PyList_Append(out, t);
@@ -219,9 +685,15 @@ recv_burst(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             goto fail;
         total += n;
     }
+    Py_XDECREF(b);
     Py_XDECREF(last_addr);
+    if (gate != NULL) {
+        gate->last_count = (long)gated;
+        gate->last_bytes = (long)gated * G_INIT_LEN;
+    }
     return out;
 fail:
+    Py_XDECREF(b);
     Py_XDECREF(last_addr);
     Py_DECREF(out);
     return NULL;
@@ -231,8 +703,9 @@ static PyMethodDef methods[] = {
     {"read_burst", (PyCFunction)(void (*)(void))read_burst, METH_FASTCALL,
      "read_burst(fd, size, limit) -> [bytes]: read until EAGAIN or limit bytes"},
     {"recv_burst", (PyCFunction)(void (*)(void))recv_burst, METH_FASTCALL,
-     "recv_burst(fd, size, limit, count, gro) -> [(bytes, address, segment)]: recvmsg until "
-     "EAGAIN, limit bytes or count datagrams"},
+     "recv_burst(fd, size, limit, count, gro[, gate]) -> [(bytes, address, segment)]: "
+     "recvmsg until EAGAIN, limit bytes or count datagrams; an armed Gate takes the "
+     "initiations the core would refuse for want of a cookie (gate.last_count of them)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -246,5 +719,16 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__fastio(void)
 {
-    return PyModule_Create(&module);
+    if (PyType_Ready(&GateType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&GateType);
+    if (PyModule_AddObject(m, "Gate", (PyObject *)&GateType) < 0) {
+        Py_DECREF(&GateType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

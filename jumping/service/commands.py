@@ -87,16 +87,18 @@ def status(svc: Any) -> dict[str, Any]:
         }
         out["peers"] = len(core.peers) if core is not None else len(cfg.peers)
         if core is not None:
-            out["handshakes"] = handshake_state(core, svc.dataplane.handshakes)
+            dp = svc.dataplane
+            out["handshakes"] = handshake_state(core, dp.handshakes, dp.initiation_gate)
     return out
 
 
-def handshake_state(core: Any, queue: Any) -> dict[str, Any]:
+def handshake_state(core: Any, queue: Any, gate: Any = None) -> dict[str, Any]:
     """Whether cookies are required now and why (the figures of the load trigger,
-    docs/security.md), and the handshake queue: what the metrics' jumping_handshake_* and
-    jumping_cookies_required show, for an operator without a Prometheus server."""
+    docs/security.md), the handshake queue and the initiation gate: what the metrics'
+    jumping_handshake_*, jumping_cookies_required and jumping_initiation_gate_* show, for an
+    operator without a Prometheus server."""
     now = core._now
-    return {
+    out = {
         "cookie_mode": core.cookie_mode,
         "cookies_required": core.under_load_now(now),
         "load": round(core.handshake_work.load(now), 4),
@@ -111,6 +113,14 @@ def handshake_state(core: Any, queue: Any) -> dict[str, Any]:
             "dropped": queue.dropped,
         },
     }
+    if gate is not None:
+        out["gate"] = {
+            "available": gate.available,
+            "passes": gate.passes,
+            "refused": gate.refused,
+            "errors": gate.errors,
+        }
+    return out
 
 
 def sessions(svc: Any) -> list[dict[str, Any]]:

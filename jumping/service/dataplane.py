@@ -41,6 +41,7 @@ from jumping.core.outputs import (
 )
 from jumping.core.segments import tcp4_header_length
 from jumping.interfaces import IBatchDatagramReceiver, IBatchTransport
+from jumping.service.gate import InitiationGate
 from jumping.service.granularity import TimerLateness
 from jumping.service.gro import _GSO_NONE, _GSO_TCPV4, _NEEDS_CSUM, VNET_HDR_LEN
 from jumping.service.gro import _VNET_UNPACK as _VNET
@@ -98,6 +99,9 @@ class DataPlane:
         #: a gateway's handshake messages wait here and are served in time-bounded turns,
         #: so that data never waits behind a flood of them (jumping/service/handshakes.py)
         self.handshakes = HandshakeQueue(reactor, self._handshake)
+        #: refuses, in a UDP listener's read loop, the initiations without a cookie that
+        #: the core would refuse while it requires cookies (jumping/service/gate.py)
+        self.initiation_gate = InitiationGate(self)
         #: True on a gateway: handshakes go through the queue
         self.queue_handshakes = False
 

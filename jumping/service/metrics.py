@@ -120,6 +120,7 @@ class NodeCollector:
         yield from control_plane_metrics(node, core, svc.listeners)
         if getattr(svc, "queue_handshakes", False):
             yield from handshake_queue_metrics(node, svc.handshakes)
+            yield from gate_metrics(node, svc.dataplane.initiation_gate)
 
 
 #: the control-plane limits of the policy, exported as gauges (docs/security.md)
@@ -229,6 +230,25 @@ def handshake_queue_metrics(node: str, queue: Any) -> Iterator[Metric]:
     t.add_metric([node, "all"], queue.turns)
     t.add_metric([node, "yielded"], queue.yielded)
     yield t
+
+
+def gate_metrics(node: str, gate: Any) -> Iterator[Metric]:
+    """The initiation gate (jumping/service/gate.py): whether it is built, how often it was
+    armed and what it refused (the core counts the same initiations by drop reason)."""
+    a = GaugeMetricFamily("jumping_initiation_gate_available",
+                          "1 if the UDP read loop refuses cookie-less initiations itself "
+                          "while cookies are required (the C gate is built)",
+                          labels=["node"])  # fmt: skip
+    a.add_metric([node], 1 if gate.available else 0)
+    yield a
+    c = CounterMetricFamily("jumping_initiation_gate",
+                            "UDP read passes the gate was armed for, initiations it refused "
+                            "in them, and arming or folding that failed",
+                            labels=["node", "what"])  # fmt: skip
+    c.add_metric([node, "passes"], gate.passes)
+    c.add_metric([node, "refused"], gate.refused)
+    c.add_metric([node, "errors"], gate.errors)
+    yield c
 
 
 class Metrics:

@@ -349,9 +349,20 @@ socket = "{tmp_path / "c2.sock"}"
             gw_events = events(pair.gw_events)
             assert pair.gw.poll() is None, pair.diagnostics()
             topo.stop(second)
+            # the gateway's own account (jumpctl status): the UDP read loop's gate refused
+            # the flood while cookies were required (jumping/service/gate.py)
+            st = subprocess.run(
+                [sys.executable, "-m", "jumping.cli", "status", "--json",
+                 "--socket", str(tmp_path / "gw.sock")],
+                capture_output=True, text=True, timeout=30, env=node_env(),
+            )  # fmt: skip
+            assert st.returncode == 0, st.stderr
+            gate = json.loads(st.stdout)["handshakes"]["gate"]
         finally:
             pair.stop()
     assert generated["sent"] >= MAC1_RATE * MAC1_SECONDS * 0.9, generated
+    assert gate["available"] and gate["errors"] == 0, gate
+    assert generated["sent"] * 0.5 <= gate["refused"] <= generated["sent"], (gate, generated)
     assert attached_during_flood, "the second client did not attach while the flood ran"
     # every initiation that reached the gateway is counted as a handshake flood (some may
     # be lost in the socket buffer on a loaded machine): a few events with counts

@@ -1,0 +1,222 @@
+"""The initiation gate (jumping/service/_fastio.c ``Gate``, jumping/service/gate.py) against
+the core it stands in for: the same initiations, sent over a real UDP socket on loopback to
+the gate and handed to a twin GatewayCore (same keys, same cookie secret), are refused for
+the same reasons, counted the same, reported with the same source prefixes and answered
+with cookie replies that open to the same cookie. What the gate cannot decide (a valid
+mac2, another message type) is handed on untouched."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jumping.builtin import udp
+from jumping.core import wire
+from jumping.core.handshake import read_cookie_reply
+from jumping.core.limits import ViolationLedger
+from jumping.core.node import SECURITY_VIOLATIONS, address_bytes
+from jumping.core.noise import public_key
+from jumping.core.outputs import Send
+from jumping.service import gate as gate_mod
+from tests.core.test_hardening import _gateway, _init
+
+pytestmark = pytest.mark.skipif(
+    gate_mod._CGate is None or udp.c_recv_burst is None, reason="built without the C loop"
+)
+
+NOW = 500.0
+REASONS = ("BAD_MAC1", "COOKIE_REQUIRED", "COOKIE_REPLY_LIMITED")
+
+
+class Path:
+    """The core's view of the sender's socket (what a UDPPath gives it)."""
+
+    kind = "udp"
+
+    def __init__(self, addr: Any) -> None:
+        self.remote_address = (addr[0], addr[1])
+        self.transport_id = f"udp:test>{addr[0]}:{addr[1]}"
+
+
+@pytest.fixture(params=[socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
+def pair(request):  # noqa: ANN001, ANN201
+    family = request.param
+    host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    a = socket.socket(family, socket.SOCK_DGRAM)
+    b = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        a.bind((host, 0))
+        b.bind((host, 0))
+    except OSError as e:
+        a.close()
+        b.close()
+        pytest.skip(f"no {host} here: {e}")
+    a.settimeout(2.0)
+    b.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def _messages(gw: Any, gw_key: bytes, client_key: bytes, src: Path) -> dict[str, list[bytes]]:
+    """Initiations of every kind the gate meets, and two it must hand on."""
+    plain = [_init(client_key, gw_key, NOW + i / 1000).message for i in range(6)]
+    bad_mac1 = [m[:140] + bytes([m[140] ^ 1]) + m[141:] for m in plain[:3]]
+    wrong_mac2 = [m[:152] + os.urandom(16) for m in plain[3:5]]
+    cookie = gw.cookies.cookie(NOW, address_bytes(src))
+    proven = [_init(client_key, gw_key, NOW + 0.5, cookie=cookie).message]
+    other = [
+        wire.HEADER.pack(wire.MessageType.DATA, wire.VERSION, 0) + bytes(60),
+        wire.HEADER.pack(wire.MessageType.HANDSHAKE_INIT, wire.VERSION, 0) + bytes(100),
+    ]
+    return {"refused": plain + bad_mac1 + wrong_mac2, "handed_on": proven + other}
+
+
+def _twins(**policy: object) -> tuple[Any, Any, bytes, bytes]:
+    gate_gw, gw_key, client_key = _gateway(**policy)
+    core_gw, _k, _c = _gateway(**policy)
+    for gw in (gate_gw, core_gw):
+        gw.cookie_mode = "always"
+    return gate_gw, core_gw, gw_key, client_key
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [{}, {"cookie_replies_burst": 4}, {"cookie_replies_per_source_burst": 3}],
+    ids=["budgets", "node_budget", "source_budget"],
+)
+def test_the_gate_refuses_counts_and_answers_as_the_core_does(pair, policy) -> None:
+    a, b = pair
+    gate_gw, core_gw, gw_key, client_key = _twins(**policy)
+    src = Path(a.getsockname())
+    # the gate's twin draws its cookie secret first (for the valid mac2), the core's at
+    # its first refusal: the same draw of the same seeded generator, at the same time
+    msgs = _messages(gate_gw, gw_key, client_key, src)
+    # the core, one datagram at a time
+    core_replies = []
+    for m in msgs["refused"]:
+        for out in core_gw.receive(NOW, src, m):
+            if isinstance(out, Send):
+                core_replies.append(out.data)
+    # the gate, from a real socket
+    g = gate_mod._CGate(1024, gate_gw.security.tracked, 12345)
+    state = gate_gw.gate_state(NOW)
+    assert state is not None
+    g.arm(NOW, *state)
+    for m in msgs["refused"] + msgs["handed_on"]:
+        a.sendto(m, b.getsockname())
+    got = udp.c_recv_burst(b.fileno(), 65535, 1 << 20, 64, False, g)
+    assert [d for d, _addr, _seg in got] == msgs["handed_on"]
+    assert g.last_count == len(msgs["refused"]) and g.last_bytes == g.last_count * wire.INIT_LEN
+    gate_gw.gated(NOW, *g.drain())
+    assert g.armed == 0 and g.drain() == (0, 0, [])
+
+    for reason in REASONS:
+        assert gate_gw.drops[reason] == core_gw.drops[reason], reason
+    assert core_gw.drops["BAD_MAC1"] == 3 and core_gw.drops["COOKIE_REQUIRED"] > 0
+    assert gate_gw.counters["cookie_replies"] == core_gw.counters["cookie_replies"]
+    assert gate_gw.counters["gated_initiations"] == len(msgs["refused"])
+    for meter in ("handshake_work", "wasted_work"):
+        mine, theirs = getattr(gate_gw, meter), getattr(core_gw, meter)
+        assert mine.load(NOW) == pytest.approx(theirs.load(NOW)) and mine.load(NOW) > 0
+    assert gate_gw.cookie_bucket.tokens == pytest.approx(core_gw.cookie_bucket.tokens)
+    assert gate_gw.security.flush(8) == core_gw.security.flush(8)
+
+    gate_replies = []
+    while True:
+        try:
+            gate_replies.append(a.recv(2048))
+        except TimeoutError:
+            break
+        if len(gate_replies) == len(core_replies):
+            a.settimeout(0.2)  # one more would be one too many
+    assert len(gate_replies) == len(core_replies) == core_gw.counters["cookie_replies"]
+    # each opens, with the initiation's mac1, to the cookie of the sender's address
+    expected = core_gw.cookies.cookie(NOW, address_bytes(src))
+    refused_with_reply = [m for m in msgs["refused"] if m not in msgs["refused"][6:9]]
+    for mine, theirs, m in zip(gate_replies, core_replies, refused_with_reply, strict=False):
+        gw_pub = public_key(gw_key)
+        assert read_cookie_reply(mine, gw_pub, m[136:152]) == expected
+        assert read_cookie_reply(theirs, gw_pub, m[136:152]) == expected
+        assert mine[4:8] == m[4:8]  # to the initiator's sender index
+        assert int.from_bytes(mine[24:32], "little") > 2**63  # the gate's nonce space
+        assert mine[8:24] == theirs[8:24]  # under the same prefix (the same subkey)
+
+
+def test_a_disarmed_or_absent_gate_hands_everything_on(pair) -> None:
+    a, b = pair
+    gw, gw_key, client_key = _gateway()
+    m = _init(client_key, gw_key, NOW).message
+    g = gate_mod._CGate(16, 8, 1)
+    for gate in (None, g):
+        a.sendto(m, b.getsockname())
+        got = udp.c_recv_burst(b.fileno(), 65535, 1 << 20, 64, False, gate)
+        assert [d for d, _a, _s in got] == [m]
+    assert gw.gate_state(NOW) is None  # cookies not required: nothing to arm
+
+
+def test_the_gate_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="power of two"):
+        gate_mod._CGate(1000, 8, 1)
+    with pytest.raises(ValueError, match="tracked"):
+        gate_mod._CGate(16, 0, 1)
+    g = gate_mod._CGate(16, 8, 1)
+    with pytest.raises(ValueError, match="subkey"):
+        g.arm(0.0, b"k" * 32, b"s" * 32, b"short", b"p" * 16, 1, 5.0, 5.0)
+    assert g.armed == 0
+    with pytest.raises(TypeError, match="Gate or None"):
+        udp.c_recv_burst(0, 10, 10, 1, False, object())
+
+
+class _Plane:
+    def __init__(self, core: Any) -> None:
+        self.core = core
+        self._now = lambda: NOW
+
+
+def test_the_keeper_arms_only_while_cookies_are_required_and_folds_back() -> None:
+    gw, gw_key, client_key = _gateway()
+    keeper = gate_mod.InitiationGate(_Plane(gw))
+    assert keeper.arm() is None and keeper.passes == 0  # load mode, no load
+    gw.cookie_mode = "always"
+    g = keeper.arm()
+    assert g is not None and g.armed == 1 and keeper.passes == 1
+    keeper.done(g)
+    assert g.armed == 0 and keeper.refused == 0
+    keeper.dataplane.core = None  # not serving yet: nothing to arm
+    assert keeper.arm() is None
+
+
+# the ledger's merge: a Misra-Gries summary made elsewhere adds to its own -----------------
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 30), max_size=300),
+    st.lists(st.integers(0, 30), max_size=300),
+    st.integers(1, 8),
+)
+def test_merged_summaries_count_exactly_and_never_overstate_a_source(
+    here: list[int], there: list[int], tracked: int
+) -> None:
+    ledger = ViolationLedger(SECURITY_VIOLATIONS, tracked=tracked)
+    other = ViolationLedger(SECURITY_VIOLATIONS, tracked=tracked)
+    for i in here:
+        ledger.record("BAD_MAC1", f"10.0.0.{i}/32")
+    for i in there:
+        other.record("BAD_MAC1", f"10.0.0.{i}/32")
+    summary = other._sources.get(("HANDSHAKE_FLOOD", None), {})
+    ledger.merge("BAD_MAC1", len(there), list(summary.items()))
+    entries = ledger.flush(tracked)
+    if not here and not there:
+        assert entries == []
+        return
+    [(_v, _sid, count, named, rest)] = entries
+    assert count == len(here) + len(there) and rest >= 0
+    assert len(named) <= tracked
+    truth = here + there
+    for e in named:
+        assert 0 < e["count"] <= truth.count(int(e["address"].split(".")[3].split("/")[0]))

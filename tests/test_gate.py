@@ -7,6 +7,7 @@ mac2, another message type) is handed on untouched."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from typing import Any
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 NOW = 500.0
+LIVE = 0x0A0B0C0D
 REASONS = ("BAD_MAC1", "COOKIE_REQUIRED", "COOKIE_REPLY_LIMITED")
 
 
@@ -71,7 +73,7 @@ def _messages(gw: Any, gw_key: bytes, client_key: bytes, src: Path) -> dict[str,
     cookie = gw.cookies.cookie(NOW, address_bytes(src))
     proven = [_init(client_key, gw_key, NOW + 0.5, cookie=cookie).message]
     other = [
-        wire.HEADER.pack(wire.MessageType.DATA, wire.VERSION, 0) + bytes(60),
+        wire.TRANSPORT_HEADER.pack(wire.MessageType.DATA, wire.VERSION, 0, LIVE, 1) + bytes(48),
         wire.HEADER.pack(wire.MessageType.HANDSHAKE_INIT, wire.VERSION, 0) + bytes(100),
     ]
     return {"refused": plain + bad_mac1 + wrong_mac2, "handed_on": proven + other}
@@ -82,6 +84,7 @@ def _twins(**policy: object) -> tuple[Any, Any, bytes, bytes]:
     core_gw, _k, _c = _gateway(**policy)
     for gw in (gate_gw, core_gw):
         gw.cookie_mode = "always"
+        gw.index[LIVE] = object()  # a live keypair's receiver index (only looked up)
     return gate_gw, core_gw, gw_key, client_key
 
 
@@ -104,17 +107,18 @@ def test_the_gate_refuses_counts_and_answers_as_the_core_does(pair, policy) -> N
             if isinstance(out, Send):
                 core_replies.append(out.data)
     # the gate, from a real socket
-    g = gate_mod._CGate(1024, gate_gw.security.tracked, 12345)
+    g = bound_gate(gate_gw)
     state = gate_gw.gate_state(NOW)
     assert state is not None
-    g.arm(NOW, *state)
+    g.arm_cookies(NOW, *state[1:])
     for m in msgs["refused"] + msgs["handed_on"]:
         a.sendto(m, b.getsockname())
     got = udp.c_recv_burst(b.fileno(), 65535, 1 << 20, 64, False, g)
     assert [d for d, _addr, _seg in got] == msgs["handed_on"]
     assert g.last_count == len(msgs["refused"]) and g.last_bytes == g.last_count * wire.INIT_LEN
+    assert g.pending == len(msgs["refused"])
     gate_gw.gated(NOW, *g.drain())
-    assert g.armed == 0 and g.drain() == (0, 0, [])
+    assert g.pending == 0 and g.drain() == (0, 0, [])
 
     for reason in REASONS:
         assert gate_gw.drops[reason] == core_gw.drops[reason], reason
@@ -148,16 +152,49 @@ def test_the_gate_refuses_counts_and_answers_as_the_core_does(pair, policy) -> N
         assert mine[8:24] == theirs[8:24]  # under the same prefix (the same subkey)
 
 
-def test_a_disarmed_or_absent_gate_hands_everything_on(pair) -> None:
+def bound_gate(gw: Any) -> Any:
+    g = gate_mod._CGate(1024, gw.security.tracked, 12345)
+    g.bind(gw.me.mac1_key, gw.index)
+    return g
+
+
+def test_without_cookies_the_gate_refuses_only_what_needs_no_keys(pair) -> None:
+    """Cookies not required: an initiation with a valid mac1 and a DATA message of a live
+    keypair are handed on; a wrong mac1 and an unknown receiver index are refused, counted
+    and reported as the core does. An unbound gate, or none, hands everything on."""
     a, b = pair
-    gw, gw_key, client_key = _gateway()
-    m = _init(client_key, gw_key, NOW).message
-    g = gate_mod._CGate(16, 8, 1)
-    for gate in (None, g):
-        a.sendto(m, b.getsockname())
+    gate_gw, core_gw, gw_key, client_key = _twins()
+    for gw in (gate_gw, core_gw):
+        gw.cookie_mode = "load"
+    src = Path(a.getsockname())
+    good = _init(client_key, gw_key, NOW).message
+    bad = good[:140] + bytes([good[140] ^ 1]) + good[141:]
+    data_hdr = wire.TRANSPORT_HEADER
+    live = data_hdr.pack(wire.MessageType.DATA, wire.VERSION, 0, LIVE, 9) + bytes(40)
+    unknown = [
+        data_hdr.pack(wire.MessageType.DATA, wire.VERSION, 0, 77 + i, 9) + bytes(40)
+        for i in range(3)
+    ]
+    short = wire.HEADER.pack(wire.MessageType.DATA, wire.VERSION, 0) + bytes(8)
+    handed_on = [good, live, short]
+    for gate in (None, gate_mod._CGate(16, 8, 1)):  # none, and one never bound
+        for m in handed_on + [bad, *unknown]:
+            a.sendto(m, b.getsockname())
         got = udp.c_recv_burst(b.fileno(), 65535, 1 << 20, 64, False, gate)
-        assert [d for d, _a, _s in got] == [m]
-    assert gw.gate_state(NOW) is None  # cookies not required: nothing to arm
+        assert [d for d, _a, _s in got] == handed_on + [bad, *unknown]
+    g = bound_gate(gate_gw)
+    assert g.armed == 0 and gate_gw.gate_state(NOW) is None  # no cookie part to arm
+    for m in handed_on + [bad, *unknown]:
+        a.sendto(m, b.getsockname())
+    got = udp.c_recv_burst(b.fileno(), 65535, 1 << 20, 64, False, g)
+    assert [d for d, _a, _s in got] == handed_on
+    gate_gw.gated(NOW, *g.drain())
+    for m in [bad, *unknown]:
+        core_gw.receive(NOW, src, m)
+    for reason in ("BAD_MAC1", "UNKNOWN_INDEX"):
+        assert gate_gw.drops[reason] == core_gw.drops[reason] > 0, reason
+    assert gate_gw.wasted_work.load(NOW) == core_gw.wasted_work.load(NOW) == 0
+    assert gate_gw.security.flush(8) == core_gw.security.flush(8)
 
 
 def test_the_gate_rejects_bad_arguments() -> None:
@@ -166,8 +203,13 @@ def test_the_gate_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="tracked"):
         gate_mod._CGate(16, 0, 1)
     g = gate_mod._CGate(16, 8, 1)
+    with pytest.raises(RuntimeError, match="bind"):
+        g.arm_cookies(0.0, b"s" * 32, b"k" * 32, b"p" * 16, 1, 5.0, 5.0)
+    with pytest.raises(TypeError):
+        g.bind(b"k" * 32, [])  # the index is a dict
+    g.bind(b"k" * 32, {})
     with pytest.raises(ValueError, match="subkey"):
-        g.arm(0.0, b"k" * 32, b"s" * 32, b"short", b"p" * 16, 1, 5.0, 5.0)
+        g.arm_cookies(0.0, b"s" * 32, b"short", b"p" * 16, 1, 5.0, 5.0)
     assert g.armed == 0
     with pytest.raises(TypeError, match="Gate or None"):
         udp.c_recv_burst(0, 10, 10, 1, False, object())
@@ -179,17 +221,20 @@ class _Plane:
         self._now = lambda: NOW
 
 
-def test_the_keeper_arms_only_while_cookies_are_required_and_folds_back() -> None:
+def test_the_keeper_arms_cookies_only_while_they_are_required() -> None:
     gw, gw_key, client_key = _gateway()
     keeper = gate_mod.InitiationGate(_Plane(gw))
-    assert keeper.arm() is None and keeper.passes == 0  # load mode, no load
-    gw.cookie_mode = "always"
     g = keeper.arm()
-    assert g is not None and g.armed == 1 and keeper.passes == 1
-    keeper.done(g)
-    assert g.armed == 0 and keeper.refused == 0
+    assert g is not None and g.armed == 0 and keeper.passes == 0  # load mode, no load
+    gw.cookie_mode = "always"
+    assert keeper.arm() is g and g.armed == 1 and keeper.passes == 1
+    keeper.done(g)  # nothing refused: nothing to fold
+    gw.cookie_mode = "never"
+    assert keeper.arm() is g and g.armed == 0
+    gw.set_policy(NOW, dataclasses.replace(gw.policy, cookie_source_table_size=4096))
+    assert keeper.arm() is not g  # a new table for the new policy
     keeper.dataplane.core = None  # not serving yet: nothing to arm
-    assert keeper.arm() is None
+    assert keeper.arm() is None and keeper.errors == 0
 
 
 # the ledger's merge: a Misra-Gries summary made elsewhere adds to its own -----------------

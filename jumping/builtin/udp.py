@@ -178,8 +178,8 @@ class LeanPort(udp.Port):
             keeper.done(gate)
 
     def _read(self, gate: Any) -> None:
-        """One read pass; ``gate``: an armed initiation gate (``recv_burst`` hands it the
-        initiations it refuses: they count as unauthenticated datagrams of the pass)."""
+        """One read pass; ``gate``: the receiver's initiation gate (``recv_burst`` hands it
+        what it refuses: those count as unauthenticated datagrams of the pass)."""
         handler = self.handler
         many = self.handler_many
         size = self.maxPacketSize

@@ -116,26 +116,32 @@ make_address(const struct sockaddr_storage *ss)
 
 /* ------------------------------------------------------------------ the initiation gate
  *
- * While a gateway requires cookies (GatewayCore.under_load), the initiations without a
- * valid mac2 are refused: a flood of them from spoofed sources is answered, within the
- * cookie reply budgets, by a cookie reply, and otherwise dropped. That is GatewayCore's
- * _on_handshake, the reference; a Gate does the same in recv_burst's loop, before the
- * datagram is a Python object, for the datagrams that would take that refusal. Every other
- * datagram (an initiation with a valid mac2 included) is handed on as before.
+ * A gateway's UDP read loop refuses, on the datagram's bytes and before it is a Python
+ * object, what GatewayCore would refuse without a session's keys (the core is the
+ * reference; tests/test_gate.py compares them):
+ *   - an initiation (its size, a version-1 header) whose mac1 is wrong: BAD_MAC1;
+ *   - while the core requires cookies (arm_cookies), an initiation without a valid mac2:
+ *     a cookie reply sealed and sent here within the node's and the source's budgets
+ *     (COOKIE_REQUIRED), else COOKIE_REPLY_LIMITED;
+ *   - a DATA message (a version-1 header) whose receiver index no keypair has: UNKNOWN_INDEX.
+ * Everything else is handed on as before (an initiation with a valid mac2 included).
  *
- * The core arms the gate for one read pass (arm: its mac1 key, the current cookie secret,
- * the reply cipher's key and nonce, how many replies the node's bucket allows, the per-source
- * rate and burst) and folds back what the gate did (drain: counts per drop reason, the
- * heaviest source prefixes by the ledger's Misra-Gries rule, the demanded work, the next
- * reply nonce). The per-source bucket of cookie replies is a direct-mapped table here
- * (slots: a power of two; a colliding source takes the slot over with a full bucket, as
- * a prefix the core's table forgot comes back with one).
+ * bind(mac1_key, index) gives it the gateway's mac1 key and the core's index dict (read,
+ * never changed); arm_cookies(now, secret, subkey, nonce_prefix, allowance, src_rate,
+ * src_burst) the cookie part for one read pass; drain() what it refused since the last
+ * drain: counts per drop reason, the heaviest source prefixes by the ledger's Misra-Gries
+ * rule, the demanded (wasted) work. The per-source bucket of cookie replies is a direct-
+ * mapped table (slots: a power of two; a colliding source takes the slot over with a full
+ * bucket, as a prefix the core's table forgot comes back with one). Reply nonces count
+ * from 2**63 under each nonce prefix (the core's CookieChecker from 1): none is used twice.
  */
 #define G_INIT_LEN 168
 #define G_MAC_OFF 136
 #define G_REPLY_LEN 64
-enum { R_BAD_MAC1, R_COOKIE_REQUIRED, R_COOKIE_REPLY_LIMITED, R_N };
-static const char *const reason_names[R_N] = {"BAD_MAC1", "COOKIE_REQUIRED", "COOKIE_REPLY_LIMITED"};
+#define G_HDR_LEN 16
+enum { R_BAD_MAC1, R_COOKIE_REQUIRED, R_COOKIE_REPLY_LIMITED, R_UNKNOWN_INDEX, R_N };
+static const char *const reason_names[R_N] = {"BAD_MAC1", "COOKIE_REQUIRED",
+                                              "COOKIE_REPLY_LIMITED", "UNKNOWN_INDEX"};
 
 typedef struct {
     unsigned char k[9]; /* 4 or 6, then the /32 or the /64 */
@@ -158,7 +164,9 @@ typedef struct {
     unsigned char prefix[16];
     unsigned long long nonce_n; /* the last reply nonce under prefix */
     int keyed;
-    int armed;
+    int armed;   /* cookies required: the cookie part is armed for this read pass */
+    PyObject *index; /* the core's receiver index -> keypair dict (bind) */
+    long pending;    /* datagrams refused since the last drain */
     double now;
     long allowance;
     double src_rate, src_burst;
@@ -183,6 +191,7 @@ Gate_dealloc(Gate *g)
     EVP_MAC_CTX_free(g->m2);
     EVP_MAC_free(g->mac);
     EVP_CIPHER_CTX_free(g->seal);
+    Py_XDECREF(g->index);
     PyMem_Free(g->slots);
     for (int r = 0; r < R_N; r++)
         PyMem_Free(g->mg[r]);
@@ -236,7 +245,8 @@ Gate_init(Gate *g, PyObject *args, PyObject *kw)
     for (int r = 0; r < R_N; r++)
         g->mg[r] = PyMem_Calloc((size_t)tracked, sizeof(MGItem));
     if (g->mac1 == NULL || g->secret == NULL || g->m2 == NULL || g->seal == NULL ||
-        g->slots == NULL || g->mg[0] == NULL || g->mg[1] == NULL || g->mg[2] == NULL) {
+        g->slots == NULL || g->mg[0] == NULL || g->mg[1] == NULL || g->mg[2] == NULL ||
+        g->mg[3] == NULL) {
         PyErr_NoMemory();
         return -1;
     }
@@ -250,28 +260,51 @@ Gate_init(Gate *g, PyObject *args, PyObject *kw)
     return 0;
 }
 
-/* arm(now, mac1_key, secret, subkey, nonce_prefix, allowance, src_rate, src_burst). The
- * reply nonces count from 2**63 under each nonce prefix (the core's CookieChecker counts
- * from 1 under the same prefix and key): none is used twice. */
+/* bind(mac1_key, index): the gateway's mac1 key and the core's index dict */
 static PyObject *
-Gate_arm(Gate *g, PyObject *args)
+Gate_bind(Gate *g, PyObject *args)
+{
+    Py_buffer m1;
+    PyObject *index;
+    if (!PyArg_ParseTuple(args, "y*O!", &m1, &PyDict_Type, &index))
+        return NULL;
+    int ok = m1.len >= 1 && m1.len <= 32;
+    if (!ok)
+        PyErr_SetString(PyExc_ValueError, "Gate.bind: a mac1 key of 1..32 bytes");
+    else if (EVP_MAC_init(g->mac1, m1.buf, (size_t)m1.len, NULL) != 1) {
+        ok = 0;
+        PyErr_SetString(PyExc_RuntimeError, "Gate.bind: libcrypto refused the key");
+    }
+    PyBuffer_Release(&m1);
+    if (!ok)
+        return NULL;
+    Py_INCREF(index);
+    Py_XSETREF(g->index, index);
+    Py_RETURN_NONE;
+}
+
+/* arm_cookies(now, secret, subkey, nonce_prefix, allowance, src_rate, src_burst) */
+static PyObject *
+Gate_arm_cookies(Gate *g, PyObject *args)
 {
     double now, rate, burst;
-    Py_buffer m1, sec, sub, pre;
+    Py_buffer sec, sub, pre;
     long allowance;
-    if (!PyArg_ParseTuple(args, "dy*y*y*y*ldd", &now, &m1, &sec, &sub, &pre, &allowance, &rate,
+    if (g->index == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Gate.arm_cookies: bind() first");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "dy*y*y*ldd", &now, &sec, &sub, &pre, &allowance, &rate,
                           &burst))
         return NULL;
-    int ok = m1.len >= 1 && m1.len <= 32 && sec.len >= 1 && sec.len <= 32 && sub.len == 32 &&
-             pre.len == 16;
+    int ok = sec.len >= 1 && sec.len <= 32 && sub.len == 32 && pre.len == 16;
     if (!ok)
-        PyErr_SetString(PyExc_ValueError, "Gate.arm: keys of 1..32 bytes, a 32-byte subkey, a "
-                                          "16-byte nonce prefix");
-    else if (EVP_MAC_init(g->mac1, m1.buf, (size_t)m1.len, NULL) != 1 ||
-             EVP_MAC_init(g->secret, sec.buf, (size_t)sec.len, NULL) != 1 ||
+        PyErr_SetString(PyExc_ValueError, "Gate.arm_cookies: a secret of 1..32 bytes, a "
+                                          "32-byte subkey, a 16-byte nonce prefix");
+    else if (EVP_MAC_init(g->secret, sec.buf, (size_t)sec.len, NULL) != 1 ||
              EVP_EncryptInit_ex(g->seal, NULL, NULL, sub.buf, NULL) != 1) {
         ok = 0;
-        PyErr_SetString(PyExc_RuntimeError, "Gate.arm: libcrypto refused a key");
+        PyErr_SetString(PyExc_RuntimeError, "Gate.arm_cookies: libcrypto refused a key");
     }
     if (ok) {
         if (!g->keyed || memcmp(g->prefix, pre.buf, 16) != 0) {
@@ -285,12 +318,19 @@ Gate_arm(Gate *g, PyObject *args)
         g->src_burst = burst;
         g->armed = 1;
     }
-    PyBuffer_Release(&m1);
     PyBuffer_Release(&sec);
     PyBuffer_Release(&sub);
     PyBuffer_Release(&pre);
     if (!ok)
         return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Gate_cookies_off(Gate *g, PyObject *unused)
+{
+    (void)unused;
+    g->armed = 0;
     Py_RETURN_NONE;
 }
 
@@ -311,7 +351,7 @@ prefix_str(const unsigned char *k)
 }
 
 /* drain() -> (valid, send_errors, [(reason, count, [(prefix, n), ...]), ...]):
- * what the gate did since the last drain; disarms it and resets its counts */
+ * what the gate refused since the last drain; resets its counts */
 static PyObject *
 Gate_drain(Gate *g, PyObject *unused)
 {
@@ -350,7 +390,7 @@ Gate_drain(Gate *g, PyObject *unused)
     }
     g->valid = 0;
     g->send_errors = 0;
-    g->armed = 0;
+    g->pending = 0;
     return out;
 fail:
     Py_DECREF(per);
@@ -439,6 +479,7 @@ static void
 tally(Gate *g, int r, const unsigned char *k)
 {
     g->counts[r]++;
+    g->pending++;
     MGItem *mg = g->mg[r];
     int len = g->mg_len[r];
     for (int i = 0; i < len; i++) {
@@ -479,6 +520,8 @@ gate_one(Gate *g, int fd, const unsigned char *d, const struct sockaddr_storage 
         tally(g, R_BAD_MAC1, k);
         return 1;
     }
+    if (!g->armed)
+        return 0; /* cookies not required: the core answers it */
     int have_cookie = 0;
     if (memcmp(d + G_MAC_OFF + 16, zero, 16) != 0) {
         if (cookie_of(g, ss, cookie) < 0 ||
@@ -520,17 +563,50 @@ gate_one(Gate *g, int fd, const unsigned char *d, const struct sockaddr_storage 
     return 1;
 }
 
+/* a DATA message whose receiver index no keypair has: 1 (refused), else 0 */
+static int
+gate_data(Gate *g, const unsigned char *d, const struct sockaddr_storage *ss)
+{
+    unsigned char k[9];
+    unsigned long idx = (unsigned long)d[4] | (unsigned long)d[5] << 8 |
+                        (unsigned long)d[6] << 16 | (unsigned long)d[7] << 24;
+    if (!source_key(ss, k))
+        return 0;
+    PyObject *key = PyLong_FromUnsignedLong(idx);
+    if (key == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *kp = PyDict_GetItemWithError(g->index, key);
+    Py_DECREF(key);
+    if (kp != NULL)
+        return 0;
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    tally(g, R_UNKNOWN_INDEX, k);
+    return 1;
+}
+
 static PyMethodDef Gate_methods[] = {
-    {"arm", (PyCFunction)Gate_arm, METH_VARARGS,
-     "arm(now, mac1_key, secret, subkey, nonce_prefix, allowance, src_rate, src_burst): "
-     "refuse initiations without a valid mac2 in the next recv_burst calls"},
+    {"bind", (PyCFunction)Gate_bind, METH_VARARGS,
+     "bind(mac1_key, index): the gateway's mac1 key and the core's receiver index dict"},
+    {"arm_cookies", (PyCFunction)Gate_arm_cookies, METH_VARARGS,
+     "arm_cookies(now, secret, subkey, nonce_prefix, allowance, src_rate, src_burst): "
+     "refuse initiations without a valid mac2 in this read pass (cookies are required)"},
+    {"cookies_off", (PyCFunction)Gate_cookies_off, METH_NOARGS,
+     "cookies_off(): hand initiations with a valid mac1 on (cookies are not required)"},
     {"drain", (PyCFunction)Gate_drain, METH_NOARGS,
-     "drain() -> (valid, send_errors, [(reason, count, [(prefix, n)])]); disarms"},
+     "drain() -> (valid, send_errors, [(reason, count, [(prefix, n)])]); resets the counts"},
     {NULL, NULL, 0, NULL},
 };
 
 static PyMemberDef Gate_members[] = {
-    {"armed", T_INT, offsetof(Gate, armed), READONLY, "armed for this read pass"},
+    {"armed", T_INT, offsetof(Gate, armed), READONLY,
+     "the cookie part is armed (cookies are required)"},
+    {"pending", T_LONG, offsetof(Gate, pending), READONLY,
+     "datagrams refused since the last drain"},
     {"last_count", T_LONG, offsetof(Gate, last_count), READONLY,
      "datagrams the gate took in the last recv_burst call"},
     {"last_bytes", T_LONG, offsetof(Gate, last_bytes), READONLY, "their bytes"},
@@ -543,8 +619,9 @@ static PyTypeObject GateType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "jumping.service._fastio.Gate",
     .tp_basicsize = sizeof(Gate),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "The initiation gate: GatewayCore's refusal of initiations without a valid "
-              "mac2, done in recv_burst's loop while the core requires cookies.",
+    .tp_doc = "The initiation gate: GatewayCore's refusals that need no session's keys "
+              "(bad mac1, no cookie while cookies are required, unknown receiver index), "
+              "done in recv_burst's loop.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Gate_init,
     .tp_dealloc = (destructor)Gate_dealloc,
@@ -568,8 +645,8 @@ recv_burst(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         gate = (Gate *)args[5];
         gate->last_count = 0;
         gate->last_bytes = 0;
-        if (!gate->armed)
-            gate = NULL;
+        if (gate->index == NULL)
+            gate = NULL; /* not bound */
     }
     long fd = PyLong_AsLong(args[0]);
     Py_ssize_t size = PyLong_AsSsize_t(args[1]);
@@ -591,6 +668,7 @@ recv_burst(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *last_addr = NULL;
     Py_ssize_t total = 0;
     Py_ssize_t gated = 0; /* datagrams the gate took: they count towards count and limit */
+    Py_ssize_t gated_bytes = 0;
     PyObject *b = NULL;   /* a buffer the gate left unused, for the next datagram */
     while (total < limit && PyList_GET_SIZE(out) + gated < count) {
         if (b == NULL)
@@ -636,13 +714,19 @@ recv_burst(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 }
             }
         }
-        /* one datagram (not a coalesced run) the size of an initiation: the gate's */
-        if (gate != NULL && n == G_INIT_LEN && (seg == 0 || seg >= n) &&
-            msg.msg_namelen <= sizeof(ss)) {
+        /* one datagram (not a coalesced run) with a version-1 header: the gate's to look at */
+        if (gate != NULL && n >= G_HDR_LEN && (seg == 0 || seg >= n)) {
             const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(b);
-            if (d[0] == 1 && d[1] == 1 && d[2] == 0 && d[3] == 0 &&
-                gate_one(gate, (int)fd, d, &ss, msg.msg_namelen)) {
+            int took = 0;
+            if (d[1] == 1 && d[2] == 0 && d[3] == 0) {
+                if (d[0] == 1 && n == G_INIT_LEN)
+                    took = gate_one(gate, (int)fd, d, &ss, msg.msg_namelen);
+                else if (d[0] == 4)
+                    took = gate_data(gate, d, &ss);
+            }
+            if (took) {
                 gated++;
+                gated_bytes += n;
                 total += n;
                 continue; /* b is reused for the next datagram */
             }
@@ -689,7 +773,7 @@ recv_burst(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_XDECREF(last_addr);
     if (gate != NULL) {
         gate->last_count = (long)gated;
-        gate->last_bytes = (long)gated * G_INIT_LEN;
+        gate->last_bytes = (long)gated_bytes;
     }
     return out;
 fail:

@@ -47,13 +47,15 @@ def _slots(size: int) -> int:
 
 @implementer(IInitiationGate)
 class InitiationGate:
-    """Arms the C gate for one read pass while the core requires cookies."""
+    """Keeps the C gate bound to the serving core, and its cookie part armed while the core
+    requires cookies."""
 
     def __init__(self, dataplane: Any) -> None:
         self.dataplane = dataplane
         self._gate: Any = None
-        self._slots = 0
-        #: read passes the gate was armed for, and the initiations it refused in them
+        self._core: Any = None
+        self._policy: Any = None
+        #: read passes the cookie part was armed for; datagrams the gate refused
         self.passes = 0
         self.refused = 0
         #: arming or folding that raised (a bug, logged; the core then does the work)
@@ -63,34 +65,44 @@ class InitiationGate:
     def available(self) -> bool:
         return _CGate is not None
 
+    def _bind(self, core: GatewayCore) -> Any:
+        """A gate for ``core`` (again after a policy change: its table size)."""
+        seed = int.from_bytes(os.urandom(8), "little")
+        g = _CGate(_slots(core.policy.cookie_source_table_size), core.security.tracked, seed)
+        g.bind(core.me.mac1_key, core.index)
+        self._gate, self._core, self._policy = g, core, core.policy
+        return g
+
     def arm(self) -> Any:
         core = self.dataplane.core
         if _CGate is None or not isinstance(core, GatewayCore):
             return None
+        g = self._gate
         try:
+            if core is not self._core or core.policy is not self._policy:
+                if g is not None and g.pending:
+                    self.done(g)
+                g = self._bind(core)
             now = self.dataplane._now()
-            state = core.gate_state(now)
-            if state is None:
-                return None
-            slots = _slots(core.policy.cookie_source_table_size)
-            if self._gate is None or slots != self._slots:
-                seed = int.from_bytes(os.urandom(8), "little")
-                self._gate = _CGate(slots, core.security.tracked, seed)
-                self._slots = slots
-            self._gate.arm(now, *state)
+            if core.under_load_now(now):
+                state = core.gate_state(now)
+                assert state is not None
+                g.arm_cookies(now, *state[1:])
+                self.passes += 1
+            elif g.armed:
+                g.cookies_off()
         except Exception:  # a bug: the read pass goes on without the gate, the core does it
             self.errors += 1
             _log.failure("initiation gate: arming failed")
             return None
-        self.passes += 1
-        return self._gate
+        return g
 
     def done(self, gate: Any) -> None:
+        if not gate.pending:
+            return
         try:
             valid, send_errors, refused = gate.drain()
-            core = self.dataplane.core
-            if not refused or not isinstance(core, GatewayCore):
-                return
+            core = self._core
             self.refused += sum(c for _r, c, _h in refused)
             core.gated(self.dataplane._now(), valid, send_errors, refused)
         except Exception:

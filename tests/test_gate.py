@@ -118,7 +118,7 @@ def test_the_gate_refuses_counts_and_answers_as_the_core_does(pair, policy) -> N
     assert g.last_count == len(msgs["refused"]) and g.last_bytes == g.last_count * wire.INIT_LEN
     assert g.pending == len(msgs["refused"])
     gate_gw.gated(NOW, *g.drain())
-    assert g.pending == 0 and g.drain() == (0, 0, [])
+    assert g.pending == 0 and g.drain() == (0, 0, [], [])
 
     for reason in REASONS:
         assert gate_gw.drops[reason] == core_gw.drops[reason], reason
@@ -154,7 +154,7 @@ def test_the_gate_refuses_counts_and_answers_as_the_core_does(pair, policy) -> N
 
 def bound_gate(gw: Any) -> Any:
     g = gate_mod._CGate(1024, gw.security.tracked, 12345)
-    g.bind(gw.me.mac1_key, gw.index)
+    g.bind(gw.me.mac1_key, gw.index, gw._key_lifetime)
     return g
 
 
@@ -206,8 +206,8 @@ def test_the_gate_rejects_bad_arguments() -> None:
     with pytest.raises(RuntimeError, match="bind"):
         g.arm_cookies(0.0, b"s" * 32, b"k" * 32, b"p" * 16, 1, 5.0, 5.0)
     with pytest.raises(TypeError):
-        g.bind(b"k" * 32, [])  # the index is a dict
-    g.bind(b"k" * 32, {})
+        g.bind(b"k" * 32, [], 60.0)  # the index is a dict
+    g.bind(b"k" * 32, {}, 60.0)
     with pytest.raises(ValueError, match="subkey"):
         g.arm_cookies(0.0, b"s" * 32, b"short", b"p" * 16, 1, 5.0, 5.0)
     assert g.armed == 0
@@ -265,3 +265,55 @@ def test_merged_summaries_count_exactly_and_never_overstate_a_source(
     truth = here + there
     for e in named:
         assert 0 < e["count"] <= truth.count(int(e["address"].split(".")[3].split("/")[0]))
+
+
+def _attached_net() -> Any:
+    from jumping.testing.sim import SimNet
+
+    net = SimNet(seed=3)
+    net.start()
+    net.run_for(3.0)
+    return net
+
+
+def test_replays_of_a_live_keypair_are_refused_for_its_session(pair) -> None:
+    """Two identical simulated tunnels: DATA messages the gateway has accepted once, sent
+    again through the gate over a real socket and, to the twin, straight to the core; a
+    fresh counter is handed on (the core authenticates it). Drops, the REPLAY_DETECTED
+    entry naming the session and its source, and the session's window agree."""
+    from jumping.testing.sim import ipv4
+
+    a, b = pair
+    nets = [_attached_net(), _attached_net()]
+    src = Path(a.getsockname())
+    captured = []
+    for net in nets:
+        kp = net.client.session.current
+        up = ipv4("10.99.0.2", "10.99.0.1", b"x" * 64)
+        msgs = [kp.seal(kp.data_prefix, up) for _ in range(5)]
+        for m in msgs[:4]:  # accepted once: from now on replays
+            net.gateway.receive(net.now, net.links[0].gateway_side, m)
+        captured.append(msgs)
+    assert captured[0] == captured[1]  # the same seeded tunnels
+    gate_net, core_net = nets
+    gw = gate_net.gateway
+    g = bound_gate(gw)
+    g.now = gate_net.now
+    sent = captured[0][:4] * 2 + [captured[0][4]]
+    for m in sent:
+        a.sendto(m, b.getsockname())
+    got = udp.c_recv_burst(b.fileno(), 65535, 1 << 20, 64, False, g)
+    assert [d for d, _a, _s in got] == [captured[0][4]]  # the fresh one
+    assert g.pending == 8
+    gw.gated(gate_net.now, *g.drain())
+    for m in sent[:8]:
+        core_net.gateway.receive(core_net.now, src, m)
+    assert gw.drops["REPLAY"] == core_net.gateway.drops["REPLAY"] == 8
+    assert gw.counters["gated_replays"] == 8
+    mine, theirs = gw.security.flush(8), core_net.gateway.security.flush(8)
+    assert mine == theirs and mine[0][0] == "REPLAY_DETECTED" and mine[0][1] is not None
+    # an expired keypair is the core's (KEY_EXPIRED): handed on
+    g.now = gate_net.now + gw._key_lifetime
+    a.sendto(sent[0], b.getsockname())
+    got = udp.c_recv_burst(b.fileno(), 65535, 1 << 20, 64, False, g)
+    assert [d for d, _a, _s in got] == [sent[0]] and g.pending == 0

@@ -265,13 +265,19 @@ class GatewayCore(NodeCore, SessionTakeover):
         )  # fmt: skip
 
     def gated(
-        self, now: float, valid: int, send_errors: int, refused: list[tuple[str, int, list[Any]]]
-    ) -> None:
+        self, now: float, valid: int, send_errors: int, refused: list[tuple[str, int, list[Any]]],
+        replays: Sequence[tuple[Keypair, int, list[Any]]] = (),
+    ) -> None:  # fmt: skip
         """What an initiation gate armed with :meth:`gate_state` did: ``valid`` initiations
         with a valid mac1 refused for want of a cookie (demanded and wasted work, as in
         :meth:`_on_handshake`), per drop reason the count and the heaviest source prefixes
-        (Misra-Gries, merged into the security ledger), replies the socket refused."""
+        (Misra-Gries, merged into the security ledger), replies the socket refused, and per
+        keypair the DATA messages its replay window had seen (REPLAY, for its session)."""
         self.counters["gated_initiations"] += sum(c for _r, c, _h in refused)
+        for kp, count, heavy in replays:
+            self.counters["gated_replays"] += count
+            self.drops["REPLAY"] += count
+            self.security.merge("REPLAY", count, heavy, kp.session.sid_hex)
         if valid:
             self.handshake_work.add(now, valid)
             self.wasted_work.add(now, valid)

@@ -227,15 +227,24 @@ class ViolationLedger:
             for k in mg:
                 mg[k] -= 1
 
-    def merge(self, reason: str, count: int, heavy: Iterable[tuple[str, int]]) -> None:
-        """``count`` occurrences of ``reason`` from no session, summarised elsewhere by the
-        same Misra-Gries rule as ``heavy`` (prefix, count) pairs: the summaries add, and
-        one over ``tracked`` prefixes is cut back by its (tracked + 1)-th largest count,
-        so every count stays a lower bound (a mergeable summary)."""
+    def merge(
+        self, reason: str, count: int, heavy: Iterable[tuple[str, int]],
+        session: str | None = None,
+    ) -> None:  # fmt: skip
+        """``count`` occurrences of ``reason`` (concerning ``session``, as in
+        :meth:`record`), summarised elsewhere by the same Misra-Gries rule as ``heavy``
+        (prefix, count) pairs, each a lower bound: the summaries add, and one over
+        ``tracked`` prefixes is cut back by its (tracked + 1)-th largest count, so every
+        count stays a lower bound (a mergeable summary)."""
         v = self.type_of.get(reason)
         if v is None or count <= 0:
             return
-        key = (v, None)
+        if session is not None and session not in self._attributed:
+            if len(self._attributed) < self.sessions:
+                self._attributed.add(session)
+            else:
+                session = None
+        key = (v, session)
         self._counts[key] = self._counts.get(key, 0) + count
         mg = self._sources.get(key)
         if mg is None:

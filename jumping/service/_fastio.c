@@ -123,11 +123,14 @@ make_address(const struct sockaddr_storage *ss)
  *   - while the core requires cookies (arm_cookies), an initiation without a valid mac2:
  *     a cookie reply sealed and sent here within the node's and the source's budgets
  *     (COOKIE_REQUIRED), else COOKIE_REPLY_LIMITED;
- *   - a DATA message (a version-1 header) whose receiver index no keypair has: UNKNOWN_INDEX.
+ *   - a DATA message (a version-1 header) whose receiver index no keypair has: UNKNOWN_INDEX;
+ *   - a DATA message of a keypair younger than the key lifetime whose counter its replay
+ *     window has seen (the window's own check(), read only): REPLAY, per keypair (the
+ *     core's ledger attributes it to the session), for up to G_REPLAY_KEYS keypairs a pass.
  * Everything else is handed on as before (an initiation with a valid mac2 included).
  *
- * bind(mac1_key, index) gives it the gateway's mac1 key and the core's index dict (read,
- * never changed); arm_cookies(now, secret, subkey, nonce_prefix, allowance, src_rate,
+ * bind(mac1_key, index, key_lifetime) gives it the gateway's mac1 key, the core's index dict
+ * (read, never changed) and the key lifetime; ``now`` is set for each read pass; arm_cookies(now, secret, subkey, nonce_prefix, allowance, src_rate,
  * src_burst) the cookie part for one read pass; drain() what it refused since the last
  * drain: counts per drop reason, the heaviest source prefixes by the ledger's Misra-Gries
  * rule, the demanded (wasted) work. The per-source bucket of cookie replies is a direct-
@@ -139,6 +142,7 @@ make_address(const struct sockaddr_storage *ss)
 #define G_MAC_OFF 136
 #define G_REPLY_LEN 64
 #define G_HDR_LEN 16
+#define G_REPLAY_KEYS 8
 enum { R_BAD_MAC1, R_COOKIE_REQUIRED, R_COOKIE_REPLY_LIMITED, R_UNKNOWN_INDEX, R_N };
 static const char *const reason_names[R_N] = {"BAD_MAC1", "COOKIE_REQUIRED",
                                               "COOKIE_REPLY_LIMITED", "UNKNOWN_INDEX"};
@@ -166,6 +170,14 @@ typedef struct {
     int keyed;
     int armed;   /* cookies required: the cookie part is armed for this read pass */
     PyObject *index; /* the core's receiver index -> keypair dict (bind) */
+    double key_lifetime;
+    struct {
+        PyObject *kp;      /* a strong reference until drained */
+        long n;
+        unsigned char k[9]; /* the first source, and how many came from it */
+        long from_k;
+    } rp[G_REPLAY_KEYS];
+    int rp_len;
     long pending;    /* datagrams refused since the last drain */
     double now;
     long allowance;
@@ -192,6 +204,8 @@ Gate_dealloc(Gate *g)
     EVP_MAC_free(g->mac);
     EVP_CIPHER_CTX_free(g->seal);
     Py_XDECREF(g->index);
+    for (int i = 0; i < g->rp_len; i++)
+        Py_DECREF(g->rp[i].kp);
     PyMem_Free(g->slots);
     for (int r = 0; r < R_N; r++)
         PyMem_Free(g->mg[r]);
@@ -266,7 +280,8 @@ Gate_bind(Gate *g, PyObject *args)
 {
     Py_buffer m1;
     PyObject *index;
-    if (!PyArg_ParseTuple(args, "y*O!", &m1, &PyDict_Type, &index))
+    double lifetime;
+    if (!PyArg_ParseTuple(args, "y*O!d", &m1, &PyDict_Type, &index, &lifetime))
         return NULL;
     int ok = m1.len >= 1 && m1.len <= 32;
     if (!ok)
@@ -280,6 +295,7 @@ Gate_bind(Gate *g, PyObject *args)
         return NULL;
     Py_INCREF(index);
     Py_XSETREF(g->index, index);
+    g->key_lifetime = lifetime;
     Py_RETURN_NONE;
 }
 
@@ -350,7 +366,8 @@ prefix_str(const unsigned char *k)
     return PyUnicode_FromFormat("[%s]/64", host);
 }
 
-/* drain() -> (valid, send_errors, [(reason, count, [(prefix, n), ...]), ...]):
+/* drain() -> (valid, send_errors, [(reason, count, [(prefix, n), ...]), ...],
+ *            [(keypair, replays, [(prefix, n)]), ...]):
  * what the gate refused since the last drain; resets its counts */
 static PyObject *
 Gate_drain(Gate *g, PyObject *unused)
@@ -381,9 +398,26 @@ Gate_drain(Gate *g, PyObject *unused)
         }
         Py_DECREF(e);
     }
-    PyObject *out = Py_BuildValue("(llN)", g->valid, g->send_errors, per);
+    PyObject *rl = PyList_New(g->rp_len);
+    if (rl == NULL)
+        goto fail;
+    for (int i = 0; i < g->rp_len; i++) {
+        PyObject *src = prefix_str(g->rp[i].k);
+        PyObject *e = src == NULL ? NULL
+                                  : Py_BuildValue("(Ol[(Nl)])", g->rp[i].kp, g->rp[i].n, src,
+                                                  g->rp[i].from_k);
+        if (e == NULL) {
+            Py_DECREF(rl);
+            goto fail;
+        }
+        PyList_SET_ITEM(rl, i, e);
+    }
+    PyObject *out = Py_BuildValue("(llNN)", g->valid, g->send_errors, per, rl);
     if (out == NULL)
         return NULL;
+    for (int i = 0; i < g->rp_len; i++)
+        Py_CLEAR(g->rp[i].kp);
+    g->rp_len = 0;
     for (int r = 0; r < R_N; r++) {
         g->counts[r] = 0;
         g->mg_len[r] = 0;
@@ -563,6 +597,56 @@ gate_one(Gate *g, int fd, const unsigned char *d, const struct sockaddr_storage 
     return 1;
 }
 
+static PyObject *s_created, *s_replay, *s_check; /* interned names */
+
+/* a DATA message of keypair kp: 1 if it is a replay the core would refuse, else 0 */
+static int
+gate_replay(Gate *g, PyObject *kp, const unsigned char *d, const unsigned char *k)
+{
+    int i = 0;
+    while (i < g->rp_len && g->rp[i].kp != kp)
+        i++;
+    if (i == G_REPLAY_KEYS)
+        return 0; /* the table of this pass is full: the core counts it */
+    PyObject *o = PyObject_GetAttr(kp, s_created);
+    double created = o == NULL ? -1.0 : PyFloat_AsDouble(o);
+    Py_XDECREF(o);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (g->now - created >= g->key_lifetime)
+        return 0; /* KEY_EXPIRED, the core's */
+    unsigned long long counter = 0;
+    for (int b = 7; b >= 0; b--)
+        counter = counter << 8 | d[8 + b];
+    PyObject *w = PyObject_GetAttr(kp, s_replay);
+    PyObject *c = w == NULL ? NULL : PyLong_FromUnsignedLongLong(counter);
+    PyObject *r = c == NULL ? NULL : PyObject_CallMethodOneArg(w, s_check, c);
+    int fresh = r == NULL ? -1 : PyObject_IsTrue(r);
+    Py_XDECREF(r);
+    Py_XDECREF(c);
+    Py_XDECREF(w);
+    if (fresh != 0) {
+        if (fresh < 0)
+            PyErr_Clear();
+        return 0; /* a new counter (the core authenticates it), or no window */
+    }
+    if (i == g->rp_len) {
+        Py_INCREF(kp);
+        g->rp[i].kp = kp;
+        g->rp[i].n = 0;
+        memcpy(g->rp[i].k, k, 9);
+        g->rp[i].from_k = 0;
+        g->rp_len++;
+    }
+    g->rp[i].n++;
+    if (memcmp(g->rp[i].k, k, 9) == 0)
+        g->rp[i].from_k++;
+    g->pending++;
+    return 1;
+}
+
 /* a DATA message whose receiver index no keypair has: 1 (refused), else 0 */
 static int
 gate_data(Gate *g, const unsigned char *d, const struct sockaddr_storage *ss)
@@ -580,7 +664,7 @@ gate_data(Gate *g, const unsigned char *d, const struct sockaddr_storage *ss)
     PyObject *kp = PyDict_GetItemWithError(g->index, key);
     Py_DECREF(key);
     if (kp != NULL)
-        return 0;
+        return gate_replay(g, kp, d, k);
     if (PyErr_Occurred()) {
         PyErr_Clear();
         return 0;
@@ -591,7 +675,8 @@ gate_data(Gate *g, const unsigned char *d, const struct sockaddr_storage *ss)
 
 static PyMethodDef Gate_methods[] = {
     {"bind", (PyCFunction)Gate_bind, METH_VARARGS,
-     "bind(mac1_key, index): the gateway's mac1 key and the core's receiver index dict"},
+     "bind(mac1_key, index, key_lifetime): the gateway's mac1 key, the core's receiver index "
+     "dict and its key lifetime"},
     {"arm_cookies", (PyCFunction)Gate_arm_cookies, METH_VARARGS,
      "arm_cookies(now, secret, subkey, nonce_prefix, allowance, src_rate, src_burst): "
      "refuse initiations without a valid mac2 in this read pass (cookies are required)"},
@@ -607,6 +692,7 @@ static PyMemberDef Gate_members[] = {
      "the cookie part is armed (cookies are required)"},
     {"pending", T_LONG, offsetof(Gate, pending), READONLY,
      "datagrams refused since the last drain"},
+    {"now", T_DOUBLE, offsetof(Gate, now), 0, "the core's time, for this read pass"},
     {"last_count", T_LONG, offsetof(Gate, last_count), READONLY,
      "datagrams the gate took in the last recv_burst call"},
     {"last_bytes", T_LONG, offsetof(Gate, last_bytes), READONLY, "their bytes"},
@@ -804,6 +890,11 @@ PyMODINIT_FUNC
 PyInit__fastio(void)
 {
     if (PyType_Ready(&GateType) < 0)
+        return NULL;
+    s_created = PyUnicode_InternFromString("created");
+    s_replay = PyUnicode_InternFromString("replay");
+    s_check = PyUnicode_InternFromString("check");
+    if (s_created == NULL || s_replay == NULL || s_check == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)

@@ -69,7 +69,7 @@ class InitiationGate:
         """A gate for ``core`` (again after a policy change: its table size)."""
         seed = int.from_bytes(os.urandom(8), "little")
         g = _CGate(_slots(core.policy.cookie_source_table_size), core.security.tracked, seed)
-        g.bind(core.me.mac1_key, core.index)
+        g.bind(core.me.mac1_key, core.index, core._key_lifetime)
         self._gate, self._core, self._policy = g, core, core.policy
         return g
 
@@ -83,7 +83,7 @@ class InitiationGate:
                 if g is not None and g.pending:
                     self.done(g)
                 g = self._bind(core)
-            now = self.dataplane._now()
+            now = g.now = self.dataplane._now()
             if core.under_load_now(now):
                 state = core.gate_state(now)
                 assert state is not None
@@ -101,10 +101,10 @@ class InitiationGate:
         if not gate.pending:
             return
         try:
-            valid, send_errors, refused = gate.drain()
+            valid, send_errors, refused, replays = gate.drain()
             core = self._core
-            self.refused += sum(c for _r, c, _h in refused)
-            core.gated(self.dataplane._now(), valid, send_errors, refused)
+            self.refused += sum(c for _r, c, _h in refused) + sum(c for _k, c, _h in replays)
+            core.gated(self.dataplane._now(), valid, send_errors, refused, replays)
         except Exception:
             self.errors += 1
             _log.failure("initiation gate: folding its counts into the core failed")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 
@@ -28,3 +29,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "netns" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(params=[socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
+def udp_pair(request):  # noqa: ANN001, ANN201
+    """Two UDP sockets bound on loopback (IPv4, IPv6): (sender, non-blocking receiver)."""
+    family = request.param
+    host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    a = socket.socket(family, socket.SOCK_DGRAM)
+    b = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        a.bind((host, 0))
+        b.bind((host, 0))
+    except OSError as e:
+        a.close()
+        b.close()
+        pytest.skip(f"no {host} here: {e}")
+    b.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()

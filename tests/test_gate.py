@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 from typing import Any
 
 import pytest
@@ -45,26 +44,6 @@ class Path:
         self.transport_id = f"udp:test>{addr[0]}:{addr[1]}"
 
 
-@pytest.fixture(params=[socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
-def pair(request):  # noqa: ANN001, ANN201
-    family = request.param
-    host = "127.0.0.1" if family == socket.AF_INET else "::1"
-    a = socket.socket(family, socket.SOCK_DGRAM)
-    b = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        a.bind((host, 0))
-        b.bind((host, 0))
-    except OSError as e:
-        a.close()
-        b.close()
-        pytest.skip(f"no {host} here: {e}")
-    a.settimeout(2.0)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
 def _messages(gw: Any, gw_key: bytes, client_key: bytes, src: Path) -> dict[str, list[bytes]]:
     """Initiations of every kind the gate meets, and two it must hand on."""
     plain = [_init(client_key, gw_key, NOW + i / 1000).message for i in range(6)]
@@ -93,8 +72,9 @@ def _twins(**policy: object) -> tuple[Any, Any, bytes, bytes]:
     [{}, {"cookie_replies_burst": 4}, {"cookie_replies_per_source_burst": 3}],
     ids=["budgets", "node_budget", "source_budget"],
 )
-def test_the_gate_refuses_counts_and_answers_as_the_core_does(pair, policy) -> None:
-    a, b = pair
+def test_the_gate_refuses_counts_and_answers_as_the_core_does(udp_pair, policy) -> None:
+    a, b = udp_pair
+    a.settimeout(2.0)  # the replies are read from the sender's socket
     gate_gw, core_gw, gw_key, client_key = _twins(**policy)
     src = Path(a.getsockname())
     # the gate's twin draws its cookie secret first (for the valid mac2), the core's at
@@ -158,11 +138,11 @@ def bound_gate(gw: Any) -> Any:
     return g
 
 
-def test_without_cookies_the_gate_refuses_only_what_needs_no_keys(pair) -> None:
+def test_without_cookies_the_gate_refuses_only_what_needs_no_keys(udp_pair) -> None:
     """Cookies not required: an initiation with a valid mac1 and a DATA message of a live
     keypair are handed on; a wrong mac1 and an unknown receiver index are refused, counted
     and reported as the core does. An unbound gate, or none, hands everything on."""
-    a, b = pair
+    a, b = udp_pair
     gate_gw, core_gw, gw_key, client_key = _twins()
     for gw in (gate_gw, core_gw):
         gw.cookie_mode = "load"
@@ -276,14 +256,14 @@ def _attached_net() -> Any:
     return net
 
 
-def test_replays_of_a_live_keypair_are_refused_for_its_session(pair) -> None:
+def test_replays_of_a_live_keypair_are_refused_for_its_session(udp_pair) -> None:
     """Two identical simulated tunnels: DATA messages the gateway has accepted once, sent
     again through the gate over a real socket and, to the twin, straight to the core; a
     fresh counter is handed on (the core authenticates it). Drops, the REPLAY_DETECTED
     entry naming the session and its source, and the session's window agree."""
     from jumping.testing.sim import ipv4
 
-    a, b = pair
+    a, b = udp_pair
     nets = [_attached_net(), _attached_net()]
     src = Path(a.getsockname())
     captured = []

@@ -28,25 +28,6 @@ def burst(kind: str, sock: socket.socket, size: int = 65535, limit: int = 1 << 2
     return udp._recv_burst_py(sock, size, limit, count, gro)
 
 
-@pytest.fixture(params=[socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
-def pair(request):
-    family = request.param
-    host = "127.0.0.1" if family == socket.AF_INET else "::1"
-    a = socket.socket(family, socket.SOCK_DGRAM)
-    b = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        a.bind((host, 0))
-        b.bind((host, 0))
-    except OSError as e:
-        a.close()
-        b.close()
-        pytest.skip(f"no {host} here: {e}")
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
 def test_the_c_loop_is_built_where_the_data_plane_is() -> None:
     # CI builds both extensions (pip install .); one without the other is a broken build
     from jumping.core import aead
@@ -56,14 +37,14 @@ def test_the_c_loop_is_built_where_the_data_plane_is() -> None:
 
 
 @pytest.mark.parametrize("kind", IMPLEMENTATIONS)
-def test_an_empty_socket_gives_nothing(pair, kind) -> None:
-    _a, b = pair
+def test_an_empty_socket_gives_nothing(udp_pair, kind) -> None:
+    _a, b = udp_pair
     assert burst(kind, b) == []
 
 
 @pytest.mark.parametrize("kind", IMPLEMENTATIONS)
-def test_every_datagram_in_order_with_the_address_python_gives(pair, kind) -> None:
-    a, b = pair
+def test_every_datagram_in_order_with_the_address_python_gives(udp_pair, kind) -> None:
+    a, b = udp_pair
     sent = [os.urandom(n) for n in (1, 94, 1420, 9000, 3)]
     for d in sent:
         a.sendto(d, b.getsockname())
@@ -85,8 +66,8 @@ def test_every_datagram_in_order_with_the_address_python_gives(pair, kind) -> No
 
 
 @pytest.mark.parametrize("kind", IMPLEMENTATIONS)
-def test_two_sources_keep_their_own_addresses(pair, kind) -> None:
-    a, b = pair
+def test_two_sources_keep_their_own_addresses(udp_pair, kind) -> None:
+    a, b = udp_pair
     c = socket.socket(a.family, socket.SOCK_DGRAM)
     try:
         c.bind((a.getsockname()[0], 0))
@@ -104,8 +85,8 @@ def test_two_sources_keep_their_own_addresses(pair, kind) -> None:
 
 
 @pytest.mark.parametrize("kind", IMPLEMENTATIONS)
-def test_stops_at_the_count_and_at_the_byte_limit(pair, kind) -> None:
-    a, b = pair
+def test_stops_at_the_count_and_at_the_byte_limit(udp_pair, kind) -> None:
+    a, b = udp_pair
     sent = [bytes([i]) * 1000 for i in range(10)]
     for d in sent:
         a.sendto(d, b.getsockname())
@@ -118,8 +99,8 @@ def test_stops_at_the_count_and_at_the_byte_limit(pair, kind) -> None:
 
 
 @pytest.mark.parametrize("kind", IMPLEMENTATIONS)
-def test_a_datagram_longer_than_the_buffer_is_cut_to_it(pair, kind) -> None:
-    a, b = pair
+def test_a_datagram_longer_than_the_buffer_is_cut_to_it(udp_pair, kind) -> None:
+    a, b = udp_pair
     a.sendto(b"x" * 3000, b.getsockname())
     ((data, _addr, _seg),) = burst(kind, b, size=1000)
     assert data == b"x" * 1000

@@ -200,16 +200,21 @@ class ViolationLedger:
         self._sources: dict[tuple[str, str | None], dict[str, int]] = {}
         self._attributed: set[str] = set()
 
-    def record(self, reason: str, source: str | None, session: str | None = None) -> None:
-        v = self.type_of.get(reason)
-        if v is None:
-            return
+    def _attribute(self, session: str | None) -> str | None:
+        """The session an occurrence is counted for: ``session`` while fewer than
+        ``sessions`` sessions were named this interval (or it was one of them), else None."""
         if session is not None and session not in self._attributed:
             if len(self._attributed) < self.sessions:
                 self._attributed.add(session)
             else:
-                session = None
-        key = (v, session)
+                return None
+        return session
+
+    def record(self, reason: str, source: str | None, session: str | None = None) -> None:
+        v = self.type_of.get(reason)
+        if v is None:
+            return
+        key = (v, self._attribute(session))
         self._counts[key] = self._counts.get(key, 0) + 1
         if source is None:
             return
@@ -239,12 +244,7 @@ class ViolationLedger:
         v = self.type_of.get(reason)
         if v is None or count <= 0:
             return
-        if session is not None and session not in self._attributed:
-            if len(self._attributed) < self.sessions:
-                self._attributed.add(session)
-            else:
-                session = None
-        key = (v, session)
+        key = (v, self._attribute(session))
         self._counts[key] = self._counts.get(key, 0) + count
         mg = self._sources.get(key)
         if mg is None:

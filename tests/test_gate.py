@@ -90,7 +90,7 @@ def test_the_gate_refuses_counts_and_answers_as_the_core_does(udp_pair, policy) 
     g = bound_gate(gate_gw)
     state = gate_gw.gate_state(NOW)
     assert state is not None
-    g.arm_cookies(NOW, *state[1:])
+    g.arm_cookies(NOW, *state)
     for m in msgs["refused"] + msgs["handed_on"]:
         a.sendto(m, b.getsockname())
     got = udp.c_recv_burst(b.fileno(), 65535, 1 << 20, 64, False, g)

@@ -248,10 +248,10 @@ class GatewayCore(NodeCore, SessionTakeover):
             self._loaded_until = now + UNDER_LOAD_HOLD
         return now < self._loaded_until
 
-    def gate_state(self, now: float) -> tuple[bytes, bytes, bytes, bytes, int, float, int] | None:
+    def gate_state(self, now: float) -> tuple[bytes, bytes, bytes, int, float, int] | None:
         """While cookies are required, what lets an initiation gate in the service refuse
-        the initiations without a valid mac2 as :meth:`_on_handshake` does (mac1 key,
-        cookie secret, reply key, nonce prefix, the cookie replies the node's budget allows
+        the initiations without a valid mac2 as :meth:`_on_handshake` does (cookie secret,
+        reply key, nonce prefix, the cookie replies the node's budget allows
         now, the per-source rate and burst); else None. :meth:`gated` folds in what the gate
         did. Reads only, like :meth:`under_load_now`."""
         if not self.under_load_now(now):

@@ -243,21 +243,23 @@ class CookieChecker:
         self._subkey = hchacha20(self._me.cookie_key, self._nonce_prefix)
         self._aead = ChaCha20Poly1305(self._subkey)
 
-    def gate_keys(self, now: float) -> tuple[bytes, bytes, bytes, bytes]:
-        """What a gate needs to check mac1 and mac2 and to seal cookie replies as this
-        checker does (jumping/service/_fastio.c): the mac1 key, the current cookie secret
-        (rotated first if due), the reply cipher's key and its nonce prefix. A gate counts
-        its reply nonces from 2**63 under each prefix, this checker from 1: no nonce is
-        used twice."""
+    def _current(self, now: float) -> None:
+        """The cookie secret in use at ``now`` (rotated every COOKIE_SECRET_LIFETIME s)."""
         if now - self._secret_at >= COOKIE_SECRET_LIFETIME:
             self._rotate(now)
-        return self._me.mac1_key, self._secret, self._subkey, self._nonce_prefix
+
+    def gate_keys(self, now: float) -> tuple[bytes, bytes, bytes]:
+        """What a gate needs to check mac2 and to seal cookie replies as this checker does
+        (jumping/service/_fastio.c; it has the mac1 key already): the current cookie
+        secret, the reply cipher's key and its nonce prefix. A gate counts its reply
+        nonces from 2**63 under each prefix, this checker from 1: no nonce is used twice."""
+        self._current(now)
+        return self._secret, self._subkey, self._nonce_prefix
 
     def cookie(self, now: float, address: bytes) -> bytes:
         """The cookie of a source address under the current secret (rotated every
         COOKIE_SECRET_LIFETIME seconds)."""
-        if now - self._secret_at >= COOKIE_SECRET_LIFETIME:
-            self._rotate(now)
+        self._current(now)
         h = self._secret_mac.copy()
         h.update(address)
         return h.digest()

@@ -1,19 +1,20 @@
 """The initiation gate's Python side (jumping/service/_fastio.c has the C side).
 
-Under a flood of initiations from spoofed sources, a gateway that requires cookies refuses
-every one of them that lacks a valid mac2: a cookie reply within the reply budgets, else a
-counted drop (GatewayCore._on_handshake). Done in Python, that refusal costs about 20 us of
-the reactor per datagram: a datagram object, an address tuple, a provisional path, the
-handshake queue, the core's dispatch. The gate does it in the UDP listener's read loop
-(``recv_burst``) on the datagram's bytes, in about 3 us, and hands every other datagram on
-as before: data, control, handshake responses, initiations with a valid mac2 (the core
-answers those), anything the gate cannot read.
+A gateway refuses much of what a flood sends without any session's keys: an initiation
+with a wrong mac1, a DATA message for no keypair, a replay a live keypair's window has seen
+and, while cookies are required, an initiation without a valid mac2 (a cookie reply within
+the reply budgets, else a counted drop: GatewayCore._on_handshake). Done in Python, each
+refusal costs about 20 us of the reactor: a datagram object, an address tuple, a
+provisional path, the handshake queue, the core's dispatch. The gate does them in the UDP
+listener's read loop (``recv_burst``) on the datagram's bytes, in 2 to 6 us, and hands
+every other datagram on as before.
 
-The core stays the reference and keeps every figure: ``arm`` asks it for the keys and the
-budgets (:meth:`GatewayCore.gate_state`, None while cookies are not required: then the gate
-is not used at all), ``done`` gives it back the counts, the heaviest source prefixes for
-its SECURITY_EVENTs, and the wasted work that keeps cookies required while the flood lasts
-(:meth:`GatewayCore.gated`). tests/test_gate.py runs the same datagrams through both.
+The core stays the reference and keeps every figure. The gate is bound once to the core's
+mac1 key and index table; ``arm`` sets the read pass's time and, while cookies are
+required, the cookie part (:meth:`GatewayCore.gate_state`); ``done`` gives the core the
+counts, the heaviest source prefixes for its SECURITY_EVENTs, and the wasted work that
+keeps cookies required while the flood lasts (:meth:`GatewayCore.gated`).
+tests/test_gate.py runs the same datagrams through both.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class InitiationGate:
             if core.under_load_now(now):
                 state = core.gate_state(now)
                 assert state is not None
-                g.arm_cookies(now, *state[1:])
+                g.arm_cookies(now, *state)
                 self.passes += 1
             elif g.armed:
                 g.cookies_off()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 from typing import Any
 
 import pytest
@@ -297,3 +298,63 @@ def test_replays_of_a_live_keypair_are_refused_for_its_session(udp_pair) -> None
     a.sendto(sent[0], b.getsockname())
     got = udp.c_recv_burst(b.fileno(), 65535, 1 << 20, 64, False, g)
     assert [d for d, _a, _s in got] == [sent[0]] and g.pending == 0
+
+
+#: headers the core reads as MALFORMED_HEADER (wire.message_type is None), and near misses
+#: it does not: a DATA_SEGMENT's chunk field, a well-formed header too short for its type
+MALFORMED = [
+    b"", b"\x04", b"\x04\x01", b"\x04\x01\x00",  # shorter than the header
+    b"\x04\x02\x00\x00" + bytes(40),  # another version
+    b"\x00\x01\x00\x00" + bytes(40), b"\x07\x01\x00\x00" + bytes(40),  # unknown types
+    b"\xff\x01\x00\x00" + bytes(200),
+    b"\x04\x01\x01\x00" + bytes(40), b"\x01\x01\x00\x01" + bytes(164),  # reserved set
+]  # fmt: skip
+NEAR_MISSES = [
+    b"\x06\x01\x03\x00" + bytes(40),  # DATA_SEGMENT, chunk 3
+    b"\x05\x01\x00\x00",  # CONTROL: the header alone (SHORT_PACKET, the core's)
+    b"\x02\x01\x00\x00" + bytes(20),  # a response of the wrong length (BAD_LENGTH)
+]
+
+
+def test_malformed_headers_are_refused_as_the_core_refuses_them(udp_pair) -> None:
+    """Whatever its length, a datagram whose header is not version 1's is refused in the
+    loop as MALFORMED_HEADER, counted and reported from its source as the core does; a
+    well-formed header is handed on, whatever follows it."""
+    a, b = udp_pair
+    gate_gw, core_gw, _gw_key, _client_key = _twins()
+    src = Path(a.getsockname())
+    g = bound_gate(gate_gw)
+    g.now = NOW
+    for m in MALFORMED + NEAR_MISSES:
+        a.sendto(m, b.getsockname())
+    got = udp.c_recv_burst(b.fileno(), 65535, 1 << 20, 64, False, g)
+    assert [d for d, _a, _s in got] == NEAR_MISSES
+    assert g.last_count == len(MALFORMED) and g.pending == len(MALFORMED)
+    gate_gw.gated(NOW, *g.drain())
+    for m in MALFORMED:
+        core_gw.receive(NOW, src, m)
+    assert gate_gw.drops["MALFORMED_HEADER"] == core_gw.drops["MALFORMED_HEADER"] == len(MALFORMED)
+    assert gate_gw.security.flush(8) == core_gw.security.flush(8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64))
+def test_what_the_gate_refuses_as_malformed_the_core_does(datagram: bytes) -> None:
+    """Any datagram at all: refused as malformed exactly when the core's wire.message_type
+    has no type for it (the rest is other rules' or the core's)."""
+    gw, _core, _k, _c = _twins()
+    g = bound_gate(gw)
+    g.now = NOW
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b,
+    ):
+        b.bind(("127.0.0.1", 0))
+        b.setblocking(False)
+        a.sendto(datagram, b.getsockname())
+        got = udp.c_recv_burst(b.fileno(), 65535, 1 << 20, 64, False, g)
+    counts = {reason: n for reason, n, _heavy in g.drain()[2]}
+    malformed = wire.message_type(datagram) is None
+    assert counts.get("MALFORMED_HEADER", 0) == int(malformed)
+    if malformed:
+        assert got == []  # refused in the loop, never a Python object

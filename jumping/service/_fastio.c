@@ -127,6 +127,9 @@ make_address(const struct sockaddr_storage *ss)
  *   - a DATA message of a keypair younger than the key lifetime whose counter its replay
  *     window has seen (the window's own check(), read only): REPLAY, per keypair (the
  *     core's ledger attributes it to the session), for up to G_REPLAY_KEYS keypairs a pass.
+ *   - any datagram whose header is not version 1's (wire.message_type: shorter than the
+ *     header, another version, an unknown type, a reserved field that is not zero outside
+ *     DATA_SEGMENT): MALFORMED_HEADER;
  * Everything else is handed on as before (an initiation with a valid mac2 included).
  *
  * bind(mac1_key, index, key_lifetime) gives it the gateway's mac1 key, the core's index dict
@@ -143,9 +146,17 @@ make_address(const struct sockaddr_storage *ss)
 #define G_REPLY_LEN 64
 #define G_HDR_LEN 16
 #define G_REPLAY_KEYS 8
-enum { R_BAD_MAC1, R_COOKIE_REQUIRED, R_COOKIE_REPLY_LIMITED, R_UNKNOWN_INDEX, R_N };
+enum {
+    R_BAD_MAC1,
+    R_COOKIE_REQUIRED,
+    R_COOKIE_REPLY_LIMITED,
+    R_UNKNOWN_INDEX,
+    R_MALFORMED_HEADER,
+    R_N
+};
 static const char *const reason_names[R_N] = {"BAD_MAC1", "COOKIE_REQUIRED",
-                                              "COOKIE_REPLY_LIMITED", "UNKNOWN_INDEX"};
+                                              "COOKIE_REPLY_LIMITED", "UNKNOWN_INDEX",
+                                              "MALFORMED_HEADER"};
 
 typedef struct {
     unsigned char k[9]; /* 4 or 6, then the /32 or the /64 */
@@ -706,8 +717,8 @@ static PyTypeObject GateType = {
     .tp_basicsize = sizeof(Gate),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "The initiation gate: GatewayCore's refusals that need no session's keys "
-              "(bad mac1, no cookie while cookies are required, unknown receiver index), "
-              "done in recv_burst's loop.",
+              "(a malformed header, bad mac1, no cookie while cookies are required, unknown "
+              "receiver index, a replay a live window saw), done in recv_burst's loop.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Gate_init,
     .tp_dealloc = (destructor)Gate_dealloc,
@@ -800,11 +811,17 @@ recv_burst(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 }
             }
         }
-        /* one datagram (not a coalesced run) with a version-1 header: the gate's to look at */
-        if (gate != NULL && n >= G_HDR_LEN && (seg == 0 || seg >= n)) {
+        /* one datagram (not a coalesced run): the gate's to look at */
+        if (gate != NULL && (seg == 0 || seg >= n)) {
             const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(b);
             int took = 0;
-            if (d[1] == 1 && d[2] == 0 && d[3] == 0) {
+            if (n < 4 || d[1] != 1 || d[0] < 1 || d[0] > 6 || ((d[2] || d[3]) && d[0] != 6)) {
+                unsigned char k[9];
+                if (source_key(&ss, k)) {
+                    tally(gate, R_MALFORMED_HEADER, k);
+                    took = 1;
+                }
+            } else if (n >= G_HDR_LEN && d[2] == 0 && d[3] == 0) {
                 if (d[0] == 1 && n == G_INIT_LEN)
                     took = gate_one(gate, (int)fd, d, &ss, msg.msg_namelen);
                 else if (d[0] == 4)

@@ -1,8 +1,8 @@
 """The initiation gate's Python side (jumping/service/_fastio.c has the C side).
 
-A gateway refuses much of what a flood sends without any session's keys: an initiation
-with a wrong mac1, a DATA message for no keypair, a replay a live keypair's window has seen
-and, while cookies are required, an initiation without a valid mac2 (a cookie reply within
+A gateway refuses much of what a flood sends without any session's keys: a datagram whose
+header is not version 1's, an initiation with a wrong mac1, a DATA message for no keypair, a
+replay a live keypair's window has seen and, while cookies are required, an initiation without a valid mac2 (a cookie reply within
 the reply budgets, else a counted drop: GatewayCore._on_handshake). Done in Python, each
 refusal costs about 20 us of the reactor: a datagram object, an address tuple, a
 provisional path, the handshake queue, the core's dispatch. The gate does them in the UDP

@@ -8,13 +8,20 @@ the side-by-side table of many runs.
         CPU, the rate delivered at the veth; then the goals (docs/security.md)
     report.py table results.jsonl
         a markdown table, Jumping beside wireguard-go, one row per scenario, rate, duration
+    report.py summary results.jsonl
+        the same runs repeated (abuse-full.sh REPEAT): per scenario, rate, duration and VPN
+        the number of runs, the median and range of each goal's figure and the goals the
+        medians meet; one 10 s run's throughput kept is good to about +-0.15 on a 2-core
+        machine (docs/benchmarks.md), a median of several is what to judge by
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -180,6 +187,9 @@ def run_record(a: argparse.Namespace) -> dict[str, Any]:
         "base": base, "atk": atk,
     }  # fmt: skip
     if a.vpn == "jumping":
+        # policy overrides of this run (vpn-jumping.sh JUMPING_POLICY): runs under another
+        # policy are another row of the summary
+        rec["policy"] = os.environ.get("JUMPING_POLICY") or None
         gw = events(d / "jumping-gateway-events.jsonl")
         late = [e for e in gw if e.get("ts_ms", 0) >= t0_ms]
         sec: dict[str, dict[str, int]] = {}
@@ -353,6 +363,73 @@ def table(path: Path) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------- summary
+#: per figure of the summary: where it is in a record, and whether higher is better
+_FIGURES = (
+    ("throughput_kept", lambda r: r["verdict"].get("throughput_kept")),
+    ("rtt_p99_increase_ms", lambda r: r["verdict"].get("rtt_p99_increase_ms")),
+    ("ping_loss_pct", lambda r: r["verdict"].get("ping_loss_pct")),
+    ("rss_growth_kib", lambda r: r["verdict"].get("rss_growth_kib")),
+    ("new_client_handshake_ms", lambda r: r.get("new_client_handshake_ms")),
+)
+
+
+def _median_range(xs: list[float], nd: int) -> str:
+    if not xs:
+        return "–"
+    m = statistics.median(xs)
+    if len(xs) == 1:
+        return _fmt(float(m), nd)
+    return f"{_fmt(float(m), nd)} ({_fmt(float(min(xs)), nd)}–{_fmt(float(max(xs)), nd)})"
+
+
+def summary(path: Path) -> str:
+    """Medians over repeated runs: one row per scenario, rate, duration and VPN (runs that
+    were not run, < 90 % delivered, are counted apart and not in the figures)."""
+    recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    recs = [r for r in recs if r.get("bench") == "abuse"]
+    groups: dict[tuple[str, float, float, str], list[dict[str, Any]]] = {}
+    for r in recs:
+        vpn = r["vpn"] + (f" [{r['policy']}]" if r.get("policy") else "")
+        groups.setdefault((r["scenario"], r["rate"], r["duration_s"], vpn), []).append(r)
+    head = ("| scenario | rate | s | VPN | runs | tput kept | p99 +ms | ping loss % | RSS +KiB | "
+            "new client ms (never) | goals the medians meet |")  # fmt: skip
+    lines = [head, "|" + "---|" * 11]
+    order = sorted(groups, key=lambda k: (k[1], k[2], k[0], k[3] != "wireguard-go"))
+    for k in order:
+        rs = groups[k]
+        ran = [r for r in rs if r["verdict"].get("status") != "not run"]
+        cols: dict[str, list[float]] = {}
+        for name, get in _FIGURES:
+            cols[name] = [float(x) for x in (get(r) for r in ran) if x is not None]
+        never = sum(1 for r in ran if "new_client_initiations" in r
+                    and r.get("new_client_handshake_ms") is None)  # fmt: skip
+        med = {n: statistics.median(xs) for n, xs in cols.items() if xs}
+        met = []
+        for goal, bound in GOALS.items():
+            if goal == "sessions_lost":
+                ok = all(r.get("sessions_lost") in (0, None) for r in ran) and bool(ran)
+            elif goal not in med:
+                continue
+            elif goal == "throughput_kept":
+                ok = med[goal] >= bound
+            else:
+                ok = med[goal] <= bound
+            if ok:
+                met.append(goal)
+        runs = f"{len(ran)}" + (f" (+{len(rs) - len(ran)} not run)" if len(rs) > len(ran) else "")
+        lines.append(
+            f"| {k[0]} | {int(k[1])} | {int(k[2])} | {k[3]} | {runs} | "
+            f"{_median_range(cols['throughput_kept'], 2)} | "
+            f"{_median_range(cols['rtt_p99_increase_ms'], 1)} | "
+            f"{_median_range(cols['ping_loss_pct'], 2)} | "
+            f"{_median_range(cols['rss_growth_kib'], 0)} | "
+            f"{_median_range(cols['new_client_handshake_ms'], 0)} ({never}) | "
+            f"{', '.join(met) or 'none'} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -366,9 +443,13 @@ def main() -> int:
     r.add_argument("--iperf", type=int, default=0, help="1: iperf3 ran in both phases")
     t = sub.add_parser("table")
     t.add_argument("results")
+    m = sub.add_parser("summary")
+    m.add_argument("results")
     a = ap.parse_args()
     if a.cmd == "run":
         print(json.dumps(run_record(a)))
+    elif a.cmd == "summary":
+        print(summary(Path(a.results)))
     else:
         print(table(Path(a.results)))
     return 0

@@ -22,7 +22,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
@@ -31,6 +30,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from jumping.chain import canonical
 from jumping.interfaces import IDurableEventSink, IEncodedEventSink, IEventSink, ISinkHealth
 from jumping.sinkwriter import BoundedWriter
 
@@ -83,10 +83,6 @@ _SPOOL_OPTIONS = (
     "spool", "spool_dir", "spool_max_bytes", "spool_segment_bytes", "spool_fsync",
     "spool_fsync_interval_ms", "spool_full",
 )  # fmt: skip
-
-
-def _serialize(event: dict[str, Any]) -> bytes:
-    return json.dumps(event, sort_keys=True, separators=(",", ":")).encode()
 
 
 @implementer(IEventSink, IEncodedEventSink, ISinkHealth, IDurableEventSink)
@@ -438,7 +434,7 @@ class KafkaSink:
         key = item.get("session_id") or item.get("node_id") or ""
         try:
             if value is None:
-                value = _serialize(item)
+                value = canonical(item)  # the bytes the chain hashes
             future = producer.send(self.topic, key=str(key).encode(), value=value)
         except Exception as e:  # metadata or buffer unavailable within max_block_ms
             self._unsent += 1

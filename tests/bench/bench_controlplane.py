@@ -281,9 +281,59 @@ def run(n: int, seed: int = 1, rounds: int = 3) -> dict[str, object]:
     }
 
 
+def _best_us(fn: Callable[[], object], n: int, repeats: int = 5) -> float:
+    """CPU time of one call of ``fn`` (process time, best of ``repeats`` runs of ``n``)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.process_time()
+        for _ in range(n):
+            fn()
+        best = min(best, time.process_time() - t0)
+    return best / n * 1e6
+
+
+def handshake_costs(n: int = 2000, seed: int = 7) -> dict[str, object]:
+    """What a handshake costs the core alone and what its X25519 costs, in one process:
+    ``core_handshakes_per_cpu_s`` (N initiations answered by a fresh GatewayCore, process
+    time), one X25519 (``x25519_us``: a scalar multiplication, pynacl as the core uses it)
+    and a base-point multiplication (``x25519_base_us``: the responder's ephemeral key),
+    ``four_x25519_us`` (the responder's four DH operations without a precomputed
+    static-static) and ``responder_dh_us`` (what it computes with one: three and a base
+    multiplication), and the handshakes per CPU-second that leaves as a ceiling
+    (``dh_ceiling_per_cpu_s``: nothing but the DH)."""
+    import nacl.bindings as sodium
+
+    gw_priv, clients, inits, _states = build(n, seed)
+    paths = [SimPath(f"p{i}", ("10.0.0.1", 51820), ("10.1.0.1", 40000 + i)) for i in range(n)]
+    g = gateway(gw_priv, peers_of(clients), n)
+    gc.collect()
+    t0 = time.process_time()
+    for i in range(n):
+        g.receive(NOW + 0.001, paths[i], inits[i])
+    core_s = time.process_time() - t0
+    assert g.session_count() == n, (g.session_count(), n, dict(g.drops))
+    k, pub = random.Random(seed).randbytes(32), clients[0][0]
+    mult = _best_us(lambda: sodium.crypto_scalarmult(k, pub), 2000)
+    base = _best_us(lambda: sodium.crypto_scalarmult_base(k), 2000)
+    dh = 3 * mult + base
+    return {
+        "bench": "handshake_costs", "handshakes": n,
+        "core_us_per_handshake": round(core_s / n * 1e6, 1),
+        "core_handshakes_per_cpu_s": round(n / core_s),
+        "x25519_us": round(mult, 1), "x25519_base_us": round(base, 1),
+        "four_x25519_us": round(4 * mult, 1), "responder_dh_us": round(dh, 1),
+        "dh_ceiling_per_cpu_s": round(1e6 / dh),
+    }  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1000,10000,100000")
+    ap.add_argument(
+        "--handshakes-only", type=int, metavar="N", default=0,
+        help="only the core-alone handshake cost over N initiations and the X25519 costs of "
+        "this machine, one JSON line (tests/bench/scale/loadgen.py's ramp runs this)",
+    )  # fmt: skip
     ap.add_argument(
         "--rounds", type=int, default=3,
         help="rounds of 1 000 routed terminations per size (the median is reported)",
@@ -291,6 +341,11 @@ def main() -> None:
     a = ap.parse_args()
     if a.rounds < 1:
         ap.error("--rounds must be at least 1")
+    if a.handshakes_only < 0:
+        ap.error("--handshakes-only must be a positive number of initiations")
+    if a.handshakes_only:
+        print(json.dumps(handshake_costs(a.handshakes_only)), flush=True)
+        return
     for n in (int(x) for x in a.sizes.split(",")):
         print(json.dumps(run(n, rounds=a.rounds)), flush=True)
 

@@ -13,7 +13,10 @@ steal its core.
 Phases, one JSON line at the end (and progress on stderr):
 - **ramp**: clients start handshakes at ``--rate`` per second in all; reported: the rate the
   gateway completed them (wall), and handshakes per gateway CPU-second (utime + stime of the
-  gateway process while it ramped: "per core" in docs/benchmarks.md);
+  gateway process while it ramped: "per core" in docs/benchmarks.md); then, on the gateway's
+  CPU while it idles, the same handshakes by the core alone in one process and this
+  machine's X25519 costs (``core_alone``: bench_controlplane.py --handshakes-only
+  ``--core-handshakes``), and the service's CPU per handshake over the core's;
 - **idle hold**: nothing but the quiet model's NAT keepalives for ``--hold`` seconds (default
   190: past ``rekey_after_s`` 120 plus ``key_expiry_grace_s`` 60, when idle keys are wiped),
   then over ``--window`` seconds: gateway RSS per session, defined as (RSS with N idle
@@ -425,6 +428,22 @@ def _terminated(signum: int, _frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
+def core_handshake_costs(n: int, env: dict[str, str]) -> dict[str, Any]:
+    """tests/bench/bench_controlplane.py --handshakes-only N, pinned to the gateway's CPU:
+    the core alone's handshakes per CPU-second and this machine's X25519 costs (its JSON
+    line), or {"error": ...} if it failed (the ramp's own figures stand)."""
+    script = ROOT / "tests" / "bench" / "bench_controlplane.py"
+    try:
+        out = subprocess.run(
+            ["taskset", "-c", "0", sys.executable, str(script), "--handshakes-only", str(n)],
+            env=env, capture_output=True, text=True, timeout=600, check=True,
+        )  # fmt: skip
+        return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    except (subprocess.SubprocessError, ValueError, IndexError, OSError) as e:
+        err = getattr(e, "stderr", "") or ""
+        return {"error": f"{type(e).__name__}: {e} {err.strip()[-300:]}".strip()}
+
+
 def driver(args: argparse.Namespace) -> int:
     from nacl.public import PrivateKey
 
@@ -548,6 +567,18 @@ def driver(args: argparse.Namespace) -> int:
             "offered_rate": args.rate,
         }  # fmt: skip
         log(f"ramp: {result['ramp']}")
+        if args.core_handshakes:
+            # the same work without the service, and what X25519 costs, on the gateway's
+            # CPU while the gateway idles: "of the core alone, beside four X25519" (#18)
+            costs = core_handshake_costs(args.core_handshakes, env)
+            result["ramp"]["core_alone"] = costs
+            if costs.get("core_us_per_handshake") and done:
+                service_us = (cpu1 - cpu0) / done * 1e6
+                result["ramp"]["service_us_per_handshake"] = round(service_us, 1)
+                result["ramp"]["service_over_core"] = round(
+                    service_us / float(costs["core_us_per_handshake"]), 2
+                )
+            log(f"core alone: {costs}")
 
         log(f"idle hold {args.hold} s")
         end = time.monotonic() + args.hold
@@ -773,6 +804,9 @@ def main() -> int:
     ap.add_argument("--settle", type=float, default=5.0)
     ap.add_argument("--ramp-timeout", type=float, default=0.0,
                     help="seconds the ramp may take (default: 3 x sessions/rate + 60)")  # fmt: skip
+    ap.add_argument("--core-handshakes", type=int, default=2000, metavar="N",
+                    help="after the ramp, the core alone's cost over N initiations and the "
+                    "X25519 costs, on the gateway's CPU (0: not measured)")  # fmt: skip
     ap.add_argument("--hold", type=float, default=190.0, help="idle hold before measuring")
     ap.add_argument("--window", type=float, default=30.0)
     ap.add_argument("--active", type=int, default=0, help="sessions sending 1 echo/s")
@@ -815,6 +849,8 @@ def main() -> int:
         ap.error("--profile and --trace-memory do not go together")
     if a.role == "driver" and (a.sessions < 1 or a.procs < 1 or a.rate <= 0):
         ap.error("--sessions, --procs and --rate must be positive")
+    if a.core_handshakes < 0:
+        ap.error("--core-handshakes must be 0 (off) or a number of initiations")
     if (
         a.churn < 0
         or a.churn_seconds <= 0

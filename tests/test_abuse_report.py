@@ -20,7 +20,8 @@ def _rec(kept: float | None, p99: float, *, vpn: str = "jumping", status: str = 
         verdict = {"status": status}
     r = {"bench": "abuse", "scenario": "valid_mac1_init_flood", "rate": 20000.0,
          "duration_s": 10.0, "vpn": vpn, "verdict": verdict, "sessions_lost": 0,
-         "new_client_initiations": 1, "new_client_handshake_ms": new_ms}  # fmt: skip
+         "new_client_initiations": 1, "new_client_handshake_ms": new_ms,
+         "vpn_version": "v0.0.1" if vpn == "wireguard-go" else "jumping-abc-c"}  # fmt: skip
     if policy:
         r["policy"] = policy
     return r
@@ -42,15 +43,26 @@ def test_the_summary_takes_medians_and_judges_goals_by_them(tmp_path: Path) -> N
     ])  # fmt: skip
     assert len(rows) == 3
     wg, jumping, policy = rows
-    assert wg[3] == "wireguard-go" and wg[5] == "0.80"
+    assert wg[3] == "wireguard-go v0.0.1" and wg[5] == "0.80"
     assert "throughput_kept" not in wg[10] and "rtt_p99_increase_ms" in wg[10]
-    assert jumping[3] == "jumping" and jumping[4] == "3 (+1 not run)"
+    assert jumping[3] == "jumping jumping-abc-c" and jumping[4] == "3 (+1 not run)"
     assert jumping[5] == "0.92 (0.70–0.95)"  # the median of three, not their mean (0.86)
     assert jumping[6] == "4.0 (3.0–9.0)"
     assert jumping[9] == "10 (10–10) (1)"  # two completed in 10 ms, one never did
     assert "throughput_kept" in jumping[10] and "rtt_p99_increase_ms" in jumping[10]
-    assert policy[3] == "jumping [cookie_replies_per_s = 5]" and policy[5] == "0.50"
+    assert policy[3] == "jumping jumping-abc-c [cookie_replies_per_s = 5]"
+    assert policy[5] == "0.50"
     assert "throughput_kept" not in policy[10]
+
+
+def test_two_builds_of_one_vpn_are_rows_of_their_own(tmp_path: Path) -> None:
+    before, after = _rec(0.70, 8.0), _rec(0.95, 3.0)
+    before["vpn_version"] = "jumping-0ld-c"
+    rows = _rows(tmp_path, [before, after, _rec(0.97, 2.0)])
+    assert [(r[3], r[4], r[5]) for r in rows] == [
+        ("jumping jumping-0ld-c", "1", "0.70"),
+        ("jumping jumping-abc-c", "2", "0.96 (0.95–0.97)"),
+    ]
 
 
 def test_a_cell_with_only_runs_that_were_not_run_meets_nothing(tmp_path: Path) -> None:

@@ -390,12 +390,15 @@ def summary(path: Path) -> str:
     recs = [r for r in recs if r.get("bench") == "abuse"]
     groups: dict[tuple[str, float, float, str], list[dict[str, Any]]] = {}
     for r in recs:
-        vpn = r["vpn"] + (f" [{r['policy']}]" if r.get("policy") else "")
+        # the build that ran (vpn_version: jumping-<commit>-<c|py>, a jumping@DIR checkout
+        # beside this one is a row of its own) and its policy override
+        vpn = r["vpn"] + (f" {r['vpn_version']}" if r.get("vpn_version") else "")
+        vpn += f" [{r['policy']}]" if r.get("policy") else ""
         groups.setdefault((r["scenario"], r["rate"], r["duration_s"], vpn), []).append(r)
     head = ("| scenario | rate | s | VPN | runs | tput kept | p99 +ms | ping loss % | RSS +KiB | "
             "new client ms (never) | goals the medians meet |")  # fmt: skip
     lines = [head, "|" + "---|" * 11]
-    order = sorted(groups, key=lambda k: (k[1], k[2], k[0], k[3] != "wireguard-go"))
+    order = sorted(groups, key=lambda k: (k[1], k[2], k[0], not k[3].startswith("wireguard-go")))
     for k in order:
         rs = groups[k]
         ran = [r for r in rs if r["verdict"].get("status") != "not run"]

@@ -2,12 +2,12 @@
 
 A gateway refuses much of what a flood sends without any session's keys: a datagram whose
 header is not version 1's, an initiation with a wrong mac1, a DATA message for no keypair, a
-replay a live keypair's window has seen and, while cookies are required, an initiation without a valid mac2 (a cookie reply within
-the reply budgets, else a counted drop: GatewayCore._on_handshake). Done in Python, each
-refusal costs about 20 us of the reactor: a datagram object, an address tuple, a
-provisional path, the handshake queue, the core's dispatch. The gate does them in the UDP
-listener's read loop (``recv_burst``) on the datagram's bytes, in 2 to 6 us, and hands
-every other datagram on as before.
+replay a live keypair's window has seen and, while cookies are required, an initiation
+without a valid mac2 (a cookie reply within the reply budgets, else a counted drop:
+GatewayCore._on_handshake). Done in Python, each refusal costs about 20 us of the
+reactor: a datagram object, an address tuple, a provisional path, the handshake queue, the
+core's dispatch. The gate does them in the UDP listener's read loop (``recv_burst``) on the
+datagram's bytes, in 2 to 6 us, and hands every other datagram on as before.
 
 The core stays the reference and keeps every figure. The gate is bound once to the core's
 mac1 key and index table; ``arm`` sets the read pass's time and, while cookies are

@@ -143,7 +143,7 @@ def format_status(st: dict[str, Any]) -> str:
         if g is not None:
             lines.append(
                 f"  gate: {'in the read loop' if g['available'] else 'not built (core only)'}, "
-                f"refused {g['refused']} in {g['passes']} armed reads"
+                f"refused {g['refused']}, cookie part armed for {g['passes']} reads"
                 + (f", {g['errors']} ERRORS" if g["errors"] else "")
             )
     for s in st["sinks"]:

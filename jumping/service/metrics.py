@@ -233,17 +233,20 @@ def handshake_queue_metrics(node: str, queue: Any) -> Iterator[Metric]:
 
 
 def gate_metrics(node: str, gate: Any) -> Iterator[Metric]:
-    """The initiation gate (jumping/service/gate.py): whether it is built, how often it was
-    armed and what it refused (the core counts the same initiations by drop reason)."""
+    """The read-loop gate (jumping/service/gate.py): whether it is built, how often its
+    cookie part was armed and what it refused (the core counts the same datagrams by drop
+    reason)."""
     a = GaugeMetricFamily("jumping_initiation_gate_available",
-                          "1 if the UDP read loop refuses cookie-less initiations itself "
-                          "while cookies are required (the C gate is built)",
+                          "1 if the UDP read loop refuses what needs no session's keys "
+                          "itself (malformed headers, wrong mac1, unknown receiver indexes, "
+                          "replays, and cookie-less initiations while cookies are required): "
+                          "the C gate is built",
                           labels=["node"])  # fmt: skip
     a.add_metric([node], 1 if gate.available else 0)
     yield a
     c = CounterMetricFamily("jumping_initiation_gate",
-                            "UDP read passes the gate was armed for, initiations it refused "
-                            "in them, and arming or folding that failed",
+                            "UDP read passes the gate's cookie part was armed for, datagrams "
+                            "the gate refused, and arming or folding that failed",
                             labels=["node", "what"])  # fmt: skip
     c.add_metric([node, "passes"], gate.passes)
     c.add_metric([node, "refused"], gate.refused)

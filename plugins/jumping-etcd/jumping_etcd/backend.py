@@ -27,8 +27,10 @@
   lease revoked, the watch dead) the backend becomes un``healthy``, forgets every token,
   and calls every watch callback with ``None`` (reason ``'lease_lost'``) — before etcd
   itself can expire the lease and let another node claim the sessions. It then keeps
-  trying to grant a new lease; once it has one it revokes the old one and is ``healthy``
-  again (the lost sessions stay lost).
+  trying to grant a new lease; once it has one it is ``healthy`` again. The sessions it
+  reported lost stay lost here; the old lease is left to lapse (not revoked), so that
+  their records outlive a short quorum loss by up to a TTL and their clients resume them
+  on other gateways (:mod:`jumping_etcd.lease`).
 - Split brain (docs/protocol.md: two claims for one session with the same ``state_version``).
   Two claims cannot both succeed: etcd serialises transactions, and each compares the key's
   revision, so exactly one commits. The loser sees the winner's record in the failure branch
@@ -235,15 +237,14 @@ class EtcdOwnership:
         self._started = True
         self.pool.start()
         self._trigger = self.reactor.addSystemEventTrigger("during", "shutdown", self._stop_threads)
-        t0 = self.clock()
 
-        def granted(lease: tuple[int, int]) -> None:
-            lease_id, revision = lease
+        def granted(lease: tuple[int, int, float]) -> None:
+            lease_id, revision, sent = lease
             if self._closed:  # closed while granting: give the lease back at once
                 self.keeper.lease_id = lease_id
                 self.pool.callInThread(self.keeper.revoke_quietly, lease_id)
                 return
-            self.keeper.started(lease_id, t0)
+            self.keeper.started(lease_id, sent)
             node_id = self.node_id
             threading.Thread(target=self.keeper.loop, name=f"etcd-keepalive-{node_id}",
                              daemon=True).start()  # fmt: skip

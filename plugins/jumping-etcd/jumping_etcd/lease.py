@@ -15,9 +15,14 @@ regained (docs/protocol.md, "Cluster ownership"; the deadline itself is
   the lease revoked) the keeper becomes un``healthy`` and calls ``on_lost`` (the facade
   forgets every token and reports every watched session lost); a heartbeat unseen for
   ``stall_after`` calls ``on_stalled`` (the watch reopens its stream elsewhere).
-- After a loss the loop keeps granting a new lease; once it has one it revokes the old one
-  (the sessions already reported lost are freed for other nodes) and, on the reactor, is
-  ``healthy`` again.
+- After a loss the loop keeps granting a new lease; once it has one it is, on the reactor,
+  ``healthy`` again. The old lease is not revoked: nobody keeps it alive any more, so etcd
+  lets it lapse within its TTL, and until then the records of the sessions reported lost
+  stay readable. Their clients, told ``OWNERSHIP_LOST``, resume them on another gateway,
+  whose takeover compares the record's revision as any hand-over does. Revoking it deleted
+  those records at once: after a quorum loss of a few seconds (an etcd leader election on
+  a loaded host) every takeover then found no record and every client of the cluster
+  started a new session.
 
 Every deadline is read from the injected ``clock`` (monotonic seconds): the tests drive it.
 """
@@ -90,17 +95,34 @@ class LeaseKeeper:
         self.keepalive_failures = 0
 
     # ------------------------------------------------------------------ grant, revoke
-    def grant(self) -> tuple[int, int]:
-        """A new lease (blocking): its id and the revision it was granted at."""
+    def grant(self) -> tuple[int, int, float]:
+        """A new lease (blocking): its id, the revision it was granted at and the send time
+        of the request that was granted. The lease runs a TTL at least from that send
+        time, not from the first attempt's: members that did not answer before (a quorum
+        that was just coming back, each costing up to its timeout) must not eat into it,
+        or a lease granted after a long outage would be past its deadline at once and
+        lost again, delaying every takeover by a keep-alive period."""
         if self.cluster.security.auth:
             # etcd grants leases without a token: log in and read under the prefix first,
             # so that a wrong password or a role without this prefix fails the start, not
             # the first claim
             self.cluster.call("kv/range", {"key": b64(self.heartbeat_key), "keys_only": True})
-        r = self.cluster.call("lease/grant", {"TTL": self.ttl, "ID": 0})
-        if r.get("error") or "ID" not in r:
-            raise OwnershipUnavailable(f"etcd: lease grant refused: {r.get('error', r)}")
-        return int(r["ID"]), int(r["header"]["revision"])
+        n = len(self.cluster.endpoints)
+        start = self.cluster.preferred
+        errors = []
+        for k in range(n):  # one member per attempt, as Cluster.call, timed one by one
+            i = (start + k) % n
+            sent = self.clock()
+            try:
+                r = self.cluster.call_on(i, "lease/grant", {"TTL": self.ttl, "ID": 0})
+            except Unreachable as e:
+                errors.append(str(e))
+                continue
+            if r.get("error") or "ID" not in r:
+                raise OwnershipUnavailable(f"etcd: lease grant refused: {r.get('error', r)}")
+            self.cluster.preferred = i
+            return int(r["ID"]), int(r["header"]["revision"]), sent
+        raise Unreachable("etcd: no member reachable (" + "; ".join(errors) + ")")
 
     def started(self, lease_id: int, t0: float) -> None:
         """The first lease, granted by a request sent at ``t0``: healthy from now on."""
@@ -153,17 +175,15 @@ class LeaseKeeper:
         seconds to wait before the next."""
         t0 = self.clock()
         if self.need_lease:
-            old = self.lease_id
             try:
-                self.lease_id, _ = self.grant()
+                self.lease_id, _, sent = self.grant()
             except OwnershipUnavailable:
                 return self.interval
-            self.deadline.granted(t0)
+            self.deadline.granted(sent)
             self.lease_gone = False
             self.need_lease = False
             self._call_from_thread(self._regained)
-            # frees the sessions we already reported lost, for other nodes
-            self.revoke_quietly(old)
+            # the old lease is left to lapse, not revoked: see the module docstring
             return 0.0
         n = len(self.cluster.endpoints)
         start = self.cluster.preferred

@@ -89,6 +89,7 @@ async def test_quorum_lost_fails_closed_within_the_ttl_then_recovers(
 ) -> None:
     ttl = 3
     a = await backends("q-a", ttl=ttl, timeout=0.5)
+    b = await backends("q-b", ttl=ttl, timeout=0.5)
     sessions = {}
     for _ in range(20):
         s = sid()
@@ -130,14 +131,29 @@ async def test_quorum_lost_fails_closed_within_the_ttl_then_recovers(
         etcd_cluster.healthy()
         for w in watches:
             w.cancel()
-    # quorum back: a new lease, claims again; the old sessions are free for other nodes
-    await wait_until(lambda: a.healthy, "a new lease", 10)
+    # quorum back: a new lease, claims again
+    await wait_until(lambda: a.healthy and b.healthy, "new leases", 10)
     s = sid()
     assert await a.claim(s, record("q-a"), None) > 0
-    b = await backends("q-b")
-    for s0 in sessions:
-        got = await b.get(s0)
-        assert got is None, "the old lease was revoked with the sessions reported lost"
+    # the sessions reported lost keep their records until the old lease lapses (it is not
+    # revoked), so their clients can resume them elsewhere: another node takes one over by
+    # CAS on the token it read, as any hand-over
+    s0 = next(iter(sessions))
+    got = await b.get(s0)
+    assert got is not None, "the lost sessions' records went with the quorum loss"
+    assert got[1] == sessions[s0] and got[0]["owner"] == "q-a"
+    taken = await b.claim(s0, record("q-b", 2), got[1])
+    assert taken > got[1]
+    # the others go once the old lease lapses (nobody keeps it alive), within about a TTL
+    rest = [x for x in sessions if x != s0]
+    deadline = time.monotonic() + ttl + 6
+    left = rest
+    while left and time.monotonic() < deadline:
+        left = [x for x in left if await b.get(x) is not None]
+        await sleep(0.2)
+    assert not left, f"{len(left)} records of the lapsed lease still there after {ttl + 6} s"
+    mine = await b.get(s0)
+    assert mine is not None and mine[1] == taken, "the taken-over session went with the lease"
 
 
 @pytest_twisted.ensureDeferred

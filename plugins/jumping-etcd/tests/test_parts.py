@@ -147,6 +147,8 @@ class FakeCluster:
 
     def call_on(self, i: int, path: str, payload: dict[str, Any], timeout: float = 0) -> Any:
         handler = self.on.get(i)
+        if handler is None and path == "lease/grant":
+            return self.call(path, payload)  # grants: every member, unless one is set up
         if handler is None:
             raise Unreachable(f"m{i}: timed out")
         return handler(path, payload)
@@ -203,13 +205,41 @@ def test_keep_alives_failing_past_the_ttl_lose_the_lease_then_a_new_one_is_regai
     t_regrant = clock.now
     assert k.round() == 0.0  # a new lease, at once
     assert k.lease_id == 77 and not k.need_lease
-    assert ("kv/lease/revoke", {"ID": "42"}) in cluster.calls  # the old one is given back
+    # the old one lapses on its own: its sessions' records stay until then, for takeovers
+    assert not [c for c in cluster.calls if c[0] == "kv/lease/revoke"]
     assert not k.healthy  # healthy again only on the reactor
     seen["reactor"].run()
     assert k.healthy
     clock.now = t_regrant + 2.39  # before the new lease's own deadline
     k.check()
     assert k.healthy and k.lost == 1
+
+
+def test_a_regranted_lease_runs_from_the_send_time_of_the_grant_that_answered() -> None:
+    """After a long outage the first members tried may not answer (each costs its timeout)
+    before one grants: the new lease's deadline is that request's send time + TTL - guard,
+    not the round's start, or it would be lost again at once."""
+    k, clock, seen = keeper()
+    clock.now += 5
+    k.check()
+    assert not k.healthy and k.need_lease and seen["lost"] == 1
+    grant = {"ID": "78", "TTL": "3", "header": {"revision": "9"}}
+
+    def slow_down(path: str, payload: dict[str, Any]) -> Any:
+        clock.now += 2.5  # a timeout's worth on a member that does not answer
+        raise Unreachable("m0: timed out")
+
+    k.cluster.on = {0: slow_down, 1: lambda path, payload: grant}
+    round_start = clock.now
+    assert k.round() == 0.0 and k.lease_id == 78 and k.cluster.preferred == 1
+    seen["reactor"].run()
+    assert k.healthy
+    clock.now = round_start + 2.5 + 2.39  # the answering grant's deadline, just before it
+    k.check()
+    assert k.healthy and k.lost == 1, "a fresh lease was lost by the time a dead member cost"
+    clock.now = round_start + 2.5 + 2.41
+    k.check()
+    assert not k.healthy and k.lost == 2
 
 
 def test_a_failed_regrant_waits_a_keep_alive_period() -> None:

@@ -16,9 +16,12 @@ endpoints, and a server namespace behind the gateways.
 (d) the etcd member under the owner's watch is isolated from the other two (it stays up and
     reachable: its watch stream just goes quiet) and the client moves to another gateway,
     which takes the session over through the healthy members: the old owner learns it
-    within its lease TTL and ends the session (OWNERSHIP_LOST), forwarding nothing after.
+    within its lease TTL and ends the session (OWNERSHIP_LOST), forwarding nothing after;
+(e) etcd loses its quorum for longer than the gateways' lease deadline: every gateway fails
+    closed, and once the quorum is back the client resumes the same SessionID (the old
+    owner's lease lapses, it is not revoked, so the record is there to be taken over).
 
-Both runs are checked by checker.py (events of all gateways + the gateways' TUN counters
+Every run is checked by checker.py (events of all gateways + the gateways' TUN counters
 sampled from outside) and by ``jumpctl audit``.
 
 The route back to the client's inner address is announced by the test (a thread playing
@@ -650,4 +653,77 @@ def test_d_owner_watch_member_isolated_owner_still_learns_the_takeover(cluster: 
           f"{second} took {sid[:8]} over {taken_at - isolated_at:.0f} ms later; {first} "
           f"ended it {lost[0]['ts_ms'] - isolated_at:.0f} ms after the isolation, "
           f"{learnt:.0f} ms after the takeover{' (it had failed closed)' if learnt < 0 else ''}")  # fmt: skip
+    _checked(c)
+
+
+def _etcd_leader(c: Cluster) -> int:
+    """The number (1..3) of the etcd member that leads the raft group now."""
+    out = c.topo.run(c.hub, "env", f"ETCD_HOST={HUB_IP}", "bash", str(ETCD_SH), "ctl",
+                     str(c.etcd_dir), "endpoint", "status", "-w", "json")  # fmt: skip
+    for st in json.loads(out.stdout):
+        status = st["Status"]
+        if status["header"]["member_id"] == status["leader"]:
+            return int(st["Endpoint"].rsplit(":", 1)[1]) - 23790
+    raise AssertionError(f"no etcd leader in {out.stdout}")
+
+
+def test_e_quorum_lost_past_the_lease_deadline_the_session_resumes(cluster: Cluster) -> None:
+    """etcd loses its quorum (both followers frozen) for longer than the gateways' lease
+    deadline: every gateway fails closed, the owner tells the client OWNERSHIP_LOST. Once
+    the quorum is back, the client resumes the *same* session on a gateway of the cluster:
+    the failed-closed owner's lease is left to lapse, not revoked, so the session's record
+    is still there to be taken over (stop 43's CI: a leader election that took 4 s on a
+    loaded machine revoked every record, and every client started a new session)."""
+    c = cluster
+    o = c.owner()
+    assert o is not None
+    first, sid, token, _ = o
+    leader = _etcd_leader(c)
+    followers = [n for n in (1, 2, 3) if n != leader]
+    ping = subprocess.Popen(
+        ["ip", "netns", "exec", c.cns, "ping", "-i", "0.05", "-c", "400", "-W", "1", SERVER_IP],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    frozen: list[int] = []
+    try:
+        time.sleep(1.0)
+        for n in followers:  # the leader keeps running: it steps down, it revokes nothing
+            c.etcd("freeze-member", str(c.etcd_dir), str(n))
+            frozen.append(n)
+        frozen_at = time.time() * 1000
+        time.sleep(5.0)  # past the deadline: last counted renewal + TTL 5 s - guard 1 s
+        for n in followers:
+            c.etcd("thaw-member", str(c.etcd_dir), str(n))
+        frozen.clear()
+        thawed_at = time.time() * 1000
+        deadline = time.monotonic() + 15
+        now = c.owner()
+        while time.monotonic() < deadline and c.client_sessions() == {sid}:
+            now = c.owner()
+            if now is not None and now[2] > token:
+                break
+            time.sleep(0.05)
+        ping.kill()
+    finally:
+        if ping.poll() is None:
+            ping.kill()
+        for n in frozen:
+            c.etcd("thaw-member", str(c.etcd_dir), str(n))
+    ended = [e for e in events(c.gw_events[first])
+             if e["event_type"] == "SESSION_TERMINATED" and e["session_id"] == sid]  # fmt: skip
+    assert ended and ended[0]["reason_code"] == "OWNERSHIP_LOST", (
+        f"{first} did not fail closed while etcd had no quorum\n" + c.diagnostics()
+    )
+    assert ended[0]["ts_ms"] < thawed_at
+    assert c.client_sessions() == {sid}, "a new session instead of a takeover\n" + c.diagnostics()
+    assert now is not None and now[1] == sid and now[2] > token, (
+        f"{sid[:8]} not taken over within 15 s of the quorum's return\n" + c.diagnostics()
+    )
+    back = [e for e in events(c.gw_events[now[0]]) if e["event_type"] == "SESSION_STATE_CHANGE"
+            and e["session_id"] == sid and e["reason_code"] == "REATTACH_OK"]  # fmt: skip
+    assert back, f"{now[0]} claimed {sid[:8]} but never bound it\n" + c.diagnostics()
+    print(f"\n[quorum lost] m{followers[0]} and m{followers[1]} frozen for "
+          f"{thawed_at - frozen_at:.0f} ms; {first} failed closed "
+          f"{ended[0]['ts_ms'] - frozen_at:.0f} ms in; {now[0]} took {sid[:8]} over "
+          f"{now[3] - thawed_at:.0f} ms after the thaw")  # fmt: skip
     _checked(c)

@@ -119,6 +119,9 @@ make_address(const struct sockaddr_storage *ss)
  * A gateway's UDP read loop refuses, on the datagram's bytes and before it is a Python
  * object, what GatewayCore would refuse without a session's keys (the core is the
  * reference; tests/test_gate.py compares them):
+ *   - any datagram whose header is not version 1's (wire.message_type: shorter than the
+ *     header, another version, an unknown type, a reserved field that is not zero outside
+ *     DATA_SEGMENT): MALFORMED_HEADER;
  *   - an initiation (its size, a version-1 header) whose mac1 is wrong: BAD_MAC1;
  *   - while the core requires cookies (arm_cookies), an initiation without a valid mac2:
  *     a cookie reply sealed and sent here within the node's and the source's budgets
@@ -127,14 +130,12 @@ make_address(const struct sockaddr_storage *ss)
  *   - a DATA message of a keypair younger than the key lifetime whose counter its replay
  *     window has seen (the window's own check(), read only): REPLAY, per keypair (the
  *     core's ledger attributes it to the session), for up to G_REPLAY_KEYS keypairs a pass.
- *   - any datagram whose header is not version 1's (wire.message_type: shorter than the
- *     header, another version, an unknown type, a reserved field that is not zero outside
- *     DATA_SEGMENT): MALFORMED_HEADER;
  * Everything else is handed on as before (an initiation with a valid mac2 included).
  *
  * bind(mac1_key, index, key_lifetime) gives it the gateway's mac1 key, the core's index dict
- * (read, never changed) and the key lifetime; ``now`` is set for each read pass; arm_cookies(now, secret, subkey, nonce_prefix, allowance, src_rate,
- * src_burst) the cookie part for one read pass; drain() what it refused since the last
+ * (read, never changed) and the key lifetime; ``now`` is set for each read pass;
+ * arm_cookies(now, secret, subkey, nonce_prefix, allowance, src_rate, src_burst) the cookie
+ * part for one read pass; drain() what it refused since the last
  * drain: counts per drop reason, the heaviest source prefixes by the ledger's Misra-Gries
  * rule, the demanded (wasted) work. The per-source bucket of cookie replies is a direct-
  * mapped table (slots: a power of two; a colliding source takes the slot over with a full

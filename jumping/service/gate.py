@@ -105,7 +105,7 @@ class InitiationGate:
             valid, send_errors, refused, replays = gate.drain()
             core = self._core
             self.refused += sum(c for _r, c, _h in refused) + sum(c for _k, c, _h in replays)
-            core.gated(self.dataplane._now(), valid, send_errors, refused, replays)
+            core.gated(gate.now, valid, send_errors, refused, replays)  # the pass's time
         except Exception:
             self.errors += 1
             _log.failure("initiation gate: folding its counts into the core failed")

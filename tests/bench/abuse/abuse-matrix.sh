@@ -22,6 +22,9 @@
 # NEW_CLIENT (1: a second, legitimate client starts NEW_CLIENT_AT s (3) into each flood, from
 # a namespace of its own; its handshake messages are captured on its veth and the report
 # gives the time from its first initiation to the handshake response, new_client_*; 0: off).
+# GEN_CPU (unset: the generator runs where the scheduler puts it; a CPU number: it is pinned
+# there with taskset, the same for every VPN, so its sending and the kernel's delivery of the
+# flood, which runs in its sending context, stay off the other CPUs).
 # A VPNS word "jumping@DIR" runs the Jumping checkout in DIR (its adapter and code), e.g. the
 # code before a change beside the code after it, in the same sitting.
 #
@@ -65,6 +68,13 @@ IF_GX=gx; IF_XG=xg; X_G=10.202.0.1; X_X=10.202.0.2   # jg:gx <-> jabx:xg
 IF_XB=xb; IF_BX=bx                                     # jabx:xb <-> jabb:bx (no addresses)
 SPOOF_NET=198.18.0.0/15
 
+GEN_PIN=()
+if [[ -n ${GEN_CPU:-} ]]; then
+  [[ $GEN_CPU =~ ^[0-9]+$ && $GEN_CPU -lt $(nproc) ]] ||
+    die "GEN_CPU must be one CPU number below $(nproc), got '$GEN_CPU'"
+  need_cmds taskset
+  GEN_PIN=(taskset -c "$GEN_CPU")
+fi
 for s in $SCENARIOS; do
   python3 -c "import sys; sys.path.insert(0, '$here'); import frames; sys.exit('$s' not in frames.SCENARIOS)" ||
     die "unknown scenario $s (see $here/frames.py)"
@@ -207,7 +217,7 @@ phase() {
   sleep 0.5
   if [[ $name == atk && $NEW_CLIENT == 1 ]]; then new_client_start "$GW_PUB"; fi
   counters "$name" 0 "$gw"
-  fg_ns "$NS_X" "$SC_DIR/$name.gen.json" "$SC_DIR/flood" -i "$ifc" -m "$mac" \
+  fg_ns "$NS_X" "$SC_DIR/$name.gen.json" "${GEN_PIN[@]}" "$SC_DIR/flood" -i "$ifc" -m "$mac" \
     -f "$SC_DIR/frames" -r "$RATE" -d "$DURATION" -x $$ $GEN_ARGS || log "generator failed: $(cat "$SC_DIR/$name.gen.json")"
   counters "$name" 1 "$gw"
   if [[ $name == atk && $NEW_CLIENT == 1 ]]; then new_client_stop; fi

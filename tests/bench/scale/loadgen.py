@@ -13,10 +13,12 @@ steal its core.
 Phases, one JSON line at the end (and progress on stderr):
 - **ramp**: clients start handshakes at ``--rate`` per second in all; reported: the rate the
   gateway completed them (wall), and handshakes per gateway CPU-second (utime + stime of the
-  gateway process while it ramped: "per core" in docs/benchmarks.md); then, on the gateway's
-  CPU while it idles, the same handshakes by the core alone in one process and this
-  machine's X25519 costs (``core_alone``: bench_controlplane.py --handshakes-only
-  ``--core-handshakes``), and the service's CPU per handshake over the core's;
+  gateway process while it ramped: "per core" in docs/benchmarks.md) and the share of its
+  core it used (``gateway_busy``: below 1 the generators, not the gateway, set the pace);
+  then, on the gateway's CPU while it idles, the same handshakes by the core alone in one
+  process and this machine's X25519 costs (``core_alone``: bench_controlplane.py
+  --handshakes-only ``--core-handshakes``), and the service's CPU per handshake over the
+  core's;
 - **idle hold**: nothing but the quiet model's NAT keepalives for ``--hold`` seconds (default
   190: past ``rekey_after_s`` 120 plus ``key_expiry_grace_s`` 60, when idle keys are wiped),
   then over ``--window`` seconds: gateway RSS per session, defined as (RSS with N idle
@@ -564,6 +566,10 @@ def driver(args: argparse.Namespace) -> int:
             "gateway_user_s": round(user1 - user0, 2),
             "gateway_sys_s": round(sys1 - sys0, 2),
             "handshakes_per_gateway_cpu_s": round(done / max(1e-9, cpu1 - cpu0)),
+            # the share of its core the gateway used: below 1 the generators set the pace,
+            # and the figure per CPU-second includes the reactor's per-wakeup cost, which a
+            # saturated gateway spreads over more handshakes per read pass
+            "gateway_busy": round((cpu1 - cpu0) / max(1e-9, t1 - t0), 2),
             "offered_rate": args.rate,
         }  # fmt: skip
         log(f"ramp: {result['ramp']}")

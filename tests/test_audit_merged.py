@@ -2,18 +2,22 @@
 events (one Kafka topic, one index) shows each version twice and passes ``jumpctl audit``;
 a version that really goes back on one node fails it. The events come from the real cores
 (the simulated network) through the real event pipeline, merged in emission order. The
-audit reports the outage each switch's ``outage_ms`` says the user felt."""
+audit reports the outage each switch's ``outage_ms`` says the user felt. A gateway that failed
+closed (OWNERSHIP_LOST) and then takes the same session over again passes; the same history
+with the takeover's fencing token not higher, or another termination reason, does not."""
 
 from __future__ import annotations
 
 from collections import Counter
 from typing import Any
 
+from twisted.internet import defer
+
 from jumping.audit import audit_events, format_summary, format_timeline
 from jumping.chain import chain_hash
 from jumping.core.outputs import Emit
 from jumping.service.events import EventPipeline
-from jumping.testing.sim import SimNet
+from jumping.testing.sim import ClusterNet, SimNet
 
 KEY = bytes(range(32))
 
@@ -114,3 +118,104 @@ def test_the_audit_reports_the_outage_as_felt() -> None:
     assert f"outage {worst['outage_ms']} ms" in format_timeline(report)
     # RECOVERING itself is short: the audit's other number is not the outage
     assert max(t.longest_recovering_ms for t in report.tracks) < worst["outage_ms"]
+
+
+def retaken_stream() -> list[dict[str, Any]]:
+    """A cluster of two gateways, the session on gw1. gw1's backend fails closed (it ends
+    its copy with OWNERSHIP_LOST and tells the client); gw2's backend refuses every claim
+    (etcd without its quorum), so gw2 tells the client OWNERSHIP_LOST in turn, and the
+    client's next resume lands on gw1 again, which takes the session over from its own
+    lapsed record (stop 45's fresh CI: test_e_quorum_lost... had gw1 win the takeover).
+    Every node's events, through the real pipeline, in emission order."""
+    out: list[dict[str, Any]] = []
+
+    class Sink:
+        def emit(self, event: dict[str, Any]) -> None:
+            out.append(event)
+
+    pipes: dict[str, EventPipeline] = {}
+
+    class Net(ClusterNet):
+        def apply(self, side: str, outputs: Any) -> None:
+            for o in outputs:
+                if isinstance(o, Emit):
+                    pipes[side].emit(o)
+                super().apply(side, [o])
+
+    net = Net(seed=3, gateways=2)
+    for side in ("client", "gw1", "gw2"):
+        pipes[side] = EventPipeline(
+            net.core(side).node_id, [Sink()], KEY, lambda: "default", lambda: net.now
+        )
+    net.start()
+    net.run_for(2.0)
+    assert net.owner() is not None and net.owner()[0] == "gw1"  # type: ignore[index]
+
+    def no_quorum(*args: Any, **kw: Any) -> defer.Deferred[int]:
+        return defer.fail(ConnectionError("etcd: no leader"))
+
+    net.backends["gw2"].claim = no_quorum
+    net.echo = True
+    net.traffic(until=net.now + 6.0)
+    net.run_for(0.5)
+    net.fence("gw1")
+    net.run_for(4.0)
+    s = net.client.session
+    assert s is not None and s.fsm.state.value == "ATTACHED"
+    return out
+
+
+def _gw1(events: list[dict[str, Any]], event_type: str) -> list[dict[str, Any]]:
+    return [e for e in events if e["node_id"] == "gw1" and e["event_type"] == event_type]
+
+
+def test_a_failed_closed_gateway_that_takes_the_session_over_again_passes() -> None:
+    events = retaken_stream()
+    sid = {e["session_id"] for e in _gw1(events, "SESSION_TERMINATED")}
+    assert len(sid) == 1
+    ended = _gw1(events, "SESSION_TERMINATED")[0]
+    assert ended["reason_code"] == "OWNERSHIP_LOST"
+    claims = _gw1(events, "OWNERSHIP_CHANGE")
+    assert [c["owner"] for c in claims] == ["gw1", "gw1"]
+    assert claims[1]["fencing_token"] > claims[0]["fencing_token"]
+    assert claims[0]["seq"] < ended["seq"] < claims[1]["seq"]
+    back = [e for e in _gw1(events, "SESSION_STATE_CHANGE") if e["seq"] > ended["seq"]]
+    assert [(e["previous_state"], e["new_state"], e["reason_code"]) for e in back] == [
+        ("RECOVERING", "ATTACHED", "REATTACH_OK")
+    ]
+    assert not [e for e in events if e["node_id"] == "gw2" and e["session_id"] in sid]
+    report = audit_events(events, KEY)
+    assert report.ok, [str(v) for v in report.violations]
+    tracks = sorted(t.label for t in report.tracks if t.node_id == "gw1")
+    assert tracks == [f"{ended['session_id']}#1@gw1", f"{ended['session_id']}@gw1"]
+
+
+def _after_terminated_only(events: list[dict[str, Any]]) -> list[str]:
+    _rechain(events, "gw1")
+    report = audit_events(events, KEY)
+    assert set(report.by_check()) == {"AFTER_TERMINATED"}, [str(v) for v in report.violations]
+    return [v.event["event_type"] for v in report.violations]
+
+
+def test_a_retake_without_a_higher_fencing_token_is_after_terminated() -> None:
+    events = retaken_stream()
+    first, again = _gw1(events, "OWNERSHIP_CHANGE")
+    again["fencing_token"] = first["fencing_token"]
+    assert _after_terminated_only(events)[0] == "OWNERSHIP_CHANGE"
+
+
+def test_events_after_an_ownership_lost_end_without_a_claim_are_after_terminated() -> None:
+    events = retaken_stream()
+    again = _gw1(events, "OWNERSHIP_CHANGE")[1]
+    again["owner"] = None  # a release: nothing takes the session over
+    again["fencing_token"] = None
+    kinds = _after_terminated_only(events)
+    assert "TRANSPORT_ATTACHED" in kinds and "SESSION_STATE_CHANGE" in kinds
+
+
+def test_a_retake_after_another_termination_reason_is_after_terminated() -> None:
+    events = retaken_stream()
+    ended = _gw1(events, "SESSION_TERMINATED")[0]
+    to_end = next(e for e in _gw1(events, "SESSION_STATE_CHANGE") if e["new_state"] == "TERMINATED")
+    ended["reason_code"] = to_end["reason_code"] = "OPERATOR_TERMINATED"
+    assert _after_terminated_only(events)[0] == "OWNERSHIP_CHANGE"

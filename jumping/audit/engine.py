@@ -10,7 +10,9 @@ The checks (each violation names one, see docs/events.md, "Auditing"):
   starts where the previous one ended, per (session, node);
 - ``STATE_VERSION``: per (session, node) — a node's own counter, never compared across
   nodes — ``state_version`` strictly increases with each transition and never goes back;
-- ``AFTER_TERMINATED`` / ``TERMINATION_MISMATCH``: TERMINATED is absorbing;
+- ``AFTER_TERMINATED`` / ``TERMINATION_MISMATCH``: TERMINATED is absorbing; a node that
+  ended its copy of a session with ``OWNERSHIP_LOST`` may later take the session over again
+  (a claim with a strictly higher fencing token), which starts a new track;
 - ``RECOVERY_TOO_LONG``: RECOVERING lasts at most ``recovery_window_ms`` (+ tolerance);
 - ``TWO_BINDINGS``: attach/switch/reattach events never leave two transports bound;
 - ``SWITCH_RATE``: switches at least ``switch_cooldown_ms`` apart, at most
@@ -26,7 +28,7 @@ import bisect
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from jumping import schema as event_schema
 from jumping.chain import ZERO_HASH, canonical, chain_hash, check_key
@@ -52,7 +54,7 @@ class AuditInputError(Exception):
     """The input cannot be read at all (exit status 2)."""
 
 
-def _is_int(v: Any) -> bool:
+def _is_int(v: Any) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -117,6 +119,8 @@ class SessionTrack:
     terminated_where: str | None = None
     terminated_reason: str | None = None
     final_seen: bool = False
+    #: the highest fencing token this track claimed the session with
+    token: int | None = None
     recovering_since: int | None = None
     recovering_where: str = ""
     recovering_index: int = -1
@@ -419,11 +423,28 @@ class Auditor:
             and e.get("event_type") == SSC
             and e.get("previous_state") == fsm.State.BIRTH.value
         )
-        if t is None or (fresh_attempt and t.state is not None):
+        if t is None or (fresh_attempt and t.state is not None) or self._retaken(t, e):
             t = SessionTrack(sid, node, attempt=t.attempt + 1 if t is not None else 0)
             self._current[key] = t
             self.report.tracks.append(t)
         return t
+
+    @staticmethod
+    def _retaken(t: SessionTrack, e: dict[str, Any]) -> bool:
+        """``e`` takes the session over again on a node whose copy ended with
+        ``OWNERSHIP_LOST`` (it failed closed or was fenced, and the session's record lived
+        on): a claim by that node with a fencing token strictly higher than any it held.
+        It starts a new track; anything else after TERMINATED is ``AFTER_TERMINATED``."""
+        token, held = e.get("fencing_token"), t.token
+        return (
+            t.final_seen
+            and t.terminated_reason == fsm.Reason.OWNERSHIP_LOST.value
+            and e.get("event_type") == "OWNERSHIP_CHANGE"
+            and e.get("owner") == t.node_id
+            and e.get("reason_code") is None
+            and _is_int(token)
+            and (held is None or token > held)
+        )
 
     def _check_session(self, rec: Record) -> None:
         e = rec.event
@@ -597,6 +618,9 @@ class Auditor:
     def _on_ownership(self, t: SessionTrack, rec: Record, e: dict[str, Any]) -> None:
         claim = e.get("owner") == t.node_id and e.get("reason_code") != "OWNERSHIP_LOST"
         kind = "claim" if claim else "release"
+        token, held = e.get("fencing_token"), t.token
+        if claim and _is_int(token) and (held is None or token > held):
+            t.token = token
         self._owners.setdefault(t.session_id, []).append((kind, t.node_id, rec))
         t.marks.append((e["ts_ms"], "owner" if claim else "release"))
 

@@ -21,7 +21,9 @@
 # Jumping aggregates SECURITY_EVENTs over 10 s; SETTLE_S_WG, 3, for wireguard-go), WG_BIN (wireguard-go binary), PEERS_DIR,
 # NEW_CLIENT (1: a second, legitimate client starts NEW_CLIENT_AT s (3) into each flood, from
 # a namespace of its own; its handshake messages are captured on its veth and the report
-# gives the time from its first initiation to the handshake response, new_client_*; 0: off).
+# gives the time from its first initiation to the handshake response, new_client_*; 0: off.
+# It starts the same way in the baseline phase too, its capture kept apart (base.hs.jsonl), so
+# its start-up CPU and handshake are in both figures of "throughput kept", not only the attack's).
 # GEN_CPU (unset: the generator runs where the scheduler puts it; a CPU number: it is pinned
 # there with taskset, the same for every VPN, so its sending and the kernel's delivery of the
 # flood, which runs in its sending context, stay off the other CPUs).
@@ -127,12 +129,14 @@ abuse_ns_up() {  # after topo_up: the attacker and the blackhole, wired to jg
 }
 new_rm_dir() { [[ -n ${NEW_DIR:-} ]] && rm -rf "$NEW_DIR"; NEW_DIR=; }
 
-# new_client_start GW_PUB : the second client, NEW_CLIENT_AT s from now (sets NEW_PID);
-# its handshake messages are captured on its veth into $SC_DIR/hs.jsonl (NEW_CAP_PID)
+# new_client_start GW_PUB PHASE : the second client, NEW_CLIENT_AT s from now (sets NEW_PID);
+# its handshake messages are captured on its veth (NEW_CAP_PID) into $SC_DIR/hs.jsonl in the
+# atk phase (what report.py reads), into $SC_DIR/PHASE.hs.jsonl otherwise
 new_client_start() {
-  local gw_pub=$1
-  bg_ns "$NS_N" "$SC_DIR/hs.capture.log" python3 "$here/capture.py" handshakes --if $IF_NG \
-    --port "$VPN_PORT" --duration $((DURATION + 8)) --out "$SC_DIR/hs.jsonl"
+  local gw_pub=$1 hs=$SC_DIR/hs.jsonl
+  [[ $2 == atk ]] || hs=$SC_DIR/$2.hs.jsonl
+  bg_ns "$NS_N" "$SC_DIR/$2.hs.capture.log" python3 "$here/capture.py" handshakes --if $IF_NG \
+    --port "$VPN_PORT" --duration $((DURATION + 8)) --out "$hs"
   NEW_CAP_PID=$LAST_PID
   if [[ $VPN == jumping ]]; then
     cat >"$NEW_DIR/n.toml" <<T
@@ -151,16 +155,16 @@ host = "$N_G"
 port = $VPN_PORT
 [[events]]
 sink = "jsonl"
-path = "$SC_DIR/jumping-newclient-events.jsonl"
+path = "$SC_DIR/jumping-newclient-$2-events.jsonl"
 T
-    bg_ns "$NS_N" "$SC_DIR/jumping-newclient.log" sh -c "sleep $NEW_CLIENT_AT; exec env PYTHONPATH='$J_PYTHONPATH' '$(j_twistd)' -n --pidfile= --logfile=- jumping client --config '$NEW_DIR/n.toml'"
+    bg_ns "$NS_N" "$SC_DIR/jumping-newclient-$2.log" sh -c "sleep $NEW_CLIENT_AT; exec env PYTHONPATH='$J_PYTHONPATH' '$(j_twistd)' -n --pidfile= --logfile=- jumping client --config '$NEW_DIR/n.toml'"
   else
     # wireguard-go initiates on the first packet: a ping through the new tunnel
-    bg_ns "$NS_N" "$SC_DIR/wg-newclient.log" sh -c "sleep $NEW_CLIENT_AT
+    bg_ns "$NS_N" "$SC_DIR/wg-newclient-$2.log" sh -c "sleep $NEW_CLIENT_AT
       ( for i in \$(seq 500); do [ -S /var/run/wireguard/wgbn0.sock ] && break; sleep 0.002; done
         wg set wgbn0 private-key '$NEW_DIR/wg.key' peer '$gw_pub' endpoint '$N_G:$VPN_PORT' allowed-ips '$IN_NET'
         ip addr add '$IN_N/$IN_PREFIX' dev wgbn0; ip link set wgbn0 up
-        ping -n -c 20 -i 0.05 -W 1 '$IN_G' ) >'$SC_DIR/wg-newclient-ping.log' 2>&1 &
+        ping -n -c 20 -i 0.05 -W 1 '$IN_G' ) >'$SC_DIR/wg-newclient-$2-ping.log' 2>&1 &
       exec env LOG_LEVEL=error WG_PROCESS_FOREGROUND=1 '$WG_BIN' -f wgbn0"
   fi
   NEW_PID=$LAST_PID
@@ -215,12 +219,12 @@ phase() {
     bg_ns $NS_C "$SC_DIR/$name.iperf.json" iperf3 -c "$S_ADDR" -t "$DURATION" -J; iperf_pid=$LAST_PID
   fi
   sleep 0.5
-  if [[ $name == atk && $NEW_CLIENT == 1 ]]; then new_client_start "$GW_PUB"; fi
+  if [[ $NEW_CLIENT == 1 ]]; then new_client_start "$GW_PUB" "$name"; fi
   counters "$name" 0 "$gw"
   fg_ns "$NS_X" "$SC_DIR/$name.gen.json" "${GEN_PIN[@]}" "$SC_DIR/flood" -i "$ifc" -m "$mac" \
     -f "$SC_DIR/frames" -r "$RATE" -d "$DURATION" -x $$ $GEN_ARGS || log "generator failed: $(cat "$SC_DIR/$name.gen.json")"
   counters "$name" 1 "$gw"
-  if [[ $name == atk && $NEW_CLIENT == 1 ]]; then new_client_stop; fi
+  if [[ $NEW_CLIENT == 1 ]]; then new_client_stop; fi
   wait_pid "$ping_pid" 4
   if [[ -n $iperf_pid ]]; then wait_pid "$iperf_pid" 5; fi
   if [[ $name == atk ]]; then sleep "$settle"; fi
